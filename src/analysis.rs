@@ -1,0 +1,423 @@
+//! The e-class analysis: the type (datum type and shape) of every tensor e-class and which of its
+//! slices are provably all zero, plus the side tables that [`Key`] leaves point into.
+//!
+//! Zero slices come from constant data and are propagated through ops whose output slice is zero
+//! when the matching input slices are: EinSum products, element-wise ops with `f(0) = 0`,
+//! multiplications, and axis bookkeeping.
+
+use crate::lang::{Key, TensorLang};
+use egg::{Analysis, DidMerge, EGraph, Id};
+use std::collections::HashMap;
+use std::sync::Arc;
+use tract_core::internal::*;
+use tract_core::ndarray::Dimension;
+use tract_core::ops::array::Slice;
+use tract_core::ops::nn::{Reduce, RmsNorm, Softmax};
+
+/// The e-graph type of model-slim.
+pub type SlimGraph = EGraph<TensorLang, SlimAnalysis>;
+
+/// Indices of all-zero slices, per axis (sorted; empty when none is known).
+pub type ZeroSlices = Vec<Vec<usize>>;
+
+/// What the analysis knows of one e-class.
+#[derive(Debug, Clone)]
+pub struct TensorInfo {
+    /// The tensor's type; `None` for parameter leaves (ops, numbers, sets).
+    pub fact: Option<TypedFact>,
+    /// Slices known to be all zero.
+    pub zeros: ZeroSlices,
+}
+
+impl TensorInfo {
+    fn parameter() -> TensorInfo {
+        TensorInfo { fact: None, zeros: vec![] }
+    }
+
+    fn tensor(fact: TypedFact, zeros: ZeroSlices) -> TensorInfo {
+        TensorInfo { fact: Some(fact), zeros }
+    }
+
+    /// Zero slices of `axis` (empty when the axis is out of range).
+    pub fn zeros_on(&self, axis: usize) -> &[usize] {
+        self.zeros.get(axis).map(|z| z.as_slice()).unwrap_or(&[])
+    }
+
+    /// Concrete size of `axis`, if known.
+    pub fn dim(&self, axis: usize) -> Option<usize> {
+        self.fact.as_ref()?.shape.get(axis)?.to_usize().ok()
+    }
+}
+
+/// Data behind [`Key`] leaves, and caches that keep rule applications deterministic.
+#[derive(Default)]
+pub struct Tables {
+    pub ops: Vec<Box<dyn TypedOp>>,
+    pub consts: Vec<Arc<Tensor>>,
+    /// Name of each constant: the source model's node name (sliced copies keep it).
+    pub const_names: Vec<String>,
+    pub sets: Vec<Arc<Vec<usize>>>,
+    set_index: HashMap<Arc<Vec<usize>>, u32>,
+    pub inputs: Vec<TypedFact>,
+    /// `(const, axis, set) -> sliced const`, so a rule yields the same node every time.
+    sliced: HashMap<(u32, usize, u32), u32>,
+    zero_preserving: HashMap<u32, bool>,
+}
+
+impl Tables {
+    pub fn add_op(&mut self, op: Box<dyn TypedOp>) -> Key {
+        self.ops.push(op);
+        Key::Op(self.ops.len() as u32 - 1)
+    }
+
+    pub fn add_const(&mut self, tensor: Arc<Tensor>, name: String) -> Key {
+        self.consts.push(tensor);
+        self.const_names.push(name);
+        Key::Const(self.consts.len() as u32 - 1)
+    }
+
+    /// Interns a set of slice indices (sorted, deduplicated).
+    pub fn intern_set(&mut self, mut set: Vec<usize>) -> Key {
+        set.sort_unstable();
+        set.dedup();
+        let set = Arc::new(set);
+        if let Some(k) = self.set_index.get(&set) {
+            return Key::Set(*k);
+        }
+        self.sets.push(set.clone());
+        let k = self.sets.len() as u32 - 1;
+        self.set_index.insert(set, k);
+        Key::Set(k)
+    }
+
+    /// The constant `k` restricted to slices `set` of `axis`; cached per argument triple.
+    pub fn sliced_const(&mut self, k: u32, axis: usize, set: u32) -> TractResult<Key> {
+        if let Some(done) = self.sliced.get(&(k, axis, set)) {
+            return Ok(Key::Const(*done));
+        }
+        let indices = self.sets[set as usize].clone();
+        let sliced = select_slices(&self.consts[k as usize], axis, &indices)?;
+        let name = self.const_names[k as usize].clone();
+        let Key::Const(new) = self.add_const(Arc::new(sliced), name) else { unreachable!() };
+        self.sliced.insert((k, axis, set), new);
+        Ok(Key::Const(new))
+    }
+
+    /// Whether the op (unary or binary element-wise) maps zeros to zero.
+    fn maps_zero_to_zero(&mut self, op: u32, fact: &TypedFact, arity: usize) -> bool {
+        if let Some(known) = self.zero_preserving.get(&op) {
+            return *known;
+        }
+        let known = eval_on_zeros(self.ops[op as usize].as_ref(), fact, arity).unwrap_or(false);
+        self.zero_preserving.insert(op, known);
+        known
+    }
+}
+
+/// Selects `indices` along `axis` of a tensor (any datum type).
+pub fn select_slices(tensor: &Tensor, axis: usize, indices: &[usize]) -> TractResult<Tensor> {
+    let indices = tensor1(&indices.iter().map(|&i| i as i64).collect::<Vec<_>>());
+    let gather = tract_core::ops::array::Gather::new(axis);
+    let inputs = tvec!(tensor.clone().into_tvalue(), indices.into_tvalue());
+    let mut out = gather.eval_out_of_plan(inputs)?.context("Gather has no plain evaluation")?;
+    Ok(out.remove(0).into_tensor())
+}
+
+fn eval_on_zeros(op: &dyn TypedOp, fact: &TypedFact, arity: usize) -> TractResult<bool> {
+    let rank = fact.rank();
+    let zero = Tensor::zero_dt(fact.datum_type, &vec![1; rank])?;
+    let inputs: TVec<TValue> = (0..arity).map(|_| zero.clone().into_tvalue()).collect();
+    let out = op.eval_out_of_plan(inputs)?.context("no plain evaluation")?;
+    let out = out[0].cast_to::<f64>()?;
+    Ok(out.try_as_plain_ram()?.as_slice::<f64>()?.iter().all(|v| *v == 0.0))
+}
+
+/// All-zero slices of a constant, per axis. Only float data is inspected.
+pub fn zero_slices_of(tensor: &Tensor) -> ZeroSlices {
+    let rank = tensor.rank();
+    let Ok(data) = tensor.cast_to::<f32>() else { return vec![vec![]; rank] };
+    if !tensor.datum_type().is_float() {
+        return vec![vec![]; rank];
+    }
+    let Ok(view) = data.to_plain_array_view::<f32>() else { return vec![vec![]; rank] };
+    let mut nonzero: Vec<Vec<bool>> = tensor.shape().iter().map(|&d| vec![false; d]).collect();
+    for (index, value) in view.indexed_iter() {
+        if *value != 0.0 {
+            for (axis, i) in index.as_array_view().iter().enumerate() {
+                nonzero[axis][*i] = true;
+            }
+        }
+    }
+    nonzero
+        .into_iter()
+        .map(|axis| axis.iter().enumerate().filter(|(_, nz)| !**nz).map(|(i, _)| i).collect())
+        .collect()
+}
+
+/// The analysis itself: owns the side tables.
+#[derive(Default)]
+pub struct SlimAnalysis {
+    pub tables: Tables,
+}
+
+impl SlimAnalysis {
+    pub fn new(tables: Tables) -> SlimAnalysis {
+        SlimAnalysis { tables }
+    }
+}
+
+/// The op behind an op leaf e-class.
+pub fn op_of(egraph: &SlimGraph, id: Id) -> Option<u32> {
+    egraph[id].nodes.iter().find_map(|n| match n {
+        TensorLang::Key(Key::Op(k)) => Some(*k),
+        _ => None,
+    })
+}
+
+/// The integer behind a number leaf e-class.
+pub fn num_of(egraph: &SlimGraph, id: Id) -> Option<i64> {
+    egraph[id].nodes.iter().find_map(|n| match n {
+        TensorLang::Num(v) => Some(*v),
+        _ => None,
+    })
+}
+
+/// The set behind a set leaf e-class.
+pub fn set_of(egraph: &SlimGraph, id: Id) -> Option<Arc<Vec<usize>>> {
+    egraph[id].nodes.iter().find_map(|n| match n {
+        TensorLang::Key(Key::Set(k)) => Some(egraph.analysis.tables.sets[*k as usize].clone()),
+        _ => None,
+    })
+}
+
+/// The constant in an e-class, if it has one.
+pub fn const_of(egraph: &SlimGraph, id: Id) -> Option<u32> {
+    egraph[id].nodes.iter().find_map(|n| match n {
+        TensorLang::Key(Key::Const(k)) => Some(*k),
+        _ => None,
+    })
+}
+
+/// Computes what an e-node produces from its children's info; an error means the node is
+/// ill-typed (rules must never add such a node).
+pub fn infer(egraph: &mut SlimGraph, node: &TensorLang) -> TractResult<TensorInfo> {
+    let fact = |id: Id| -> TractResult<TypedFact> {
+        egraph[id].data.fact.clone().with_context(|| format!("e-class {id} is not a tensor"))
+    };
+    match node {
+        TensorLang::Num(_) | TensorLang::Key(Key::Op(_)) | TensorLang::Key(Key::Set(_)) => {
+            Ok(TensorInfo::parameter())
+        }
+        TensorLang::Key(Key::Const(k)) => {
+            let tensor = egraph.analysis.tables.consts[*k as usize].clone();
+            let zeros = zero_slices_of(&tensor);
+            Ok(TensorInfo::tensor(TypedFact::try_from(tensor)?, zeros))
+        }
+        TensorLang::Key(Key::Input(i)) => {
+            let fact = egraph.analysis.tables.inputs[*i as usize].clone();
+            let rank = fact.rank();
+            Ok(TensorInfo::tensor(fact, vec![vec![]; rank]))
+        }
+        TensorLang::Keep([axis, set, x]) => {
+            let axis = num_of(egraph, *axis).context("keep axis is not a number")? as usize;
+            let set = set_of(egraph, *set).context("keep set is not a set")?;
+            let mut fact = fact(*x)?;
+            ensure!(axis < fact.rank(), "keep axis {axis} out of rank {}", fact.rank());
+            if let Ok(dim) = fact.shape[axis].to_usize() {
+                ensure!(set.iter().all(|&i| i < dim), "keep index out of range {dim}");
+            }
+            let mut shape: TVec<TDim> = fact.shape.iter().cloned().collect();
+            shape[axis] = set.len().into();
+            fact = fact.datum_type.fact(shape);
+            let mut zeros = egraph[*x].data.zeros.clone();
+            zeros[axis] = kept_positions(&zeros[axis], &set);
+            Ok(TensorInfo::tensor(fact, zeros))
+        }
+        _ => infer_op(egraph, node),
+    }
+}
+
+/// Positions, within `set`, of the indices listed in `zeros`.
+fn kept_positions(zeros: &[usize], set: &[usize]) -> Vec<usize> {
+    set.iter().enumerate().filter(|(_, i)| zeros.binary_search(i).is_ok()).map(|(p, _)| p).collect()
+}
+
+fn infer_op(egraph: &mut SlimGraph, node: &TensorLang) -> TractResult<TensorInfo> {
+    let op_key = op_of(egraph, node.op_child().context("no op")?).context("op leaf missing")?;
+    let inputs: Vec<TypedFact> = node
+        .operands()
+        .iter()
+        .map(|id| egraph[*id].data.fact.clone().context("operand is not a tensor"))
+        .collect::<TractResult<_>>()?;
+    let input_refs: TVec<&TypedFact> = inputs.iter().collect();
+    let op = &egraph.analysis.tables.ops[op_key as usize];
+    let mut outputs = op.output_facts(&input_refs)?;
+    let slot = match node {
+        TensorLang::Opaque(c) => num_of(egraph, c[1]).context("opaque slot")? as usize,
+        _ => 0,
+    };
+    ensure!(slot < outputs.len(), "op has no output {slot}");
+    let mut fact = outputs.remove(slot);
+    fact.konst = None;
+    fact.uniform = None;
+    let zeros = propagate_zeros(egraph, node, op_key, &inputs, &fact);
+    Ok(TensorInfo::tensor(fact, zeros))
+}
+
+fn propagate_zeros(
+    egraph: &mut SlimGraph,
+    node: &TensorLang,
+    op_key: u32,
+    inputs: &[TypedFact],
+    out: &TypedFact,
+) -> ZeroSlices {
+    let rank = out.rank();
+    let none = vec![vec![]; rank];
+    let operand_zeros: Vec<ZeroSlices> =
+        node.operands().iter().map(|id| egraph[*id].data.zeros.clone()).collect();
+    let tables = &mut egraph.analysis.tables;
+    let zero_to_zero = match node {
+        TensorLang::Map(_) => tables.maps_zero_to_zero(op_key, &inputs[0], 1),
+        TensorLang::Bin(_) => tables.maps_zero_to_zero(op_key, &inputs[0], 2),
+        _ => false,
+    };
+    let op = tables.ops[op_key as usize].as_op();
+    match node {
+        TensorLang::Map(_) if zero_to_zero => operand_zeros[0].clone(),
+        TensorLang::Bin(_) => {
+            let is_mul = op.name() == "Mul";
+            if !is_mul && !zero_to_zero {
+                return none;
+            }
+            (0..rank)
+                .map(|axis| {
+                    let a = broadcast_zeros(&operand_zeros[0][axis], &inputs[0], axis, out);
+                    let b = broadcast_zeros(&operand_zeros[1][axis], &inputs[1], axis, out);
+                    if is_mul {
+                        union(&a, &b)
+                    } else {
+                        a.into_iter().filter(|i| b.binary_search(i).is_ok()).collect()
+                    }
+                })
+                .collect()
+        }
+        TensorLang::EinSum(_) => {
+            let Some(einsum) = op.downcast_ref::<tract_core::ops::einsum::EinSum>() else {
+                return none;
+            };
+            (0..rank)
+                .map(|axis| {
+                    let mut acc = vec![];
+                    let Ok(letter) = einsum.axes.axis((InOut::Out(0), axis)) else { return acc };
+                    for (slot, input) in inputs.iter().enumerate() {
+                        for &ia in &letter.inputs[slot] {
+                            if input.shape[ia] == out.shape[axis] {
+                                acc = union(&acc, &operand_zeros[slot][ia]);
+                            }
+                        }
+                    }
+                    acc
+                })
+                .collect()
+        }
+        TensorLang::Along(_) if along_preserves_zeros(op) => {
+            let own = along_axes(op);
+            (0..rank)
+                .map(|axis| {
+                    if own.contains(&axis) {
+                        vec![]
+                    } else {
+                        operand_zeros[0][axis].clone()
+                    }
+                })
+                .collect()
+        }
+        TensorLang::Axis(_) => {
+            let Some(axis_op) = op.downcast_ref::<AxisOp>() else { return none };
+            let mut zeros = none;
+            for (axis, z) in operand_zeros[0].iter().enumerate() {
+                if let Some(to) = axis_op.transform_axis(axis) {
+                    zeros[to] = z.clone();
+                }
+            }
+            zeros
+        }
+        _ => none,
+    }
+}
+
+/// Zero slices of an operand as seen in the broadcast output: a size-1 zero axis is zero everywhere.
+fn broadcast_zeros(zeros: &[usize], fact: &TypedFact, axis: usize, out: &TypedFact) -> Vec<usize> {
+    if fact.shape[axis] == out.shape[axis] {
+        return zeros.to_vec();
+    }
+    match (fact.shape[axis].to_usize(), out.shape[axis].to_usize(), zeros.first()) {
+        (Ok(1), Ok(n), Some(0)) => (0..n).collect(),
+        _ => vec![],
+    }
+}
+
+fn union(a: &[usize], b: &[usize]) -> Vec<usize> {
+    let mut u: Vec<usize> = a.iter().chain(b).copied().collect();
+    u.sort_unstable();
+    u.dedup();
+    u
+}
+
+/// The axes an `along` op works along: slices across other axes are independent.
+pub fn along_axes(op: &dyn Op) -> TVec<usize> {
+    if let Some(s) = op.downcast_ref::<Softmax>() {
+        s.axes.clone()
+    } else if let Some(r) = op.downcast_ref::<Reduce>() {
+        r.axes.clone()
+    } else if let Some(n) = op.downcast_ref::<RmsNorm>() {
+        tvec!(n.axis)
+    } else if let Some(s) = op.downcast_ref::<Slice>() {
+        tvec!(s.axis)
+    } else {
+        tvec!()
+    }
+}
+
+/// Whether a tract op belongs to the `along` family.
+pub fn is_along(op: &dyn Op) -> bool {
+    op.is::<Softmax>() || op.is::<Reduce>() || op.is::<RmsNorm>() || op.is::<Slice>()
+}
+
+/// Softmax turns a zero slice into a uniform one; the others keep zero slices zero.
+fn along_preserves_zeros(op: &dyn Op) -> bool {
+    is_along(op) && !op.is::<Softmax>()
+}
+
+impl Analysis<TensorLang> for SlimAnalysis {
+    type Data = TensorInfo;
+
+    fn make(egraph: &mut SlimGraph, enode: &TensorLang, _id: Id) -> TensorInfo {
+        // Appliers check nodes with `infer` before adding them, so an error here means a lowering
+        // bug; an untyped class is never extracted.
+        infer(egraph, enode).unwrap_or_else(|_| TensorInfo::parameter())
+    }
+
+    fn merge(&mut self, to: &mut TensorInfo, from: TensorInfo) -> DidMerge {
+        let mut to_changed = false;
+        let mut from_differs = false;
+        if to.fact.is_none() && from.fact.is_some() {
+            to.fact = from.fact.clone();
+            to_changed = true;
+        }
+        if to.zeros.len() < from.zeros.len() {
+            to.zeros.resize(from.zeros.len(), vec![]);
+        }
+        for (axis, z) in from.zeros.iter().enumerate() {
+            let merged = union(&to.zeros[axis], z);
+            if merged.len() != to.zeros[axis].len() {
+                to.zeros[axis] = merged.clone();
+                to_changed = true;
+            }
+            if merged.len() != z.len() {
+                from_differs = true;
+            }
+        }
+        DidMerge(to_changed, from_differs)
+    }
+}

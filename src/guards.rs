@@ -1,0 +1,280 @@
+//! The guard library: the computations and conditions rule files may call.
+//!
+//! A rule clause `let ?a ?b = name(args)` or `if name(args)` calls one of the functions below.
+//! Arguments are pattern variables (e-classes) or integer literals. A function answers with zero
+//! or more *alternatives*, each binding the clause's output variables: no alternative means the
+//! rule does not fire, several mean it fires once per alternative. A condition (`if`) binds
+//! nothing and answers one empty alternative when it holds.
+//!
+//! Every function is exact: it only states facts about the e-graph (shapes, constant data, op
+//! parameters) or builds parameters (axis numbers, index sets, sliced constants).
+//!
+//! | function | arguments | binds | meaning |
+//! |---|---|---|---|
+//! | `zero-contraction` | `?op ?x ?y` | axis in x, axis in y, kept set | for each axis the EinSum contracts, the slices where x or y is all zero are droppable: binds the axes and the non-zero slices (only when some can go) |
+//! | `einsum-axis` | `?op ?a K ?t` | axis | the axis of operand K (0 or 1, tensor ?t) that carries output axis ?a at full size |
+//! | `einsum-lacks` | `?op ?a K ?t` | — | operand K does not carry output axis ?a, or only with size 1 (broadcast) |
+//! | `full` | `?t ?a` | — | tensor ?t has size other than 1 on axis ?a |
+//! | `broadcast` | `?t ?a` | — | tensor ?t has size 1 on axis ?a |
+//! | `free-axis` | `?op ?a` | — | the `along` op does not work along axis ?a |
+//! | `axis-source` | `?op ?a` | axis | the input axis the axis op moves to output axis ?a unchanged |
+//! | `slice-const` | `?c ?a ?i` | tensor | the constant ?c restricted to slices ?i of axis ?a |
+//! | `compose` | `?outer ?inner` | set | keeping ?inner then ?outer keeps this set of the original |
+//! | `everything` | `?i ?t ?a` | — | set ?i holds every slice of axis ?a of ?t |
+
+use crate::analysis::{const_of, num_of, op_of, set_of, SlimGraph};
+use crate::lang::{Key, TensorLang};
+use egg::Id;
+use tract_core::internal::*;
+use tract_core::ops::einsum::EinSum;
+
+/// An argument of a guard call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arg {
+    Class(Id),
+    Int(i64),
+}
+
+/// Alternatives a guard answers: each is one binding of the clause's outputs.
+pub type Alternatives = Vec<Vec<Id>>;
+
+/// One function of the library.
+pub struct Guard {
+    pub name: &'static str,
+    /// Argument names, for error messages and docs (`?x` for tensors, `K` for integers).
+    pub params: &'static [&'static str],
+    /// How many e-classes each alternative binds.
+    pub binds: usize,
+    pub doc: &'static str,
+    pub run: fn(&mut SlimGraph, &[Arg]) -> Alternatives,
+}
+
+/// Every guard a rule may call.
+pub static GUARDS: &[Guard] = &[
+    Guard {
+        name: "zero-contraction",
+        params: &["?op", "?x", "?y"],
+        binds: 3,
+        doc: "Contracted EinSum axes with all-zero slices in either operand: (axis in x, axis in y, kept set).",
+        run: zero_contraction,
+    },
+    Guard {
+        name: "einsum-axis",
+        params: &["?op", "?a", "K", "?t"],
+        binds: 1,
+        doc: "Axis of EinSum operand K carrying output axis ?a at full size.",
+        run: einsum_axis,
+    },
+    Guard {
+        name: "einsum-lacks",
+        params: &["?op", "?a", "K", "?t"],
+        binds: 0,
+        doc: "EinSum operand K does not carry output axis ?a, or carries it with size 1.",
+        run: einsum_lacks,
+    },
+    Guard { name: "full", params: &["?t", "?a"], binds: 0, doc: "Axis ?a of ?t has size other than 1.", run: full },
+    Guard { name: "broadcast", params: &["?t", "?a"], binds: 0, doc: "Axis ?a of ?t has size 1.", run: broadcast },
+    Guard {
+        name: "free-axis",
+        params: &["?op", "?a"],
+        binds: 0,
+        doc: "The along-op ?op does not work along axis ?a.",
+        run: free_axis,
+    },
+    Guard {
+        name: "axis-source",
+        params: &["?op", "?a"],
+        binds: 1,
+        doc: "Input axis that the axis op carries unchanged to output axis ?a.",
+        run: axis_source,
+    },
+    Guard {
+        name: "slice-const",
+        params: &["?c", "?a", "?i"],
+        binds: 1,
+        doc: "The constant ?c restricted to slices ?i of axis ?a.",
+        run: slice_const,
+    },
+    Guard {
+        name: "compose",
+        params: &["?outer", "?inner"],
+        binds: 1,
+        doc: "The set kept by keeping ?inner, then ?outer.",
+        run: compose,
+    },
+    Guard {
+        name: "everything",
+        params: &["?i", "?t", "?a"],
+        binds: 0,
+        doc: "Set ?i holds every slice of axis ?a of ?t.",
+        run: everything,
+    },
+];
+
+/// Looks a guard up by name.
+pub fn guard(name: &str) -> Option<&'static Guard> {
+    GUARDS.iter().find(|g| g.name == name)
+}
+
+fn holds(condition: bool) -> Alternatives {
+    if condition {
+        vec![vec![]]
+    } else {
+        vec![]
+    }
+}
+
+fn class(arg: Arg) -> Option<Id> {
+    match arg {
+        Arg::Class(id) => Some(id),
+        Arg::Int(_) => None,
+    }
+}
+
+/// An integer argument: a literal, or a class holding a number.
+fn int(egraph: &SlimGraph, arg: Arg) -> Option<i64> {
+    match arg {
+        Arg::Int(v) => Some(v),
+        Arg::Class(id) => num_of(egraph, id),
+    }
+}
+
+fn axis(egraph: &SlimGraph, arg: Arg) -> Option<usize> {
+    int(egraph, arg).and_then(|v| usize::try_from(v).ok())
+}
+
+fn einsum(egraph: &SlimGraph, arg: Arg) -> Option<&EinSum> {
+    let key = op_of(egraph, class(arg)?)?;
+    egraph.analysis.tables.ops[key as usize].downcast_ref::<EinSum>()
+}
+
+fn dim(egraph: &SlimGraph, tensor: Arg, axis_arg: Arg) -> Option<TDim> {
+    let axis = axis(egraph, axis_arg)?;
+    egraph[class(tensor)?].data.fact.as_ref()?.shape.get(axis).cloned()
+}
+
+fn add_num(egraph: &mut SlimGraph, v: usize) -> Id {
+    egraph.add(TensorLang::Num(v as i64))
+}
+
+fn add_set(egraph: &mut SlimGraph, set: Vec<usize>) -> Id {
+    let key = egraph.analysis.tables.intern_set(set);
+    egraph.add(TensorLang::Key(key))
+}
+
+fn zero_contraction(egraph: &mut SlimGraph, args: &[Arg]) -> Alternatives {
+    let (Some(op), Some(x), Some(y)) = (einsum(egraph, args[0]), class(args[1]), class(args[2])) else {
+        return vec![];
+    };
+    let mut found = vec![];
+    for letter in op.axes.iter_all_axes() {
+        let contracted = letter.outputs[0].is_empty() && letter.inputs[0].len() == 1 && letter.inputs[1].len() == 1;
+        if !contracted {
+            continue;
+        }
+        let (ax, ay) = (letter.inputs[0][0], letter.inputs[1][0]);
+        let (xi, yi) = (&egraph[x].data, &egraph[y].data);
+        let (Some(n), Some(m)) = (xi.dim(ax), yi.dim(ay)) else { continue };
+        if n != m {
+            continue;
+        }
+        let kept: Vec<usize> = (0..n)
+            .filter(|i| xi.zeros_on(ax).binary_search(i).is_err() && yi.zeros_on(ay).binary_search(i).is_err())
+            .collect();
+        if kept.len() < n {
+            found.push((ax, ay, kept));
+        }
+    }
+    found
+        .into_iter()
+        .map(|(ax, ay, kept)| vec![add_num(egraph, ax), add_num(egraph, ay), add_set(egraph, kept)])
+        .collect()
+}
+
+/// The operand-`slot` axis of the letter at output axis `a`, if any.
+fn operand_axis(op: &EinSum, a: usize, slot: usize) -> Option<usize> {
+    let letter = op.axes.axis((InOut::Out(0), a)).ok()?;
+    letter.inputs.get(slot)?.first().copied()
+}
+
+fn einsum_axis(egraph: &mut SlimGraph, args: &[Arg]) -> Alternatives {
+    let found = (|| {
+        let op = einsum(egraph, args[0])?;
+        let operand_ax = operand_axis(op, axis(egraph, args[1])?, axis(egraph, args[2])?)?;
+        let size = dim(egraph, args[3], Arg::Int(operand_ax as i64))?;
+        (size != TDim::Val(1)).then_some(operand_ax)
+    })();
+    found.map(|ax| vec![vec![add_num(egraph, ax)]]).unwrap_or_default()
+}
+
+fn einsum_lacks(egraph: &mut SlimGraph, args: &[Arg]) -> Alternatives {
+    let lacks = (|| {
+        let op = einsum(egraph, args[0])?;
+        match operand_axis(op, axis(egraph, args[1])?, axis(egraph, args[2])?) {
+            None => Some(true),
+            Some(ax) => Some(dim(egraph, args[3], Arg::Int(ax as i64))? == TDim::Val(1)),
+        }
+    })();
+    holds(lacks == Some(true))
+}
+
+fn full(egraph: &mut SlimGraph, args: &[Arg]) -> Alternatives {
+    holds(dim(egraph, args[0], args[1]).is_some_and(|d| d != TDim::Val(1)))
+}
+
+fn broadcast(egraph: &mut SlimGraph, args: &[Arg]) -> Alternatives {
+    holds(dim(egraph, args[0], args[1]) == Some(TDim::Val(1)))
+}
+
+fn free_axis(egraph: &mut SlimGraph, args: &[Arg]) -> Alternatives {
+    let free = (|| {
+        let key = op_of(egraph, class(args[0])?)?;
+        let op = egraph.analysis.tables.ops[key as usize].as_op();
+        Some(crate::analysis::is_along(op) && !crate::analysis::along_axes(op).contains(&axis(egraph, args[1])?))
+    })();
+    holds(free == Some(true))
+}
+
+fn axis_source(egraph: &mut SlimGraph, args: &[Arg]) -> Alternatives {
+    let source = (|| {
+        let key = op_of(egraph, class(args[0])?)?;
+        let op = egraph.analysis.tables.ops[key as usize].downcast_ref::<AxisOp>()?;
+        op.recip().transform_axis(axis(egraph, args[1])?)
+    })();
+    source.map(|ax| vec![vec![add_num(egraph, ax)]]).unwrap_or_default()
+}
+
+fn slice_const(egraph: &mut SlimGraph, args: &[Arg]) -> Alternatives {
+    let request = (|| {
+        let konst = const_of(egraph, class(args[0])?)?;
+        let set_class = class(args[2])?;
+        let set = egraph[set_class].nodes.iter().find_map(|n| match n {
+            TensorLang::Key(Key::Set(k)) => Some(*k),
+            _ => None,
+        })?;
+        Some((konst, axis(egraph, args[1])?, set))
+    })();
+    let Some((konst, ax, set)) = request else { return vec![] };
+    match egraph.analysis.tables.sliced_const(konst, ax, set) {
+        Ok(key) => vec![vec![egraph.add(TensorLang::Key(key))]],
+        Err(_) => vec![],
+    }
+}
+
+fn compose(egraph: &mut SlimGraph, args: &[Arg]) -> Alternatives {
+    let (Some(outer), Some(inner)) = (class(args[0]), class(args[1])) else { return vec![] };
+    let (Some(outer), Some(inner)) = (set_of(egraph, outer), set_of(egraph, inner)) else { return vec![] };
+    let Some(composed) = outer.iter().map(|&p| inner.get(p).copied()).collect::<Option<Vec<_>>>() else {
+        return vec![];
+    };
+    vec![vec![add_set(egraph, composed)]]
+}
+
+fn everything(egraph: &mut SlimGraph, args: &[Arg]) -> Alternatives {
+    let all = (|| {
+        let set = set_of(egraph, class(args[0])?)?;
+        let n = dim(egraph, args[1], args[2])?.to_usize().ok()?;
+        Some(set.len() == n && set.iter().enumerate().all(|(p, &i)| p == i))
+    })();
+    holds(all == Some(true))
+}

@@ -1,0 +1,179 @@
+//! Import: an ONNX file becomes a typed, decluttered tract model.
+//!
+//! Input facts come from `--input NAME:DIM,...,TYPE` and symbol values from `--set SYM=VALUE`,
+//! as in the tract command line; without them the model's own (possibly symbolic) shapes are used.
+
+use crate::error::{Result, SlimError};
+use std::path::Path;
+use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::infer::Factoid;
+
+/// A `--input NAME:DIM,...,TYPE` request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InputSpec {
+    pub name: String,
+    /// Dimensions as written: integers or symbol names.
+    pub dims: Vec<String>,
+    pub datum_type: DatumType,
+}
+
+impl std::str::FromStr for InputSpec {
+    type Err = SlimError;
+    fn from_str(spec: &str) -> Result<InputSpec> {
+        let bad = |message: &str| SlimError::InputSpec { spec: spec.to_string(), message: message.to_string() };
+        let (name, rest) = spec.rsplit_once(':').ok_or_else(|| bad("missing `:`"))?;
+        let mut parts: Vec<&str> = rest.split(',').map(str::trim).collect();
+        let ty = parts.pop().filter(|t| !t.is_empty()).ok_or_else(|| bad("missing type"))?;
+        let datum_type = parse_datum_type(ty).ok_or_else(|| bad(&format!("unknown type `{ty}`")))?;
+        if name.is_empty() {
+            return Err(bad("missing name"));
+        }
+        if parts.iter().any(|d| d.is_empty()) {
+            return Err(bad("empty dimension"));
+        }
+        Ok(InputSpec { name: name.to_string(), dims: parts.iter().map(|d| d.to_string()).collect(), datum_type })
+    }
+}
+
+fn parse_datum_type(ty: &str) -> Option<DatumType> {
+    Some(match ty {
+        "f32" => f32::datum_type(),
+        "f16" => f16::datum_type(),
+        "f64" => f64::datum_type(),
+        "i64" => i64::datum_type(),
+        "i32" => i32::datum_type(),
+        "i8" => i8::datum_type(),
+        "u8" => u8::datum_type(),
+        "bool" => bool::datum_type(),
+        _ => return None,
+    })
+}
+
+/// Parses `SYM=VALUE`.
+pub fn parse_set(spec: &str) -> Result<(String, i64)> {
+    let bad = || SlimError::SetSpec { spec: spec.to_string() };
+    let (sym, value) = spec.split_once('=').ok_or_else(bad)?;
+    let value: i64 = value.trim().parse().map_err(|_| bad())?;
+    if sym.trim().is_empty() {
+        return Err(bad());
+    }
+    Ok((sym.trim().to_string(), value))
+}
+
+/// How to read a model.
+#[derive(Clone, Debug, Default)]
+pub struct ImportOptions {
+    pub inputs: Vec<InputSpec>,
+    pub sets: Vec<(String, i64)>,
+}
+
+/// Reads, types and declutters an ONNX model.
+pub fn import_onnx(path: &Path, options: &ImportOptions) -> Result<TypedModel> {
+    let shown = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|e| SlimError::Read { path: shown.clone(), message: e.to_string() })?;
+    let onnx = tract_onnx::onnx().with_ignore_output_shapes(true).with_ignore_value_info(true);
+    let proto = onnx
+        .proto_model_for_read(&mut bytes.as_slice())
+        .map_err(|e| SlimError::NotOnnx { path: shown.clone(), message: format!("{e:#}") })?;
+    let mut model = onnx
+        .model_for_proto_model(&proto)
+        .map_err(|e| SlimError::NotOnnx { path: shown.clone(), message: format!("{e:#}") })?;
+    apply_input_specs(&mut model, &shown, options)?;
+    let declared = describe_inputs(&model);
+    let analysis_error = |e: TractError| SlimError::Analysis {
+        path: shown.clone(),
+        message: format!("{e:#}"),
+        hint: concrete_input_hint(&declared, options),
+    };
+    let mut typed = model.into_typed().map_err(analysis_error)?;
+    if !options.sets.is_empty() {
+        let subs = options.sets.iter().map(|(s, v)| (typed.symbols.sym(s), TDim::Val(*v))).collect();
+        typed = typed.set_symbols(&subs).map_err(analysis_error)?;
+    }
+    typed.into_decluttered().map_err(analysis_error)
+}
+
+fn input_names(model: &InferenceModel) -> Vec<String> {
+    model.input_outlets().map(|o| o.iter().map(|o| model.node(o.node).name.clone()).collect()).unwrap_or_default()
+}
+
+fn apply_input_specs(model: &mut InferenceModel, path: &str, options: &ImportOptions) -> Result<()> {
+    let names = input_names(model);
+    for spec in &options.inputs {
+        let ix = names.iter().position(|n| *n == spec.name).ok_or_else(|| SlimError::UnknownInput {
+            path: path.to_string(),
+            name: spec.name.clone(),
+            known: names.join(", "),
+        })?;
+        let dims = spec
+            .dims
+            .iter()
+            .map(|d| model.symbols.parse_tdim(d))
+            .collect::<TractResult<TVec<TDim>>>()
+            .map_err(|e| SlimError::InputSpec { spec: spec.name.clone(), message: format!("{e:#}") })?;
+        let dims = substitute(&dims, model, &options.sets);
+        set_input(model, ix, spec.datum_type, &dims)?;
+    }
+    // `--set` also makes the declared shapes of the other inputs concrete, before analysis: some
+    // exports (TorchScript BERT) cannot be analysed with symbols at all.
+    if !options.sets.is_empty() {
+        for (ix, name) in names.iter().enumerate() {
+            if options.inputs.iter().any(|s| s.name == *name) {
+                continue;
+            }
+            let fact = model.input_fact(ix).map_err(|e| SlimError::stage("import", e))?.clone();
+            if let (Some(dt), Some(shape)) = (fact.datum_type.concretize(), fact.shape.concretize()) {
+                let dims = substitute(&shape, model, &options.sets);
+                set_input(model, ix, dt, &dims)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn substitute(dims: &[TDim], model: &InferenceModel, sets: &[(String, i64)]) -> TVec<TDim> {
+    let mut values = SymbolValues::default();
+    for (s, v) in sets {
+        values = values.with(&model.symbols.sym(s), *v);
+    }
+    dims.iter().map(|d| d.eval(&values)).collect()
+}
+
+fn set_input(model: &mut InferenceModel, ix: usize, dt: DatumType, dims: &[TDim]) -> Result<()> {
+    model.set_input_fact(ix, InferenceFact::dt_shape(dt, dims)).map_err(|e| SlimError::stage("import", e))
+}
+
+/// `(name, dims, type)` of each declared input, for hints.
+fn describe_inputs(model: &InferenceModel) -> Vec<(String, Option<TVec<TDim>>, Option<DatumType>)> {
+    input_names(model)
+        .into_iter()
+        .enumerate()
+        .map(|(ix, name)| {
+            let fact = model.input_fact(ix).ok();
+            let shape = fact.and_then(|f| f.shape.concretize());
+            let dt = fact.and_then(|f| f.datum_type.concretize());
+            (name, shape, dt)
+        })
+        .collect()
+}
+
+/// Suggests the `--input` flags that give every declared input a concrete shape.
+fn concrete_input_hint(declared: &[(String, Option<TVec<TDim>>, Option<DatumType>)], options: &ImportOptions) -> String {
+    if !options.inputs.is_empty() || declared.iter().all(|(_, s, _)| s.as_ref().is_some_and(|s| s.iter().all(|d| d.to_i64().is_ok()))) {
+        return String::new();
+    }
+    let flags: Vec<String> = declared
+        .iter()
+        .map(|(name, shape, dt)| {
+            let dims: Vec<String> = shape
+                .iter()
+                .flatten()
+                .enumerate()
+                .map(|(axis, d)| d.to_i64().map(|v| v.to_string()).unwrap_or_else(|_| if axis == 0 { "1".into() } else { "128".into() }))
+                .collect();
+            let ty = dt.map(|d| format!("{d:?}").to_lowercase()).unwrap_or_else(|| "f32".into());
+            format!("-i {name}:{},{ty}", dims.join(","))
+        })
+        .collect();
+    format!(". Its symbolic input shapes may be the cause: give concrete ones, e.g. {}", flags.join(" "))
+}

@@ -1,0 +1,244 @@
+//! The report: per FFN layer, channels, parameters and FLOPs before and after slimming.
+//!
+//! FFN layers are found on the tract models themselves: a *consumer* linear layer (an EinSum
+//! against a constant weight, with one contracted axis) whose input is computed, through
+//! element-wise ops, bias adds and axis bookkeeping only, from *producer* linear layers. That is
+//! the structure whose channels slimming removes together. Before and after are matched by the
+//! consumer's node name, which slimming keeps.
+
+use crate::cost::Nominal;
+use crate::extract::GraphCost;
+use crate::saturate::SaturationReport;
+use crate::verify::Verification;
+use serde::Serialize;
+use std::collections::HashSet;
+use tract_core::internal::*;
+use tract_core::ops::binary::TypedBinOp;
+use tract_core::ops::cast::Cast;
+use tract_core::ops::einsum::EinSum;
+use tract_core::ops::element_wise::ElementWiseOp;
+use tract_core::ops::konst::Const;
+
+/// One FFN layer of the report.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct FfnLayer {
+    /// Position among the model's FFN layers, in evaluation order.
+    pub layer: usize,
+    /// The consumer linear layer's node name.
+    pub name: String,
+    pub channels_before: usize,
+    pub channels_after: usize,
+    pub params_before: usize,
+    pub params_after: usize,
+    pub flops_before: f64,
+    pub flops_after: f64,
+}
+
+/// Wall-clock time of each stage, in milliseconds.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct StageTimes {
+    pub lower_ms: f64,
+    pub saturate_ms: f64,
+    pub extract_ms: f64,
+    pub raise_ms: f64,
+}
+
+/// Everything a slimming run found and did.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub ffn_layers: Vec<FfnLayer>,
+    pub params_before: usize,
+    pub params_after: usize,
+    pub flops_before: f64,
+    pub flops_after: f64,
+    /// The extraction cost model's view (FLOPs plus weight bytes) of the graph before and after.
+    pub cost_before: GraphCost,
+    pub cost_after: GraphCost,
+    /// True when extraction found nothing cheaper and the original graph was kept.
+    pub kept_original: bool,
+    pub saturation: SaturationReport,
+    pub times: StageTimes,
+    pub verification: Option<Verification>,
+}
+
+/// A consumer linear layer and what feeds it.
+struct FfnGroup {
+    consumer: usize,
+    /// Size of the consumer's contracted axis.
+    channels: usize,
+    /// Linear layers and constants (weights, biases) of the group.
+    linears: Vec<usize>,
+    consts: Vec<usize>,
+}
+
+fn const_input(model: &TypedModel, node: &TypedNode) -> Option<usize> {
+    node.inputs.iter().position(|i| model.node(i.node).op_is::<Const>())
+}
+
+fn is_linear(model: &TypedModel, node: &TypedNode) -> bool {
+    node.op_as::<EinSum>().is_some_and(|e| e.q_params.is_none()) && node.inputs.len() == 2 && const_input(model, node).is_some()
+}
+
+/// Walks up from the consumer's activation through element-wise ops to producer linears.
+fn ffn_group(model: &TypedModel, consumer: &TypedNode) -> Option<FfnGroup> {
+    let weight_slot = const_input(model, consumer)?;
+    let einsum = consumer.op_as::<EinSum>()?;
+    let contracted: Vec<_> = einsum.axes.iter_all_axes().filter(|a| a.outputs[0].is_empty()).collect();
+    let [axis] = contracted.as_slice() else { return None };
+    let weight_fact = model.outlet_fact(consumer.inputs[weight_slot]).ok()?;
+    let channels = weight_fact.shape[*axis.inputs[weight_slot].first()?].to_usize().ok()?;
+    let mut group = FfnGroup { consumer: consumer.id, channels, linears: vec![consumer.id], consts: vec![consumer.inputs[weight_slot].node] };
+    let mut frontier = vec![consumer.inputs[1 - weight_slot].node];
+    let mut seen = HashSet::new();
+    let mut producers = 0;
+    while let Some(id) = frontier.pop() {
+        if !seen.insert(id) {
+            continue;
+        }
+        let node = model.node(id);
+        if node.op_is::<Const>() {
+            group.consts.push(id);
+        } else if is_linear(model, node) {
+            producers += 1;
+            group.linears.push(id);
+            group.consts.push(node.inputs[const_input(model, node)?].node);
+        } else if node.op_is::<ElementWiseOp>() || node.op_is::<Cast>() || node.op_is::<TypedBinOp>() || node.op_is::<AxisOp>() {
+            frontier.extend(node.inputs.iter().map(|i| i.node));
+        }
+    }
+    (producers > 0).then_some(group)
+}
+
+fn ffn_groups(model: &TypedModel) -> TractResult<Vec<FfnGroup>> {
+    Ok(model.eval_order()?.into_iter().filter_map(|id| {
+        let node = model.node(id);
+        if is_linear(model, node) { ffn_group(model, node) } else { None }
+    }).collect())
+}
+
+fn const_len(model: &TypedModel, id: usize) -> usize {
+    model.node(id).op_as::<Const>().map(|c| c.val().len()).unwrap_or(0)
+}
+
+fn node_flops(model: &TypedModel, nominal: &Nominal, id: usize) -> f64 {
+    let node = model.node(id);
+    let Ok(inputs) = model.node_input_facts(id) else { return 0.0 };
+    nominal.op_flops(node.op.as_ref(), &inputs, &node.outputs[0].fact)
+}
+
+/// Parameters (constant elements) of a model.
+pub fn params(model: &TypedModel) -> usize {
+    model.nodes().iter().filter(|n| n.op_is::<Const>()).map(|n| const_len(model, n.id)).sum()
+}
+
+/// FLOPs of a model at nominal shapes.
+pub fn flops(model: &TypedModel, nominal: &Nominal) -> f64 {
+    model.nodes().iter().filter(|n| !n.op_is::<Const>() && !n.outputs.is_empty()).map(|n| node_flops(model, nominal, n.id)).sum()
+}
+
+struct GroupSize {
+    channels: usize,
+    params: usize,
+    flops: f64,
+}
+
+fn group_size(model: &TypedModel, nominal: &Nominal, g: &FfnGroup) -> GroupSize {
+    let consts: HashSet<usize> = g.consts.iter().copied().collect();
+    GroupSize {
+        channels: g.channels,
+        params: consts.iter().map(|&c| const_len(model, c)).sum(),
+        flops: g.linears.iter().map(|&l| node_flops(model, nominal, l)).sum(),
+    }
+}
+
+/// The FFN layers of `before`, with their sizes in `before` and `after`.
+pub fn ffn_layers(before: &TypedModel, after: &TypedModel, nominal: &Nominal) -> TractResult<Vec<FfnLayer>> {
+    let after_groups = ffn_groups(after)?;
+    let mut layers = vec![];
+    for (layer, g) in ffn_groups(before)?.iter().enumerate() {
+        let name = before.node(g.consumer).name.clone();
+        let b = group_size(before, nominal, g);
+        // A layer whose every channel went has no group any more: it costs nothing.
+        let a = after_groups
+            .iter()
+            .find(|h| after.node(h.consumer).name == name)
+            .map(|h| group_size(after, nominal, h))
+            .unwrap_or(GroupSize { channels: 0, params: 0, flops: 0.0 });
+        layers.push(FfnLayer {
+            layer,
+            name,
+            channels_before: b.channels,
+            channels_after: a.channels,
+            params_before: b.params,
+            params_after: a.params,
+            flops_before: b.flops,
+            flops_after: a.flops,
+        });
+    }
+    Ok(layers)
+}
+
+fn human(v: f64) -> String {
+    match v {
+        v if v >= 1e9 => format!("{:.2}G", v / 1e9),
+        v if v >= 1e6 => format!("{:.2}M", v / 1e6),
+        v if v >= 1e3 => format!("{:.1}k", v / 1e3),
+        v => format!("{v:.0}"),
+    }
+}
+
+impl Report {
+    /// The human-readable summary printed by the CLI.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        out += &format!("{:<6} {:<48} {:>16} {:>20} {:>20}\n", "layer", "FFN (consumer node)", "channels", "params", "FLOPs");
+        for l in &self.ffn_layers {
+            let name = if l.name.len() > 48 { format!("…{}", &l.name[l.name.len() - 47..]) } else { l.name.clone() };
+            out += &format!(
+                "{:<6} {:<48} {:>16} {:>20} {:>20}\n",
+                l.layer,
+                name,
+                format!("{} → {}", l.channels_before, l.channels_after),
+                format!("{} → {}", human(l.params_before as f64), human(l.params_after as f64)),
+                format!("{} → {}", human(l.flops_before), human(l.flops_after)),
+            );
+        }
+        out += &format!(
+            "model: params {} → {} ({:.1}% removed), FLOPs {} → {} ({:.1}% removed)\n",
+            human(self.params_before as f64),
+            human(self.params_after as f64),
+            percent_removed(self.params_before as f64, self.params_after as f64),
+            human(self.flops_before),
+            human(self.flops_after),
+            percent_removed(self.flops_before, self.flops_after),
+        );
+        let s = &self.saturation;
+        out += &format!(
+            "e-graph: {} ({} iterations, {} e-nodes); pass time {:.0} ms (lower {:.0}, saturate {:.0}, extract {:.0}, raise {:.0})\n",
+            s.stop_reason,
+            s.iterations,
+            s.enodes,
+            self.times.lower_ms + self.times.saturate_ms + self.times.extract_ms + self.times.raise_ms,
+            self.times.lower_ms,
+            self.times.saturate_ms,
+            self.times.extract_ms,
+            self.times.raise_ms
+        );
+        if let Some(v) = &self.verification {
+            for o in &v.outputs {
+                out += &format!(
+                    "verify {}: max |diff| {:.3e} (output magnitude {:.3e}) {}\n",
+                    o.name,
+                    o.max_abs_diff,
+                    o.max_magnitude,
+                    if o.passed { "ok" } else { "FAILED" }
+                );
+            }
+        }
+        out
+    }
+}
+
+fn percent_removed(before: f64, after: f64) -> f64 {
+    if before == 0.0 { 0.0 } else { 100.0 * (before - after) / before }
+}

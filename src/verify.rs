@@ -1,0 +1,139 @@
+//! Verification: run the original and the slimmed model on the same seeded random inputs and
+//! compare every output.
+//!
+//! Integer inputs that index a constant table (token ids into an embedding) are drawn inside the
+//! table; other integer inputs (masks, type ids) take 0 or 1; floats are uniform in [-1, 1).
+
+use crate::cost::NOMINAL_DIM;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use tract_core::internal::*;
+use tract_core::ops::array::Gather;
+use tract_core::ops::konst::Const;
+
+/// Relative tolerance: the max abs difference allowed, as a fraction of the output's magnitude.
+pub const RELATIVE_TOLERANCE: f32 = 1e-4;
+
+/// How one output compares.
+#[derive(Clone, Debug, Serialize)]
+pub struct OutputDiff {
+    pub name: String,
+    pub max_abs_diff: f32,
+    pub max_magnitude: f32,
+    pub passed: bool,
+}
+
+/// The verification result.
+#[derive(Clone, Debug, Serialize)]
+pub struct Verification {
+    pub seed: u64,
+    pub input_shapes: Vec<Vec<usize>>,
+    pub outputs: Vec<OutputDiff>,
+    pub passed: bool,
+}
+
+/// Concrete shape of an input fact: symbols take their `--set` value, else [`NOMINAL_DIM`].
+fn concrete_shape(fact: &TypedFact, values: &SymbolValues) -> TractResult<Vec<usize>> {
+    fact.shape
+        .iter()
+        .map(|d| {
+            let mut v = values.clone();
+            for s in d.symbols() {
+                if values.get(&s).is_none() {
+                    v = v.with(&s, NOMINAL_DIM);
+                }
+            }
+            Ok(d.eval(&v).to_usize()?)
+        })
+        .collect()
+}
+
+/// Exclusive upper bound for an integer input: the smallest constant table it indexes, if any.
+fn index_bound(model: &TypedModel, input: OutletId) -> Option<usize> {
+    let mut frontier = vec![input];
+    let mut bound: Option<usize> = None;
+    let mut seen = std::collections::HashSet::new();
+    while let Some(outlet) = frontier.pop() {
+        if !seen.insert(outlet) {
+            continue;
+        }
+        for succ in &model.outlet_successors(outlet).to_vec() {
+            let node = model.node(succ.node);
+            if let Some(gather) = node.op_as::<Gather>() {
+                if succ.slot == 1 {
+                    let table = model.node(node.inputs[0].node);
+                    if let Some(konst) = table.op_as::<Const>() {
+                        let n = konst.val().shape()[gather.axis];
+                        bound = Some(bound.map_or(n, |b| b.min(n)));
+                    }
+                }
+            } else if node.op_is::<AxisOp>() || node.op.name() == "Cast" {
+                frontier.push(OutletId::new(succ.node, 0));
+            }
+        }
+    }
+    bound
+}
+
+/// Seeded random inputs for a model.
+pub fn random_inputs(model: &TypedModel, seed: u64, values: &SymbolValues) -> TractResult<TVec<TValue>> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut inputs = tvec![];
+    for &outlet in model.input_outlets()? {
+        let fact = model.outlet_fact(outlet)?;
+        let shape = concrete_shape(fact, values)?;
+        let len: usize = shape.iter().product();
+        let dt = fact.datum_type;
+        let tensor = if dt.is_float() {
+            let data: Vec<f32> = (0..len).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            tract_ndarray::ArrayD::from_shape_vec(shape, data)?.into_tensor().cast_to_dt(dt)?.into_owned()
+        } else if dt == bool::datum_type() {
+            let data: Vec<bool> = (0..len).map(|_| rng.gen_bool(0.5)).collect();
+            tract_ndarray::ArrayD::from_shape_vec(shape, data)?.into_tensor()
+        } else {
+            let bound = index_bound(model, outlet).unwrap_or(2).max(1) as i64;
+            let data: Vec<i64> = (0..len).map(|_| rng.gen_range(0..bound)).collect();
+            tract_ndarray::ArrayD::from_shape_vec(shape, data)?.into_tensor().cast_to_dt(dt)?.into_owned()
+        };
+        inputs.push(tensor.into_tvalue());
+    }
+    Ok(inputs)
+}
+
+/// Runs a model (optimized for CPU) on the given inputs.
+pub fn run(model: &TypedModel, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+    model.clone().into_optimized()?.into_runnable()?.run(inputs)
+}
+
+fn max_abs(t: &Tensor) -> TractResult<f32> {
+    let t = t.cast_to::<f32>()?;
+    Ok(t.try_as_plain_ram()?.as_slice::<f32>()?.iter().fold(0.0f32, |m, v| m.max(v.abs())))
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> TractResult<f32> {
+    ensure!(a.shape() == b.shape(), "shapes differ: {:?} vs {:?}", a.shape(), b.shape());
+    let (a, b) = (a.cast_to::<f32>()?, b.cast_to::<f32>()?);
+    let (a, b) = (a.try_as_plain_ram()?.as_slice::<f32>()?.to_vec(), b.try_as_plain_ram()?.as_slice::<f32>()?.to_vec());
+    // NaN anywhere counts as an infinite difference.
+    Ok(a.iter().zip(&b).map(|(x, y)| if x.is_nan() != y.is_nan() { f32::INFINITY } else { (x - y).abs() }).fold(0.0, f32::max))
+}
+
+/// Compares the two models' outputs on seeded random inputs.
+pub fn verify(original: &TypedModel, slim: &TypedModel, seed: u64, values: &SymbolValues) -> TractResult<Verification> {
+    let inputs = random_inputs(original, seed, values)?;
+    let input_shapes = inputs.iter().map(|t| t.shape().to_vec()).collect();
+    let expected = run(original, inputs.clone())?;
+    let got = run(slim, inputs)?;
+    let mut outputs = vec![];
+    for (ix, (e, g)) in expected.iter().zip(got.iter()).enumerate() {
+        let outlet = original.output_outlets()?[ix];
+        let name = original.outlet_label(outlet).map(String::from).unwrap_or_else(|| original.node(outlet.node).name.clone());
+        let max_magnitude = max_abs(e)?;
+        let max_abs_diff = max_abs_diff(e, g)?;
+        let passed = max_abs_diff <= RELATIVE_TOLERANCE * max_magnitude.max(f32::MIN_POSITIVE);
+        outputs.push(OutputDiff { name, max_abs_diff, max_magnitude, passed });
+    }
+    let passed = outputs.iter().all(|o| o.passed);
+    Ok(Verification { seed, input_shapes, outputs, passed })
+}

@@ -1,0 +1,101 @@
+//! Writing: a slimmed model is saved as NNEF (`.nnef.tgz` or `.nnef.tar`) that stock tract loads.
+//!
+//! tract 0.23.9 cannot serialize `GeluExact`, so it is written as the expression it stands for,
+//! `0.5·x·(1 + erf(x/√2))`, which tract's declutter fuses back into `GeluExact` on load.
+//! Files are written to a temporary file beside the target and renamed into place, so an error
+//! never leaves a truncated model where one was asked for.
+
+use crate::error::{Result, SlimError};
+use std::io::Write;
+use std::path::Path;
+use tract_core::internal::*;
+use tract_core::ops::element_wise::ElementWiseOp;
+use tract_core::ops::math::{add, erf, mul};
+use tract_core::ops::nn::GeluExact;
+
+/// Output formats, chosen by file name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    NnefTgz,
+    NnefTar,
+}
+
+impl Format {
+    /// The format a path asks for, from its extension.
+    pub fn of(path: &Path) -> Option<Format> {
+        let name = path.file_name()?.to_string_lossy().to_lowercase();
+        if name.ends_with(".nnef.tgz") || name.ends_with(".nnef.tar.gz") {
+            Some(Format::NnefTgz)
+        } else if name.ends_with(".nnef.tar") {
+            Some(Format::NnefTar)
+        } else {
+            None
+        }
+    }
+}
+
+/// Rewrites every `GeluExact` into its erf expression (ops every NNEF reader of tract knows).
+pub fn expand_gelu(model: &TypedModel) -> TractResult<TypedModel> {
+    let mut model = model.clone();
+    let gelus: Vec<usize> = model
+        .nodes()
+        .iter()
+        .filter(|n| n.op_as::<ElementWiseOp>().is_some_and(|e| e.0.is::<GeluExact>()))
+        .map(|n| n.id)
+        .collect();
+    for id in gelus {
+        let node = model.node(id).clone();
+        let fact = model.outlet_fact(node.inputs[0])?.clone();
+        let mut patch = TypedModelPatch::new(format!("expand {}", node.name));
+        let x = patch.tap_model(&model, node.inputs[0])?;
+        let scalar = |v: f32| -> TractResult<Arc<Tensor>> {
+            Ok(tensor0(v).cast_to_dt(fact.datum_type)?.into_owned().broadcast_into_rank(fact.rank())?.into_arc_tensor())
+        };
+        let name = &node.name;
+        let inv_sqrt2 = patch.add_const(format!("{name}.inv_sqrt2"), scalar(std::f32::consts::FRAC_1_SQRT_2)?)?;
+        let one = patch.add_const(format!("{name}.one"), scalar(1.0)?)?;
+        let half = patch.add_const(format!("{name}.half"), scalar(0.5)?)?;
+        let scaled = patch.wire_node(format!("{name}.scaled"), mul(), &[x, inv_sqrt2])?;
+        let erf = patch.wire_node(format!("{name}.erf"), erf(), &scaled)?;
+        let shifted = patch.wire_node(format!("{name}.shifted"), add(), &[erf[0], one])?;
+        let halved = patch.wire_node(format!("{name}.halved"), mul(), &[x, half])?;
+        let gelu = patch.wire_node(format!("{name}.gelu"), mul(), &[halved[0], shifted[0]])?;
+        patch.shunt_outside(&model, OutletId::new(id, 0), gelu[0])?;
+        patch.apply(&mut model)?;
+    }
+    model.into_compact()
+}
+
+/// Serializes a model to NNEF bytes in the given format.
+fn nnef_bytes(model: &TypedModel, format: Format) -> TractResult<Vec<u8>> {
+    let model = expand_gelu(model)?;
+    let nnef = tract_nnef::nnef();
+    let tar = nnef.write_to_tar_with_config(&model, vec![], false, true)?;
+    Ok(match format {
+        Format::NnefTar => tar,
+        Format::NnefTgz => {
+            let mut gz = flate2::write::GzEncoder::new(vec![], flate2::Compression::default());
+            gz.write_all(&tar)?;
+            gz.finish()?
+        }
+    })
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same directory, then a rename.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// Saves a model; the format follows the file name.
+pub fn write_model(model: &TypedModel, path: &Path) -> Result<()> {
+    let shown = path.display().to_string();
+    let fail = |message: String| SlimError::Write { path: shown.clone(), message };
+    let format = Format::of(path).ok_or_else(|| fail("unknown format: use a .nnef.tgz or .nnef.tar file name".into()))?;
+    let bytes = nnef_bytes(model, format).map_err(|e| fail(format!("{e:#}")))?;
+    write_atomically(path, &bytes).map_err(|e| fail(e.to_string()))
+}
