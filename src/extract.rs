@@ -66,13 +66,24 @@ struct Best {
 
 /// Greedy DAG extraction of the classes `roots` need.
 pub fn extract(egraph: &SlimGraph, roots: &[Id], nominal: &Nominal) -> Choice {
+    extract_forcing(egraph, roots, nominal, &HashMap::new()).expect("every lowered class has a node without cycles")
+}
+
+/// Extraction where the classes of `forced` must use the given node (used to check that every
+/// node of an e-class computes the same tensor). `None` when a forced node makes a root
+/// unreachable (a cycle).
+pub fn extract_forcing(egraph: &SlimGraph, roots: &[Id], nominal: &Nominal, forced: &HashMap<Id, TensorLang>) -> Option<Choice> {
     let mut best: HashMap<Id, Best> = HashMap::new();
     let mut queue: VecDeque<Id> = egraph.classes().map(|c| c.id).collect();
     let mut queued: HashSet<Id> = queue.iter().copied().collect();
     while let Some(class) = queue.pop_front() {
         queued.remove(&class);
         let mut improved = false;
-        for node in egraph[class].iter() {
+        let candidates: Vec<&TensorLang> = match forced.get(&class) {
+            Some(node) => vec![node],
+            None => egraph[class].iter().collect(),
+        };
+        for node in candidates {
             let Some(candidate) = evaluate(egraph, nominal, &best, class, node) else { continue };
             if best.get(&class).is_none_or(|b| candidate.total < b.total) {
                 best.insert(class, candidate);
@@ -94,11 +105,11 @@ pub fn extract(egraph: &SlimGraph, roots: &[Id], nominal: &Nominal) -> Choice {
         if nodes.contains_key(&class) {
             continue;
         }
-        let node = best[&class].node.clone();
+        let node = best.get(&class)?.node.clone();
         stack.extend(node.children().iter().map(|c| egraph.find(*c)));
         nodes.insert(class, node);
     }
-    Choice { nodes }
+    Some(Choice { nodes })
 }
 
 fn evaluate(egraph: &SlimGraph, nominal: &Nominal, best: &HashMap<Id, Best>, class: Id, node: &TensorLang) -> Option<Best> {

@@ -29,6 +29,11 @@ pub struct Lowered {
 
 /// Lowers a typed model. The model should be decluttered first, so ops come in canonical form.
 pub fn lower(model: &TypedModel) -> TractResult<Lowered> {
+    // Stored facts can be stale after tract's own rewrites (an `Iff` keeping a pre-declutter
+    // shape); the e-graph types nodes with `output_facts`, so lower a refreshed copy.
+    let mut refreshed = model.clone();
+    refreshed.refresh_output_facts()?;
+    let model = &refreshed;
     let mut tables = Tables::default();
     for input in model.input_outlets()? {
         tables.inputs.push(model.outlet_fact(*input)?.clone());

@@ -74,17 +74,25 @@ impl Raiser<'_> {
         name
     }
 
-    /// A name for a class: its source node's, else derived from its first operand's.
-    fn base_name(&self, class: Id, node: &TensorLang) -> String {
+    /// A name for a class: its source node's; for a class made by rules that restricts a
+    /// tensor (it holds a `keep` node), the restricted tensor's name with `.kept`.
+    fn class_name(&self, class: Id, depth: usize) -> Option<String> {
         if let Some(name) = self.names.get(&class) {
-            return name.clone();
+            return Some(name.clone());
         }
-        let from = node.operands().first().map(|c| self.egraph.find(*c));
-        let parent = from.and_then(|c| self.names.get(&c)).cloned().unwrap_or_else(|| "slim".into());
-        match node {
-            TensorLang::Keep(_) => format!("{parent}.keep"),
-            _ => format!("{parent}.slim"),
+        if depth == 0 {
+            return None;
         }
+        self.egraph[class].nodes.iter().find_map(|n| match n {
+            TensorLang::Keep([_, _, x]) => self.class_name(self.egraph.find(*x), depth - 1).map(|n| format!("{n}.kept")),
+            _ => None,
+        })
+    }
+
+    fn base_name(&self, class: Id, inputs: &[OutletId]) -> String {
+        self.class_name(class, 8)
+            .or_else(|| inputs.first().map(|i| format!("{}.slim", self.model.node(i.node).name)))
+            .unwrap_or_else(|| "slim".into())
     }
 
     fn wire(&mut self, class: Id) -> TractResult<OutletId> {
@@ -109,8 +117,9 @@ impl Raiser<'_> {
     }
 
     fn wire_node(&mut self, class: Id, node: &TensorLang, inputs: &[OutletId]) -> TractResult<OutletId> {
-        let base = self.base_name(class, node);
-        let tables = &self.egraph.analysis.tables;
+        let base = self.base_name(class, inputs);
+        let egraph = self.egraph;
+        let tables = &egraph.analysis.tables;
         match node {
             TensorLang::Key(Key::Const(k)) => {
                 let name = self.unique_name(&tables.const_names[*k as usize]);

@@ -7,6 +7,7 @@ use crate::rules::Rule;
 use egg::{Runner, StopReason};
 use serde::Serialize;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,6 +35,8 @@ pub struct SaturationReport {
     pub eclasses: usize,
     /// Rule instantiations refused because their result did not type-check (a wrong rule).
     pub refused_instantiations: usize,
+    /// How many times each rule that fired was applied.
+    pub applied: BTreeMap<String, usize>,
 }
 
 /// Runs `rules` on the e-graph until saturation or a limit.
@@ -58,6 +61,12 @@ pub fn saturate(egraph: SlimGraph, rules: &[Rule], limits: &Limits) -> Result<(S
         Some(StopReason::Other(s)) => s.clone(),
         None => "not run".to_string(),
     };
+    let mut applied = BTreeMap::new();
+    for iteration in &runner.iterations {
+        for (rule, n) in &iteration.applied {
+            *applied.entry(rule.to_string()).or_insert(0) += n;
+        }
+    }
     let mut egraph = runner.egraph;
     egraph.rebuild();
     let report = SaturationReport {
@@ -66,6 +75,7 @@ pub fn saturate(egraph: SlimGraph, rules: &[Rule], limits: &Limits) -> Result<(S
         enodes: egraph.total_number_of_nodes(),
         eclasses: egraph.number_of_classes(),
         refused_instantiations: refused.load(Ordering::Relaxed),
+        applied,
     };
     Ok((egraph, report))
 }

@@ -123,8 +123,10 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> TractResult<f32> {
 pub fn verify(original: &TypedModel, slim: &TypedModel, seed: u64, values: &SymbolValues) -> TractResult<Verification> {
     let inputs = random_inputs(original, seed, values)?;
     let input_shapes = inputs.iter().map(|t| t.shape().to_vec()).collect();
-    let expected = run(original, inputs.clone())?;
-    let got = run(slim, inputs)?;
+    let expected = run(original, inputs.clone()).context(
+        "the original model does not run in tract at these shapes (give concrete ones with --input or --set)",
+    )?;
+    let got = run(slim, inputs).context("the slimmed model does not run")?;
     let mut outputs = vec![];
     for (ix, (e, g)) in expected.iter().zip(got.iter()).enumerate() {
         let outlet = original.output_outlets()?[ix];

@@ -1,0 +1,100 @@
+//! Helpers shared by the integration tests: the fixture manifest and model loading.
+
+#![allow(dead_code)]
+
+use model_slim::import::{import_onnx, ImportOptions, InputSpec};
+use serde::Deserialize;
+use std::path::PathBuf;
+use tract_core::internal::*;
+
+#[derive(Deserialize, Debug)]
+pub struct Manifest {
+    pub fixtures: Vec<Fixture>,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+pub struct Fixture {
+    pub name: String,
+    pub file: String,
+    pub variant: String,
+    pub exporter: String,
+    pub inputs: Vec<FixtureInput>,
+    pub layers: Vec<Layer>,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+pub struct FixtureInput {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub dtype: String,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+pub struct Layer {
+    pub layer: usize,
+    pub ffn_width: usize,
+    pub ffn_kept: usize,
+    pub heads: usize,
+    pub heads_kept: usize,
+}
+
+pub fn fixtures_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+pub fn manifest() -> Manifest {
+    let text = std::fs::read_to_string(fixtures_dir().join("manifest.json")).expect("manifest.json");
+    serde_json::from_str(&text).expect("manifest parses")
+}
+
+impl Fixture {
+    pub fn path(&self) -> PathBuf {
+        fixtures_dir().join(&self.file)
+    }
+
+    /// The `--input` flags that give this fixture its recorded shapes.
+    pub fn input_specs(&self) -> Vec<String> {
+        self.inputs
+            .iter()
+            .map(|i| {
+                let dims: Vec<String> = i.shape.iter().map(|d| d.to_string()).collect();
+                let ty = if i.dtype == "int64" { "i64" } else { "f32" };
+                format!("{}:{},{ty}", i.name, dims.join(","))
+            })
+            .collect()
+    }
+
+    /// Imports the fixture at its recorded (concrete) shapes.
+    pub fn load(&self) -> TypedModel {
+        let inputs = self.input_specs().iter().map(|s| s.parse::<InputSpec>().unwrap()).collect();
+        import_onnx(&self.path(), &ImportOptions { inputs, sets: vec![] }).expect("fixture imports")
+    }
+}
+
+/// A readable summary of a graph: one line per computing node, its op, inputs and output shape.
+/// Constants appear inline as `const[shape]` (tract merges identical constants, renaming them).
+pub fn graph_summary(model: &TypedModel) -> String {
+    let mut out = String::new();
+    let shape = |o: OutletId| format!("{:?}", model.outlet_fact(o).unwrap().shape);
+    for id in model.eval_order().unwrap() {
+        let node = model.node(id);
+        if node.op.name() == "Const" {
+            continue;
+        }
+        let inputs: Vec<String> = node
+            .inputs
+            .iter()
+            .map(|i| if model.node(i.node).op.name() == "Const" { format!("const[{}]", shape(*i)) } else { model.node(i.node).name.clone() })
+            .collect();
+        out += &format!("{} = {}({}) : {}\n", node.name, node.op.name(), inputs.join(", "), shape(OutletId::new(id, 0)));
+    }
+    out
+}
+
+/// Fails with the first differing line of two summaries.
+pub fn assert_same_summary(got: &str, expected: &str, what: &str) {
+    for (g, e) in got.lines().zip(expected.lines()) {
+        assert_eq!(g, e, "{what}");
+    }
+    assert_eq!(got.lines().count(), expected.lines().count(), "{what}: node counts differ");
+}
