@@ -31,11 +31,17 @@ pub struct TensorInfo {
 
 impl TensorInfo {
     fn parameter() -> TensorInfo {
-        TensorInfo { fact: None, zeros: vec![] }
+        TensorInfo {
+            fact: None,
+            zeros: vec![],
+        }
     }
 
     fn tensor(fact: TypedFact, zeros: ZeroSlices) -> TensorInfo {
-        TensorInfo { fact: Some(fact), zeros }
+        TensorInfo {
+            fact: Some(fact),
+            zeros,
+        }
     }
 
     /// Zero slices of `axis` (empty when the axis is out of range).
@@ -98,7 +104,9 @@ impl Tables {
         let indices = self.sets[set as usize].clone();
         let sliced = select_slices(&self.consts[k as usize], axis, &indices)?;
         let name = self.const_names[k as usize].clone();
-        let Key::Const(new) = self.add_const(Arc::new(sliced), name) else { unreachable!() };
+        let Key::Const(new) = self.add_const(Arc::new(sliced), name) else {
+            unreachable!()
+        };
         self.sliced.insert((k, axis, set), new);
         Ok(Key::Const(new))
     }
@@ -119,7 +127,9 @@ pub fn select_slices(tensor: &Tensor, axis: usize, indices: &[usize]) -> TractRe
     let indices = tensor1(&indices.iter().map(|&i| i as i64).collect::<Vec<_>>());
     let gather = tract_core::ops::array::Gather::new(axis);
     let inputs = tvec!(tensor.clone().into_tvalue(), indices.into_tvalue());
-    let mut out = gather.eval_out_of_plan(inputs)?.context("Gather has no plain evaluation")?;
+    let mut out = gather
+        .eval_out_of_plan(inputs)?
+        .context("Gather has no plain evaluation")?;
     Ok(out.remove(0).into_tensor())
 }
 
@@ -127,19 +137,29 @@ fn eval_on_zeros(op: &dyn TypedOp, fact: &TypedFact, arity: usize) -> TractResul
     let rank = fact.rank();
     let zero = Tensor::zero_dt(fact.datum_type, &vec![1; rank])?;
     let inputs: TVec<TValue> = (0..arity).map(|_| zero.clone().into_tvalue()).collect();
-    let out = op.eval_out_of_plan(inputs)?.context("no plain evaluation")?;
+    let out = op
+        .eval_out_of_plan(inputs)?
+        .context("no plain evaluation")?;
     let out = out[0].cast_to::<f64>()?;
-    Ok(out.try_as_plain_ram()?.as_slice::<f64>()?.iter().all(|v| *v == 0.0))
+    Ok(out
+        .try_as_plain_ram()?
+        .as_slice::<f64>()?
+        .iter()
+        .all(|v| *v == 0.0))
 }
 
 /// All-zero slices of a constant, per axis. Only float data is inspected.
 pub fn zero_slices_of(tensor: &Tensor) -> ZeroSlices {
     let rank = tensor.rank();
-    let Ok(data) = tensor.cast_to::<f32>() else { return vec![vec![]; rank] };
+    let Ok(data) = tensor.cast_to::<f32>() else {
+        return vec![vec![]; rank];
+    };
     if !tensor.datum_type().is_float() {
         return vec![vec![]; rank];
     }
-    let Ok(view) = data.to_plain_array_view::<f32>() else { return vec![vec![]; rank] };
+    let Ok(view) = data.to_plain_array_view::<f32>() else {
+        return vec![vec![]; rank];
+    };
     let mut nonzero: Vec<Vec<bool>> = tensor.shape().iter().map(|&d| vec![false; d]).collect();
     for (index, value) in view.indexed_iter() {
         if *value != 0.0 {
@@ -150,7 +170,13 @@ pub fn zero_slices_of(tensor: &Tensor) -> ZeroSlices {
     }
     nonzero
         .into_iter()
-        .map(|axis| axis.iter().enumerate().filter(|(_, nz)| !**nz).map(|(i, _)| i).collect())
+        .map(|axis| {
+            axis.iter()
+                .enumerate()
+                .filter(|(_, nz)| !**nz)
+                .map(|(i, _)| i)
+                .collect()
+        })
         .collect()
 }
 
@@ -202,7 +228,11 @@ pub fn const_of(egraph: &SlimGraph, id: Id) -> Option<u32> {
 /// ill-typed (rules must never add such a node).
 pub fn infer(egraph: &mut SlimGraph, node: &TensorLang) -> TractResult<TensorInfo> {
     let fact = |id: Id| -> TractResult<TypedFact> {
-        egraph[id].data.fact.clone().with_context(|| format!("e-class {id} is not a tensor"))
+        egraph[id]
+            .data
+            .fact
+            .clone()
+            .with_context(|| format!("e-class {id} is not a tensor"))
     };
     match node {
         TensorLang::Num(_) | TensorLang::Key(Key::Op(_)) | TensorLang::Key(Key::Set(_)) => {
@@ -222,9 +252,16 @@ pub fn infer(egraph: &mut SlimGraph, node: &TensorLang) -> TractResult<TensorInf
             let axis = num_of(egraph, *axis).context("keep axis is not a number")? as usize;
             let set = set_of(egraph, *set).context("keep set is not a set")?;
             let mut fact = fact(*x)?;
-            ensure!(axis < fact.rank(), "keep axis {axis} out of rank {}", fact.rank());
+            ensure!(
+                axis < fact.rank(),
+                "keep axis {axis} out of rank {}",
+                fact.rank()
+            );
             if let Ok(dim) = fact.shape[axis].to_usize() {
-                ensure!(set.iter().all(|&i| i < dim), "keep index out of range {dim}");
+                ensure!(
+                    set.iter().all(|&i| i < dim),
+                    "keep index out of range {dim}"
+                );
             }
             let mut shape: TVec<TDim> = fact.shape.iter().cloned().collect();
             shape[axis] = set.len().into();
@@ -239,7 +276,11 @@ pub fn infer(egraph: &mut SlimGraph, node: &TensorLang) -> TractResult<TensorInf
 
 /// Positions, within `set`, of the indices listed in `zeros`.
 fn kept_positions(zeros: &[usize], set: &[usize]) -> Vec<usize> {
-    set.iter().enumerate().filter(|(_, i)| zeros.binary_search(i).is_ok()).map(|(p, _)| p).collect()
+    set.iter()
+        .enumerate()
+        .filter(|(_, i)| zeros.binary_search(i).is_ok())
+        .map(|(p, _)| p)
+        .collect()
 }
 
 fn infer_op(egraph: &mut SlimGraph, node: &TensorLang) -> TractResult<TensorInfo> {
@@ -247,7 +288,13 @@ fn infer_op(egraph: &mut SlimGraph, node: &TensorLang) -> TractResult<TensorInfo
     let inputs: Vec<TypedFact> = node
         .operands()
         .iter()
-        .map(|id| egraph[*id].data.fact.clone().context("operand is not a tensor"))
+        .map(|id| {
+            egraph[*id]
+                .data
+                .fact
+                .clone()
+                .context("operand is not a tensor")
+        })
         .collect::<TractResult<_>>()?;
     let input_refs: TVec<&TypedFact> = inputs.iter().collect();
     let op = &egraph.analysis.tables.ops[op_key as usize];
@@ -273,8 +320,11 @@ fn propagate_zeros(
 ) -> ZeroSlices {
     let rank = out.rank();
     let none = vec![vec![]; rank];
-    let operand_zeros: Vec<ZeroSlices> =
-        node.operands().iter().map(|id| egraph[*id].data.zeros.clone()).collect();
+    let operand_zeros: Vec<ZeroSlices> = node
+        .operands()
+        .iter()
+        .map(|id| egraph[*id].data.zeros.clone())
+        .collect();
     let tables = &mut egraph.analysis.tables;
     let zero_to_zero = match node {
         TensorLang::Map(_) => tables.maps_zero_to_zero(op_key, &inputs[0], 1),
@@ -296,7 +346,9 @@ fn propagate_zeros(
                     if is_mul {
                         union(&a, &b)
                     } else {
-                        a.into_iter().filter(|i| b.binary_search(i).is_ok()).collect()
+                        a.into_iter()
+                            .filter(|i| b.binary_search(i).is_ok())
+                            .collect()
                     }
                 })
                 .collect()
@@ -308,7 +360,9 @@ fn propagate_zeros(
             (0..rank)
                 .map(|axis| {
                     let mut acc = vec![];
-                    let Ok(letter) = einsum.axes.axis((InOut::Out(0), axis)) else { return acc };
+                    let Ok(letter) = einsum.axes.axis((InOut::Out(0), axis)) else {
+                        return acc;
+                    };
                     for (slot, input) in inputs.iter().enumerate() {
                         for &ia in &letter.inputs[slot] {
                             if input.shape[ia] == out.shape[axis] {
@@ -333,7 +387,9 @@ fn propagate_zeros(
                 .collect()
         }
         TensorLang::Axis(_) => {
-            let Some(axis_op) = op.downcast_ref::<AxisOp>() else { return none };
+            let Some(axis_op) = op.downcast_ref::<AxisOp>() else {
+                return none;
+            };
             let mut zeros = none;
             for (axis, z) in operand_zeros[0].iter().enumerate() {
                 if let Some(to) = axis_op.transform_axis(axis) {
@@ -351,7 +407,11 @@ fn broadcast_zeros(zeros: &[usize], fact: &TypedFact, axis: usize, out: &TypedFa
     if fact.shape[axis] == out.shape[axis] {
         return zeros.to_vec();
     }
-    match (fact.shape[axis].to_usize(), out.shape[axis].to_usize(), zeros.first()) {
+    match (
+        fact.shape[axis].to_usize(),
+        out.shape[axis].to_usize(),
+        zeros.first(),
+    ) {
         (Ok(1), Ok(n), Some(0)) => (0..n).collect(),
         _ => vec![],
     }

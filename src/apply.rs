@@ -5,7 +5,7 @@ use crate::analysis::{infer, SlimAnalysis, SlimGraph};
 use crate::guards::Arg;
 use crate::lang::TensorLang;
 use crate::rules::{ArgSpec, Rule};
-use egg::{Applier, Language, ENodeOrVar, Id, PatternAst, Rewrite, Subst, Symbol, Var};
+use egg::{Applier, ENodeOrVar, Id, Language, PatternAst, Rewrite, Subst, Symbol, Var};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -18,8 +18,14 @@ pub struct RuleApplier {
 }
 
 /// Builds the egg rewrite of a rule; `refused` counts ill-typed instantiations.
-pub fn rewrite(rule: &Rule, refused: Arc<AtomicUsize>) -> Result<Rewrite<TensorLang, SlimAnalysis>, String> {
-    let applier = RuleApplier { rule: rule.clone(), refused };
+pub fn rewrite(
+    rule: &Rule,
+    refused: Arc<AtomicUsize>,
+) -> Result<Rewrite<TensorLang, SlimAnalysis>, String> {
+    let applier = RuleApplier {
+        rule: rule.clone(),
+        refused,
+    };
     Rewrite::new(rule.name.as_str(), rule.lhs.clone(), applier)
 }
 

@@ -27,7 +27,11 @@ impl Nominal {
         for s in symbols {
             values = values.with(&s, NOMINAL_DIM);
         }
-        evaluated.eval(&values).to_i64().map(|v| v as f64).unwrap_or(NOMINAL_DIM as f64)
+        evaluated
+            .eval(&values)
+            .to_i64()
+            .map(|v| v as f64)
+            .unwrap_or(NOMINAL_DIM as f64)
     }
 
     /// Element count of a tensor type.

@@ -18,7 +18,9 @@ pub const ZEROED: [usize; 3] = [128, 192, 64];
 pub const SEQUENCE: usize = 32;
 
 fn random(rng: &mut StdRng, shape: &[usize]) -> TractResult<Tensor> {
-    let data: Vec<f32> = (0..shape.iter().product()).map(|_| rng.gen_range(-0.1..0.1)).collect();
+    let data: Vec<f32> = (0..shape.iter().product())
+        .map(|_| rng.gen_range(-0.1..0.1))
+        .collect();
     Ok(tract_ndarray::ArrayD::from_shape_vec(shape, data)?.into_tensor())
 }
 
@@ -44,8 +46,17 @@ pub fn demo_model() -> TractResult<TypedModel> {
         }
         let w2 = model.add_const(name("down.weight"), w2)?;
         let b2 = model.add_const(name("down.bias"), random(&mut rng, &[1, 1, HIDDEN])?)?;
-        let linear = |model: &mut TypedModel, part: &str, x: OutletId, w: OutletId, b: OutletId| -> TractResult<OutletId> {
-            let mm = model.wire_node(format!("layer.{layer}.{part}"), EinSum::new("amk,kn->amn".parse()?, f32::datum_type()), &[x, w])?;
+        let linear = |model: &mut TypedModel,
+                      part: &str,
+                      x: OutletId,
+                      w: OutletId,
+                      b: OutletId|
+         -> TractResult<OutletId> {
+            let mm = model.wire_node(
+                format!("layer.{layer}.{part}"),
+                EinSum::new("amk,kn->amn".parse()?, f32::datum_type()),
+                &[x, w],
+            )?;
             Ok(model.wire_node(format!("layer.{layer}.{part}.add_bias"), add(), &[mm[0], b])?[0])
         };
         let up = linear(&mut model, "up", x, w1, b1)?;

@@ -9,28 +9,48 @@ pub enum SlimError {
     Read { path: String, message: String },
     #[error("{path} is not a valid ONNX model: {message}")]
     NotOnnx { path: String, message: String },
-    #[error("bad --input `{spec}`: {message} (expected NAME:DIM,...,TYPE such as input_ids:1,128,i64)")]
+    #[error(
+        "bad --input `{spec}`: {message} (expected NAME:DIM,...,TYPE such as input_ids:1,128,i64)"
+    )]
     InputSpec { spec: String, message: String },
     #[error("bad --set `{spec}`: expected SYMBOL=INTEGER such as sequence=128")]
     SetSpec { spec: String },
     #[error("{path}: no model input named `{name}` (the inputs are: {known})")]
-    UnknownInput { path: String, name: String, known: String },
+    UnknownInput {
+        path: String,
+        name: String,
+        known: String,
+    },
     #[error("{path}: tract cannot analyse the model: {message}{hint}")]
-    Analysis { path: String, message: String, hint: String },
+    Analysis {
+        path: String,
+        message: String,
+        hint: String,
+    },
     #[error(transparent)]
     Rules(#[from] RuleError),
     #[error("{stage} failed: {message}")]
-    Stage { stage: &'static str, message: String },
+    Stage {
+        stage: &'static str,
+        message: String,
+    },
     #[error("cannot write {path}: {message}")]
     Write { path: String, message: String },
     #[error("verification failed: output `{output}` differs by {diff:e}, over the tolerance {tolerance:e}")]
-    Verification { output: String, diff: f32, tolerance: f32 },
+    Verification {
+        output: String,
+        diff: f32,
+        tolerance: f32,
+    },
 }
 
 impl SlimError {
     /// Wraps a tract error raised in a pipeline stage, keeping its whole chain on one line.
     pub fn stage(stage: &'static str, error: impl std::fmt::Display) -> SlimError {
-        SlimError::Stage { stage, message: format!("{error:#}") }
+        SlimError::Stage {
+            stage,
+            message: format!("{error:#}"),
+        }
     }
 }
 

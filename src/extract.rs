@@ -36,23 +36,39 @@ pub struct Choice {
 pub fn node_cost(egraph: &SlimGraph, nominal: &Nominal, class: Id, node: &TensorLang) -> GraphCost {
     let tables = &egraph.analysis.tables;
     match node {
-        TensorLang::Key(Key::Const(k)) => {
-            GraphCost { flops: 0.0, weight_bytes: tensor_bytes(&tables.consts[*k as usize]) }
-        }
+        TensorLang::Key(Key::Const(k)) => GraphCost {
+            flops: 0.0,
+            weight_bytes: tensor_bytes(&tables.consts[*k as usize]),
+        },
         TensorLang::Num(_) | TensorLang::Key(_) => GraphCost::default(),
         TensorLang::Keep([_, _, x]) => {
             // A gather copies what it keeps: priced like an element-wise op on its output.
             let fact = egraph[*x].data.fact.as_ref();
             let kept = fact.map(|f| nominal.elements(f)).unwrap_or(0.0);
-            GraphCost { flops: kept, weight_bytes: 0.0 }
+            GraphCost {
+                flops: kept,
+                weight_bytes: 0.0,
+            }
         }
         _ => {
-            let Some(op) = node.op_child().and_then(|c| crate::analysis::op_of(egraph, c)) else {
+            let Some(op) = node
+                .op_child()
+                .and_then(|c| crate::analysis::op_of(egraph, c))
+            else {
                 return GraphCost::default();
             };
-            let inputs: Vec<_> = node.operands().iter().filter_map(|c| egraph[*c].data.fact.as_ref()).collect();
-            let Some(out) = egraph[class].data.fact.as_ref() else { return GraphCost::default() };
-            GraphCost { flops: nominal.op_flops(tables.ops[op as usize].as_ref(), &inputs, out), weight_bytes: 0.0 }
+            let inputs: Vec<_> = node
+                .operands()
+                .iter()
+                .filter_map(|c| egraph[*c].data.fact.as_ref())
+                .collect();
+            let Some(out) = egraph[class].data.fact.as_ref() else {
+                return GraphCost::default();
+            };
+            GraphCost {
+                flops: nominal.op_flops(tables.ops[op as usize].as_ref(), &inputs, out),
+                weight_bytes: 0.0,
+            }
         }
     }
 }
@@ -66,13 +82,19 @@ struct Best {
 
 /// Greedy DAG extraction of the classes `roots` need.
 pub fn extract(egraph: &SlimGraph, roots: &[Id], nominal: &Nominal) -> Choice {
-    extract_forcing(egraph, roots, nominal, &HashMap::new()).expect("every lowered class has a node without cycles")
+    extract_forcing(egraph, roots, nominal, &HashMap::new())
+        .expect("every lowered class has a node without cycles")
 }
 
 /// Extraction where the classes of `forced` must use the given node (used to check that every
 /// node of an e-class computes the same tensor). `None` when a forced node makes a root
 /// unreachable (a cycle).
-pub fn extract_forcing(egraph: &SlimGraph, roots: &[Id], nominal: &Nominal, forced: &HashMap<Id, TensorLang>) -> Option<Choice> {
+pub fn extract_forcing(
+    egraph: &SlimGraph,
+    roots: &[Id],
+    nominal: &Nominal,
+    forced: &HashMap<Id, TensorLang>,
+) -> Option<Choice> {
     let mut best: HashMap<Id, Best> = HashMap::new();
     let mut queue: VecDeque<Id> = egraph.classes().map(|c| c.id).collect();
     let mut queued: HashSet<Id> = queue.iter().copied().collect();
@@ -84,7 +106,9 @@ pub fn extract_forcing(egraph: &SlimGraph, roots: &[Id], nominal: &Nominal, forc
             None => egraph[class].iter().collect(),
         };
         for node in candidates {
-            let Some(candidate) = evaluate(egraph, nominal, &best, class, node) else { continue };
+            let Some(candidate) = evaluate(egraph, nominal, &best, class, node) else {
+                continue;
+            };
             if best.get(&class).is_none_or(|b| candidate.total < b.total) {
                 best.insert(class, candidate);
                 improved = true;
@@ -112,7 +136,13 @@ pub fn extract_forcing(egraph: &SlimGraph, roots: &[Id], nominal: &Nominal, forc
     Some(Choice { nodes })
 }
 
-fn evaluate(egraph: &SlimGraph, nominal: &Nominal, best: &HashMap<Id, Best>, class: Id, node: &TensorLang) -> Option<Best> {
+fn evaluate(
+    egraph: &SlimGraph,
+    nominal: &Nominal,
+    best: &HashMap<Id, Best>,
+    class: Id,
+    node: &TensorLang,
+) -> Option<Best> {
     let mut needs: Vec<(Id, f64)> = vec![];
     for child in node.children() {
         let child = egraph.find(*child);
@@ -128,13 +158,23 @@ fn evaluate(egraph: &SlimGraph, nominal: &Nominal, best: &HashMap<Id, Best>, cla
     let pos = needs.partition_point(|(id, _)| *id < class);
     needs.insert(pos, (class, own));
     let total = needs.iter().map(|(_, c)| c).sum();
-    Some(Best { node: node.clone(), needs: Rc::new(needs), total })
+    Some(Best {
+        node: node.clone(),
+        needs: Rc::new(needs),
+        total,
+    })
 }
 
 /// The DAG cost of a choice: every needed class paid once.
 pub fn choice_cost(egraph: &SlimGraph, nominal: &Nominal, choice: &Choice) -> GraphCost {
-    choice.nodes.iter().fold(GraphCost::default(), |acc, (class, node)| {
-        let c = node_cost(egraph, nominal, *class, node);
-        GraphCost { flops: acc.flops + c.flops, weight_bytes: acc.weight_bytes + c.weight_bytes }
-    })
+    choice
+        .nodes
+        .iter()
+        .fold(GraphCost::default(), |acc, (class, node)| {
+            let c = node_cost(egraph, nominal, *class, node);
+            GraphCost {
+                flops: acc.flops + c.flops,
+                weight_bytes: acc.weight_bytes + c.weight_bytes,
+            }
+        })
 }

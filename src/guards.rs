@@ -150,7 +150,13 @@ fn einsum(egraph: &SlimGraph, arg: Arg) -> Option<&EinSum> {
 
 fn dim(egraph: &SlimGraph, tensor: Arg, axis_arg: Arg) -> Option<TDim> {
     let axis = axis(egraph, axis_arg)?;
-    egraph[class(tensor)?].data.fact.as_ref()?.shape.get(axis).cloned()
+    egraph[class(tensor)?]
+        .data
+        .fact
+        .as_ref()?
+        .shape
+        .get(axis)
+        .cloned()
 }
 
 fn add_num(egraph: &mut SlimGraph, v: usize) -> Id {
@@ -163,23 +169,31 @@ fn add_set(egraph: &mut SlimGraph, set: Vec<usize>) -> Id {
 }
 
 fn zero_contraction(egraph: &mut SlimGraph, args: &[Arg]) -> Alternatives {
-    let (Some(op), Some(x), Some(y)) = (einsum(egraph, args[0]), class(args[1]), class(args[2])) else {
+    let (Some(op), Some(x), Some(y)) = (einsum(egraph, args[0]), class(args[1]), class(args[2]))
+    else {
         return vec![];
     };
     let mut found = vec![];
     for letter in op.axes.iter_all_axes() {
-        let contracted = letter.outputs[0].is_empty() && letter.inputs[0].len() == 1 && letter.inputs[1].len() == 1;
+        let contracted = letter.outputs[0].is_empty()
+            && letter.inputs[0].len() == 1
+            && letter.inputs[1].len() == 1;
         if !contracted {
             continue;
         }
         let (ax, ay) = (letter.inputs[0][0], letter.inputs[1][0]);
         let (xi, yi) = (&egraph[x].data, &egraph[y].data);
-        let (Some(n), Some(m)) = (xi.dim(ax), yi.dim(ay)) else { continue };
+        let (Some(n), Some(m)) = (xi.dim(ax), yi.dim(ay)) else {
+            continue;
+        };
         if n != m {
             continue;
         }
         let kept: Vec<usize> = (0..n)
-            .filter(|i| xi.zeros_on(ax).binary_search(i).is_err() && yi.zeros_on(ay).binary_search(i).is_err())
+            .filter(|i| {
+                xi.zeros_on(ax).binary_search(i).is_err()
+                    && yi.zeros_on(ay).binary_search(i).is_err()
+            })
             .collect();
         if kept.len() < n {
             found.push((ax, ay, kept));
@@ -187,7 +201,13 @@ fn zero_contraction(egraph: &mut SlimGraph, args: &[Arg]) -> Alternatives {
     }
     found
         .into_iter()
-        .map(|(ax, ay, kept)| vec![add_num(egraph, ax), add_num(egraph, ay), add_set(egraph, kept)])
+        .map(|(ax, ay, kept)| {
+            vec![
+                add_num(egraph, ax),
+                add_num(egraph, ay),
+                add_set(egraph, kept),
+            ]
+        })
         .collect()
 }
 
@@ -204,7 +224,9 @@ fn einsum_axis(egraph: &mut SlimGraph, args: &[Arg]) -> Alternatives {
         let size = dim(egraph, args[3], Arg::Int(operand_ax as i64))?;
         (size != TDim::Val(1)).then_some(operand_ax)
     })();
-    found.map(|ax| vec![vec![add_num(egraph, ax)]]).unwrap_or_default()
+    found
+        .map(|ax| vec![vec![add_num(egraph, ax)]])
+        .unwrap_or_default()
 }
 
 fn einsum_lacks(egraph: &mut SlimGraph, args: &[Arg]) -> Alternatives {
@@ -230,7 +252,10 @@ fn free_axis(egraph: &mut SlimGraph, args: &[Arg]) -> Alternatives {
     let free = (|| {
         let key = op_of(egraph, class(args[0])?)?;
         let op = egraph.analysis.tables.ops[key as usize].as_op();
-        Some(crate::analysis::is_along(op) && !crate::analysis::along_axes(op).contains(&axis(egraph, args[1])?))
+        Some(
+            crate::analysis::is_along(op)
+                && !crate::analysis::along_axes(op).contains(&axis(egraph, args[1])?),
+        )
     })();
     holds(free == Some(true))
 }
@@ -241,7 +266,9 @@ fn axis_source(egraph: &mut SlimGraph, args: &[Arg]) -> Alternatives {
         let op = egraph.analysis.tables.ops[key as usize].downcast_ref::<AxisOp>()?;
         op.recip().transform_axis(axis(egraph, args[1])?)
     })();
-    source.map(|ax| vec![vec![add_num(egraph, ax)]]).unwrap_or_default()
+    source
+        .map(|ax| vec![vec![add_num(egraph, ax)]])
+        .unwrap_or_default()
 }
 
 fn slice_const(egraph: &mut SlimGraph, args: &[Arg]) -> Alternatives {
@@ -254,7 +281,9 @@ fn slice_const(egraph: &mut SlimGraph, args: &[Arg]) -> Alternatives {
         })?;
         Some((konst, axis(egraph, args[1])?, set))
     })();
-    let Some((konst, ax, set)) = request else { return vec![] };
+    let Some((konst, ax, set)) = request else {
+        return vec![];
+    };
     match egraph.analysis.tables.sliced_const(konst, ax, set) {
         Ok(key) => vec![vec![egraph.add(TensorLang::Key(key))]],
         Err(_) => vec![],
@@ -262,9 +291,17 @@ fn slice_const(egraph: &mut SlimGraph, args: &[Arg]) -> Alternatives {
 }
 
 fn compose(egraph: &mut SlimGraph, args: &[Arg]) -> Alternatives {
-    let (Some(outer), Some(inner)) = (class(args[0]), class(args[1])) else { return vec![] };
-    let (Some(outer), Some(inner)) = (set_of(egraph, outer), set_of(egraph, inner)) else { return vec![] };
-    let Some(composed) = outer.iter().map(|&p| inner.get(p).copied()).collect::<Option<Vec<_>>>() else {
+    let (Some(outer), Some(inner)) = (class(args[0]), class(args[1])) else {
+        return vec![];
+    };
+    let (Some(outer), Some(inner)) = (set_of(egraph, outer), set_of(egraph, inner)) else {
+        return vec![];
+    };
+    let Some(composed) = outer
+        .iter()
+        .map(|&p| inner.get(p).copied())
+        .collect::<Option<Vec<_>>>()
+    else {
         return vec![];
     };
     vec![vec![add_set(egraph, composed)]]

@@ -20,18 +20,29 @@ pub struct InputSpec {
 impl std::str::FromStr for InputSpec {
     type Err = SlimError;
     fn from_str(spec: &str) -> Result<InputSpec> {
-        let bad = |message: &str| SlimError::InputSpec { spec: spec.to_string(), message: message.to_string() };
+        let bad = |message: &str| SlimError::InputSpec {
+            spec: spec.to_string(),
+            message: message.to_string(),
+        };
         let (name, rest) = spec.rsplit_once(':').ok_or_else(|| bad("missing `:`"))?;
         let mut parts: Vec<&str> = rest.split(',').map(str::trim).collect();
-        let ty = parts.pop().filter(|t| !t.is_empty()).ok_or_else(|| bad("missing type"))?;
-        let datum_type = parse_datum_type(ty).ok_or_else(|| bad(&format!("unknown type `{ty}`")))?;
+        let ty = parts
+            .pop()
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| bad("missing type"))?;
+        let datum_type =
+            parse_datum_type(ty).ok_or_else(|| bad(&format!("unknown type `{ty}`")))?;
         if name.is_empty() {
             return Err(bad("missing name"));
         }
         if parts.iter().any(|d| d.is_empty()) {
             return Err(bad("empty dimension"));
         }
-        Ok(InputSpec { name: name.to_string(), dims: parts.iter().map(|d| d.to_string()).collect(), datum_type })
+        Ok(InputSpec {
+            name: name.to_string(),
+            dims: parts.iter().map(|d| d.to_string()).collect(),
+            datum_type,
+        })
     }
 }
 
@@ -51,7 +62,9 @@ fn parse_datum_type(ty: &str) -> Option<DatumType> {
 
 /// Parses `SYM=VALUE`.
 pub fn parse_set(spec: &str) -> Result<(String, i64)> {
-    let bad = || SlimError::SetSpec { spec: spec.to_string() };
+    let bad = || SlimError::SetSpec {
+        spec: spec.to_string(),
+    };
     let (sym, value) = spec.split_once('=').ok_or_else(bad)?;
     let value: i64 = value.trim().parse().map_err(|_| bad())?;
     if sym.trim().is_empty() {
@@ -70,14 +83,25 @@ pub struct ImportOptions {
 /// Reads, types and declutters an ONNX model.
 pub fn import_onnx(path: &Path, options: &ImportOptions) -> Result<TypedModel> {
     let shown = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|e| SlimError::Read { path: shown.clone(), message: e.to_string() })?;
-    let onnx = tract_onnx::onnx().with_ignore_output_shapes(true).with_ignore_value_info(true);
+    let bytes = std::fs::read(path).map_err(|e| SlimError::Read {
+        path: shown.clone(),
+        message: e.to_string(),
+    })?;
+    let onnx = tract_onnx::onnx()
+        .with_ignore_output_shapes(true)
+        .with_ignore_value_info(true);
     let proto = onnx
         .proto_model_for_read(&mut bytes.as_slice())
-        .map_err(|e| SlimError::NotOnnx { path: shown.clone(), message: format!("{e:#}") })?;
+        .map_err(|e| SlimError::NotOnnx {
+            path: shown.clone(),
+            message: format!("{e:#}"),
+        })?;
     let mut model = onnx
         .model_for_proto_model(&proto)
-        .map_err(|e| SlimError::NotOnnx { path: shown.clone(), message: format!("{e:#}") })?;
+        .map_err(|e| SlimError::NotOnnx {
+            path: shown.clone(),
+            message: format!("{e:#}"),
+        })?;
     apply_input_specs(&mut model, &shown, options)?;
     let declared = describe_inputs(&model);
     let analysis_error = |e: TractError| SlimError::Analysis {
@@ -87,30 +111,48 @@ pub fn import_onnx(path: &Path, options: &ImportOptions) -> Result<TypedModel> {
     };
     let mut typed = model.into_typed().map_err(analysis_error)?;
     if !options.sets.is_empty() {
-        let subs = options.sets.iter().map(|(s, v)| (typed.symbols.sym(s), TDim::Val(*v))).collect();
+        let subs = options
+            .sets
+            .iter()
+            .map(|(s, v)| (typed.symbols.sym(s), TDim::Val(*v)))
+            .collect();
         typed = typed.set_symbols(&subs).map_err(analysis_error)?;
     }
     typed.into_decluttered().map_err(analysis_error)
 }
 
 fn input_names(model: &InferenceModel) -> Vec<String> {
-    model.input_outlets().map(|o| o.iter().map(|o| model.node(o.node).name.clone()).collect()).unwrap_or_default()
+    model
+        .input_outlets()
+        .map(|o| o.iter().map(|o| model.node(o.node).name.clone()).collect())
+        .unwrap_or_default()
 }
 
-fn apply_input_specs(model: &mut InferenceModel, path: &str, options: &ImportOptions) -> Result<()> {
+fn apply_input_specs(
+    model: &mut InferenceModel,
+    path: &str,
+    options: &ImportOptions,
+) -> Result<()> {
     let names = input_names(model);
     for spec in &options.inputs {
-        let ix = names.iter().position(|n| *n == spec.name).ok_or_else(|| SlimError::UnknownInput {
-            path: path.to_string(),
-            name: spec.name.clone(),
-            known: names.join(", "),
-        })?;
+        let ix =
+            names
+                .iter()
+                .position(|n| *n == spec.name)
+                .ok_or_else(|| SlimError::UnknownInput {
+                    path: path.to_string(),
+                    name: spec.name.clone(),
+                    known: names.join(", "),
+                })?;
         let dims = spec
             .dims
             .iter()
             .map(|d| model.symbols.parse_tdim(d))
             .collect::<TractResult<TVec<TDim>>>()
-            .map_err(|e| SlimError::InputSpec { spec: spec.name.clone(), message: format!("{e:#}") })?;
+            .map_err(|e| SlimError::InputSpec {
+                spec: spec.name.clone(),
+                message: format!("{e:#}"),
+            })?;
         let dims = substitute(&dims, model, &options.sets);
         set_input(model, ix, spec.datum_type, &dims)?;
     }
@@ -121,8 +163,12 @@ fn apply_input_specs(model: &mut InferenceModel, path: &str, options: &ImportOpt
             if options.inputs.iter().any(|s| s.name == *name) {
                 continue;
             }
-            let fact = model.input_fact(ix).map_err(|e| SlimError::stage("import", e))?.clone();
-            if let (Some(dt), Some(shape)) = (fact.datum_type.concretize(), fact.shape.concretize()) {
+            let fact = model
+                .input_fact(ix)
+                .map_err(|e| SlimError::stage("import", e))?
+                .clone();
+            if let (Some(dt), Some(shape)) = (fact.datum_type.concretize(), fact.shape.concretize())
+            {
                 let dims = substitute(&shape, model, &options.sets);
                 set_input(model, ix, dt, &dims)?;
             }
@@ -140,11 +186,16 @@ fn substitute(dims: &[TDim], model: &InferenceModel, sets: &[(String, i64)]) -> 
 }
 
 fn set_input(model: &mut InferenceModel, ix: usize, dt: DatumType, dims: &[TDim]) -> Result<()> {
-    model.set_input_fact(ix, InferenceFact::dt_shape(dt, dims)).map_err(|e| SlimError::stage("import", e))
+    model
+        .set_input_fact(ix, InferenceFact::dt_shape(dt, dims))
+        .map_err(|e| SlimError::stage("import", e))
 }
 
-/// `(name, dims, type)` of each declared input, for hints.
-fn describe_inputs(model: &InferenceModel) -> Vec<(String, Option<TVec<TDim>>, Option<DatumType>)> {
+/// An input as the model declares it: name, dimensions and type where known.
+type DeclaredInput = (String, Option<TVec<TDim>>, Option<DatumType>);
+
+/// The declared inputs, for hints.
+fn describe_inputs(model: &InferenceModel) -> Vec<DeclaredInput> {
     input_names(model)
         .into_iter()
         .enumerate()
@@ -158,8 +209,13 @@ fn describe_inputs(model: &InferenceModel) -> Vec<(String, Option<TVec<TDim>>, O
 }
 
 /// Suggests the `--input` flags that give every declared input a concrete shape.
-fn concrete_input_hint(declared: &[(String, Option<TVec<TDim>>, Option<DatumType>)], options: &ImportOptions) -> String {
-    if !options.inputs.is_empty() || declared.iter().all(|(_, s, _)| s.as_ref().is_some_and(|s| s.iter().all(|d| d.to_i64().is_ok()))) {
+fn concrete_input_hint(declared: &[DeclaredInput], options: &ImportOptions) -> String {
+    if !options.inputs.is_empty()
+        || declared.iter().all(|(_, s, _)| {
+            s.as_ref()
+                .is_some_and(|s| s.iter().all(|d| d.to_i64().is_ok()))
+        })
+    {
         return String::new();
     }
     let flags: Vec<String> = declared
@@ -169,11 +225,24 @@ fn concrete_input_hint(declared: &[(String, Option<TVec<TDim>>, Option<DatumType
                 .iter()
                 .flatten()
                 .enumerate()
-                .map(|(axis, d)| d.to_i64().map(|v| v.to_string()).unwrap_or_else(|_| if axis == 0 { "1".into() } else { "128".into() }))
+                .map(|(axis, d)| {
+                    d.to_i64().map(|v| v.to_string()).unwrap_or_else(|_| {
+                        if axis == 0 {
+                            "1".into()
+                        } else {
+                            "128".into()
+                        }
+                    })
+                })
                 .collect();
-            let ty = dt.map(|d| format!("{d:?}").to_lowercase()).unwrap_or_else(|| "f32".into());
+            let ty = dt
+                .map(|d| format!("{d:?}").to_lowercase())
+                .unwrap_or_else(|| "f32".into());
             format!("-i {name}:{},{ty}", dims.join(","))
         })
         .collect();
-    format!(". Its symbolic input shapes may be the cause: give concrete ones, e.g. {}", flags.join(" "))
+    format!(
+        ". Its symbolic input shapes may be the cause: give concrete ones, e.g. {}",
+        flags.join(" ")
+    )
 }

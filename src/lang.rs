@@ -45,7 +45,9 @@ impl fmt::Display for Key {
 impl FromStr for Key {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let split = s.find(|c: char| c.is_ascii_digit()).ok_or_else(|| format!("not a key: {s}"))?;
+        let split = s
+            .find(|c: char| c.is_ascii_digit())
+            .ok_or_else(|| format!("not a key: {s}"))?;
         let (kind, index) = s.split_at(split);
         let index: u32 = index.parse().map_err(|_| format!("not a key: {s}"))?;
         match kind {

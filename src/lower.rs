@@ -44,7 +44,10 @@ pub fn lower(model: &TypedModel) -> TractResult<Lowered> {
     for node_id in model.eval_order()? {
         let node = &model.nodes()[node_id];
         let inputs: Vec<Id> = node.inputs.iter().map(|i| outlets[i]).collect();
-        let input_ix = model.input_outlets()?.iter().position(|o| o.node == node_id);
+        let input_ix = model
+            .input_outlets()?
+            .iter()
+            .position(|o| o.node == node_id);
         for slot in 0..node.outputs.len() {
             let enode = lower_outlet(&mut egraph, node, slot, &inputs, input_ix)?;
             let id = egraph.add(enode);
@@ -55,7 +58,11 @@ pub fn lower(model: &TypedModel) -> TractResult<Lowered> {
         }
     }
     egraph.rebuild();
-    let outputs = model.output_outlets()?.iter().map(|o| egraph.find(outlets[o])).collect();
+    let outputs = model
+        .output_outlets()?
+        .iter()
+        .map(|o| egraph.find(outlets[o]))
+        .collect();
     let input_names = model
         .input_outlets()?
         .iter()
@@ -65,10 +72,19 @@ pub fn lower(model: &TypedModel) -> TractResult<Lowered> {
         .output_outlets()?
         .iter()
         .map(|o| {
-            model.outlet_label(*o).map(|s| s.to_string()).unwrap_or_else(|| model.node(o.node).name.clone())
+            model
+                .outlet_label(*o)
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| model.node(o.node).name.clone())
         })
         .collect();
-    Ok(Lowered { egraph, outputs, input_names, output_names, names })
+    Ok(Lowered {
+        egraph,
+        outputs,
+        input_names,
+        output_names,
+        names,
+    })
 }
 
 fn lower_outlet(
@@ -84,15 +100,24 @@ fn lower_outlet(
         return Ok(TensorLang::Key(Key::Input(ix as u32)));
     }
     if let Some(konst) = op.downcast_ref::<Const>() {
-        let key = egraph.analysis.tables.add_const(konst.val().clone(), node.name.clone());
+        let key = egraph
+            .analysis
+            .tables
+            .add_const(konst.val().clone(), node.name.clone());
         return Ok(TensorLang::Key(key));
     }
     let op_key = egraph.analysis.tables.add_op(node.op.clone());
     let op_leaf = egraph.add(TensorLang::Key(op_key));
     let single = node.outputs.len() == 1;
-    let with_op = |rest: &[Id]| -> Vec<Id> { std::iter::once(op_leaf).chain(rest.iter().copied()).collect() };
+    let with_op = |rest: &[Id]| -> Vec<Id> {
+        std::iter::once(op_leaf)
+            .chain(rest.iter().copied())
+            .collect()
+    };
     let enode = match (single, inputs) {
-        (true, [x]) if op.is::<ElementWiseOp>() || op.is::<Cast>() => TensorLang::Map([op_leaf, *x]),
+        (true, [x]) if op.is::<ElementWiseOp>() || op.is::<Cast>() => {
+            TensorLang::Map([op_leaf, *x])
+        }
         (true, [a, b]) if op.is::<TypedBinOp>() => TensorLang::Bin([op_leaf, *a, *b]),
         (true, [a, b]) if is_plain_einsum(op) => TensorLang::EinSum([op_leaf, *a, *b]),
         (true, [x]) if is_along(op) => TensorLang::Along([op_leaf, *x]),
@@ -108,13 +133,26 @@ fn lower_outlet(
 }
 
 fn is_plain_einsum(op: &dyn TypedOp) -> bool {
-    op.downcast_ref::<EinSum>().is_some_and(|e| e.q_params.is_none())
+    op.downcast_ref::<EinSum>()
+        .is_some_and(|e| e.q_params.is_none())
 }
 
 /// The e-graph must type every tensor exactly as tract did; anything else is a lowering bug.
-fn check_lowered_fact(egraph: &SlimGraph, id: Id, expected: &TypedFact, node: &TypedNode) -> TractResult<()> {
+fn check_lowered_fact(
+    egraph: &SlimGraph,
+    id: Id,
+    expected: &TypedFact,
+    node: &TypedNode,
+) -> TractResult<()> {
     let got = egraph[id].data.fact.as_ref();
-    let same = got.is_some_and(|f| f.datum_type == expected.datum_type && f.shape == expected.shape);
-    ensure!(same, "lowering node #{} \"{}\" ({}): typed as {got:?}, tract says {expected:?}", node.id, node.name, node.op.name());
+    let same =
+        got.is_some_and(|f| f.datum_type == expected.datum_type && f.shape == expected.shape);
+    ensure!(
+        same,
+        "lowering node #{} \"{}\" ({}): typed as {got:?}, tract says {expected:?}",
+        node.id,
+        node.name,
+        node.op.name()
+    );
     Ok(())
 }

@@ -7,7 +7,7 @@ use model_slim::saturate::Limits;
 use model_slim::verify::verify;
 use model_slim::write::{write_atomically, write_model};
 use model_slim::{SlimError, Slimmer};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 use tract_core::internal::*;
@@ -20,7 +20,11 @@ const EXIT_VERIFY_FAILED: u8 = 2;
 const EXIT_INTERNAL: u8 = 70;
 
 #[derive(Parser)]
-#[command(name = "model-slim", version, about = "Cut the all-zero channels of pruned transformer models out, exactly.")]
+#[command(
+    name = "model-slim",
+    version,
+    about = "Cut the all-zero channels of pruned transformer models out, exactly."
+)]
 #[command(after_help = "Exit codes: 0 ok, 1 user error, 2 verification failed, 70 internal error.")]
 struct Cli {
     #[command(subcommand)]
@@ -30,7 +34,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Slim an ONNX model and write it as NNEF.
-    #[command(after_help = "Example:\n  model-slim slim bert_pruned.onnx -o bert_slim.nnef.tgz \\\n    -i input_ids:1,128,i64 -i attention_mask:1,128,i64 -i token_type_ids:1,128,i64 \\\n    --verify --report report.json")]
+    #[command(
+        after_help = "Example:\n  model-slim slim bert_pruned.onnx -o bert_slim.nnef.tgz \\\n    -i input_ids:1,128,i64 -i attention_mask:1,128,i64 -i token_type_ids:1,128,i64 \\\n    --verify --report report.json"
+    )]
     Slim {
         /// The ONNX model to slim.
         model: PathBuf,
@@ -98,27 +104,47 @@ impl From<SlimError> for Failure {
 }
 
 fn symbol_values(model: &TypedModel, sets: &[(String, i64)]) -> SymbolValues {
-    sets.iter().fold(SymbolValues::default(), |v, (s, x)| v.with(&model.symbols.sym(s), *x))
+    sets.iter().fold(SymbolValues::default(), |v, (s, x)| {
+        v.with(&model.symbols.sym(s), *x)
+    })
 }
 
-fn write_report(report: &Report, path: &PathBuf) -> Result<(), SlimError> {
-    let json = serde_json::to_vec_pretty(report).map_err(|e| SlimError::Write { path: path.display().to_string(), message: e.to_string() })?;
-    write_atomically(path, &json).map_err(|e| SlimError::Write { path: path.display().to_string(), message: e.to_string() })
+fn write_report(report: &Report, path: &Path) -> Result<(), SlimError> {
+    let json = serde_json::to_vec_pretty(report).map_err(|e| SlimError::Write {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    write_atomically(path, &json).map_err(|e| SlimError::Write {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })
 }
 
 /// Slims, verifies if asked, prints the table, writes the report, and writes the model only if
 /// verification (when asked) passed.
-fn slim_and_write(original: &TypedModel, slimmer: &Slimmer, output: Option<&PathBuf>, report_path: Option<&PathBuf>, verification_seed: Option<u64>) -> Result<(), Failure> {
+fn slim_and_write(
+    original: &TypedModel,
+    slimmer: &Slimmer,
+    output: Option<&Path>,
+    report_path: Option<&Path>,
+    verification_seed: Option<u64>,
+) -> Result<(), Failure> {
     let mut slimmed = slimmer.slim(original)?;
     if let Some(seed) = verification_seed {
-        let v = verify(original, &slimmed.model, seed, &slimmer.nominal().values).map_err(|e| SlimError::stage("verify", e))?;
+        let v = verify(original, &slimmed.model, seed, &slimmer.nominal().values)
+            .map_err(|e| SlimError::stage("verify", e))?;
         slimmed.report.verification = Some(v);
     }
     print!("{}", slimmed.report.table());
     if let Some(path) = report_path {
         write_report(&slimmed.report, path)?;
     }
-    if let Some(failed) = slimmed.report.verification.as_ref().and_then(|v| v.outputs.iter().find(|o| !o.passed)) {
+    if let Some(failed) = slimmed
+        .report
+        .verification
+        .as_ref()
+        .and_then(|v| v.outputs.iter().find(|o| !o.passed))
+    {
         return Err(Failure::VerifyFailed(SlimError::Verification {
             output: failed.name.clone(),
             diff: failed.max_abs_diff,
@@ -134,9 +160,21 @@ fn slim_and_write(original: &TypedModel, slimmer: &Slimmer, output: Option<&Path
 
 fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
-        Command::Slim { model, output, options } => {
-            let inputs = options.inputs.iter().map(|s| s.parse::<InputSpec>()).collect::<Result<Vec<_>, _>>()?;
-            let sets = options.sets.iter().map(|s| parse_set(s)).collect::<Result<Vec<_>, _>>()?;
+        Command::Slim {
+            model,
+            output,
+            options,
+        } => {
+            let inputs = options
+                .inputs
+                .iter()
+                .map(|s| s.parse::<InputSpec>())
+                .collect::<Result<Vec<_>, _>>()?;
+            let sets = options
+                .sets
+                .iter()
+                .map(|s| parse_set(s))
+                .collect::<Result<Vec<_>, _>>()?;
             model_slim::write::Format::of(&output).ok_or_else(|| SlimError::Write {
                 path: output.display().to_string(),
                 message: "unknown format: use a .nnef.tgz or .nnef.tar file name".into(),
@@ -149,14 +187,33 @@ fn run(cli: Cli) -> Result<(), Failure> {
             if let Some(dir) = &options.rules {
                 slimmer = slimmer.with_rules_dir(dir)?;
             }
-            let original = import_onnx(&model, &ImportOptions { inputs, sets: sets.clone() })?;
+            let original = import_onnx(
+                &model,
+                &ImportOptions {
+                    inputs,
+                    sets: sets.clone(),
+                },
+            )?;
             let slimmer = slimmer.with_symbol_values(symbol_values(&original, &sets));
-            slim_and_write(&original, &slimmer, Some(&output), options.report.as_ref(), options.verify.then_some(options.seed))
+            slim_and_write(
+                &original,
+                &slimmer,
+                Some(&output),
+                options.report.as_deref(),
+                options.verify.then_some(options.seed),
+            )
         }
         Command::Demo { output, report } => {
-            let original = model_slim::demo::demo_model().map_err(|e| SlimError::stage("demo", e))?;
+            let original =
+                model_slim::demo::demo_model().map_err(|e| SlimError::stage("demo", e))?;
             println!("demo: a {}-layer FFN stack (hidden {}, FFN {}) with {:?} FFN channels zeroed per layer", model_slim::demo::ZEROED.len(), model_slim::demo::HIDDEN, model_slim::demo::FFN, model_slim::demo::ZEROED);
-            slim_and_write(&original, &Slimmer::new()?, output.as_ref(), report.as_ref(), Some(0))
+            slim_and_write(
+                &original,
+                &Slimmer::new()?,
+                output.as_deref(),
+                report.as_deref(),
+                Some(0),
+            )
         }
     }
 }
@@ -165,8 +222,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // A panic is a bug; report it in one line rather than a backtrace.
     std::panic::set_hook(Box::new(|info| {
-        let message = info.payload().downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| info.payload().downcast_ref::<String>().cloned()).unwrap_or_default();
-        let place = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let place = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
         eprintln!("model-slim: internal error{place}: {message} (please report this)");
     }));
     match std::panic::catch_unwind(|| run(cli)) {

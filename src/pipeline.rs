@@ -30,19 +30,17 @@ pub struct Slimmed {
 impl Slimmer {
     /// A pass with the default rules and limits.
     pub fn new() -> Result<Slimmer> {
-        Ok(Slimmer { rules: default_rules()?, limits: Limits::default(), nominal: Nominal::default() })
+        Ok(Slimmer {
+            rules: default_rules()?,
+            limits: Limits::default(),
+            nominal: Nominal::default(),
+        })
     }
 
     /// Adds the rules of every `*.rules` file in `dir`.
     pub fn with_rules_dir(mut self, dir: &Path) -> Result<Slimmer> {
         self.rules.extend(load_dir(dir)?);
         Ok(self)
-    }
-
-    /// Replaces the rule set (the defaults included) with `rules`.
-    pub fn with_rules(mut self, rules: Vec<Rule>) -> Slimmer {
-        self.rules = rules;
-        self
     }
 
     /// Sets the saturation limits.
@@ -71,7 +69,10 @@ impl Slimmer {
 
         let clock = Instant::now();
         let (egraph, saturation) =
-            saturate(lowered.egraph, &self.rules, &self.limits).map_err(|e| SlimError::Stage { stage: "saturate", message: e })?;
+            saturate(lowered.egraph, &self.rules, &self.limits).map_err(|e| SlimError::Stage {
+                stage: "saturate",
+                message: e,
+            })?;
         let saturate_ms = ms(clock);
 
         let clock = Instant::now();
@@ -89,7 +90,9 @@ impl Slimmer {
             names.sort();
             let mut canonical: HashMap<egg::Id, String> = HashMap::new();
             for (id, name) in names {
-                canonical.entry(egraph.find(*id)).or_insert_with(|| name.clone());
+                canonical
+                    .entry(egraph.find(*id))
+                    .or_insert_with(|| name.clone());
             }
             let interface = Interface {
                 input_names: &lowered.input_names,
@@ -103,19 +106,32 @@ impl Slimmer {
         let raise_ms = ms(clock);
 
         let report = Report {
-            ffn_layers: ffn_layers(model, &slim, &self.nominal).map_err(|e| SlimError::stage("report", e))?,
+            ffn_layers: ffn_layers(model, &slim, &self.nominal)
+                .map_err(|e| SlimError::stage("report", e))?,
             params_before: params(model),
             params_after: params(&slim),
             flops_before: flops(model, &self.nominal),
             flops_after: flops(&slim, &self.nominal),
             cost_before,
-            cost_after: if kept_original { cost_before } else { cost_after },
+            cost_after: if kept_original {
+                cost_before
+            } else {
+                cost_after
+            },
             kept_original,
             saturation,
-            times: StageTimes { lower_ms, saturate_ms, extract_ms, raise_ms },
+            times: StageTimes {
+                lower_ms,
+                saturate_ms,
+                extract_ms,
+                raise_ms,
+            },
             verification: None,
         };
-        Ok(Slimmed { model: slim, report })
+        Ok(Slimmed {
+            model: slim,
+            report,
+        })
     }
 }
 

@@ -32,15 +32,34 @@ struct Raiser<'a> {
 }
 
 /// Builds the tract model of a choice.
-pub fn raise(egraph: &SlimGraph, choice: &Choice, interface: &Interface) -> TractResult<TypedModel> {
-    let mut model = TypedModel { symbols: interface.symbols.clone(), ..TypedModel::default() };
+pub fn raise(
+    egraph: &SlimGraph,
+    choice: &Choice,
+    interface: &Interface,
+) -> TractResult<TypedModel> {
+    let mut model = TypedModel {
+        symbols: interface.symbols.clone(),
+        ..TypedModel::default()
+    };
     let mut used_names = HashSet::new();
     let mut inputs = vec![];
-    for (name, fact) in interface.input_names.iter().zip(&egraph.analysis.tables.inputs) {
+    for (name, fact) in interface
+        .input_names
+        .iter()
+        .zip(&egraph.analysis.tables.inputs)
+    {
         inputs.push(model.add_source(name, fact.clone())?);
         used_names.insert(name.clone());
     }
-    let mut raiser = Raiser { egraph, choice, names: interface.names, model, wired: HashMap::new(), opaque: HashMap::new(), used_names };
+    let mut raiser = Raiser {
+        egraph,
+        choice,
+        names: interface.names,
+        model,
+        wired: HashMap::new(),
+        opaque: HashMap::new(),
+        used_names,
+    };
     raiser.wire_inputs(&inputs)?;
     let mut outputs = vec![];
     for root in interface.outputs {
@@ -84,14 +103,20 @@ impl Raiser<'_> {
             return None;
         }
         self.egraph[class].nodes.iter().find_map(|n| match n {
-            TensorLang::Keep([_, _, x]) => self.class_name(self.egraph.find(*x), depth - 1).map(|n| format!("{n}.kept")),
+            TensorLang::Keep([_, _, x]) => self
+                .class_name(self.egraph.find(*x), depth - 1)
+                .map(|n| format!("{n}.kept")),
             _ => None,
         })
     }
 
     fn base_name(&self, class: Id, inputs: &[OutletId]) -> String {
         self.class_name(class, 8)
-            .or_else(|| inputs.first().map(|i| format!("{}.slim", self.model.node(i.node).name)))
+            .or_else(|| {
+                inputs
+                    .first()
+                    .map(|i| format!("{}.slim", self.model.node(i.node).name))
+            })
             .unwrap_or_else(|| "slim".into())
     }
 
@@ -102,11 +127,24 @@ impl Raiser<'_> {
             if self.wired.contains_key(&class) {
                 continue;
             }
-            let node = self.choice.nodes.get(&class).with_context(|| format!("e-class {class} was not extracted"))?;
-            let operands: Vec<Id> = node.operands().iter().map(|c| self.egraph.find(*c)).collect();
+            let node = self
+                .choice
+                .nodes
+                .get(&class)
+                .with_context(|| format!("e-class {class} was not extracted"))?;
+            let operands: Vec<Id> = node
+                .operands()
+                .iter()
+                .map(|c| self.egraph.find(*c))
+                .collect();
             if !expanded {
                 stack.push((class, true));
-                stack.extend(operands.iter().filter(|c| !self.wired.contains_key(c)).map(|c| (*c, false)));
+                stack.extend(
+                    operands
+                        .iter()
+                        .filter(|c| !self.wired.contains_key(c))
+                        .map(|c| (*c, false)),
+                );
                 continue;
             }
             let inputs: Vec<OutletId> = operands.iter().map(|c| self.wired[c]).collect();
@@ -116,14 +154,20 @@ impl Raiser<'_> {
         Ok(self.wired[&class])
     }
 
-    fn wire_node(&mut self, class: Id, node: &TensorLang, inputs: &[OutletId]) -> TractResult<OutletId> {
+    fn wire_node(
+        &mut self,
+        class: Id,
+        node: &TensorLang,
+        inputs: &[OutletId],
+    ) -> TractResult<OutletId> {
         let base = self.base_name(class, inputs);
         let egraph = self.egraph;
         let tables = &egraph.analysis.tables;
         match node {
             TensorLang::Key(Key::Const(k)) => {
                 let name = self.unique_name(&tables.const_names[*k as usize]);
-                self.model.add_const(name, tables.consts[*k as usize].clone())
+                self.model
+                    .add_const(name, tables.consts[*k as usize].clone())
             }
             TensorLang::Keep([axis, set, _]) => {
                 let axis = num_of(self.egraph, *axis).context("keep axis")? as usize;
@@ -132,7 +176,9 @@ impl Raiser<'_> {
                 let name = self.unique_name(&format!("{base}.indices"));
                 let indices = self.model.add_const(name, indices)?;
                 let name = self.unique_name(&base);
-                Ok(self.model.wire_node(name, Gather::new(axis), &[inputs[0], indices])?[0])
+                Ok(self
+                    .model
+                    .wire_node(name, Gather::new(axis), &[inputs[0], indices])?[0])
             }
             TensorLang::Opaque(children) => {
                 let op = op_of(self.egraph, children[0]).context("opaque op")?;
@@ -150,11 +196,15 @@ impl Raiser<'_> {
                 };
                 Ok(OutletId::new(node_id, slot))
             }
-            TensorLang::Num(_) | TensorLang::Key(_) => bail!("e-class {class} is a parameter, not a tensor"),
+            TensorLang::Num(_) | TensorLang::Key(_) => {
+                bail!("e-class {class} is a parameter, not a tensor")
+            }
             _ => {
                 let op = op_of(self.egraph, node.op_child().context("op")?).context("op leaf")?;
                 let name = self.unique_name(&base);
-                Ok(self.model.wire_node(name, tables.ops[op as usize].clone(), inputs)?[0])
+                Ok(self
+                    .model
+                    .wire_node(name, tables.ops[op as usize].clone(), inputs)?[0])
             }
         }
     }

@@ -72,22 +72,39 @@ struct FfnGroup {
 }
 
 fn const_input(model: &TypedModel, node: &TypedNode) -> Option<usize> {
-    node.inputs.iter().position(|i| model.node(i.node).op_is::<Const>())
+    node.inputs
+        .iter()
+        .position(|i| model.node(i.node).op_is::<Const>())
 }
 
 fn is_linear(model: &TypedModel, node: &TypedNode) -> bool {
-    node.op_as::<EinSum>().is_some_and(|e| e.q_params.is_none()) && node.inputs.len() == 2 && const_input(model, node).is_some()
+    node.op_as::<EinSum>().is_some_and(|e| e.q_params.is_none())
+        && node.inputs.len() == 2
+        && const_input(model, node).is_some()
 }
 
 /// Walks up from the consumer's activation through element-wise ops to producer linears.
 fn ffn_group(model: &TypedModel, consumer: &TypedNode) -> Option<FfnGroup> {
     let weight_slot = const_input(model, consumer)?;
     let einsum = consumer.op_as::<EinSum>()?;
-    let contracted: Vec<_> = einsum.axes.iter_all_axes().filter(|a| a.outputs[0].is_empty()).collect();
-    let [axis] = contracted.as_slice() else { return None };
+    let contracted: Vec<_> = einsum
+        .axes
+        .iter_all_axes()
+        .filter(|a| a.outputs[0].is_empty())
+        .collect();
+    let [axis] = contracted.as_slice() else {
+        return None;
+    };
     let weight_fact = model.outlet_fact(consumer.inputs[weight_slot]).ok()?;
-    let channels = weight_fact.shape[*axis.inputs[weight_slot].first()?].to_usize().ok()?;
-    let mut group = FfnGroup { consumer: consumer.id, channels, linears: vec![consumer.id], consts: vec![consumer.inputs[weight_slot].node] };
+    let channels = weight_fact.shape[*axis.inputs[weight_slot].first()?]
+        .to_usize()
+        .ok()?;
+    let mut group = FfnGroup {
+        consumer: consumer.id,
+        channels,
+        linears: vec![consumer.id],
+        consts: vec![consumer.inputs[weight_slot].node],
+    };
     let mut frontier = vec![consumer.inputs[1 - weight_slot].node];
     let mut seen = HashSet::new();
     let mut producers = 0;
@@ -101,8 +118,14 @@ fn ffn_group(model: &TypedModel, consumer: &TypedNode) -> Option<FfnGroup> {
         } else if is_linear(model, node) {
             producers += 1;
             group.linears.push(id);
-            group.consts.push(node.inputs[const_input(model, node)?].node);
-        } else if node.op_is::<ElementWiseOp>() || node.op_is::<Cast>() || node.op_is::<TypedBinOp>() || node.op_is::<AxisOp>() {
+            group
+                .consts
+                .push(node.inputs[const_input(model, node)?].node);
+        } else if node.op_is::<ElementWiseOp>()
+            || node.op_is::<Cast>()
+            || node.op_is::<TypedBinOp>()
+            || node.op_is::<AxisOp>()
+        {
             frontier.extend(node.inputs.iter().map(|i| i.node));
         }
     }
@@ -110,30 +133,54 @@ fn ffn_group(model: &TypedModel, consumer: &TypedNode) -> Option<FfnGroup> {
 }
 
 fn ffn_groups(model: &TypedModel) -> TractResult<Vec<FfnGroup>> {
-    Ok(model.eval_order()?.into_iter().filter_map(|id| {
-        let node = model.node(id);
-        if is_linear(model, node) { ffn_group(model, node) } else { None }
-    }).collect())
+    Ok(model
+        .eval_order()?
+        .into_iter()
+        .filter_map(|id| {
+            let node = model.node(id);
+            if is_linear(model, node) {
+                ffn_group(model, node)
+            } else {
+                None
+            }
+        })
+        .collect())
 }
 
 fn const_len(model: &TypedModel, id: usize) -> usize {
-    model.node(id).op_as::<Const>().map(|c| c.val().len()).unwrap_or(0)
+    model
+        .node(id)
+        .op_as::<Const>()
+        .map(|c| c.val().len())
+        .unwrap_or(0)
 }
 
 fn node_flops(model: &TypedModel, nominal: &Nominal, id: usize) -> f64 {
     let node = model.node(id);
-    let Ok(inputs) = model.node_input_facts(id) else { return 0.0 };
+    let Ok(inputs) = model.node_input_facts(id) else {
+        return 0.0;
+    };
     nominal.op_flops(node.op.as_ref(), &inputs, &node.outputs[0].fact)
 }
 
 /// Parameters (constant elements) of a model.
 pub fn params(model: &TypedModel) -> usize {
-    model.nodes().iter().filter(|n| n.op_is::<Const>()).map(|n| const_len(model, n.id)).sum()
+    model
+        .nodes()
+        .iter()
+        .filter(|n| n.op_is::<Const>())
+        .map(|n| const_len(model, n.id))
+        .sum()
 }
 
 /// FLOPs of a model at nominal shapes.
 pub fn flops(model: &TypedModel, nominal: &Nominal) -> f64 {
-    model.nodes().iter().filter(|n| !n.op_is::<Const>() && !n.outputs.is_empty()).map(|n| node_flops(model, nominal, n.id)).sum()
+    model
+        .nodes()
+        .iter()
+        .filter(|n| !n.op_is::<Const>() && !n.outputs.is_empty())
+        .map(|n| node_flops(model, nominal, n.id))
+        .sum()
 }
 
 struct GroupSize {
@@ -147,12 +194,20 @@ fn group_size(model: &TypedModel, nominal: &Nominal, g: &FfnGroup) -> GroupSize 
     GroupSize {
         channels: g.channels,
         params: consts.iter().map(|&c| const_len(model, c)).sum(),
-        flops: g.linears.iter().map(|&l| node_flops(model, nominal, l)).sum(),
+        flops: g
+            .linears
+            .iter()
+            .map(|&l| node_flops(model, nominal, l))
+            .sum(),
     }
 }
 
 /// The FFN layers of `before`, with their sizes in `before` and `after`.
-pub fn ffn_layers(before: &TypedModel, after: &TypedModel, nominal: &Nominal) -> TractResult<Vec<FfnLayer>> {
+pub fn ffn_layers(
+    before: &TypedModel,
+    after: &TypedModel,
+    nominal: &Nominal,
+) -> TractResult<Vec<FfnLayer>> {
     let after_groups = ffn_groups(after)?;
     let mut layers = vec![];
     for (layer, g) in ffn_groups(before)?.iter().enumerate() {
@@ -163,7 +218,11 @@ pub fn ffn_layers(before: &TypedModel, after: &TypedModel, nominal: &Nominal) ->
             .iter()
             .find(|h| after.node(h.consumer).name == name)
             .map(|h| group_size(after, nominal, h))
-            .unwrap_or(GroupSize { channels: 0, params: 0, flops: 0.0 });
+            .unwrap_or(GroupSize {
+                channels: 0,
+                params: 0,
+                flops: 0.0,
+            });
         layers.push(FfnLayer {
             layer,
             name,
@@ -191,15 +250,26 @@ impl Report {
     /// The human-readable summary printed by the CLI.
     pub fn table(&self) -> String {
         let mut out = String::new();
-        out += &format!("{:<6} {:<48} {:>16} {:>20} {:>20}\n", "layer", "FFN (consumer node)", "channels", "params", "FLOPs");
+        out += &format!(
+            "{:<6} {:<48} {:>16} {:>20} {:>20}\n",
+            "layer", "FFN (consumer node)", "channels", "params", "FLOPs"
+        );
         for l in &self.ffn_layers {
-            let name = if l.name.len() > 48 { format!("…{}", &l.name[l.name.len() - 47..]) } else { l.name.clone() };
+            let name = if l.name.len() > 48 {
+                format!("…{}", &l.name[l.name.len() - 47..])
+            } else {
+                l.name.clone()
+            };
             out += &format!(
                 "{:<6} {:<48} {:>16} {:>20} {:>20}\n",
                 l.layer,
                 name,
                 format!("{} → {}", l.channels_before, l.channels_after),
-                format!("{} → {}", human(l.params_before as f64), human(l.params_after as f64)),
+                format!(
+                    "{} → {}",
+                    human(l.params_before as f64),
+                    human(l.params_after as f64)
+                ),
                 format!("{} → {}", human(l.flops_before), human(l.flops_after)),
             );
         }
@@ -240,5 +310,9 @@ impl Report {
 }
 
 fn percent_removed(before: f64, after: f64) -> f64 {
-    if before == 0.0 { 0.0 } else { 100.0 * (before - after) / before }
+    if before == 0.0 {
+        0.0
+    } else {
+        100.0 * (before - after) / before
+    }
 }

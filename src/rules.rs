@@ -46,7 +46,10 @@ pub enum RuleError {
     #[error("{origin}: {message}")]
     Syntax { origin: Origin, message: String },
     #[error("cannot read rules from {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// One argument of a clause call, as written.
@@ -86,7 +89,10 @@ pub fn default_rules() -> Result<Vec<Rule>, RuleError> {
 
 /// Parses every `*.rules` file of a directory, in file name order.
 pub fn load_dir(dir: &Path) -> Result<Vec<Rule>, RuleError> {
-    let io = |source| RuleError::Io { path: dir.display().to_string(), source };
+    let io = |source| RuleError::Io {
+        path: dir.display().to_string(),
+        source,
+    };
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .map_err(io)?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -95,8 +101,10 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Rule>, RuleError> {
     files.sort();
     let mut rules = vec![];
     for file in files {
-        let text = std::fs::read_to_string(&file)
-            .map_err(|source| RuleError::Io { path: file.display().to_string(), source })?;
+        let text = std::fs::read_to_string(&file).map_err(|source| RuleError::Io {
+            path: file.display().to_string(),
+            source,
+        })?;
         rules.extend(parse(&file.display().to_string(), &text)?);
     }
     Ok(rules)
@@ -121,7 +129,11 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Rule>, RuleError> {
     for (index, raw) in text.lines().enumerate() {
         let line = index + 1;
         let at = |col: usize, message: String| RuleError::Syntax {
-            origin: Origin { file: file.to_string(), line, col },
+            origin: Origin {
+                file: file.to_string(),
+                line,
+                col,
+            },
             message,
         };
         let indent = raw.len() - raw.trim_start().len();
@@ -138,7 +150,11 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Rule>, RuleError> {
             continue;
         }
         let col = indent + 1;
-        if let Some(name) = content.strip_prefix("rule ").or(if content == "rule" { Some("") } else { None }) {
+        if let Some(name) =
+            content
+                .strip_prefix("rule ")
+                .or(if content == "rule" { Some("") } else { None })
+        {
             if let Some(d) = draft.take() {
                 rules.push(finish(d)?);
             }
@@ -147,13 +163,31 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Rule>, RuleError> {
                 return Err(at(col, "expected `rule NAME` with a one-word name".into()));
             }
             if rules.iter().any(|r: &Rule| r.name == name) {
-                return Err(at(col, format!("rule `{name}` is defined twice in this file")));
+                return Err(at(
+                    col,
+                    format!("rule `{name}` is defined twice in this file"),
+                ));
             }
             let Some(doc) = doc.take() else {
-                return Err(at(col, format!("rule `{name}` needs a `## doc comment` line above it")));
+                return Err(at(
+                    col,
+                    format!("rule `{name}` needs a `## doc comment` line above it"),
+                ));
             };
-            let origin = Origin { file: file.to_string(), line, col };
-            draft = Some(Draft { name: name.into(), doc, origin, lhs: None, clauses: vec![], rhs: None, bound: vec![] });
+            let origin = Origin {
+                file: file.to_string(),
+                line,
+                col,
+            };
+            draft = Some(Draft {
+                name: name.into(),
+                doc,
+                origin,
+                lhs: None,
+                clauses: vec![],
+                rhs: None,
+                bound: vec![],
+            });
             continue;
         }
         let Some(d) = draft.as_mut() else {
@@ -163,13 +197,17 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Rule>, RuleError> {
             if d.lhs.is_some() {
                 return Err(at(col, "a rule has one `match` clause".into()));
             }
-            let pattern: Pattern<TensorLang> =
-                pattern.trim().parse().map_err(|e| at(col + 6, format!("bad pattern: {e}")))?;
+            let pattern: Pattern<TensorLang> = pattern
+                .trim()
+                .parse()
+                .map_err(|e| at(col + 6, format!("bad pattern: {e}")))?;
             d.bound = pattern.vars();
             d.lhs = Some(pattern);
         } else if let Some(call) = content.strip_prefix("let ") {
             expect_after_match(d, &at, col)?;
-            let (vars, call) = call.split_once('=').ok_or_else(|| at(col, "expected `let ?v.. = guard(args)`".into()))?;
+            let (vars, call) = call
+                .split_once('=')
+                .ok_or_else(|| at(col, "expected `let ?v.. = guard(args)`".into()))?;
             let binds = parse_vars(vars).map_err(|m| at(col + 4, m))?;
             let clause = parse_call(call.trim(), binds, &d.bound).map_err(|m| at(col, m))?;
             d.bound.extend(clause.binds.iter().copied());
@@ -180,14 +218,22 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Rule>, RuleError> {
             d.clauses.push(clause);
         } else if let Some(pattern) = content.strip_prefix("=>") {
             expect_after_match(d, &at, col)?;
-            let ast: PatternAst<TensorLang> =
-                pattern.trim().parse().map_err(|e| at(col + 3, format!("bad pattern: {e}")))?;
+            let ast: PatternAst<TensorLang> = pattern
+                .trim()
+                .parse()
+                .map_err(|e| at(col + 3, format!("bad pattern: {e}")))?;
             if let Some(var) = unbound_var(&ast, &d.bound) {
-                return Err(at(col + 3, format!("`{var}` is not bound by `match` or a `let`")));
+                return Err(at(
+                    col + 3,
+                    format!("`{var}` is not bound by `match` or a `let`"),
+                ));
             }
             d.rhs = Some(ast);
         } else {
-            return Err(at(col, format!("expected `match`, `let`, `if` or `=>`, found `{content}`")));
+            return Err(at(
+                col,
+                format!("expected `match`, `let`, `if` or `=>`, found `{content}`"),
+            ));
         }
     }
     if let Some(d) = draft.take() {
@@ -197,10 +243,17 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Rule>, RuleError> {
 }
 
 fn strip_comment(line: &str) -> &str {
-    line.split_once('#').map(|(code, _)| code).unwrap_or(line).trim()
+    line.split_once('#')
+        .map(|(code, _)| code)
+        .unwrap_or(line)
+        .trim()
 }
 
-fn expect_after_match(d: &Draft, at: &impl Fn(usize, String) -> RuleError, col: usize) -> Result<(), RuleError> {
+fn expect_after_match(
+    d: &Draft,
+    at: &impl Fn(usize, String) -> RuleError,
+    col: usize,
+) -> Result<(), RuleError> {
     if d.lhs.is_none() {
         return Err(at(col, "the `match` clause comes first".into()));
     }
@@ -217,23 +270,37 @@ fn finish(d: Draft) -> Result<Rule, RuleError> {
     };
     let lhs = d.lhs.clone().ok_or_else(|| missing("match"))?;
     let rhs = d.rhs.clone().ok_or_else(|| missing("=>"))?;
-    Ok(Rule { name: d.name, doc: d.doc, lhs, clauses: d.clauses, rhs, origin: d.origin })
+    Ok(Rule {
+        name: d.name,
+        doc: d.doc,
+        lhs,
+        clauses: d.clauses,
+        rhs,
+        origin: d.origin,
+    })
 }
 
 fn parse_vars(text: &str) -> Result<Vec<Var>, String> {
     text.split_whitespace()
         .map(|v| {
             if !v.starts_with('?') {
-                return Err(format!("`{v}` is not a variable (variables start with `?`)"));
+                return Err(format!(
+                    "`{v}` is not a variable (variables start with `?`)"
+                ));
             }
-            v.parse::<Var>().map_err(|e| format!("bad variable `{v}`: {e}"))
+            v.parse::<Var>()
+                .map_err(|e| format!("bad variable `{v}`: {e}"))
         })
         .collect()
 }
 
 fn parse_call(text: &str, binds: Vec<Var>, bound: &[Var]) -> Result<Clause, String> {
-    let (name, rest) = text.split_once('(').ok_or_else(|| format!("expected `guard(args)`, found `{text}`"))?;
-    let args = rest.strip_suffix(')').ok_or_else(|| format!("missing `)` in `{text}`"))?;
+    let (name, rest) = text
+        .split_once('(')
+        .ok_or_else(|| format!("expected `guard(args)`, found `{text}`"))?;
+    let args = rest
+        .strip_suffix(')')
+        .ok_or_else(|| format!("missing `)` in `{text}`"))?;
     let name = name.trim();
     let guard = guard(name).ok_or_else(|| {
         let known: Vec<_> = crate::guards::GUARDS.iter().map(|g| g.name).collect();
@@ -246,23 +313,38 @@ fn parse_call(text: &str, binds: Vec<Var>, bound: &[Var]) -> Result<Clause, Stri
         .map(|a| parse_arg(a, bound))
         .collect::<Result<_, _>>()?;
     if args.len() != guard.params.len() {
-        return Err(format!("`{name}` takes {} arguments ({}), got {}", guard.params.len(), guard.params.join(", "), args.len()));
+        return Err(format!(
+            "`{name}` takes {} arguments ({}), got {}",
+            guard.params.len(),
+            guard.params.join(", "),
+            args.len()
+        ));
     }
     if binds.len() != guard.binds {
-        return Err(format!("`{name}` binds {} variables, the clause names {}", guard.binds, binds.len()));
+        return Err(format!(
+            "`{name}` binds {} variables, the clause names {}",
+            guard.binds,
+            binds.len()
+        ));
     }
     Ok(Clause { binds, guard, args })
 }
 
 fn parse_arg(arg: &str, bound: &[Var]) -> Result<ArgSpec, String> {
     if arg.starts_with('?') {
-        let var: Var = arg.parse().map_err(|e| format!("bad variable `{arg}`: {e}"))?;
+        let var: Var = arg
+            .parse()
+            .map_err(|e| format!("bad variable `{arg}`: {e}"))?;
         if !bound.contains(&var) {
-            return Err(format!("`{arg}` is not bound by `match` or an earlier `let`"));
+            return Err(format!(
+                "`{arg}` is not bound by `match` or an earlier `let`"
+            ));
         }
         Ok(ArgSpec::Var(var))
     } else {
-        arg.parse().map(ArgSpec::Int).map_err(|_| format!("`{arg}` is neither a variable nor an integer"))
+        arg.parse()
+            .map(ArgSpec::Int)
+            .map_err(|_| format!("`{arg}` is neither a variable nor an integer"))
     }
 }
 
@@ -310,15 +392,31 @@ rule keep-through-map
     #[test]
     fn errors_name_file_line_and_column() {
         let bad_pattern = "## d\nrule r\n  match (keep ?a ?i\n  => ?a\n";
-        assert!(error_of(bad_pattern).starts_with("t.rules:3:9: bad pattern"), "{}", error_of(bad_pattern));
+        assert!(
+            error_of(bad_pattern).starts_with("t.rules:3:9: bad pattern"),
+            "{}",
+            error_of(bad_pattern)
+        );
         let unknown = "## d\nrule r\n  match (map ?f ?x)\n  if nonsense(?x)\n  => ?x\n";
-        assert!(error_of(unknown).starts_with("t.rules:4:6: unknown guard `nonsense`"), "{}", error_of(unknown));
+        assert!(
+            error_of(unknown).starts_with("t.rules:4:6: unknown guard `nonsense`"),
+            "{}",
+            error_of(unknown)
+        );
         let unbound = "## d\nrule r\n  match (map ?f ?x)\n  => (map ?f ?y)\n";
-        assert!(error_of(unbound).contains("t.rules:4:6: `?y` is not bound"), "{}", error_of(unbound));
+        assert!(
+            error_of(unbound).contains("t.rules:4:6: `?y` is not bound"),
+            "{}",
+            error_of(unbound)
+        );
         let no_doc = "rule r\n  match ?x\n  => ?x\n";
         assert!(error_of(no_doc).starts_with("t.rules:1:1: rule `r` needs a `## doc comment`"));
         let arity = "## d\nrule r\n  match (map ?f ?x)\n  if full(?x)\n  => ?x\n";
-        assert!(error_of(arity).contains("`full` takes 2 arguments"), "{}", error_of(arity));
+        assert!(
+            error_of(arity).contains("`full` takes 2 arguments"),
+            "{}",
+            error_of(arity)
+        );
         let no_rhs = "## d\nrule r\n  match (map ?f ?x)\n";
         assert!(error_of(no_rhs).starts_with("t.rules:2:1: rule `r` has no `=>` clause"));
         let stray = "match ?x\n";

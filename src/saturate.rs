@@ -6,8 +6,8 @@ use crate::lang::TensorLang;
 use crate::rules::Rule;
 use egg::{Runner, StopReason};
 use serde::Serialize;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +21,11 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { iterations: 64, nodes: 200_000, time: Duration::from_secs(20) }
+        Limits {
+            iterations: 64,
+            nodes: 200_000,
+            time: Duration::from_secs(20),
+        }
     }
 }
 
@@ -40,11 +44,17 @@ pub struct SaturationReport {
 }
 
 /// Runs `rules` on the e-graph until saturation or a limit.
-pub fn saturate(egraph: SlimGraph, rules: &[Rule], limits: &Limits) -> Result<(SlimGraph, SaturationReport), String> {
+pub fn saturate(
+    egraph: SlimGraph,
+    rules: &[Rule],
+    limits: &Limits,
+) -> Result<(SlimGraph, SaturationReport), String> {
     let refused = Arc::new(AtomicUsize::new(0));
     let rewrites = rules
         .iter()
-        .map(|r| rewrite(r, refused.clone()).map_err(|e| format!("{}: rule `{}`: {e}", r.origin, r.name)))
+        .map(|r| {
+            rewrite(r, refused.clone()).map_err(|e| format!("{}: rule `{}`: {e}", r.origin, r.name))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let runner: Runner<TensorLang, SlimAnalysis> = Runner::new(SlimAnalysis::default())
         .with_egraph(egraph)

@@ -77,7 +77,11 @@ fn index_bound(model: &TypedModel, input: OutletId) -> Option<usize> {
 }
 
 /// Seeded random inputs for a model.
-pub fn random_inputs(model: &TypedModel, seed: u64, values: &SymbolValues) -> TractResult<TVec<TValue>> {
+pub fn random_inputs(
+    model: &TypedModel,
+    seed: u64,
+    values: &SymbolValues,
+) -> TractResult<TVec<TValue>> {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut inputs = tvec![];
     for &outlet in model.input_outlets()? {
@@ -87,14 +91,20 @@ pub fn random_inputs(model: &TypedModel, seed: u64, values: &SymbolValues) -> Tr
         let dt = fact.datum_type;
         let tensor = if dt.is_float() {
             let data: Vec<f32> = (0..len).map(|_| rng.gen_range(-1.0..1.0)).collect();
-            tract_ndarray::ArrayD::from_shape_vec(shape, data)?.into_tensor().cast_to_dt(dt)?.into_owned()
+            tract_ndarray::ArrayD::from_shape_vec(shape, data)?
+                .into_tensor()
+                .cast_to_dt(dt)?
+                .into_owned()
         } else if dt == bool::datum_type() {
             let data: Vec<bool> = (0..len).map(|_| rng.gen_bool(0.5)).collect();
             tract_ndarray::ArrayD::from_shape_vec(shape, data)?.into_tensor()
         } else {
             let bound = index_bound(model, outlet).unwrap_or(2).max(1) as i64;
             let data: Vec<i64> = (0..len).map(|_| rng.gen_range(0..bound)).collect();
-            tract_ndarray::ArrayD::from_shape_vec(shape, data)?.into_tensor().cast_to_dt(dt)?.into_owned()
+            tract_ndarray::ArrayD::from_shape_vec(shape, data)?
+                .into_tensor()
+                .cast_to_dt(dt)?
+                .into_owned()
         };
         inputs.push(tensor.into_tvalue());
     }
@@ -108,19 +118,44 @@ pub fn run(model: &TypedModel, inputs: TVec<TValue>) -> TractResult<TVec<TValue>
 
 fn max_abs(t: &Tensor) -> TractResult<f32> {
     let t = t.cast_to::<f32>()?;
-    Ok(t.try_as_plain_ram()?.as_slice::<f32>()?.iter().fold(0.0f32, |m, v| m.max(v.abs())))
+    Ok(t.try_as_plain_ram()?
+        .as_slice::<f32>()?
+        .iter()
+        .fold(0.0f32, |m, v| m.max(v.abs())))
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> TractResult<f32> {
-    ensure!(a.shape() == b.shape(), "shapes differ: {:?} vs {:?}", a.shape(), b.shape());
+    ensure!(
+        a.shape() == b.shape(),
+        "shapes differ: {:?} vs {:?}",
+        a.shape(),
+        b.shape()
+    );
     let (a, b) = (a.cast_to::<f32>()?, b.cast_to::<f32>()?);
-    let (a, b) = (a.try_as_plain_ram()?.as_slice::<f32>()?.to_vec(), b.try_as_plain_ram()?.as_slice::<f32>()?.to_vec());
+    let (a, b) = (
+        a.try_as_plain_ram()?.as_slice::<f32>()?.to_vec(),
+        b.try_as_plain_ram()?.as_slice::<f32>()?.to_vec(),
+    );
     // NaN anywhere counts as an infinite difference.
-    Ok(a.iter().zip(&b).map(|(x, y)| if x.is_nan() != y.is_nan() { f32::INFINITY } else { (x - y).abs() }).fold(0.0, f32::max))
+    Ok(a.iter()
+        .zip(&b)
+        .map(|(x, y)| {
+            if x.is_nan() != y.is_nan() {
+                f32::INFINITY
+            } else {
+                (x - y).abs()
+            }
+        })
+        .fold(0.0, f32::max))
 }
 
 /// Compares the two models' outputs on seeded random inputs.
-pub fn verify(original: &TypedModel, slim: &TypedModel, seed: u64, values: &SymbolValues) -> TractResult<Verification> {
+pub fn verify(
+    original: &TypedModel,
+    slim: &TypedModel,
+    seed: u64,
+    values: &SymbolValues,
+) -> TractResult<Verification> {
     let inputs = random_inputs(original, seed, values)?;
     let input_shapes = inputs.iter().map(|t| t.shape().to_vec()).collect();
     let expected = run(original, inputs.clone()).context(
@@ -130,12 +165,25 @@ pub fn verify(original: &TypedModel, slim: &TypedModel, seed: u64, values: &Symb
     let mut outputs = vec![];
     for (ix, (e, g)) in expected.iter().zip(got.iter()).enumerate() {
         let outlet = original.output_outlets()?[ix];
-        let name = original.outlet_label(outlet).map(String::from).unwrap_or_else(|| original.node(outlet.node).name.clone());
+        let name = original
+            .outlet_label(outlet)
+            .map(String::from)
+            .unwrap_or_else(|| original.node(outlet.node).name.clone());
         let max_magnitude = max_abs(e)?;
         let max_abs_diff = max_abs_diff(e, g)?;
         let passed = max_abs_diff <= RELATIVE_TOLERANCE * max_magnitude.max(f32::MIN_POSITIVE);
-        outputs.push(OutputDiff { name, max_abs_diff, max_magnitude, passed });
+        outputs.push(OutputDiff {
+            name,
+            max_abs_diff,
+            max_magnitude,
+            passed,
+        });
     }
     let passed = outputs.iter().all(|o| o.passed);
-    Ok(Verification { seed, input_shapes, outputs, passed })
+    Ok(Verification {
+        seed,
+        input_shapes,
+        outputs,
+        passed,
+    })
 }

@@ -40,7 +40,10 @@ pub fn expand_gelu(model: &TypedModel) -> TractResult<TypedModel> {
     let gelus: Vec<usize> = model
         .nodes()
         .iter()
-        .filter(|n| n.op_as::<ElementWiseOp>().is_some_and(|e| e.0.is::<GeluExact>()))
+        .filter(|n| {
+            n.op_as::<ElementWiseOp>()
+                .is_some_and(|e| e.0.is::<GeluExact>())
+        })
         .map(|n| n.id)
         .collect();
     for id in gelus {
@@ -49,10 +52,17 @@ pub fn expand_gelu(model: &TypedModel) -> TractResult<TypedModel> {
         let mut patch = TypedModelPatch::new(format!("expand {}", node.name));
         let x = patch.tap_model(&model, node.inputs[0])?;
         let scalar = |v: f32| -> TractResult<Arc<Tensor>> {
-            Ok(tensor0(v).cast_to_dt(fact.datum_type)?.into_owned().broadcast_into_rank(fact.rank())?.into_arc_tensor())
+            Ok(tensor0(v)
+                .cast_to_dt(fact.datum_type)?
+                .into_owned()
+                .broadcast_into_rank(fact.rank())?
+                .into_arc_tensor())
         };
         let name = &node.name;
-        let inv_sqrt2 = patch.add_const(format!("{name}.inv_sqrt2"), scalar(std::f32::consts::FRAC_1_SQRT_2)?)?;
+        let inv_sqrt2 = patch.add_const(
+            format!("{name}.inv_sqrt2"),
+            scalar(std::f32::consts::FRAC_1_SQRT_2)?,
+        )?;
         let one = patch.add_const(format!("{name}.one"), scalar(1.0)?)?;
         let half = patch.add_const(format!("{name}.half"), scalar(0.5)?)?;
         let scaled = patch.wire_node(format!("{name}.scaled"), mul(), &[x, inv_sqrt2])?;
@@ -83,7 +93,10 @@ fn nnef_bytes(model: &TypedModel, format: Format) -> TractResult<Vec<u8>> {
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory, then a rename.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
@@ -94,8 +107,12 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// Saves a model; the format follows the file name.
 pub fn write_model(model: &TypedModel, path: &Path) -> Result<()> {
     let shown = path.display().to_string();
-    let fail = |message: String| SlimError::Write { path: shown.clone(), message };
-    let format = Format::of(path).ok_or_else(|| fail("unknown format: use a .nnef.tgz or .nnef.tar file name".into()))?;
+    let fail = |message: String| SlimError::Write {
+        path: shown.clone(),
+        message,
+    };
+    let format = Format::of(path)
+        .ok_or_else(|| fail("unknown format: use a .nnef.tgz or .nnef.tar file name".into()))?;
     let bytes = nnef_bytes(model, format).map_err(|e| fail(format!("{e:#}")))?;
     write_atomically(path, &bytes).map_err(|e| fail(e.to_string()))
 }

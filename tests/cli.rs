@@ -5,29 +5,48 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn model_slim(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_model-slim")).args(args).output().expect("binary runs")
+    Command::new(env!("CARGO_BIN_EXE_model-slim"))
+        .args(args)
+        .output()
+        .expect("binary runs")
 }
 
 fn fixture(name: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name).display().to_string()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+        .display()
+        .to_string()
 }
 
 /// Asserts a failed run: the exit code, one `model-slim: error:` line naming `needle`, and no output file.
 fn assert_clean_failure(out: &Output, code: i32, needle: &str, output_file: &Path) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(code), "stderr: {stderr}");
-    assert_eq!(stderr.lines().count(), 1, "one line expected, got: {stderr}");
+    assert_eq!(
+        stderr.lines().count(),
+        1,
+        "one line expected, got: {stderr}"
+    );
     assert!(stderr.starts_with("model-slim: error: "), "{stderr}");
     assert!(stderr.contains(needle), "`{needle}` not in: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
-    assert!(!output_file.exists(), "{} was left behind", output_file.display());
+    assert!(
+        !output_file.exists(),
+        "{} was left behind",
+        output_file.display()
+    );
 }
 
 #[test]
 fn demo_slims_and_verifies() {
     let out = model_slim(&["demo"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("256 → 128"), "{stdout}");
     assert!(stdout.contains(" ok"), "{stdout}");
 }
@@ -52,10 +71,20 @@ fn slim_writes_model_and_report() {
         "--report",
         report.to_str().unwrap(),
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(output.exists());
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
-    let kept: Vec<u64> = report["ffn_layers"].as_array().unwrap().iter().map(|l| l["channels_after"].as_u64().unwrap()).collect();
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let kept: Vec<u64> = report["ffn_layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["channels_after"].as_u64().unwrap())
+        .collect();
     assert_eq!(kept, vec![80, 0]);
     assert_eq!(report["verification"]["passed"], true);
 }
@@ -67,31 +96,81 @@ fn bad_inputs_fail_cleanly() {
     let out_arg = output.to_str().unwrap();
 
     let missing = dir.path().join("missing.onnx");
-    assert_clean_failure(&model_slim(&["slim", missing.to_str().unwrap(), "-o", out_arg]), 1, "cannot read", &output);
+    assert_clean_failure(
+        &model_slim(&["slim", missing.to_str().unwrap(), "-o", out_arg]),
+        1,
+        "cannot read",
+        &output,
+    );
 
     let not_onnx = dir.path().join("notes.onnx");
     std::fs::write(&not_onnx, "this is not a protobuf\n").unwrap();
-    assert_clean_failure(&model_slim(&["slim", not_onnx.to_str().unwrap(), "-o", out_arg]), 1, "is not a valid ONNX model", &output);
+    assert_clean_failure(
+        &model_slim(&["slim", not_onnx.to_str().unwrap(), "-o", out_arg]),
+        1,
+        "is not a valid ONNX model",
+        &output,
+    );
 
     let bytes = std::fs::read(fixture("llama_mlp_ffn_torchscript.onnx")).unwrap();
     let truncated = dir.path().join("truncated.onnx");
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
-    assert_clean_failure(&model_slim(&["slim", truncated.to_str().unwrap(), "-o", out_arg]), 1, "truncated.onnx", &output);
+    assert_clean_failure(
+        &model_slim(&["slim", truncated.to_str().unwrap(), "-o", out_arg]),
+        1,
+        "truncated.onnx",
+        &output,
+    );
 
-    let unknown = model_slim(&["slim", &fixture("llama_mlp_ffn_torchscript.onnx"), "-o", out_arg, "-i", "tokens:1,16,i64"]);
-    assert_clean_failure(&unknown, 1, "no model input named `tokens` (the inputs are: hidden_states)", &output);
+    let unknown = model_slim(&[
+        "slim",
+        &fixture("llama_mlp_ffn_torchscript.onnx"),
+        "-o",
+        out_arg,
+        "-i",
+        "tokens:1,16,i64",
+    ]);
+    assert_clean_failure(
+        &unknown,
+        1,
+        "no model input named `tokens` (the inputs are: hidden_states)",
+        &output,
+    );
 
-    let bad_spec = model_slim(&["slim", &fixture("llama_mlp_ffn_torchscript.onnx"), "-o", out_arg, "-i", "hidden_states:1,16,q7"]);
+    let bad_spec = model_slim(&[
+        "slim",
+        &fixture("llama_mlp_ffn_torchscript.onnx"),
+        "-o",
+        out_arg,
+        "-i",
+        "hidden_states:1,16,q7",
+    ]);
     assert_clean_failure(&bad_spec, 1, "unknown type `q7`", &output);
 
     let rules = dir.path().join("rules");
     std::fs::create_dir(&rules).unwrap();
-    std::fs::write(rules.join("mine.rules"), "## Broken.\nrule broken\n  match (map ?f ?x\n  => ?x\n").unwrap();
-    let bad_rules = model_slim(&["slim", &fixture("llama_mlp_ffn_torchscript.onnx"), "-o", out_arg, "--rules", rules.to_str().unwrap()]);
+    std::fs::write(
+        rules.join("mine.rules"),
+        "## Broken.\nrule broken\n  match (map ?f ?x\n  => ?x\n",
+    )
+    .unwrap();
+    let bad_rules = model_slim(&[
+        "slim",
+        &fixture("llama_mlp_ffn_torchscript.onnx"),
+        "-o",
+        out_arg,
+        "--rules",
+        rules.to_str().unwrap(),
+    ]);
     assert_clean_failure(&bad_rules, 1, "mine.rules:3:9: bad pattern", &output);
 
     let bad_format = dir.path().join("out.onnx.bin");
-    let wrong_extension = model_slim(&["slim", &fixture("llama_mlp_ffn_torchscript.onnx"), "-o", bad_format.to_str().unwrap()]);
+    let wrong_extension = model_slim(&[
+        "slim",
+        &fixture("llama_mlp_ffn_torchscript.onnx"),
+        "-o",
+        bad_format.to_str().unwrap(),
+    ]);
     assert_clean_failure(&wrong_extension, 1, "unknown format", &bad_format);
 }
 
@@ -99,9 +178,32 @@ fn bad_inputs_fail_cleanly() {
 fn symbolic_torchscript_bert_says_which_inputs_to_give() {
     let dir = tempfile::tempdir().unwrap();
     let output = dir.path().join("out.nnef.tgz");
-    let out = model_slim(&["slim", &fixture("bert_ffn_torchscript.onnx"), "-o", output.to_str().unwrap()]);
-    assert_clean_failure(&out, 1, "-i input_ids:1,128,i64 -i attention_mask:1,128,i64 -i token_type_ids:1,128,i64", &output);
+    let out = model_slim(&[
+        "slim",
+        &fixture("bert_ffn_torchscript.onnx"),
+        "-o",
+        output.to_str().unwrap(),
+    ]);
+    assert_clean_failure(
+        &out,
+        1,
+        "-i input_ids:1,128,i64 -i attention_mask:1,128,i64 -i token_type_ids:1,128,i64",
+        &output,
+    );
     // And `--set` makes the declared symbolic shapes concrete, which is enough.
-    let out = model_slim(&["slim", &fixture("bert_ffn_torchscript.onnx"), "-o", output.to_str().unwrap(), "--set", "batch=1", "--set", "sequence=16"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = model_slim(&[
+        "slim",
+        &fixture("bert_ffn_torchscript.onnx"),
+        "-o",
+        output.to_str().unwrap(),
+        "--set",
+        "batch=1",
+        "--set",
+        "sequence=16",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -17,21 +17,42 @@ fn check_fixture(fixture: &Fixture) {
     let name = &fixture.name;
 
     // Widths: one FFN group per layer, slimmed to exactly the manifest's surviving channels.
-    let widths: Vec<(usize, usize)> = report.ffn_layers.iter().map(|l| (l.channels_before, l.channels_after)).collect();
-    let expected: Vec<(usize, usize)> = fixture.layers.iter().map(|l| (l.ffn_width, l.ffn_kept)).collect();
+    let widths: Vec<(usize, usize)> = report
+        .ffn_layers
+        .iter()
+        .map(|l| (l.channels_before, l.channels_after))
+        .collect();
+    let expected: Vec<(usize, usize)> = fixture
+        .layers
+        .iter()
+        .map(|l| (l.ffn_width, l.ffn_kept))
+        .collect();
     assert_eq!(widths, expected, "{name}: FFN widths");
 
-    assert!(report.flops_after <= report.flops_before, "{name}: FLOPs grew");
-    assert!(report.cost_after.total() <= report.cost_before.total(), "{name}: cost grew");
+    assert!(
+        report.flops_after <= report.flops_before,
+        "{name}: FLOPs grew"
+    );
+    assert!(
+        report.cost_after.total() <= report.cost_before.total(),
+        "{name}: cost grew"
+    );
     assert_eq!(report.saturation.stop_reason, "saturated", "{name}");
-    assert_eq!(report.saturation.refused_instantiations, 0, "{name}: a rule produced an ill-typed node");
+    assert_eq!(
+        report.saturation.refused_instantiations, 0,
+        "{name}: a rule produced an ill-typed node"
+    );
 
     let v = verify(&original, &slimmed.model, 1, &SymbolValues::default()).unwrap();
     assert!(v.passed, "{name}: outputs differ: {:?}", v.outputs);
 
     if fixture.variant == "dense" {
         // Nothing to cut: the graph is rebuilt as it was.
-        assert_same_summary(&graph_summary(&slimmed.model), &graph_summary(&original), &format!("{name}: dense model changed"));
+        assert_same_summary(
+            &graph_summary(&slimmed.model),
+            &graph_summary(&original),
+            &format!("{name}: dense model changed"),
+        );
     } else {
         insta::with_settings!({ snapshot_path => "../snapshots", prepend_module_to_snapshot => false }, {
             insta::assert_snapshot!(name.as_str(), graph_summary(&slimmed.model));
@@ -42,26 +63,53 @@ fn check_fixture(fixture: &Fixture) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(format!("{name}.nnef.tgz"));
     write_model(&slimmed.model, &path).unwrap();
-    let reloaded = tract_nnef::nnef().model_for_path(&path).unwrap().into_decluttered().unwrap();
+    let reloaded = tract_nnef::nnef()
+        .model_for_path(&path)
+        .unwrap()
+        .into_decluttered()
+        .unwrap();
     let inputs = random_inputs(&original, 2, &SymbolValues::default()).unwrap();
     let expected = run(&original, inputs.clone()).unwrap();
     let got = run(&reloaded, inputs).unwrap();
     for (e, g) in expected.iter().zip(got.iter()) {
         let e = e.cast_to::<f32>().unwrap();
         let g = g.cast_to::<f32>().unwrap();
-        let (e, g) = (e.try_as_plain_ram().unwrap().as_slice::<f32>().unwrap().to_vec(), g.try_as_plain_ram().unwrap().as_slice::<f32>().unwrap().to_vec());
+        let (e, g) = (
+            e.try_as_plain_ram()
+                .unwrap()
+                .as_slice::<f32>()
+                .unwrap()
+                .to_vec(),
+            g.try_as_plain_ram()
+                .unwrap()
+                .as_slice::<f32>()
+                .unwrap()
+                .to_vec(),
+        );
         let scale = e.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let diff = e.iter().zip(&g).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-        assert!(diff <= 1e-4 * scale, "{name}: reloaded NNEF differs by {diff}");
+        let diff = e
+            .iter()
+            .zip(&g)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            diff <= 1e-4 * scale,
+            "{name}: reloaded NNEF differs by {diff}"
+        );
     }
 }
 
 #[test]
 fn every_fixture_slims_exactly_to_the_manifest() {
     let manifest = manifest();
-    assert!(manifest.fixtures.len() >= 20, "fixtures missing from the manifest");
+    assert!(
+        manifest.fixtures.len() >= 20,
+        "fixtures missing from the manifest"
+    );
     for exporter in ["torchscript", "dynamo"] {
-        assert!(manifest.fixtures.iter().any(|f| f.exporter == exporter), "no {exporter} fixture");
+        assert!(
+            manifest.fixtures.iter().any(|f| f.exporter == exporter),
+            "no {exporter} fixture"
+        );
     }
     for fixture in &manifest.fixtures {
         check_fixture(fixture);
@@ -72,12 +120,37 @@ fn every_fixture_slims_exactly_to_the_manifest() {
 fn dynamo_exports_slim_with_symbolic_shapes() {
     // Dynamo exports analyse with symbolic batch/sequence: no --input needed.
     let manifest = manifest();
-    let fixture = manifest.fixtures.iter().find(|f| f.name == "bert_ffn_dynamo").unwrap();
+    let fixture = manifest
+        .fixtures
+        .iter()
+        .find(|f| f.name == "bert_ffn_dynamo")
+        .unwrap();
     let model = model_slim::import::import_onnx(&fixture.path(), &Default::default()).unwrap();
     let slimmed = Slimmer::new().unwrap().slim(&model).unwrap();
-    let kept: Vec<usize> = slimmed.report.ffn_layers.iter().map(|l| l.channels_after).collect();
-    assert_eq!(kept, fixture.layers.iter().map(|l| l.ffn_kept).collect::<Vec<_>>());
-    assert!(slimmed.model.input_fact(0).unwrap().shape.iter().any(|d| d.to_i64().is_err()), "inputs stay symbolic");
+    let kept: Vec<usize> = slimmed
+        .report
+        .ffn_layers
+        .iter()
+        .map(|l| l.channels_after)
+        .collect();
+    assert_eq!(
+        kept,
+        fixture
+            .layers
+            .iter()
+            .map(|l| l.ffn_kept)
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        slimmed
+            .model
+            .input_fact(0)
+            .unwrap()
+            .shape
+            .iter()
+            .any(|d| d.to_i64().is_err()),
+        "inputs stay symbolic"
+    );
     let v = verify(&model, &slimmed.model, 3, &SymbolValues::default()).unwrap();
     assert!(v.passed, "{:?}", v.outputs);
 }

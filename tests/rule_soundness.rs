@@ -23,8 +23,12 @@ use tract_core::ops::math::{add, max, mul};
 use tract_core::ops::nn::{sigmoid, Softmax, SoftmaxKind};
 
 fn random_tensor(rng: &mut StdRng, shape: &[usize]) -> Tensor {
-    let data: Vec<f32> = (0..shape.iter().product()).map(|_| rng.gen_range(-1.0..1.0)).collect();
-    tract_ndarray::ArrayD::from_shape_vec(shape, data).unwrap().into_tensor()
+    let data: Vec<f32> = (0..shape.iter().product())
+        .map(|_| rng.gen_range(-1.0..1.0))
+        .collect();
+    tract_ndarray::ArrayD::from_shape_vec(shape, data)
+        .unwrap()
+        .into_tensor()
 }
 
 /// Zeroes random slices of `axis`: some whole (removable), some all but one element (must stay).
@@ -50,7 +54,12 @@ fn einsum(expr: &str) -> EinSum {
 
 /// A random FFN-shaped model: producers → element-wise stuff → consumer with zero input slices.
 fn random_ffn(rng: &mut StdRng) -> TypedModel {
-    let (s, h, f, p) = (rng.gen_range(1..5), rng.gen_range(2..9), rng.gen_range(2..13), rng.gen_range(1..7));
+    let (s, h, f, p) = (
+        rng.gen_range(1..5),
+        rng.gen_range(2..9),
+        rng.gen_range(2..13),
+        rng.gen_range(1..7),
+    );
     let mut m = TypedModel::default();
     let x = m.add_source("x", f32::fact([1, s, h])).unwrap();
     let producer = |m: &mut TypedModel, name: &str, rng: &mut StdRng| -> OutletId {
@@ -62,7 +71,9 @@ fn random_ffn(rng: &mut StdRng) -> TypedModel {
             let w = m.add_const(format!("{name}.w"), w).unwrap();
             m.wire_node(name, einsum("amk,kn->amn"), &[x, w]).unwrap()[0]
         } else {
-            let w = m.add_const(format!("{name}.w"), w.permute_axes(&[1, 0]).unwrap()).unwrap();
+            let w = m
+                .add_const(format!("{name}.w"), w.permute_axes(&[1, 0]).unwrap())
+                .unwrap();
             m.wire_node(name, einsum("nk,amk->amn"), &[w, x]).unwrap()[0]
         };
         let mut b = random_tensor(rng, &[1, 1, f]);
@@ -71,16 +82,25 @@ fn random_ffn(rng: &mut StdRng) -> TypedModel {
         }
         let b = m.add_const(format!("{name}.b"), b).unwrap();
         let operands = if rng.gen_bool(0.5) { [y, b] } else { [b, y] };
-        m.wire_node(format!("{name}.bias"), add(), &operands).unwrap()[0]
+        m.wire_node(format!("{name}.bias"), add(), &operands)
+            .unwrap()[0]
     };
     let mut a = producer(&mut m, "up", rng);
     a = match rng.gen_range(0..5) {
-        0 => m.wire_node("gelu", tract_core::ops::nn::gelu_exact::gelu_exact(), &[a]).unwrap()[0],
-        1 => m.wire_node("tanh", tract_core::ops::math::tanh(), &[a]).unwrap()[0],
+        0 => m
+            .wire_node("gelu", tract_core::ops::nn::gelu_exact::gelu_exact(), &[a])
+            .unwrap()[0],
+        1 => m
+            .wire_node("tanh", tract_core::ops::math::tanh(), &[a])
+            .unwrap()[0],
         2 => m.wire_node("sigmoid", sigmoid(), &[a]).unwrap()[0],
         3 => {
             let zero = m.add_const("zero", tensor3(&[[[0f32]]])).unwrap();
-            let operands = if rng.gen_bool(0.5) { [a, zero] } else { [zero, a] };
+            let operands = if rng.gen_bool(0.5) {
+                [a, zero]
+            } else {
+                [zero, a]
+            };
             m.wire_node("relu", max(), &operands).unwrap()[0]
         }
         _ => a,
@@ -92,12 +112,18 @@ fn random_ffn(rng: &mut StdRng) -> TypedModel {
         }
         1 => {
             let g = producer(&mut m, "gate", rng);
-            a = m.wire_node("gated", einsum("amn,amn->amn"), &[a, g]).unwrap()[0];
+            a = m
+                .wire_node("gated", einsum("amn,amn->amn"), &[a, g])
+                .unwrap()[0];
         }
         _ => {}
     }
     if rng.gen_bool(0.4) {
-        let softmax = Softmax { axes: tvec!(1), quant_output_dt: None, kind: SoftmaxKind::default() };
+        let softmax = Softmax {
+            axes: tvec!(1),
+            quant_output_dt: None,
+            kind: SoftmaxKind::default(),
+        };
         a = m.wire_node("softmax", softmax, &[a]).unwrap()[0];
     }
     if rng.gen_bool(0.4) {
@@ -107,20 +133,38 @@ fn random_ffn(rng: &mut StdRng) -> TypedModel {
     let mut w2 = random_tensor(rng, &[f, p]);
     zero_random_slices(rng, &mut w2, 0);
     let w2 = m.add_const("down.w", w2).unwrap();
-    let y = m.wire_node("down", einsum("amn,np->amp"), &[a, w2]).unwrap()[0];
+    let y = m
+        .wire_node("down", einsum("amn,np->amp"), &[a, w2])
+        .unwrap()[0];
     m.select_output_outlets(&[y]).unwrap();
     m
 }
 
 fn max_diff(a: &TValue, b: &TValue) -> f32 {
-    let a = a.try_as_plain_ram().unwrap().as_slice::<f32>().unwrap().to_vec();
-    let b = b.try_as_plain_ram().unwrap().as_slice::<f32>().unwrap().to_vec();
+    let a = a
+        .try_as_plain_ram()
+        .unwrap()
+        .as_slice::<f32>()
+        .unwrap()
+        .to_vec();
+    let b = b
+        .try_as_plain_ram()
+        .unwrap()
+        .as_slice::<f32>()
+        .unwrap()
+        .to_vec();
     assert_eq!(a.len(), b.len());
     a.iter().zip(&b).fold(0.0, |m, (x, y)| m.max((x - y).abs()))
 }
 
 /// Extracts each node of each class in turn and checks the rebuilt model against `expected`.
-fn check_every_alternative(egraph: &SlimGraph, interface: &Interface, inputs: &TVec<TValue>, expected: &TVec<TValue>, what: &str) -> usize {
+fn check_every_alternative(
+    egraph: &SlimGraph,
+    interface: &Interface,
+    inputs: &TVec<TValue>,
+    expected: &TVec<TValue>,
+    what: &str,
+) -> usize {
     let nominal = Nominal::default();
     let mut checked = 0;
     for class in egraph.classes() {
@@ -129,16 +173,28 @@ fn check_every_alternative(egraph: &SlimGraph, interface: &Interface, inputs: &T
         }
         for node in &class.nodes {
             let forced = HashMap::from([(class.id, node.clone())]);
-            let Some(choice) = extract_forcing(egraph, interface.outputs, &nominal, &forced) else { continue };
+            let Some(choice) = extract_forcing(egraph, interface.outputs, &nominal, &forced) else {
+                continue;
+            };
             if !choice.nodes.contains_key(&class.id) {
                 continue; // this class is not needed by the outputs
             }
             let model = raise(egraph, &choice, interface).unwrap();
             let got = run(&model, inputs.clone()).unwrap();
             for (e, g) in expected.iter().zip(got.iter()) {
-                let scale = e.try_as_plain_ram().unwrap().as_slice::<f32>().unwrap().iter().fold(1.0f32, |m, v| m.max(v.abs()));
+                let scale = e
+                    .try_as_plain_ram()
+                    .unwrap()
+                    .as_slice::<f32>()
+                    .unwrap()
+                    .iter()
+                    .fold(1.0f32, |m, v| m.max(v.abs()));
                 let diff = max_diff(e, g);
-                assert!(diff <= 1e-5 * scale, "{what}: node {node:?} of class {} differs by {diff}", class.id);
+                assert!(
+                    diff <= 1e-5 * scale,
+                    "{what}: node {node:?} of class {} differs by {diff}",
+                    class.id
+                );
             }
             checked += 1;
         }
@@ -164,9 +220,16 @@ fn every_rule_is_sound_on_random_ffns() {
         let expected = run(&model, inputs.clone()).unwrap();
         let lowered = lower(&model).unwrap();
         let (egraph, report) = saturate(lowered.egraph, &rules, &Limits::default()).unwrap();
-        assert_eq!(report.refused_instantiations, 0, "seed {seed}: ill-typed rule output");
+        assert_eq!(
+            report.refused_instantiations, 0,
+            "seed {seed}: ill-typed rule output"
+        );
         merge_applied(&mut applied, &report.applied);
-        let names: HashMap<Id, String> = lowered.names.iter().map(|(id, n)| (egraph.find(*id), n.clone())).collect();
+        let names: HashMap<Id, String> = lowered
+            .names
+            .iter()
+            .map(|(id, n)| (egraph.find(*id), n.clone()))
+            .collect();
         let interface = Interface {
             input_names: &lowered.input_names,
             output_names: &lowered.output_names,
@@ -174,14 +237,23 @@ fn every_rule_is_sound_on_random_ffns() {
             names: &names,
             symbols: &model.symbols,
         };
-        checked += check_every_alternative(&egraph, &interface, &inputs, &expected, &format!("seed {seed}"));
+        checked += check_every_alternative(
+            &egraph,
+            &interface,
+            &inputs,
+            &expected,
+            &format!("seed {seed}"),
+        );
     }
     let missing: Vec<_> = rules
         .iter()
         .map(|r| r.name.as_str())
         .filter(|r| !applied.contains_key(*r) && !["keep-keep", "keep-everything"].contains(r))
         .collect();
-    assert!(missing.is_empty(), "rules never exercised by the random FFNs: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "rules never exercised by the random FFNs: {missing:?}"
+    );
     assert!(checked > 100, "only {checked} alternatives checked");
 }
 
@@ -220,18 +292,47 @@ fn keep_composition_rules_are_sound() {
         let output_names = vec!["twice".to_string(), "everything".to_string()];
         let names = HashMap::new();
         let symbols = SymbolScope::default();
-        let interface = Interface { input_names: &input_names, output_names: &output_names, outputs: &roots, names: &names, symbols: &symbols };
-        let reference = raise(&egraph, &extract(&egraph, &roots, &Nominal::default()), &interface).unwrap();
+        let interface = Interface {
+            input_names: &input_names,
+            output_names: &output_names,
+            outputs: &roots,
+            names: &names,
+            symbols: &symbols,
+        };
+        let reference = raise(
+            &egraph,
+            &extract(&egraph, &roots, &Nominal::default()),
+            &interface,
+        )
+        .unwrap();
         let inputs = random_inputs(&reference, seed, &SymbolValues::default()).unwrap();
         let expected = run(&reference, inputs.clone()).unwrap();
 
         let (egraph, report) = saturate(egraph, &rules, &Limits::default()).unwrap();
         merge_applied(&mut applied, &report.applied);
         let roots: Vec<Id> = roots.iter().map(|r| egraph.find(*r)).collect();
-        let interface = Interface { outputs: &roots, ..interface };
-        let checked = check_every_alternative(&egraph, &interface, &inputs, &expected, &format!("seed {seed}"));
+        let interface = Interface {
+            outputs: &roots,
+            ..interface
+        };
+        let checked = check_every_alternative(
+            &egraph,
+            &interface,
+            &inputs,
+            &expected,
+            &format!("seed {seed}"),
+        );
         assert!(checked >= 1, "seed {seed}: nothing rewritten");
-        assert!(egraph[roots[1]].nodes.iter().any(|n| n.children().is_empty()), "keep of everything is the input itself");
+        assert!(
+            egraph[roots[1]]
+                .nodes
+                .iter()
+                .any(|n| n.children().is_empty()),
+            "keep of everything is the input itself"
+        );
     }
-    assert!(applied.contains_key("keep-keep") && applied.contains_key("keep-everything"), "{applied:?}");
+    assert!(
+        applied.contains_key("keep-keep") && applied.contains_key("keep-everything"),
+        "{applied:?}"
+    );
 }

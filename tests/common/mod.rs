@@ -43,7 +43,8 @@ pub fn fixtures_dir() -> PathBuf {
 }
 
 pub fn manifest() -> Manifest {
-    let text = std::fs::read_to_string(fixtures_dir().join("manifest.json")).expect("manifest.json");
+    let text =
+        std::fs::read_to_string(fixtures_dir().join("manifest.json")).expect("manifest.json");
     serde_json::from_str(&text).expect("manifest parses")
 }
 
@@ -66,8 +67,19 @@ impl Fixture {
 
     /// Imports the fixture at its recorded (concrete) shapes.
     pub fn load(&self) -> TypedModel {
-        let inputs = self.input_specs().iter().map(|s| s.parse::<InputSpec>().unwrap()).collect();
-        import_onnx(&self.path(), &ImportOptions { inputs, sets: vec![] }).expect("fixture imports")
+        let inputs = self
+            .input_specs()
+            .iter()
+            .map(|s| s.parse::<InputSpec>().unwrap())
+            .collect();
+        import_onnx(
+            &self.path(),
+            &ImportOptions {
+                inputs,
+                sets: vec![],
+            },
+        )
+        .expect("fixture imports")
     }
 }
 
@@ -84,9 +96,21 @@ pub fn graph_summary(model: &TypedModel) -> String {
         let inputs: Vec<String> = node
             .inputs
             .iter()
-            .map(|i| if model.node(i.node).op.name() == "Const" { format!("const[{}]", shape(*i)) } else { model.node(i.node).name.clone() })
+            .map(|i| {
+                if model.node(i.node).op.name() == "Const" {
+                    format!("const[{}]", shape(*i))
+                } else {
+                    model.node(i.node).name.clone()
+                }
+            })
             .collect();
-        out += &format!("{} = {}({}) : {}\n", node.name, node.op.name(), inputs.join(", "), shape(OutletId::new(id, 0)));
+        out += &format!(
+            "{} = {}({}) : {}\n",
+            node.name,
+            node.op.name(),
+            inputs.join(", "),
+            shape(OutletId::new(id, 0))
+        );
     }
     out
 }
@@ -96,5 +120,9 @@ pub fn assert_same_summary(got: &str, expected: &str, what: &str) {
     for (g, e) in got.lines().zip(expected.lines()) {
         assert_eq!(g, e, "{what}");
     }
-    assert_eq!(got.lines().count(), expected.lines().count(), "{what}: node counts differ");
+    assert_eq!(
+        got.lines().count(),
+        expected.lines().count(),
+        "{what}: node counts differ"
+    );
 }
