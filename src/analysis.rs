@@ -10,7 +10,6 @@ use egg::{Analysis, DidMerge, EGraph, Id};
 use std::collections::HashMap;
 use std::sync::Arc;
 use tract_core::internal::*;
-use tract_core::ndarray::Dimension;
 use tract_core::ops::array::Slice;
 use tract_core::ops::nn::{Reduce, RmsNorm, Softmax};
 
@@ -151,29 +150,20 @@ fn eval_on_zeros(op: &dyn TypedOp, fact: &TypedFact, arity: usize) -> TractResul
 /// All-zero slices of a constant, per axis. Only float data is inspected.
 pub fn zero_slices_of(tensor: &Tensor) -> ZeroSlices {
     let rank = tensor.rank();
-    let Ok(data) = tensor.cast_to::<f32>() else {
-        return vec![vec![]; rank];
-    };
     if !tensor.datum_type().is_float() {
         return vec![vec![]; rank];
     }
+    let Ok(data) = tensor.cast_to::<f32>() else {
+        return vec![vec![]; rank];
+    };
     let Ok(view) = data.to_plain_array_view::<f32>() else {
         return vec![vec![]; rank];
     };
-    let mut nonzero: Vec<Vec<bool>> = tensor.shape().iter().map(|&d| vec![false; d]).collect();
-    for (index, value) in view.indexed_iter() {
-        if *value != 0.0 {
-            for (axis, i) in index.as_array_view().iter().enumerate() {
-                nonzero[axis][*i] = true;
-            }
-        }
-    }
-    nonzero
-        .into_iter()
+    (0..rank)
         .map(|axis| {
-            axis.iter()
+            view.axis_iter(tract_core::ndarray::Axis(axis))
                 .enumerate()
-                .filter(|(_, nz)| !**nz)
+                .filter(|(_, slice)| slice.iter().all(|v| *v == 0.0))
                 .map(|(i, _)| i)
                 .collect()
         })
