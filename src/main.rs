@@ -175,10 +175,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 .iter()
                 .map(|s| parse_set(s))
                 .collect::<Result<Vec<_>, _>>()?;
-            model_slim::write::Format::of(&output).ok_or_else(|| SlimError::Write {
-                path: output.display().to_string(),
-                message: "unknown format: use a .nnef.tgz or .nnef.tar file name".into(),
-            })?;
+            // Refuse a bad output name before the (possibly long) pass runs.
+            model_slim::write::Format::required(&output)?;
             let mut slimmer = Slimmer::new()?.with_limits(Limits {
                 iterations: options.max_iterations,
                 nodes: options.max_nodes,

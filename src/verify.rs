@@ -124,7 +124,8 @@ fn max_abs(t: &Tensor) -> TractResult<f32> {
         .fold(0.0f32, |m, v| m.max(v.abs())))
 }
 
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> TractResult<f32> {
+/// Largest absolute element difference of two tensors of one shape (NaN against a number is infinite).
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> TractResult<f32> {
     ensure!(
         a.shape() == b.shape(),
         "shapes differ: {:?} vs {:?}",

@@ -21,6 +21,14 @@ pub enum Format {
 }
 
 impl Format {
+    /// The format a path asks for, or the error naming the path when its name says none.
+    pub fn required(path: &Path) -> Result<Format> {
+        Format::of(path).ok_or_else(|| SlimError::Write {
+            path: path.display().to_string(),
+            message: "unknown format: use a .nnef.tgz or .nnef.tar file name".into(),
+        })
+    }
+
     /// The format a path asks for, from its extension.
     pub fn of(path: &Path) -> Option<Format> {
         let name = path.file_name()?.to_string_lossy().to_lowercase();
@@ -111,8 +119,7 @@ pub fn write_model(model: &TypedModel, path: &Path) -> Result<()> {
         path: shown.clone(),
         message,
     };
-    let format = Format::of(path)
-        .ok_or_else(|| fail("unknown format: use a .nnef.tgz or .nnef.tar file name".into()))?;
+    let format = Format::required(path)?;
     let bytes = nnef_bytes(model, format).map_err(|e| fail(format!("{e:#}")))?;
     write_atomically(path, &bytes).map_err(|e| fail(e.to_string()))
 }

@@ -13,7 +13,7 @@ use model_slim::lower::lower;
 use model_slim::raise::{raise, Interface};
 use model_slim::rules::default_rules;
 use model_slim::saturate::{saturate, Limits};
-use model_slim::verify::{random_inputs, run};
+use model_slim::verify::{max_abs_diff, random_inputs, run};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, HashMap};
@@ -105,18 +105,15 @@ fn random_ffn(rng: &mut StdRng) -> TypedModel {
         }
         _ => a,
     };
-    match rng.gen_range(0..3) {
-        0 => {
-            let g = producer(&mut m, "gate", rng);
-            a = m.wire_node("gated", mul(), &[a, g]).unwrap()[0];
-        }
-        1 => {
-            let g = producer(&mut m, "gate", rng);
-            a = m
-                .wire_node("gated", einsum("amn,amn->amn"), &[a, g])
-                .unwrap()[0];
-        }
-        _ => {}
+    // A gate: an element-wise product, written as `Mul` or as a Hadamard EinSum.
+    let gate: Option<Box<dyn TypedOp>> = match rng.gen_range(0..3) {
+        0 => Some(Box::new(mul())),
+        1 => Some(Box::new(einsum("amn,amn->amn"))),
+        _ => None,
+    };
+    if let Some(gate) = gate {
+        let g = producer(&mut m, "gate", rng);
+        a = m.wire_node("gated", gate, &[a, g]).unwrap()[0];
     }
     if rng.gen_bool(0.4) {
         let softmax = Softmax {
@@ -138,23 +135,6 @@ fn random_ffn(rng: &mut StdRng) -> TypedModel {
         .unwrap()[0];
     m.select_output_outlets(&[y]).unwrap();
     m
-}
-
-fn max_diff(a: &TValue, b: &TValue) -> f32 {
-    let a = a
-        .try_as_plain_ram()
-        .unwrap()
-        .as_slice::<f32>()
-        .unwrap()
-        .to_vec();
-    let b = b
-        .try_as_plain_ram()
-        .unwrap()
-        .as_slice::<f32>()
-        .unwrap()
-        .to_vec();
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(&b).fold(0.0, |m, (x, y)| m.max((x - y).abs()))
 }
 
 /// Extracts each node of each class in turn and checks the rebuilt model against `expected`.
@@ -189,7 +169,7 @@ fn check_every_alternative(
                     .unwrap()
                     .iter()
                     .fold(1.0f32, |m, v| m.max(v.abs()));
-                let diff = max_diff(e, g);
+                let diff = max_abs_diff(e, g).unwrap();
                 assert!(
                     diff <= 1e-5 * scale,
                     "{what}: node {node:?} of class {} differs by {diff}",
