@@ -5,6 +5,7 @@
 //! when the matching input slices are: EinSum products, element-wise ops with `f(0) = 0`,
 //! multiplications, and axis bookkeeping.
 
+use crate::known::{self, KnownSlices};
 use crate::lang::{Key, TensorLang};
 use egg::{Analysis, DidMerge, EGraph, Id};
 use std::collections::HashMap;
@@ -26,6 +27,10 @@ pub struct TensorInfo {
     pub fact: Option<TypedFact>,
     /// Slices known to be all zero.
     pub zeros: ZeroSlices,
+    /// Other slices whose values are known constants (see [`crate::known`]).
+    pub known: KnownSlices,
+    /// Axes along which the tensor sums to one (a softmax's output).
+    pub sums_to_one: TVec<usize>,
 }
 
 impl TensorInfo {
@@ -33,19 +38,29 @@ impl TensorInfo {
         TensorInfo {
             fact: None,
             zeros: vec![],
+            known: vec![],
+            sums_to_one: tvec!(),
         }
     }
 
     fn tensor(fact: TypedFact, zeros: ZeroSlices) -> TensorInfo {
+        let rank = fact.rank();
         TensorInfo {
             fact: Some(fact),
             zeros,
+            known: vec![vec![]; rank],
+            sums_to_one: tvec!(),
         }
     }
 
     /// Zero slices of `axis` (empty when the axis is out of range).
     pub fn zeros_on(&self, axis: usize) -> &[usize] {
         self.zeros.get(axis).map(|z| z.as_slice()).unwrap_or(&[])
+    }
+
+    /// Whether the tensor is known to be all zero: every slice of some (concrete) axis is.
+    pub fn is_all_zero(&self) -> bool {
+        (0..self.zeros.len()).any(|axis| self.dim(axis) == Some(self.zeros[axis].len()))
     }
 
     /// Concrete size of `axis`, if known.
@@ -58,6 +73,9 @@ impl TensorInfo {
 #[derive(Default)]
 pub struct Tables {
     pub ops: Vec<Box<dyn TypedOp>>,
+    /// Name of the source model node each op comes from (derived ops keep it; empty for ops
+    /// that rules introduce from nothing).
+    pub op_names: Vec<String>,
     pub consts: Vec<Arc<Tensor>>,
     /// Name of each constant: the source model's node name (sliced copies keep it).
     pub const_names: Vec<String>,
@@ -66,12 +84,19 @@ pub struct Tables {
     pub inputs: Vec<TypedFact>,
     /// `(const, axis, set) -> sliced const`, so a rule yields the same node every time.
     sliced: HashMap<(u32, usize, u32), u32>,
+    /// Constants computed by guards, by content: the same computation yields the same node.
+    computed: HashMap<Arc<Tensor>, u32>,
+    /// The element-wise addition op that guards hand to rules, once created.
+    addition: Option<u32>,
+    /// `(op, axis, set) -> op` built from them by a guard, for the same reason.
+    derived_ops: HashMap<(u32, usize, u32), u32>,
     zero_preserving: HashMap<u32, bool>,
 }
 
 impl Tables {
-    pub fn add_op(&mut self, op: Box<dyn TypedOp>) -> Key {
+    pub fn add_op(&mut self, op: Box<dyn TypedOp>, name: String) -> Key {
         self.ops.push(op);
+        self.op_names.push(name);
         Key::Op(self.ops.len() as u32 - 1)
     }
 
@@ -108,6 +133,52 @@ impl Tables {
         };
         self.sliced.insert((k, axis, set), new);
         Ok(Key::Const(new))
+    }
+
+    /// A constant computed by a guard, interned by content.
+    pub fn computed_const(&mut self, tensor: Tensor, name: String) -> Key {
+        let tensor = Arc::new(tensor);
+        if let Some(k) = self.computed.get(&tensor) {
+            return Key::Const(*k);
+        }
+        let Key::Const(k) = self.add_const(tensor.clone(), name) else {
+            unreachable!()
+        };
+        self.computed.insert(tensor, k);
+        Key::Const(k)
+    }
+
+    /// Element-wise addition, as an op rules can use.
+    pub fn addition_op(&mut self) -> Key {
+        if let Some(k) = self.addition {
+            return Key::Op(k);
+        }
+        let Key::Op(k) = self.add_op(Box::new(tract_core::ops::math::add()), String::new()) else {
+            unreachable!()
+        };
+        self.addition = Some(k);
+        Key::Op(k)
+    }
+
+    /// The op a guard derives from op `k` for a restriction to `set` of `axis`; built by `make`
+    /// once per argument triple and cached, so a rule yields the same node every time.
+    pub fn derived_op(
+        &mut self,
+        k: u32,
+        axis: usize,
+        set: u32,
+        make: impl FnOnce(&dyn TypedOp, &[usize]) -> Option<Box<dyn TypedOp>>,
+    ) -> Option<Key> {
+        if let Some(done) = self.derived_ops.get(&(k, axis, set)) {
+            return Some(Key::Op(*done));
+        }
+        let op = make(self.ops[k as usize].as_ref(), &self.sets[set as usize])?;
+        let name = self.op_names[k as usize].clone();
+        let Key::Op(new) = self.add_op(op, name) else {
+            unreachable!()
+        };
+        self.derived_ops.insert((k, axis, set), new);
+        Some(Key::Op(new))
     }
 
     /// Whether the op (unary or binary element-wise) maps zeros to zero.
@@ -206,6 +277,14 @@ pub fn set_of(egraph: &SlimGraph, id: Id) -> Option<Arc<Vec<usize>>> {
     })
 }
 
+/// The key of the set behind a set leaf e-class.
+pub fn set_key_of(egraph: &SlimGraph, id: Id) -> Option<u32> {
+    egraph[id].nodes.iter().find_map(|n| match n {
+        TensorLang::Key(Key::Set(k)) => Some(*k),
+        _ => None,
+    })
+}
+
 /// The constant in an e-class, if it has one.
 pub fn const_of(egraph: &SlimGraph, id: Id) -> Option<u32> {
     egraph[id].nodes.iter().find_map(|n| match n {
@@ -256,9 +335,20 @@ pub fn infer(egraph: &mut SlimGraph, node: &TensorLang) -> TractResult<TensorInf
             let mut shape: TVec<TDim> = fact.shape.iter().cloned().collect();
             shape[axis] = set.len().into();
             fact = fact.datum_type.fact(shape);
-            let mut zeros = egraph[*x].data.zeros.clone();
+            let source = &egraph[*x].data;
+            let mut zeros = source.zeros.clone();
             zeros[axis] = kept_positions(&zeros[axis], &set);
-            Ok(TensorInfo::tensor(fact, zeros))
+            let known = known::through_keep(&source.known, axis, &set);
+            let sums_to_one = source
+                .sums_to_one
+                .iter()
+                .copied()
+                .filter(|a| *a != axis)
+                .collect();
+            let mut info = TensorInfo::tensor(fact, zeros);
+            info.known = known;
+            info.sums_to_one = sums_to_one;
+            Ok(info)
         }
         _ => infer_op(egraph, node),
     }
@@ -298,7 +388,20 @@ fn infer_op(egraph: &mut SlimGraph, node: &TensorLang) -> TractResult<TensorInfo
     fact.konst = None;
     fact.uniform = None;
     let zeros = propagate_zeros(egraph, node, op_key, &inputs, &fact);
-    Ok(TensorInfo::tensor(fact, zeros))
+    let op = egraph.analysis.tables.ops[op_key as usize].as_ref();
+    let mut known = known::propagate(egraph, node, op, &fact);
+    for (axis, slices) in known.iter_mut().enumerate() {
+        slices.retain(|(i, _)| zeros[axis].binary_search(i).is_err());
+    }
+    let sums_to_one = match node {
+        TensorLang::Along(_) => known::softmax_axes(op),
+        TensorLang::Axis(_) => carried_axes(egraph, node, op),
+        _ => tvec!(),
+    };
+    let mut info = TensorInfo::tensor(fact, zeros);
+    info.known = known;
+    info.sums_to_one = sums_to_one;
+    Ok(info)
 }
 
 fn propagate_zeros(
@@ -392,6 +495,19 @@ fn propagate_zeros(
     }
 }
 
+/// The operand's sums-to-one axes that an axis op carries through unchanged.
+fn carried_axes(egraph: &SlimGraph, node: &TensorLang, op: &dyn TypedOp) -> TVec<usize> {
+    let Some(axis_op) = op.downcast_ref::<AxisOp>() else {
+        return tvec!();
+    };
+    egraph[node.operands()[0]]
+        .data
+        .sums_to_one
+        .iter()
+        .filter_map(|a| axis_op.transform_axis(*a))
+        .collect()
+}
+
 /// Zero slices of an operand as seen in the broadcast output: a size-1 zero axis is zero everywhere.
 fn broadcast_zeros(zeros: &[usize], fact: &TypedFact, axis: usize, out: &TypedFact) -> Vec<usize> {
     if fact.shape[axis] == out.shape[axis] {
@@ -467,6 +583,23 @@ impl Analysis<TensorLang> for SlimAnalysis {
             if merged.len() != z.len() {
                 from_differs = true;
             }
+        }
+        if known::merge(&mut to.known, &from.known) {
+            to_changed = true;
+        }
+        if to.known.iter().map(Vec::len).sum::<usize>()
+            != from.known.iter().map(Vec::len).sum::<usize>()
+        {
+            from_differs = true;
+        }
+        for axis in &from.sums_to_one {
+            if !to.sums_to_one.contains(axis) {
+                to.sums_to_one.push(*axis);
+                to_changed = true;
+            }
+        }
+        if to.sums_to_one.len() != from.sums_to_one.len() {
+            from_differs = true;
         }
         DidMerge(to_changed, from_differs)
     }

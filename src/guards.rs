@@ -12,20 +12,29 @@
 //! | function | arguments | binds | meaning |
 //! |---|---|---|---|
 //! | `zero-contraction` | `?op ?x ?y` | axis in x, axis in y, kept set | for each axis the EinSum contracts, the slices where x or y is all zero are droppable: binds the axes and the non-zero slices (only when some can go) |
+//! | `constant-contraction` | `?op ?x ?y` | axis in x, axis in y, kept set, tensor, op | for each axis the EinSum contracts where one operand has known constant slices (see `known.rs`) and the other is a constant: the slices to keep, the dropped slices' contribution (their EinSum, computed) and the addition op to add it with |
+//! | `constant-sum` | `?a ?b` | tensor | the sum of two constants of one rank |
 //! | `einsum-axis` | `?op ?a K ?t` | axis | the axis of operand K (0 or 1, tensor ?t) that carries output axis ?a at full size |
 //! | `einsum-lacks` | `?op ?a K ?t` | — | operand K does not carry output axis ?a, or only with size 1 (broadcast) |
+//! | `all-zero` | `?t` | — | tensor ?t is known to be all zero (every slice of some axis is) |
+//! | `addition` | `?op` | — | ?op is element-wise addition |
+//! | `broadcasts-into` | `?t ?u` | — | ?t has ?u's rank and each of its axes has ?u's size or 1, so ?t ⊕ ?u has ?u's shape |
 //! | `full` | `?t ?a` | — | tensor ?t has size other than 1 on axis ?a |
 //! | `broadcast` | `?t ?a` | — | tensor ?t has size 1 on axis ?a |
 //! | `free-axis` | `?op ?a` | — | the `along` op does not work along axis ?a |
 //! | `axis-source` | `?op ?a` | axis | the input axis the axis op moves to output axis ?a unchanged |
+//! | `reshape-groups` | `?op ?a ?i` | axis, set, op | for a reshape that splits one axis into groups × rest (channels → heads × head_dim) or merges them back, and ?a its group (or merged) output axis: the input axis, the input slices restriction ?i needs, and the reshape of the restricted input (a merge only restricts to whole groups) |
 //! | `slice-const` | `?c ?a ?i` | tensor | the constant ?c restricted to slices ?i of axis ?a |
 //! | `compose` | `?outer ?inner` | set | keeping ?inner then ?outer keeps this set of the original |
 //! | `everything` | `?i ?t ?a` | — | set ?i holds every slice of axis ?a of ?t |
 
-use crate::analysis::{const_of, num_of, op_of, set_of, SlimGraph};
-use crate::lang::{Key, TensorLang};
+use crate::analysis::{const_of, num_of, op_of, select_slices, set_key_of, set_of, SlimGraph};
+use crate::known;
+use crate::lang::TensorLang;
 use egg::Id;
+use std::sync::Arc;
 use tract_core::internal::*;
+use tract_core::ops::binary::TypedBinOp;
 use tract_core::ops::einsum::EinSum;
 
 /// An argument of a guard call.
@@ -59,6 +68,20 @@ pub static GUARDS: &[Guard] = &[
         run: zero_contraction,
     },
     Guard {
+        name: "constant-contraction",
+        params: &["?op", "?x", "?y"],
+        binds: 5,
+        doc: "Contracted EinSum axes where one operand has known constant slices and the other is a constant: (axis in x, axis in y, kept set, their contribution, addition).",
+        run: constant_contraction,
+    },
+    Guard {
+        name: "constant-sum",
+        params: &["?a", "?b"],
+        binds: 1,
+        doc: "The sum of two constants of one rank (broadcasting).",
+        run: constant_sum,
+    },
+    Guard {
         name: "einsum-axis",
         params: &["?op", "?a", "K", "?t"],
         binds: 1,
@@ -71,6 +94,27 @@ pub static GUARDS: &[Guard] = &[
         binds: 0,
         doc: "EinSum operand K does not carry output axis ?a, or carries it with size 1.",
         run: einsum_lacks,
+    },
+    Guard {
+        name: "all-zero",
+        params: &["?t"],
+        binds: 0,
+        doc: "Tensor ?t is known to be all zero.",
+        run: all_zero,
+    },
+    Guard {
+        name: "addition",
+        params: &["?op"],
+        binds: 0,
+        doc: "?op is element-wise addition.",
+        run: addition,
+    },
+    Guard {
+        name: "broadcasts-into",
+        params: &["?t", "?u"],
+        binds: 0,
+        doc: "Tensor ?t has ?u's rank, and each axis of ?t has ?u's size or size 1.",
+        run: broadcasts_into,
     },
     Guard { name: "full", params: &["?t", "?a"], binds: 0, doc: "Axis ?a of ?t has size other than 1.", run: full },
     Guard { name: "broadcast", params: &["?t", "?a"], binds: 0, doc: "Axis ?a of ?t has size 1.", run: broadcast },
@@ -87,6 +131,13 @@ pub static GUARDS: &[Guard] = &[
         binds: 1,
         doc: "Input axis that the axis op carries unchanged to output axis ?a.",
         run: axis_source,
+    },
+    Guard {
+        name: "reshape-groups",
+        params: &["?op", "?a", "?i"],
+        binds: 3,
+        doc: "Reshape splitting an axis into groups (or merging groups) at output axis ?a: input axis, input slices restriction ?i needs, and the restricted reshape.",
+        run: reshape_groups,
     },
     Guard {
         name: "slice-const",
@@ -195,7 +246,8 @@ fn zero_contraction(egraph: &mut SlimGraph, args: &[Arg]) -> Alternatives {
                     && yi.zeros_on(ay).binary_search(i).is_err()
             })
             .collect();
-        if kept.len() < n {
+        // Nothing kept would leave an empty tensor: an all-zero product is blocks.rules' job.
+        if kept.len() < n && !kept.is_empty() {
             found.push((ax, ay, kept));
         }
     }
@@ -209,6 +261,109 @@ fn zero_contraction(egraph: &mut SlimGraph, args: &[Arg]) -> Alternatives {
             ]
         })
         .collect()
+}
+
+/// Slices of operand `slot`'s contracted axis `letter` that hold known constants, when the other
+/// operand is a constant: the slices kept, and what the others contribute to the output (their
+/// EinSum, computed now). At least one slice stays, so no tensor becomes empty.
+fn fold_known_slices(
+    egraph: &SlimGraph,
+    op: &EinSum,
+    operands: [Id; 2],
+    letter: &Axis,
+    slot: usize,
+) -> Option<(Vec<usize>, Tensor, String)> {
+    let other = 1 - slot;
+    let weights = const_of(egraph, operands[other])?;
+    let (axis, weights_axis) = (letter.inputs[slot][0], letter.inputs[other][0]);
+    let n = egraph[operands[slot]].data.dim(axis)?;
+    let mut constant = known::nonzero_known(egraph, operands[slot], axis);
+    let mut kept: Vec<usize> = (0..n)
+        .filter(|i| constant.binary_search_by_key(i, |(j, _)| *j).is_err())
+        .collect();
+    if kept.is_empty() && !constant.is_empty() {
+        kept.push(constant.remove(0).0);
+    }
+    if constant.is_empty() {
+        return None;
+    }
+    let dropped: Vec<usize> = constant.iter().map(|(i, _)| *i).collect();
+    let values: Vec<Arc<Tensor>> = constant.into_iter().map(|(_, v)| v).collect();
+    let tables = &egraph.analysis.tables;
+    let folded = known::stack(&values, axis)?;
+    let weight_slices =
+        select_slices(&tables.consts[weights as usize], weights_axis, &dropped).ok()?;
+    let mut inputs = [folded, weight_slices];
+    if slot == 1 {
+        inputs.reverse();
+    }
+    let inputs: TVec<TValue> = inputs.into_iter().map(|t| t.into_tvalue()).collect();
+    let contribution = op.eval_out_of_plan(inputs).ok()??.remove(0).into_tensor();
+    let name = format!("{}.folded", tables.const_names[weights as usize]);
+    Some((kept, contribution, name))
+}
+
+fn constant_contraction(egraph: &mut SlimGraph, args: &[Arg]) -> Alternatives {
+    let (Some(op), Some(x), Some(y)) = (einsum(egraph, args[0]), class(args[1]), class(args[2]))
+    else {
+        return vec![];
+    };
+    let op = op.clone();
+    let mut found = vec![];
+    for letter in op.axes.iter_all_axes() {
+        let contracted = letter.outputs[0].is_empty()
+            && letter.inputs[0].len() == 1
+            && letter.inputs[1].len() == 1;
+        if !contracted {
+            continue;
+        }
+        for slot in [0, 1] {
+            if let Some(fold) = fold_known_slices(egraph, &op, [x, y], letter, slot) {
+                found.push((letter.inputs[0][0], letter.inputs[1][0], fold));
+            }
+        }
+    }
+    found
+        .into_iter()
+        .map(|(ax, ay, (kept, contribution, name))| {
+            let contribution = egraph.analysis.tables.computed_const(contribution, name);
+            let addition = egraph.analysis.tables.addition_op();
+            vec![
+                add_num(egraph, ax),
+                add_num(egraph, ay),
+                add_set(egraph, kept),
+                egraph.add(TensorLang::Key(contribution)),
+                egraph.add(TensorLang::Key(addition)),
+            ]
+        })
+        .collect()
+}
+
+fn constant_sum(egraph: &mut SlimGraph, args: &[Arg]) -> Alternatives {
+    let sum = (|| {
+        let a = const_of(egraph, class(args[0])?)?;
+        let b = const_of(egraph, class(args[1])?)?;
+        let tables = &egraph.analysis.tables;
+        let (a, b, name) = (
+            tables.consts[a as usize].clone(),
+            tables.consts[b as usize].clone(),
+            tables.const_names[b as usize].clone(),
+        );
+        if a.rank() != b.rank() {
+            return None;
+        }
+        let inputs = tvec!(a.into_tvalue(), b.into_tvalue());
+        let add = tract_core::ops::math::add();
+        Some((
+            add.eval_out_of_plan(inputs).ok()??.remove(0).into_tensor(),
+            name,
+        ))
+    })();
+    let Some((sum, name)) = sum else {
+        return vec![];
+    };
+    let key = egraph.analysis.tables.computed_const(sum, name);
+    vec![vec![egraph.add(TensorLang::Key(key))]]
 }
 
 /// The operand-`slot` axis of the letter at output axis `a`, if any.
@@ -238,6 +393,34 @@ fn einsum_lacks(egraph: &mut SlimGraph, args: &[Arg]) -> Alternatives {
         }
     })();
     holds(lacks == Some(true))
+}
+
+fn all_zero(egraph: &mut SlimGraph, args: &[Arg]) -> Alternatives {
+    holds(class(args[0]).is_some_and(|t| egraph[t].data.is_all_zero()))
+}
+
+fn addition(egraph: &mut SlimGraph, args: &[Arg]) -> Alternatives {
+    let is_add = (|| {
+        let key = op_of(egraph, class(args[0])?)?;
+        let op = egraph.analysis.tables.ops[key as usize].downcast_ref::<TypedBinOp>()?;
+        Some(op.0.name() == "Add")
+    })();
+    holds(is_add == Some(true))
+}
+
+fn broadcasts_into(egraph: &mut SlimGraph, args: &[Arg]) -> Alternatives {
+    let fits = (|| {
+        let t = egraph[class(args[0])?].data.fact.as_ref()?;
+        let u = egraph[class(args[1])?].data.fact.as_ref()?;
+        Some(
+            t.rank() == u.rank()
+                && t.shape
+                    .iter()
+                    .zip(u.shape.iter())
+                    .all(|(a, b)| a == b || a.is_one()),
+        )
+    })();
+    holds(fits == Some(true))
 }
 
 fn full(egraph: &mut SlimGraph, args: &[Arg]) -> Alternatives {
@@ -271,14 +454,82 @@ fn axis_source(egraph: &mut SlimGraph, args: &[Arg]) -> Alternatives {
         .unwrap_or_default()
 }
 
+fn reshape_groups(egraph: &mut SlimGraph, args: &[Arg]) -> Alternatives {
+    let found = (|| {
+        let key = op_of(egraph, class(args[0])?)?;
+        let a = axis(egraph, args[1])?;
+        let set = set_key_of(egraph, class(args[2])?)?;
+        let tables = &mut egraph.analysis.tables;
+        let Some(AxisOp::Reshape(at, from, to)) = tables.ops[key as usize].downcast_ref() else {
+            return None;
+        };
+        if *at != a {
+            return None;
+        }
+        let (input_set, from, to) = restrict_reshape(from, to, &tables.sets[set as usize])?;
+        let op = tables.derived_op(key, a, set, |_, _| {
+            Some(Box::new(AxisOp::Reshape(a, from, to)))
+        })?;
+        Some((a, input_set, op))
+    })();
+    let Some((a, input_set, op)) = found else {
+        return vec![];
+    };
+    vec![vec![
+        add_num(egraph, a),
+        add_set(egraph, input_set),
+        egraph.add(TensorLang::Key(op)),
+    ]]
+}
+
+/// A reshape of one axis into groups × rest (`from = [n]`, `to = [groups, ...]`), or back
+/// (`from = [groups, ...]`, `to = [n]`), restricted to `kept` slices of its output's first
+/// reshaped axis: the input slices needed and the restricted reshape's `from` and `to`. A merge
+/// only restricts to whole groups. `None` for any other reshape.
+pub fn restrict_reshape(
+    from: &[TDim],
+    to: &[TDim],
+    kept: &[usize],
+) -> Option<(Vec<usize>, TVec<TDim>, TVec<TDim>)> {
+    if kept.is_empty() {
+        return None;
+    }
+    let block = |dims: &[TDim]| -> Option<usize> {
+        dims.iter()
+            .map(|d| d.to_usize().ok())
+            .product::<Option<usize>>()
+    };
+    if from.len() == 1 && to.len() >= 2 {
+        let size = block(&to[1..])?;
+        let needed = kept.iter().flat_map(|g| g * size..(g + 1) * size).collect();
+        let mut restricted_to: TVec<TDim> = tvec!(kept.len().into());
+        restricted_to.extend(to[1..].iter().cloned());
+        return Some((needed, tvec!((kept.len() * size).into()), restricted_to));
+    }
+    if to.len() == 1 && from.len() >= 2 {
+        let size = block(&from[1..])?;
+        if size == 0 || !kept.len().is_multiple_of(size) {
+            return None;
+        }
+        let groups: Vec<usize> = kept
+            .chunks(size)
+            .map(|chunk| {
+                let g = chunk[0] / size;
+                let whole = chunk.iter().enumerate().all(|(r, &c)| c == g * size + r);
+                whole.then_some(g)
+            })
+            .collect::<Option<_>>()?;
+        let mut restricted_from: TVec<TDim> = tvec!(groups.len().into());
+        restricted_from.extend(from[1..].iter().cloned());
+        return Some((groups, restricted_from, tvec!(kept.len().into())));
+    }
+    None
+}
+
 fn slice_const(egraph: &mut SlimGraph, args: &[Arg]) -> Alternatives {
     let request = (|| {
         let konst = const_of(egraph, class(args[0])?)?;
-        let set_class = class(args[2])?;
-        let set = egraph[set_class].nodes.iter().find_map(|n| match n {
-            TensorLang::Key(Key::Set(k)) => Some(*k),
-            _ => None,
-        })?;
+        let set = set_key_of(egraph, class(args[2])?)?;
         Some((konst, axis(egraph, args[1])?, set))
     })();
     let Some((konst, ax, set)) = request else {

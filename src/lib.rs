@@ -23,6 +23,7 @@ pub mod error;
 pub mod extract;
 pub mod guards;
 pub mod import;
+pub mod known;
 pub mod lang;
 pub mod lower;
 pub mod raise;

@@ -106,7 +106,10 @@ fn lower_outlet(
             .add_const(konst.val().clone(), node.name.clone());
         return Ok(TensorLang::Key(key));
     }
-    let op_key = egraph.analysis.tables.add_op(node.op.clone());
+    let op_key = egraph
+        .analysis
+        .tables
+        .add_op(node.op.clone(), node.name.clone());
     let op_leaf = egraph.add(TensorLang::Key(op_key));
     let single = node.outputs.len() == 1;
     let with_op = |rest: &[Id]| -> Vec<Id> {

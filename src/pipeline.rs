@@ -5,7 +5,7 @@ use crate::error::{Result, SlimError};
 use crate::extract::{choice_cost, extract};
 use crate::lower::lower;
 use crate::raise::{raise, Interface};
-use crate::report::{ffn_layers, flops, params, Report, StageTimes};
+use crate::report::{attention_layers, ffn_layers, flops, params, Report, StageTimes};
 use crate::rules::{default_rules, load_dir, Rule};
 use crate::saturate::{saturate, Limits};
 use std::collections::HashMap;
@@ -107,6 +107,8 @@ impl Slimmer {
 
         let report = Report {
             ffn_layers: ffn_layers(model, &slim, &self.nominal)
+                .map_err(|e| SlimError::stage("report", e))?,
+            attention_layers: attention_layers(model, &slim)
                 .map_err(|e| SlimError::stage("report", e))?,
             params_before: params(model),
             params_after: params(&slim),

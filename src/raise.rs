@@ -94,7 +94,8 @@ impl Raiser<'_> {
     }
 
     /// A name for a class: its source node's; for a class made by rules that restricts a
-    /// tensor (it holds a `keep` node), the restricted tensor's name with `.kept`.
+    /// tensor (it holds a `keep` node), the restricted tensor's name with `.kept`; for another
+    /// class made by rules, the name of the source node of its op with `.slim`.
     fn class_name(&self, class: Id, depth: usize) -> Option<String> {
         if let Some(name) = self.names.get(&class) {
             return Some(name.clone());
@@ -102,11 +103,19 @@ impl Raiser<'_> {
         if depth == 0 {
             return None;
         }
-        self.egraph[class].nodes.iter().find_map(|n| match n {
+        let nodes = &self.egraph[class].nodes;
+        let restricted = nodes.iter().find_map(|n| match n {
             TensorLang::Keep([_, _, x]) => self
                 .class_name(self.egraph.find(*x), depth - 1)
                 .map(|n| format!("{n}.kept")),
             _ => None,
+        });
+        restricted.or_else(|| {
+            nodes.iter().find_map(|n| {
+                let op = op_of(self.egraph, n.op_child()?)?;
+                let name = &self.egraph.analysis.tables.op_names[op as usize];
+                (!name.is_empty()).then(|| format!("{name}.slim"))
+            })
         })
     }
 

@@ -1,10 +1,13 @@
-//! The report: per FFN layer, channels, parameters and FLOPs before and after slimming.
+//! The report: per FFN layer, channels, parameters and FLOPs before and after slimming; per
+//! attention layer, heads before and after.
 //!
-//! FFN layers are found on the tract models themselves: a *consumer* linear layer (an EinSum
-//! against a constant weight, with one contracted axis) whose input is computed, through
-//! element-wise ops, bias adds and axis bookkeeping only, from *producer* linear layers. That is
-//! the structure whose channels slimming removes together. Before and after are matched by the
-//! consumer's node name, which slimming keeps.
+//! Layers are found on the tract models themselves. An FFN layer is a *consumer* linear layer
+//! (an EinSum against a constant weight, with one contracted axis) whose input is computed,
+//! through element-wise ops, bias adds and axis bookkeeping only, from *producer* linear layers:
+//! the structure whose channels slimming removes together. An attention layer is an EinSum of a
+//! softmax output with the values (softmax · V); its heads are the axes both operands and the
+//! output share, less the batch axis (the scores' first axis). Before and after are matched by
+//! node name: slimming keeps names, adding `.kept`/`.slim` to nodes it rebuilds.
 
 use crate::cost::Nominal;
 use crate::extract::GraphCost;
@@ -18,6 +21,7 @@ use tract_core::ops::cast::Cast;
 use tract_core::ops::einsum::EinSum;
 use tract_core::ops::element_wise::ElementWiseOp;
 use tract_core::ops::konst::Const;
+use tract_core::ops::nn::Softmax;
 
 /// One FFN layer of the report.
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -34,6 +38,17 @@ pub struct FfnLayer {
     pub flops_after: f64,
 }
 
+/// One attention layer of the report.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct AttentionLayer {
+    /// Position among the model's attention layers, in evaluation order.
+    pub layer: usize,
+    /// The softmax · V product's node name.
+    pub name: String,
+    pub heads_before: usize,
+    pub heads_after: usize,
+}
+
 /// Wall-clock time of each stage, in milliseconds.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct StageTimes {
@@ -47,6 +62,7 @@ pub struct StageTimes {
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
     pub ffn_layers: Vec<FfnLayer>,
+    pub attention_layers: Vec<AttentionLayer>,
     pub params_before: usize,
     pub params_after: usize,
     pub flops_before: f64,
@@ -202,6 +218,20 @@ fn group_size(model: &TypedModel, nominal: &Nominal, g: &FfnGroup) -> GroupSize 
     }
 }
 
+/// A node name without the suffixes slimming and tract add to rebuilt nodes (`.kept`, `.slim`,
+/// `.1`...), so a layer is recognised after slimming.
+fn base_name(name: &str) -> &str {
+    let mut base = name;
+    while let Some((head, tail)) = base.rsplit_once('.') {
+        let added = tail == "kept" || tail == "slim" || tail.chars().all(|c| c.is_ascii_digit());
+        if !added || head.is_empty() {
+            break;
+        }
+        base = head;
+    }
+    base
+}
+
 /// The FFN layers of `before`, with their sizes in `before` and `after`.
 pub fn ffn_layers(
     before: &TypedModel,
@@ -216,7 +246,7 @@ pub fn ffn_layers(
         // A layer whose every channel went has no group any more: it costs nothing.
         let a = after_groups
             .iter()
-            .find(|h| after.node(h.consumer).name == name)
+            .find(|h| base_name(&after.node(h.consumer).name) == base_name(&name))
             .map(|h| group_size(after, nominal, h))
             .unwrap_or(GroupSize {
                 channels: 0,
@@ -237,6 +267,69 @@ pub fn ffn_layers(
     Ok(layers)
 }
 
+/// Heads of a softmax · V EinSum: the product of the axes shared by both operands and the output,
+/// less the scores' first axis (the batch) when there are several.
+fn heads_of(model: &TypedModel, node: &TypedNode) -> Option<usize> {
+    let einsum = node.op_as::<EinSum>()?;
+    if node.inputs.len() != 2 {
+        return None;
+    }
+    let probs = node
+        .inputs
+        .iter()
+        .position(|i| model.node(i.node).op_is::<Softmax>())?;
+    let values = 1 - probs;
+    let shared: Vec<usize> = einsum
+        .axes
+        .iter_all_axes()
+        .filter(|l| l.outputs[0].len() == 1 && l.inputs[values].len() == 1)
+        .filter_map(|l| l.inputs[probs].first().copied())
+        .collect();
+    let probs_fact = model.outlet_fact(node.inputs[probs]).ok()?;
+    shared
+        .iter()
+        .filter(|&&axis| shared.len() == 1 || axis != 0)
+        .map(|&axis| probs_fact.shape[axis].to_usize().ok())
+        .product()
+}
+
+fn attention_products(model: &TypedModel) -> TractResult<Vec<(String, usize)>> {
+    Ok(model
+        .eval_order()?
+        .into_iter()
+        .filter_map(|id| {
+            let node = model.node(id);
+            heads_of(model, node).map(|heads| (node.name.clone(), heads))
+        })
+        .collect())
+}
+
+/// The attention layers of `before`, with their head counts in `before` and `after`.
+pub fn attention_layers(
+    before: &TypedModel,
+    after: &TypedModel,
+) -> TractResult<Vec<AttentionLayer>> {
+    let after_products = attention_products(after)?;
+    Ok(attention_products(before)?
+        .into_iter()
+        .enumerate()
+        .map(|(layer, (name, heads_before))| {
+            // A layer whose every head went has no softmax · V product any more.
+            let heads_after = after_products
+                .iter()
+                .find(|(n, _)| base_name(n) == base_name(&name))
+                .map(|(_, h)| *h)
+                .unwrap_or(0);
+            AttentionLayer {
+                layer,
+                name,
+                heads_before,
+                heads_after,
+            }
+        })
+        .collect())
+}
+
 fn human(v: f64) -> String {
     match v {
         v if v >= 1e9 => format!("{:.2}G", v / 1e9),
@@ -250,16 +343,26 @@ impl Report {
     /// The human-readable summary printed by the CLI.
     pub fn table(&self) -> String {
         let mut out = String::new();
+        if !self.attention_layers.is_empty() {
+            out += &format!(
+                "{:<6} {:<48} {:>16}\n",
+                "layer", "attention (softmax · V node)", "heads"
+            );
+            for l in &self.attention_layers {
+                out += &format!(
+                    "{:<6} {:<48} {:>16}\n",
+                    l.layer,
+                    shorten(&l.name),
+                    format!("{} → {}", l.heads_before, l.heads_after)
+                );
+            }
+        }
         out += &format!(
             "{:<6} {:<48} {:>16} {:>20} {:>20}\n",
             "layer", "FFN (consumer node)", "channels", "params", "FLOPs"
         );
         for l in &self.ffn_layers {
-            let name = if l.name.len() > 48 {
-                format!("…{}", &l.name[l.name.len() - 47..])
-            } else {
-                l.name.clone()
-            };
+            let name = shorten(&l.name);
             out += &format!(
                 "{:<6} {:<48} {:>16} {:>20} {:>20}\n",
                 l.layer,
@@ -306,6 +409,16 @@ impl Report {
             }
         }
         out
+    }
+}
+
+/// A node name cut to the table's column width (keeping its end, the informative part).
+fn shorten(name: &str) -> String {
+    let chars: Vec<char> = name.chars().collect();
+    if chars.len() > 48 {
+        format!("…{}", chars[chars.len() - 47..].iter().collect::<String>())
+    } else {
+        name.to_string()
     }
 }
 

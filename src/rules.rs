@@ -24,6 +24,9 @@ use std::path::Path;
 pub const DEFAULT_RULES: &[(&str, &str)] = &[
     ("rules/ffn.rules", include_str!("../rules/ffn.rules")),
     ("rules/keep.rules", include_str!("../rules/keep.rules")),
+    ("rules/heads.rules", include_str!("../rules/heads.rules")),
+    ("rules/blocks.rules", include_str!("../rules/blocks.rules")),
+    ("rules/fold.rules", include_str!("../rules/fold.rules")),
 ];
 
 /// Where a piece of rule text came from.

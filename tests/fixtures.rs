@@ -1,4 +1,4 @@
-//! Every committed fixture (both exporters): slimmed widths match the manifest, outputs match the
+//! Every committed fixture (both exporters): slimmed FFN widths and head counts match the manifest, outputs match the
 //! original, FLOPs never grow, dense models come out unchanged, and the written NNEF loads in
 //! plain tract and gives the same outputs.
 
@@ -28,6 +28,21 @@ fn check_fixture(fixture: &Fixture) {
         .map(|l| (l.ffn_width, l.ffn_kept))
         .collect();
     assert_eq!(widths, expected, "{name}: FFN widths");
+
+    // Heads: one attention layer per layer of models that have attention, slimmed to exactly the
+    // manifest's surviving heads (zeroed and constant heads both go).
+    let heads: Vec<(usize, usize)> = report
+        .attention_layers
+        .iter()
+        .map(|l| (l.heads_before, l.heads_after))
+        .collect();
+    let expected: Vec<(usize, usize)> = fixture
+        .layers
+        .iter()
+        .filter(|l| l.heads > 0)
+        .map(|l| (l.heads, l.heads_kept))
+        .collect();
+    assert_eq!(heads, expected, "{name}: heads");
 
     assert!(
         report.flops_after <= report.flops_before,
@@ -76,7 +91,7 @@ fn check_fixture(fixture: &Fixture) {
 fn every_fixture_slims_exactly_to_the_manifest() {
     let manifest = manifest();
     assert!(
-        manifest.fixtures.len() >= 20,
+        manifest.fixtures.len() >= 26,
         "fixtures missing from the manifest"
     );
     for exporter in ["torchscript", "dynamo"] {

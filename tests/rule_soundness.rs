@@ -127,12 +127,126 @@ fn random_ffn(rng: &mut StdRng) -> TypedModel {
         a = m.wire_node("squeeze", AxisOp::Rm(0), &[a]).unwrap()[0];
         a = m.wire_node("unsqueeze", AxisOp::Add(0), &[a]).unwrap()[0];
     }
+    let residual = rng.gen_bool(0.5);
+    let p = if residual { h } else { p };
     let mut w2 = random_tensor(rng, &[f, p]);
-    zero_random_slices(rng, &mut w2, 0);
+    if rng.gen_bool(0.2) {
+        w2 = Tensor::zero::<f32>(&[f, p]).unwrap();
+    } else {
+        zero_random_slices(rng, &mut w2, 0);
+    }
     let w2 = m.add_const("down.w", w2).unwrap();
-    let y = m
+    let mut y = m
         .wire_node("down", einsum("amn,np->amp"), &[a, w2])
         .unwrap()[0];
+    if rng.gen_bool(0.5) {
+        let b2 = m
+            .add_const("down.b", random_tensor(rng, &[1, 1, p]))
+            .unwrap();
+        y = m.wire_node("down.bias", add(), &[y, b2]).unwrap()[0];
+    }
+    if residual {
+        let operands = if rng.gen_bool(0.5) { [y, x] } else { [x, y] };
+        y = m.wire_node("residual", add(), &operands).unwrap()[0];
+    }
+    m.select_output_outlets(&[y]).unwrap();
+    m
+}
+
+/// Zeroes whole heads (blocks of `head_dim` slices of `axis`) at random; returns how many.
+fn zero_random_heads(
+    rng: &mut StdRng,
+    t: &mut Tensor,
+    axis: usize,
+    head_dim: usize,
+    p: f64,
+) -> usize {
+    let heads = t.shape()[axis] / head_dim;
+    let mut view = t.to_plain_array_view_mut::<f32>().unwrap();
+    let mut zeroed = 0;
+    for h in 0..heads {
+        if rng.gen_bool(p) {
+            zeroed += 1;
+            for d in 0..head_dim {
+                view.index_axis_mut(tract_ndarray::Axis(axis), h * head_dim + d)
+                    .fill(0.0);
+            }
+        }
+    }
+    zeroed
+}
+
+/// A random multi-head attention block with a residual: Q, K, V projections (with biases),
+/// split into heads, scaled scores, an optional additive mask, softmax over the keys, context,
+/// heads merged back, output projection. Random zeros: whole heads in the output projection's
+/// input (removable), whole heads of the V projection (constant heads, folded), and partial ones.
+fn random_attention(rng: &mut StdRng) -> TypedModel {
+    let (s, hidden, heads, d) = (
+        rng.gen_range(1..5),
+        rng.gen_range(2..9),
+        rng.gen_range(1..5),
+        rng.gen_range(1..4),
+    );
+    let inner = heads * d;
+    let mut m = TypedModel::default();
+    let x = m.add_source("x", f32::fact([1, s, hidden])).unwrap();
+    let project = |m: &mut TypedModel, name: &str, rng: &mut StdRng, zero_heads: f64| {
+        let mut w = random_tensor(rng, &[hidden, inner]);
+        zero_random_heads(rng, &mut w, 1, d, zero_heads);
+        let w = m.add_const(format!("{name}.w"), w).unwrap();
+        let y = m.wire_node(name, einsum("amk,kn->amn"), &[x, w]).unwrap()[0];
+        let b = m
+            .add_const(format!("{name}.b"), random_tensor(rng, &[1, 1, inner]))
+            .unwrap();
+        let y = m.wire_node(format!("{name}.bias"), add(), &[y, b]).unwrap()[0];
+        let split = AxisOp::Reshape(2, tvec!(inner.into()), tvec!(heads.into(), d.into()));
+        m.wire_node(format!("{name}.heads"), split, &[y]).unwrap()[0]
+    };
+    let q = project(&mut m, "q", rng, 0.1);
+    let k = project(&mut m, "k", rng, 0.1);
+    let v = project(&mut m, "v", rng, 0.4);
+    let scores = m
+        .wire_node("scores", einsum("ashd,athd->ahst"), &[q, k])
+        .unwrap()[0];
+    let scale = m.add_const("scale", tensor4(&[[[[0.5f32]]]])).unwrap();
+    let mut scores = m.wire_node("scaled", mul(), &[scores, scale]).unwrap()[0];
+    if rng.gen_bool(0.5) {
+        let mask: Vec<f32> = (0..s)
+            .map(|_| if rng.gen_bool(0.3) { -1e4 } else { 0.0 })
+            .collect();
+        let mask = tract_ndarray::ArrayD::from_shape_vec(vec![1, 1, 1, s], mask).unwrap();
+        let mask = m.add_const("mask", mask.into_tensor()).unwrap();
+        scores = m.wire_node("masked", add(), &[scores, mask]).unwrap()[0];
+    }
+    let softmax = Softmax {
+        axes: tvec!(3),
+        quant_output_dt: None,
+        kind: SoftmaxKind::default(),
+    };
+    let probs = m.wire_node("softmax", softmax, &[scores]).unwrap()[0];
+    let context = m
+        .wire_node("context", einsum("ahst,athd->ashd"), &[probs, v])
+        .unwrap()[0];
+    let merge = AxisOp::Reshape(2, tvec!(heads.into(), d.into()), tvec!(inner.into()));
+    let merged = m.wire_node("merged", merge, &[context]).unwrap()[0];
+    let mut wo = random_tensor(rng, &[inner, hidden]);
+    if zero_random_heads(rng, &mut wo, 0, d, 0.4) == 0 && d > 1 {
+        zero_random_slices(rng, &mut wo, 0);
+    }
+    let wo = m.add_const("out.w", wo).unwrap();
+    let out = m
+        .wire_node("out", einsum("ami,io->amo"), &[merged, wo])
+        .unwrap()[0];
+    let bo = m
+        .add_const("out.b", random_tensor(rng, &[1, 1, hidden]))
+        .unwrap();
+    let out = m.wire_node("out.bias", add(), &[out, bo]).unwrap()[0];
+    let operands = if rng.gen_bool(0.5) {
+        [out, x]
+    } else {
+        [x, out]
+    };
+    let y = m.wire_node("residual", add(), &operands).unwrap()[0];
     m.select_output_outlets(&[y]).unwrap();
     m
 }
@@ -189,13 +303,24 @@ fn merge_applied(total: &mut BTreeMap<String, usize>, applied: &BTreeMap<String,
 }
 
 #[test]
-fn every_rule_is_sound_on_random_ffns() {
+fn every_rule_is_sound_on_random_models() {
     let rules = default_rules().unwrap();
     let mut applied = BTreeMap::new();
     let mut checked = 0;
-    for seed in 0..60 {
+    for seed in 0..120 {
         let mut rng = StdRng::seed_from_u64(seed);
-        let model = random_ffn(&mut rng);
+        let model = if seed % 2 == 0 {
+            random_ffn(&mut rng)
+        } else {
+            random_attention(&mut rng)
+        };
+        // Half the models as the pass gets them from tract (decluttered: the merge reshape is
+        // folded into the output weights), half as built.
+        let model = if rng.gen_bool(0.5) {
+            model.into_decluttered().unwrap()
+        } else {
+            model
+        };
         let inputs = random_inputs(&model, seed, &SymbolValues::default()).unwrap();
         let expected = run(&model, inputs.clone()).unwrap();
         let lowered = lower(&model).unwrap();
@@ -232,7 +357,7 @@ fn every_rule_is_sound_on_random_ffns() {
         .collect();
     assert!(
         missing.is_empty(),
-        "rules never exercised by the random FFNs: {missing:?}"
+        "rules never exercised by the random models: {missing:?}"
     );
     assert!(checked > 100, "only {checked} alternatives checked");
 }
