@@ -5,6 +5,7 @@
 //! when the matching input slices are: EinSum products, element-wise ops with `f(0) = 0`,
 //! multiplications, and axis bookkeeping.
 
+use crate::consts::{kept_positions, ConstStore};
 use crate::known::{self, KnownSlices};
 use crate::lang::{Key, TensorLang};
 use egg::{Analysis, DidMerge, EGraph, Id};
@@ -76,16 +77,10 @@ pub struct Tables {
     /// Name of the source model node each op comes from (derived ops keep it; empty for ops
     /// that rules introduce from nothing).
     pub op_names: Vec<String>,
-    pub consts: Vec<Arc<Tensor>>,
-    /// Name of each constant: the source model's node name (sliced copies keep it).
-    pub const_names: Vec<String>,
+    pub consts: ConstStore,
     pub sets: Vec<Arc<Vec<usize>>>,
     set_index: HashMap<Arc<Vec<usize>>, u32>,
     pub inputs: Vec<TypedFact>,
-    /// `(const, axis, set) -> sliced const`, so a rule yields the same node every time.
-    sliced: HashMap<(u32, usize, u32), u32>,
-    /// Constants computed by guards, by content: the same computation yields the same node.
-    computed: HashMap<Arc<Tensor>, u32>,
     /// The element-wise addition op that guards hand to rules, once created.
     addition: Option<u32>,
     /// `(op, axis, set) -> op` built from them by a guard, for the same reason.
@@ -98,12 +93,6 @@ impl Tables {
         self.ops.push(op);
         self.op_names.push(name);
         Key::Op(self.ops.len() as u32 - 1)
-    }
-
-    pub fn add_const(&mut self, tensor: Arc<Tensor>, name: String) -> Key {
-        self.consts.push(tensor);
-        self.const_names.push(name);
-        Key::Const(self.consts.len() as u32 - 1)
     }
 
     /// Interns a set of slice indices (sorted, deduplicated).
@@ -120,32 +109,11 @@ impl Tables {
         Key::Set(k)
     }
 
-    /// The constant `k` restricted to slices `set` of `axis`; cached per argument triple.
+    /// The constant `k` restricted to slices `set` of `axis` (a lazy slice, see
+    /// [`ConstStore::slice`]).
     pub fn sliced_const(&mut self, k: u32, axis: usize, set: u32) -> TractResult<Key> {
-        if let Some(done) = self.sliced.get(&(k, axis, set)) {
-            return Ok(Key::Const(*done));
-        }
         let indices = self.sets[set as usize].clone();
-        let sliced = select_slices(&self.consts[k as usize], axis, &indices)?;
-        let name = self.const_names[k as usize].clone();
-        let Key::Const(new) = self.add_const(Arc::new(sliced), name) else {
-            unreachable!()
-        };
-        self.sliced.insert((k, axis, set), new);
-        Ok(Key::Const(new))
-    }
-
-    /// A constant computed by a guard, interned by content.
-    pub fn computed_const(&mut self, tensor: Tensor, name: String) -> Key {
-        let tensor = Arc::new(tensor);
-        if let Some(k) = self.computed.get(&tensor) {
-            return Key::Const(*k);
-        }
-        let Key::Const(k) = self.add_const(tensor.clone(), name) else {
-            unreachable!()
-        };
-        self.computed.insert(tensor, k);
-        Key::Const(k)
+        Ok(Key::Const(self.consts.slice(k, axis, set, &indices)?))
     }
 
     /// Element-wise addition, as an op rules can use.
@@ -192,17 +160,6 @@ impl Tables {
     }
 }
 
-/// Selects `indices` along `axis` of a tensor (any datum type).
-pub fn select_slices(tensor: &Tensor, axis: usize, indices: &[usize]) -> TractResult<Tensor> {
-    let indices = tensor1(&indices.iter().map(|&i| i as i64).collect::<Vec<_>>());
-    let gather = tract_core::ops::array::Gather::new(axis);
-    let inputs = tvec!(tensor.clone().into_tvalue(), indices.into_tvalue());
-    let mut out = gather
-        .eval_out_of_plan(inputs)?
-        .context("Gather has no plain evaluation")?;
-    Ok(out.remove(0).into_tensor())
-}
-
 fn eval_on_zeros(op: &dyn TypedOp, fact: &TypedFact, arity: usize) -> TractResult<bool> {
     let rank = fact.rank();
     let zero = Tensor::zero_dt(fact.datum_type, &vec![1; rank])?;
@@ -216,29 +173,6 @@ fn eval_on_zeros(op: &dyn TypedOp, fact: &TypedFact, arity: usize) -> TractResul
         .as_slice::<f64>()?
         .iter()
         .all(|v| *v == 0.0))
-}
-
-/// All-zero slices of a constant, per axis. Only float data is inspected.
-pub fn zero_slices_of(tensor: &Tensor) -> ZeroSlices {
-    let rank = tensor.rank();
-    if !tensor.datum_type().is_float() {
-        return vec![vec![]; rank];
-    }
-    let Ok(data) = tensor.cast_to::<f32>() else {
-        return vec![vec![]; rank];
-    };
-    let Ok(view) = data.to_plain_array_view::<f32>() else {
-        return vec![vec![]; rank];
-    };
-    (0..rank)
-        .map(|axis| {
-            view.axis_iter(tract_core::ndarray::Axis(axis))
-                .enumerate()
-                .filter(|(_, slice)| slice.iter().all(|v| *v == 0.0))
-                .map(|(i, _)| i)
-                .collect()
-        })
-        .collect()
 }
 
 /// The analysis itself: owns the side tables.
@@ -308,9 +242,11 @@ pub fn infer(egraph: &mut SlimGraph, node: &TensorLang) -> TractResult<TensorInf
             Ok(TensorInfo::parameter())
         }
         TensorLang::Key(Key::Const(k)) => {
-            let tensor = egraph.analysis.tables.consts[*k as usize].clone();
-            let zeros = zero_slices_of(&tensor);
-            Ok(TensorInfo::tensor(TypedFact::try_from(tensor)?, zeros))
+            let consts = &egraph.analysis.tables.consts;
+            Ok(TensorInfo::tensor(
+                consts.fact(*k).clone(),
+                consts.zeros(*k).clone(),
+            ))
         }
         TensorLang::Key(Key::Input(i)) => {
             let fact = egraph.analysis.tables.inputs[*i as usize].clone();
@@ -352,15 +288,6 @@ pub fn infer(egraph: &mut SlimGraph, node: &TensorLang) -> TractResult<TensorInf
         }
         _ => infer_op(egraph, node),
     }
-}
-
-/// Positions, within `set`, of the indices listed in `zeros`.
-fn kept_positions(zeros: &[usize], set: &[usize]) -> Vec<usize> {
-    set.iter()
-        .enumerate()
-        .filter(|(_, i)| zeros.binary_search(i).is_ok())
-        .map(|(p, _)| p)
-        .collect()
 }
 
 fn infer_op(egraph: &mut SlimGraph, node: &TensorLang) -> TractResult<TensorInfo> {
@@ -418,6 +345,11 @@ fn propagate_zeros(
         .iter()
         .map(|id| egraph[*id].data.zeros.clone())
         .collect();
+    let operand_all_zero: Vec<bool> = node
+        .operands()
+        .iter()
+        .map(|id| egraph[*id].data.is_all_zero())
+        .collect();
     let tables = &mut egraph.analysis.tables;
     let zero_to_zero = match node {
         TensorLang::Map(_) => tables.maps_zero_to_zero(op_key, &inputs[0], 1),
@@ -450,6 +382,12 @@ fn propagate_zeros(
             let Some(einsum) = op.downcast_ref::<tract_core::ops::einsum::EinSum>() else {
                 return none;
             };
+            // Every product has a factor from an all-zero operand.
+            if operand_all_zero.iter().any(|z| *z) {
+                return (0..rank)
+                    .map(|axis| (0..out.shape[axis].to_usize().unwrap_or(0)).collect())
+                    .collect();
+            }
             (0..rank)
                 .map(|axis| {
                     let mut acc = vec![];

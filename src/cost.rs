@@ -63,8 +63,3 @@ impl Nominal {
         }
     }
 }
-
-/// Bytes held by a constant.
-pub fn tensor_bytes(tensor: &Tensor) -> f64 {
-    (tensor.len() * tensor.datum_type().size_of()) as f64
-}

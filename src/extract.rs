@@ -7,7 +7,7 @@
 //! choices by the total of that set.
 
 use crate::analysis::SlimGraph;
-use crate::cost::{tensor_bytes, Nominal};
+use crate::cost::Nominal;
 use crate::lang::{Key, TensorLang};
 use egg::{Id, Language};
 use serde::Serialize;
@@ -38,7 +38,7 @@ pub fn node_cost(egraph: &SlimGraph, nominal: &Nominal, class: Id, node: &Tensor
     match node {
         TensorLang::Key(Key::Const(k)) => GraphCost {
             flops: 0.0,
-            weight_bytes: tensor_bytes(&tables.consts[*k as usize]),
+            weight_bytes: tables.consts.bytes(*k) as f64,
         },
         TensorLang::Num(_) | TensorLang::Key(_) => GraphCost::default(),
         TensorLang::Keep([_, _, x]) => {

@@ -28,9 +28,9 @@
 //! | `compose` | `?outer ?inner` | set | keeping ?inner then ?outer keeps this set of the original |
 //! | `everything` | `?i ?t ?a` | — | set ?i holds every slice of axis ?a of ?t |
 
-use crate::analysis::{const_of, num_of, op_of, select_slices, set_key_of, set_of, SlimGraph};
+use crate::analysis::{const_of, num_of, op_of, set_key_of, set_of, SlimGraph};
 use crate::known;
-use crate::lang::TensorLang;
+use crate::lang::{Key, TensorLang};
 use egg::Id;
 use std::sync::Arc;
 use tract_core::internal::*;
@@ -291,15 +291,14 @@ fn fold_known_slices(
     let values: Vec<Arc<Tensor>> = constant.into_iter().map(|(_, v)| v).collect();
     let tables = &egraph.analysis.tables;
     let folded = known::stack(&values, axis)?;
-    let weight_slices =
-        select_slices(&tables.consts[weights as usize], weights_axis, &dropped).ok()?;
+    let weight_slices = tables.consts.select(weights, weights_axis, &dropped).ok()?;
     let mut inputs = [folded, weight_slices];
     if slot == 1 {
         inputs.reverse();
     }
     let inputs: TVec<TValue> = inputs.into_iter().map(|t| t.into_tvalue()).collect();
     let contribution = op.eval_out_of_plan(inputs).ok()??.remove(0).into_tensor();
-    let name = format!("{}.folded", tables.const_names[weights as usize]);
+    let name = format!("{}.folded", tables.consts.name(weights));
     Some((kept, contribution, name))
 }
 
@@ -325,16 +324,21 @@ fn constant_contraction(egraph: &mut SlimGraph, args: &[Arg]) -> Alternatives {
     }
     found
         .into_iter()
-        .map(|(ax, ay, (kept, contribution, name))| {
-            let contribution = egraph.analysis.tables.computed_const(contribution, name);
+        .filter_map(|(ax, ay, (kept, contribution, name))| {
+            let contribution = egraph
+                .analysis
+                .tables
+                .consts
+                .computed(contribution, name)
+                .ok()?;
             let addition = egraph.analysis.tables.addition_op();
-            vec![
+            Some(vec![
                 add_num(egraph, ax),
                 add_num(egraph, ay),
                 add_set(egraph, kept),
-                egraph.add(TensorLang::Key(contribution)),
+                egraph.add(TensorLang::Key(Key::Const(contribution))),
                 egraph.add(TensorLang::Key(addition)),
-            ]
+            ])
         })
         .collect()
 }
@@ -345,9 +349,9 @@ fn constant_sum(egraph: &mut SlimGraph, args: &[Arg]) -> Alternatives {
         let b = const_of(egraph, class(args[1])?)?;
         let tables = &egraph.analysis.tables;
         let (a, b, name) = (
-            tables.consts[a as usize].clone(),
-            tables.consts[b as usize].clone(),
-            tables.const_names[b as usize].clone(),
+            tables.consts.tensor(a).ok()?,
+            tables.consts.tensor(b).ok()?,
+            tables.consts.name(b).to_string(),
         );
         if a.rank() != b.rank() {
             return None;
@@ -362,8 +366,10 @@ fn constant_sum(egraph: &mut SlimGraph, args: &[Arg]) -> Alternatives {
     let Some((sum, name)) = sum else {
         return vec![];
     };
-    let key = egraph.analysis.tables.computed_const(sum, name);
-    vec![vec![egraph.add(TensorLang::Key(key))]]
+    match egraph.analysis.tables.consts.computed(sum, name) {
+        Ok(k) => vec![vec![egraph.add(TensorLang::Key(Key::Const(k)))]],
+        Err(_) => vec![],
+    }
 }
 
 /// The operand-`slot` axis of the letter at output axis `a`, if any.

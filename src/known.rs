@@ -12,7 +12,8 @@
 //! Values of more than [`VALUE_LIMIT`] elements are not tracked. Constants are not tracked either:
 //! [`slice_value`] reads their slices directly.
 
-use crate::analysis::{const_of, select_slices, SlimGraph};
+use crate::analysis::{const_of, SlimGraph};
+use crate::consts::select_slices;
 use crate::lang::TensorLang;
 use egg::Id;
 use std::sync::Arc;
@@ -39,12 +40,16 @@ pub fn slice_value(egraph: &SlimGraph, id: Id, axis: usize, i: usize) -> Option<
         return Some(Arc::new(zero));
     }
     let konst = const_of(egraph, id)?;
-    let tensor = &egraph.analysis.tables.consts[konst as usize];
-    let slice_len = tensor.len() / tensor.shape().get(axis).copied().filter(|n| *n > 0)?;
+    let consts = &egraph.analysis.tables.consts;
+    let shape = &consts.fact(konst).shape;
+    let slice_len: usize = (0..shape.rank())
+        .filter(|a| *a != axis)
+        .map(|a| shape[a].to_usize().ok())
+        .product::<Option<usize>>()?;
     if slice_len > VALUE_LIMIT {
         return None;
     }
-    select_slices(tensor, axis, &[i]).ok().map(Arc::new)
+    consts.select(konst, axis, &[i]).ok().map(Arc::new)
 }
 
 fn lookup(known: &KnownSlices, axis: usize, i: usize) -> Option<&Arc<Tensor>> {

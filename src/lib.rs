@@ -17,6 +17,8 @@
 
 pub mod analysis;
 pub mod apply;
+pub mod bench;
+pub mod consts;
 pub mod cost;
 pub mod demo;
 pub mod error;

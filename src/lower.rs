@@ -100,11 +100,12 @@ fn lower_outlet(
         return Ok(TensorLang::Key(Key::Input(ix as u32)));
     }
     if let Some(konst) = op.downcast_ref::<Const>() {
-        let key = egraph
+        let k = egraph
             .analysis
             .tables
-            .add_const(konst.val().clone(), node.name.clone());
-        return Ok(TensorLang::Key(key));
+            .consts
+            .add(konst.val().clone(), node.name.clone())?;
+        return Ok(TensorLang::Key(Key::Const(k)));
     }
     let op_key = egraph
         .analysis

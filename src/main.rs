@@ -202,9 +202,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
             )
         }
         Command::Demo { output, report } => {
-            let original =
-                model_slim::demo::demo_model().map_err(|e| SlimError::stage("demo", e))?;
-            println!("demo: a {}-layer FFN stack (hidden {}, FFN {}) with {:?} FFN channels zeroed per layer", model_slim::demo::ZEROED.len(), model_slim::demo::HIDDEN, model_slim::demo::FFN, model_slim::demo::ZEROED);
+            let spec = model_slim::demo::EncoderSpec::demo();
+            let original = spec.build().map_err(|e| SlimError::stage("demo", e))?;
+            println!(
+                "demo: a {}-layer encoder (hidden {}, {} heads, FFN {}); per layer {} head(s) pruned and {} constant, {} FFN channels pruned and {} constant",
+                spec.layers, spec.hidden, spec.heads, spec.ffn, spec.pruned_heads, spec.constant_heads, spec.pruned_ffn, spec.constant_ffn
+            );
             slim_and_write(
                 &original,
                 &Slimmer::new()?,

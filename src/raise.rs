@@ -174,9 +174,8 @@ impl Raiser<'_> {
         let tables = &egraph.analysis.tables;
         match node {
             TensorLang::Key(Key::Const(k)) => {
-                let name = self.unique_name(&tables.const_names[*k as usize]);
-                self.model
-                    .add_const(name, tables.consts[*k as usize].clone())
+                let name = self.unique_name(tables.consts.name(*k));
+                self.model.add_const(name, tables.consts.tensor(*k)?)
             }
             TensorLang::Keep([axis, set, _]) => {
                 let axis = num_of(self.egraph, *axis).context("keep axis")? as usize;

@@ -47,6 +47,8 @@ fn demo_slims_and_verifies() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Per layer: 4 heads, one pruned and one constant; 256 FFN channels, 96 pruned, 32 constant.
+    assert!(stdout.contains("4 → 2"), "{stdout}");
     assert!(stdout.contains("256 → 128"), "{stdout}");
     assert!(stdout.contains(" ok"), "{stdout}");
 }

@@ -109,37 +109,38 @@ fn every_fixture_slims_exactly_to_the_manifest() {
 fn dynamo_exports_slim_with_symbolic_shapes() {
     // Dynamo exports analyse with symbolic batch/sequence: no --input needed.
     let manifest = manifest();
-    let fixture = manifest
-        .fixtures
-        .iter()
-        .find(|f| f.name == "bert_ffn_dynamo")
-        .unwrap();
-    let model = model_slim::import::import_onnx(&fixture.path(), &Default::default()).unwrap();
-    let slimmed = Slimmer::new().unwrap().slim(&model).unwrap();
-    let kept: Vec<usize> = slimmed
-        .report
-        .ffn_layers
-        .iter()
-        .map(|l| l.channels_after)
-        .collect();
-    assert_eq!(
-        kept,
-        fixture
+    for name in [
+        "bert_ffn_dynamo",
+        "bert_mixed_dynamo",
+        "bert_constant_dynamo",
+    ] {
+        let fixture = manifest.fixtures.iter().find(|f| f.name == name).unwrap();
+        let model = model_slim::import::import_onnx(&fixture.path(), &Default::default()).unwrap();
+        let slimmed = Slimmer::new().unwrap().slim(&model).unwrap();
+        let report = &slimmed.report;
+        let kept: Vec<(usize, usize)> = report
+            .ffn_layers
+            .iter()
+            .zip(&report.attention_layers)
+            .map(|(f, a)| (f.channels_after, a.heads_after))
+            .collect();
+        let expected: Vec<(usize, usize)> = fixture
             .layers
             .iter()
-            .map(|l| l.ffn_kept)
-            .collect::<Vec<_>>()
-    );
-    assert!(
-        slimmed
-            .model
-            .input_fact(0)
-            .unwrap()
-            .shape
-            .iter()
-            .any(|d| d.to_i64().is_err()),
-        "inputs stay symbolic"
-    );
-    let v = verify(&model, &slimmed.model, 3, &SymbolValues::default()).unwrap();
-    assert!(v.passed, "{:?}", v.outputs);
+            .map(|l| (l.ffn_kept, l.heads_kept))
+            .collect();
+        assert_eq!(kept, expected, "{name}: FFN widths and heads");
+        assert!(
+            slimmed
+                .model
+                .input_fact(0)
+                .unwrap()
+                .shape
+                .iter()
+                .any(|d| d.to_i64().is_err()),
+            "{name}: inputs stay symbolic"
+        );
+        let v = verify(&model, &slimmed.model, 3, &SymbolValues::default()).unwrap();
+        assert!(v.passed, "{name}: {:?}", v.outputs);
+    }
 }

@@ -1,0 +1,75 @@
+//! Synthetic encoders (built with tract's API, not ONNX): the pass slims them to exactly the
+//! heads and FFN channels that survive, to the hand-computed parameter count, with outputs
+//! unchanged, including layers whose every head or channel goes.
+
+use model_slim::demo::EncoderSpec;
+use model_slim::report::params;
+use model_slim::verify::verify;
+use model_slim::Slimmer;
+use tract_core::internal::SymbolValues;
+
+fn spec() -> EncoderSpec {
+    EncoderSpec {
+        layers: 2,
+        hidden: 96,
+        heads: 6,
+        ffn: 384,
+        sequence: 8,
+        pruned_heads: 2,
+        constant_heads: 1,
+        pruned_ffn: 100,
+        constant_ffn: 30,
+        seed: 5,
+    }
+}
+
+fn slim_and_check(spec: &EncoderSpec) -> model_slim::Slimmed {
+    let model = spec.build().unwrap();
+    let slimmed = Slimmer::new().unwrap().slim(&model).unwrap();
+    let v = verify(&model, &slimmed.model, 4, &SymbolValues::default()).unwrap();
+    assert!(v.passed, "{spec:?}: {:?}", v.outputs);
+    let (heads, ffn) = spec.kept();
+    let report = &slimmed.report;
+    assert_eq!(report.attention_layers.len(), spec.layers);
+    assert_eq!(report.ffn_layers.len(), spec.layers);
+    for l in &report.attention_layers {
+        assert_eq!(
+            (l.heads_before, l.heads_after),
+            (spec.heads, heads),
+            "{spec:?}"
+        );
+    }
+    for l in &report.ffn_layers {
+        assert_eq!(
+            (l.channels_before, l.channels_after),
+            (spec.ffn, ffn),
+            "{spec:?}"
+        );
+    }
+    slimmed
+}
+
+#[test]
+fn pruned_and_constant_heads_and_channels_all_go() {
+    let spec = spec();
+    let slimmed = slim_and_check(&spec);
+    let (got, expected) = (params(&slimmed.model) as f64, spec.params(true) as f64);
+    assert!(
+        (got - expected).abs() <= 0.01 * expected,
+        "{got} parameters, {expected} expected"
+    );
+}
+
+#[test]
+fn whole_blocks_collapse_to_their_biases() {
+    let spec = EncoderSpec {
+        pruned_heads: 5,
+        constant_heads: 1,
+        pruned_ffn: 384,
+        constant_ffn: 0,
+        ..spec()
+    };
+    let slimmed = slim_and_check(&spec);
+    // No attention product and no FFN product is left: only the layer norms compute.
+    assert!(slimmed.report.flops_after < 0.01 * slimmed.report.flops_before);
+}
