@@ -1,39 +1,61 @@
-//! A BERT-base-sized encoder (12 layers, hidden 768, 12 heads, FFN 3072, random weights) with
-//! half the heads and half the FFN channels of every layer pruned, generated in memory: slims
-//! it, checks the result against the hand-computed size of the fully slimmed model, verifies
-//! outputs, and measures dense vs slimmed latency on tract's optimized plan.
+//! BERT-base-sized encoders (12 layers, hidden 768, 12 heads, FFN 3072, random weights),
+//! generated in memory, measured on tract's optimized plan.
 //!
 //! ```sh
-//! cargo run --release --example bert_base [-- RUNS]
+//! cargo run --release --example bert_base [-- slim [RUNS]]   # half the heads and channels pruned: slim it
+//! cargo run --release --example bert_base -- auto [RUNS]     # dense: auto-slim at 50% FFN + 50% heads
 //! ```
+//!
+//! `slim` checks the slimmed size against the hand-computed size of the fully slimmed model and
+//! verifies outputs; `auto` reports fidelity with and without calibration data. Both print
+//! dense vs slimmed median latency (alternating runs in one process) next to the FLOP ratio.
 
+use model_slim::auto::{auto_slim, AutoOptions};
 use model_slim::bench::compare_latency;
+use model_slim::calibration::Calibration;
 use model_slim::demo::EncoderSpec;
-use model_slim::report::params;
-use model_slim::verify::verify;
+use model_slim::prune::Targets;
+use model_slim::report::{params, Report};
+use model_slim::verify::{random_inputs, verify};
 use model_slim::Slimmer;
 use std::time::Instant;
-use tract_core::internal::SymbolValues;
+use tract_core::internal::*;
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let runs: usize = std::env::args()
-        .nth(1)
-        .map(|r| r.parse())
-        .transpose()?
-        .unwrap_or(20);
-    let spec = EncoderSpec::bert_base_half_pruned();
-    let clock = Instant::now();
-    let model = spec.build()?;
+fn latency_table(
+    dense: &TypedModel,
+    slim: &TypedModel,
+    report: &Report,
+    runs: usize,
+) -> TractResult<()> {
+    let latency = compare_latency(dense, slim, &SymbolValues::default(), 3, runs)?;
+    println!("| model | median latency (ms) | FLOPs |");
+    println!("|---|---|---|");
     println!(
-        "generated {spec:?} in {:.1} s",
-        clock.elapsed().as_secs_f64()
+        "| dense | {:.1} | {:.2}G |",
+        latency.original_ms,
+        report.flops_before / 1e9
     );
+    println!(
+        "| slimmed | {:.1} | {:.2}G |",
+        latency.slimmed_ms,
+        report.flops_after / 1e9
+    );
+    println!(
+        "latency ratio {:.3}, FLOP ratio {:.3} ({} alternating runs each)",
+        latency.ratio(),
+        report.flops_after / report.flops_before,
+        latency.runs
+    );
+    Ok(())
+}
 
+fn slim(runs: usize) -> Result<(), Box<dyn std::error::Error>> {
+    let spec = EncoderSpec::bert_base_half_pruned();
+    let model = spec.build()?;
     let mut slimmed = Slimmer::new()?.slim(&model)?;
-    let values = SymbolValues::default();
-    slimmed.report.verification = Some(verify(&model, &slimmed.model, 0, &values)?);
+    slimmed.report.verification =
+        Some(verify(&model, &slimmed.model, 0, &SymbolValues::default())?);
     print!("{}", slimmed.report.table());
-
     let (got, expected) = (params(&slimmed.model), spec.params(true));
     let off = 100.0 * (got as f64 - expected as f64).abs() / expected as f64;
     println!(
@@ -41,26 +63,80 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         params(&model),
         spec.params(false)
     );
-
-    let latency = compare_latency(&model, &slimmed.model, &values, 3, runs)?;
-    let flop_ratio = slimmed.report.flops_after / slimmed.report.flops_before;
-    println!("| model | median latency (ms) | FLOPs |");
-    println!("|---|---|---|");
-    println!(
-        "| dense | {:.1} | {:.2}G |",
-        latency.original_ms,
-        slimmed.report.flops_before / 1e9
-    );
-    println!(
-        "| slimmed | {:.1} | {:.2}G |",
-        latency.slimmed_ms,
-        slimmed.report.flops_after / 1e9
-    );
-    println!(
-        "latency ratio {:.3}, FLOP ratio {:.3} ({} alternating runs each)",
-        latency.ratio(),
-        flop_ratio,
-        latency.runs
-    );
+    latency_table(&model, &slimmed.model, &slimmed.report, runs)?;
     Ok(())
+}
+
+fn auto(runs: usize) -> Result<(), Box<dyn std::error::Error>> {
+    let spec = EncoderSpec {
+        pruned_heads: 0,
+        pruned_ffn: 0,
+        ..EncoderSpec::bert_base_half_pruned()
+    };
+    let model = spec.build()?;
+    let slimmer = Slimmer::new()?;
+    let targets = Targets {
+        ffn: 0.5,
+        heads: 0.5,
+        global: false,
+        floor: 0.1,
+        multiple_of: 1,
+    };
+    // Held-out inputs for fidelity, and a separate calibration set.
+    let held_out: Vec<_> = (100..108)
+        .map(|s| random_inputs(&model, s, &SymbolValues::default()))
+        .collect::<TractResult<_>>()?;
+    let calibration = Calibration {
+        samples: (0..16)
+            .map(|s| random_inputs(&model, s, &SymbolValues::default()))
+            .collect::<TractResult<_>>()?,
+    };
+    for (label, calibration) in [
+        ("magnitude, no calibration", None),
+        ("calibration (16 samples) + compensation", Some(calibration)),
+    ] {
+        let clock = Instant::now();
+        let options = AutoOptions {
+            calibration,
+            random_samples: 1,
+            ..AutoOptions::new(targets)
+        };
+        let result = auto_slim(&model, &slimmer, &options)?;
+        let seconds = clock.elapsed().as_secs_f64();
+        let fidelity = model_slim::verify::fidelity(&model, &result.slimmed, &held_out)?;
+        println!("== {label}: auto-slim took {seconds:.1} s");
+        println!(
+            "{}",
+            result
+                .report
+                .slim
+                .table()
+                .lines()
+                .filter(|l| l.starts_with("model:"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        for f in fidelity {
+            println!(
+                "held-out fidelity {}: cosine {:.4}, relative L2 error {:.4}",
+                f.name, f.cosine, f.relative_l2
+            );
+        }
+        latency_table(&model, &result.slimmed, &result.report.slim, runs)?;
+    }
+    Ok(())
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mode = std::env::args().nth(1).unwrap_or_else(|| "slim".into());
+    let runs: usize = std::env::args()
+        .nth(2)
+        .map(|r| r.parse())
+        .transpose()?
+        .unwrap_or(20);
+    match mode.as_str() {
+        "slim" => slim(runs),
+        "auto" => auto(runs),
+        other => Err(format!("unknown mode `{other}` (slim or auto)").into()),
+    }
 }

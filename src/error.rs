@@ -34,6 +34,12 @@ pub enum SlimError {
         stage: &'static str,
         message: String,
     },
+    #[error("{0}")]
+    Usage(String),
+    #[error("{path}: bad calibration data: {message}")]
+    Calibration { path: String, message: String },
+    #[error("{path}: bad plan: {message}")]
+    Plan { path: String, message: String },
     #[error("cannot write {path}: {message}")]
     Write { path: String, message: String },
     #[error("verification failed: output `{output}` differs by {diff:e}, over the tolerance {tolerance:e}")]

@@ -17,10 +17,13 @@
 
 pub mod analysis;
 pub mod apply;
+pub mod auto;
 pub mod bench;
+pub mod calibration;
 pub mod consts;
 pub mod cost;
 pub mod demo;
+pub mod discover;
 pub mod error;
 pub mod extract;
 pub mod guards;
@@ -28,6 +31,8 @@ pub mod import;
 pub mod known;
 pub mod lang;
 pub mod lower;
+pub mod onnx;
+pub mod prune;
 pub mod raise;
 pub mod report;
 pub mod rules;

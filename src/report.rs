@@ -1,27 +1,19 @@
 //! The report: per FFN layer, channels, parameters and FLOPs before and after slimming; per
 //! attention layer, heads before and after.
 //!
-//! Layers are found on the tract models themselves. An FFN layer is a *consumer* linear layer
-//! (an EinSum against a constant weight, with one contracted axis) whose input is computed,
-//! through element-wise ops, bias adds and axis bookkeeping only, from *producer* linear layers:
-//! the structure whose channels slimming removes together. An attention layer is an EinSum of a
-//! softmax output with the values (softmax · V); its heads are the axes both operands and the
-//! output share, less the batch axis (the scores' first axis). Before and after are matched by
-//! node name: slimming keeps names, adding `.kept`/`.slim` to nodes it rebuilds.
+//! Layers are found on the tract models themselves, by [`crate::discover`]: FFN layers are its
+//! FFN groups; an attention layer is a softmax · V EinSum and its heads. Before and after are
+//! matched by node name: slimming keeps names, adding `.kept`/`.slim` to nodes it rebuilds.
 
 use crate::cost::Nominal;
+use crate::discover::{groups, head_axis, Group, Kind};
 use crate::extract::GraphCost;
 use crate::saturate::SaturationReport;
 use crate::verify::Verification;
 use serde::Serialize;
 use std::collections::HashSet;
 use tract_core::internal::*;
-use tract_core::ops::binary::TypedBinOp;
-use tract_core::ops::cast::Cast;
-use tract_core::ops::einsum::EinSum;
-use tract_core::ops::element_wise::ElementWiseOp;
 use tract_core::ops::konst::Const;
-use tract_core::ops::nn::Softmax;
 
 /// One FFN layer of the report.
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -77,92 +69,6 @@ pub struct Report {
     pub verification: Option<Verification>,
 }
 
-/// A consumer linear layer and what feeds it.
-struct FfnGroup {
-    consumer: usize,
-    /// Size of the consumer's contracted axis.
-    channels: usize,
-    /// Linear layers and constants (weights, biases) of the group.
-    linears: Vec<usize>,
-    consts: Vec<usize>,
-}
-
-fn const_input(model: &TypedModel, node: &TypedNode) -> Option<usize> {
-    node.inputs
-        .iter()
-        .position(|i| model.node(i.node).op_is::<Const>())
-}
-
-fn is_linear(model: &TypedModel, node: &TypedNode) -> bool {
-    node.op_as::<EinSum>().is_some_and(|e| e.q_params.is_none())
-        && node.inputs.len() == 2
-        && const_input(model, node).is_some()
-}
-
-/// Walks up from the consumer's activation through element-wise ops to producer linears.
-fn ffn_group(model: &TypedModel, consumer: &TypedNode) -> Option<FfnGroup> {
-    let weight_slot = const_input(model, consumer)?;
-    let einsum = consumer.op_as::<EinSum>()?;
-    let contracted: Vec<_> = einsum
-        .axes
-        .iter_all_axes()
-        .filter(|a| a.outputs[0].is_empty())
-        .collect();
-    let [axis] = contracted.as_slice() else {
-        return None;
-    };
-    let weight_fact = model.outlet_fact(consumer.inputs[weight_slot]).ok()?;
-    let channels = weight_fact.shape[*axis.inputs[weight_slot].first()?]
-        .to_usize()
-        .ok()?;
-    let mut group = FfnGroup {
-        consumer: consumer.id,
-        channels,
-        linears: vec![consumer.id],
-        consts: vec![consumer.inputs[weight_slot].node],
-    };
-    let mut frontier = vec![consumer.inputs[1 - weight_slot].node];
-    let mut seen = HashSet::new();
-    let mut producers = 0;
-    while let Some(id) = frontier.pop() {
-        if !seen.insert(id) {
-            continue;
-        }
-        let node = model.node(id);
-        if node.op_is::<Const>() {
-            group.consts.push(id);
-        } else if is_linear(model, node) {
-            producers += 1;
-            group.linears.push(id);
-            group
-                .consts
-                .push(node.inputs[const_input(model, node)?].node);
-        } else if node.op_is::<ElementWiseOp>()
-            || node.op_is::<Cast>()
-            || node.op_is::<TypedBinOp>()
-            || node.op_is::<AxisOp>()
-        {
-            frontier.extend(node.inputs.iter().map(|i| i.node));
-        }
-    }
-    (producers > 0).then_some(group)
-}
-
-fn ffn_groups(model: &TypedModel) -> TractResult<Vec<FfnGroup>> {
-    Ok(model
-        .eval_order()?
-        .into_iter()
-        .filter_map(|id| {
-            let node = model.node(id);
-            if is_linear(model, node) {
-                ffn_group(model, node)
-            } else {
-                None
-            }
-        })
-        .collect())
-}
-
 fn const_len(model: &TypedModel, id: usize) -> usize {
     model
         .node(id)
@@ -205,10 +111,10 @@ struct GroupSize {
     flops: f64,
 }
 
-fn group_size(model: &TypedModel, nominal: &Nominal, g: &FfnGroup) -> GroupSize {
+fn group_size(model: &TypedModel, nominal: &Nominal, g: &Group) -> GroupSize {
     let consts: HashSet<usize> = g.consts.iter().copied().collect();
     GroupSize {
-        channels: g.channels,
+        channels: g.units,
         params: consts.iter().map(|&c| const_len(model, c)).sum(),
         flops: g
             .linears
@@ -238,6 +144,12 @@ pub fn ffn_layers(
     after: &TypedModel,
     nominal: &Nominal,
 ) -> TractResult<Vec<FfnLayer>> {
+    let ffn_groups = |model: &TypedModel| -> TractResult<Vec<Group>> {
+        Ok(groups(model)?
+            .into_iter()
+            .filter(|g| g.kind == Kind::Ffn)
+            .collect())
+    };
     let after_groups = ffn_groups(after)?;
     let mut layers = vec![];
     for (layer, g) in ffn_groups(before)?.iter().enumerate() {
@@ -267,39 +179,13 @@ pub fn ffn_layers(
     Ok(layers)
 }
 
-/// Heads of a softmax · V EinSum: the product of the axes shared by both operands and the output,
-/// less the scores' first axis (the batch) when there are several.
-fn heads_of(model: &TypedModel, node: &TypedNode) -> Option<usize> {
-    let einsum = node.op_as::<EinSum>()?;
-    if node.inputs.len() != 2 {
-        return None;
-    }
-    let probs = node
-        .inputs
-        .iter()
-        .position(|i| model.node(i.node).op_is::<Softmax>())?;
-    let values = 1 - probs;
-    let shared: Vec<usize> = einsum
-        .axes
-        .iter_all_axes()
-        .filter(|l| l.outputs[0].len() == 1 && l.inputs[values].len() == 1)
-        .filter_map(|l| l.inputs[probs].first().copied())
-        .collect();
-    let probs_fact = model.outlet_fact(node.inputs[probs]).ok()?;
-    shared
-        .iter()
-        .filter(|&&axis| shared.len() == 1 || axis != 0)
-        .map(|&axis| probs_fact.shape[axis].to_usize().ok())
-        .product()
-}
-
 fn attention_products(model: &TypedModel) -> TractResult<Vec<(String, usize)>> {
     Ok(model
         .eval_order()?
         .into_iter()
         .filter_map(|id| {
             let node = model.node(id);
-            heads_of(model, node).map(|heads| (node.name.clone(), heads))
+            head_axis(model, node).map(|(_, heads)| (node.name.clone(), heads))
         })
         .collect())
 }
@@ -340,6 +226,21 @@ fn human(v: f64) -> String {
 }
 
 impl Report {
+    /// The error of a failed verification: the first output over the tolerance.
+    pub fn verification_error(&self) -> Option<crate::SlimError> {
+        let failed = self
+            .verification
+            .as_ref()?
+            .outputs
+            .iter()
+            .find(|o| !o.passed)?;
+        Some(crate::SlimError::Verification {
+            output: failed.name.clone(),
+            diff: failed.max_abs_diff,
+            tolerance: crate::verify::RELATIVE_TOLERANCE * failed.max_magnitude,
+        })
+    }
+
     /// The human-readable summary printed by the CLI.
     pub fn table(&self) -> String {
         let mut out = String::new();

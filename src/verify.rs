@@ -150,6 +150,68 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> TractResult<f32> {
         .fold(0.0, f32::max))
 }
 
+/// The name of a model's output `ix`: its label, else its node's name.
+pub fn output_name(model: &TypedModel, ix: usize) -> TractResult<String> {
+    let outlet = model.output_outlets()?[ix];
+    Ok(model
+        .outlet_label(outlet)
+        .map(String::from)
+        .unwrap_or_else(|| model.node(outlet.node).name.clone()))
+}
+
+/// How close an approximation's output is to the reference's, pooled over samples.
+#[derive(Clone, Debug, Serialize)]
+pub struct OutputFidelity {
+    pub name: String,
+    /// Cosine similarity of the flattened outputs.
+    pub cosine: f64,
+    /// ‖approximation − reference‖ / ‖reference‖.
+    pub relative_l2: f64,
+}
+
+/// Fidelity of `approximation` to `reference` on the given input samples, per output.
+pub fn fidelity(
+    reference: &TypedModel,
+    approximation: &TypedModel,
+    samples: &[TVec<TValue>],
+) -> TractResult<Vec<OutputFidelity>> {
+    let plans = [reference, approximation]
+        .map(|m| m.clone().into_optimized().and_then(|m| m.into_runnable()));
+    let [reference_plan, approximation_plan] = plans;
+    let (reference_plan, approximation_plan) = (reference_plan?, approximation_plan?);
+    let outputs = reference.output_outlets()?.len();
+    // Per output: Σ r·a, Σ r², Σ a², Σ (a − r)².
+    let mut sums = vec![[0f64; 4]; outputs];
+    for sample in samples {
+        let r = reference_plan.run(sample.clone())?;
+        let a = approximation_plan.run(sample.clone())?;
+        for (ix, sum) in sums.iter_mut().enumerate() {
+            let (r, a) = (r[ix].cast_to::<f32>()?, a[ix].cast_to::<f32>()?);
+            let (r, a) = (
+                r.try_as_plain_ram()?.as_slice::<f32>()?,
+                a.try_as_plain_ram()?.as_slice::<f32>()?,
+            );
+            for (x, y) in r.iter().zip(a) {
+                let (x, y) = (*x as f64, *y as f64);
+                sum[0] += x * y;
+                sum[1] += x * x;
+                sum[2] += y * y;
+                sum[3] += (y - x) * (y - x);
+            }
+        }
+    }
+    sums.iter()
+        .enumerate()
+        .map(|(ix, [ra, rr, aa, dd])| {
+            Ok(OutputFidelity {
+                name: output_name(reference, ix)?,
+                cosine: ra / (rr.sqrt() * aa.sqrt()).max(f64::MIN_POSITIVE),
+                relative_l2: (dd / rr.max(f64::MIN_POSITIVE)).sqrt(),
+            })
+        })
+        .collect()
+}
+
 /// Compares the two models' outputs on seeded random inputs.
 pub fn verify(
     original: &TypedModel,
@@ -165,11 +227,7 @@ pub fn verify(
     let got = run(slim, inputs).context("the slimmed model does not run")?;
     let mut outputs = vec![];
     for (ix, (e, g)) in expected.iter().zip(got.iter()).enumerate() {
-        let outlet = original.output_outlets()?[ix];
-        let name = original
-            .outlet_label(outlet)
-            .map(String::from)
-            .unwrap_or_else(|| original.node(outlet.node).name.clone());
+        let name = output_name(original, ix)?;
         let max_magnitude = max_abs(e)?;
         let max_abs_diff = max_abs_diff(e, g)?;
         let passed = max_abs_diff <= RELATIVE_TOLERANCE * max_magnitude.max(f32::MIN_POSITIVE);

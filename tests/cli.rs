@@ -19,6 +19,16 @@ fn fixture(name: &str) -> String {
         .to_string()
 }
 
+/// Asserts a successful run and returns its standard output.
+fn assert_success(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Asserts a failed run: the exit code, one `model-slim: error:` line naming `needle`, and no output file.
 fn assert_clean_failure(out: &Output, code: i32, needle: &str, output_file: &Path) {
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -41,12 +51,7 @@ fn assert_clean_failure(out: &Output, code: i32, needle: &str, output_file: &Pat
 #[test]
 fn demo_slims_and_verifies() {
     let out = model_slim(&["demo"]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = assert_success(&out);
     // Per layer: 4 heads, one pruned and one constant; 256 FFN channels, 96 pruned, 32 constant.
     assert!(stdout.contains("4 → 2"), "{stdout}");
     assert!(stdout.contains("256 → 128"), "{stdout}");
@@ -208,4 +213,138 @@ fn symbolic_torchscript_bert_says_which_inputs_to_give() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn prune_writes_slimmed_model_plan_report_and_pruned_onnx() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let out = model_slim(&[
+        "prune",
+        &fixture("gpt2_dense_dynamo.onnx"),
+        "--ffn-sparsity",
+        "0.5",
+        "--mha-sparsity",
+        "0.5",
+        "--calibration",
+        &fixture("gpt2_calibration.npz"),
+        "--set",
+        "batch=1",
+        "--set",
+        "sequence=16",
+        "-o",
+        &path("slim.nnef.tgz"),
+        "--plan-out",
+        &path("plan.json"),
+        "--report",
+        &path("report.json"),
+        "--emit-pruned",
+        &path("pruned.onnx"),
+    ]);
+    let stdout = assert_success(&out);
+    assert!(
+        stdout.contains("scores: activation; bias compensation: on"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("4 → 2") && stdout.contains("128 → 64"),
+        "{stdout}"
+    );
+    for file in ["slim.nnef.tgz", "plan.json", "report.json", "pruned.onnx"] {
+        assert!(dir.path().join(file).exists(), "{file} missing");
+    }
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path("report.json")).unwrap()).unwrap();
+    let cosine = report["fidelity"][0]["cosine"].as_f64().unwrap();
+    assert!(cosine > 0.9 && cosine <= 1.0 + 1e-9, "{cosine}");
+
+    // The emitted ONNX is the pruned model: `slim` cuts it to the planned widths, symbolically.
+    let out = model_slim(&[
+        "slim",
+        &path("pruned.onnx"),
+        "-o",
+        &path("again.nnef.tgz"),
+        "--set",
+        "batch=1",
+        "--set",
+        "sequence=16",
+        "--verify",
+    ]);
+    let stdout = assert_success(&out);
+    assert!(
+        stdout.contains("4 → 2") && stdout.contains("128 → 64"),
+        "{stdout}"
+    );
+
+    // The saved plan applies again, and a broken one is refused.
+    let out = model_slim(&[
+        "prune",
+        &fixture("gpt2_dense_dynamo.onnx"),
+        "--plan",
+        &path("plan.json"),
+        "--set",
+        "batch=1",
+        "--set",
+        "sequence=16",
+        "-o",
+        &path("replayed.nnef.tgz"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(
+        path("bad.json"),
+        r#"{"groups":[{"kind":"ffn","layer":9,"name":"x","units":3,"removed":[0]}]}"#,
+    )
+    .unwrap();
+    let output = dir.path().join("refused.nnef.tgz");
+    let out = model_slim(&[
+        "prune",
+        &fixture("gpt2_dense_dynamo.onnx"),
+        "--plan",
+        &path("bad.json"),
+        "--set",
+        "batch=1",
+        "--set",
+        "sequence=16",
+        "-o",
+        output.to_str().unwrap(),
+    ]);
+    assert_clean_failure(
+        &out,
+        1,
+        "bad.json: bad plan: the model has no ffn layer 9",
+        &output,
+    );
+}
+
+#[test]
+fn prune_refuses_bad_requests_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("slim.nnef.tgz");
+    let o = output.to_str().unwrap();
+    let model = fixture("llama_mlp_dense_dynamo.onnx");
+    let not_npz = fixture("manifest.json");
+    let other_model = fixture("bert_calibration.npz");
+    let cases: [(Vec<&str>, &str); 3] = [
+        (
+            vec!["--ffn-sparsity", "1.5"],
+            "--ffn-sparsity must be between 0 and 1",
+        ),
+        (
+            vec!["--calibration", &not_npz],
+            "manifest.json: bad calibration data: not an .npz file",
+        ),
+        (
+            vec!["--calibration", &other_model],
+            "no array named `hidden_states`",
+        ),
+    ];
+    for (extra, needle) in cases {
+        let mut args = vec!["prune", model.as_str(), "-o", o];
+        args.extend(extra);
+        assert_clean_failure(&model_slim(&args), 1, needle, &output);
+    }
 }

@@ -1,0 +1,278 @@
+//! Auto-slim end to end: from a dense model and target sparsities to a slimmed model, with its
+//! plan and a report of how close it stays to the dense model.
+//!
+//! discover groups → (calibrate) → score and choose, or take a saved plan → write zeros (and bias
+//! compensation) → the slimming pass → fidelity against the dense model.
+
+use crate::calibration::{capture, Calibration};
+use crate::discover::{groups, Group, Kind};
+use crate::error::{Result, SlimError};
+use crate::onnx::WeightEdit;
+use crate::prune::{
+    activation_stats, apply, choose, group_for, magnitude_scores, GroupStats, Plan, Pruned, Targets,
+};
+use crate::report::Report;
+use crate::verify::{fidelity, random_inputs, verify, OutputFidelity};
+use crate::{Slimmed, Slimmer};
+use serde::Serialize;
+use tract_core::internal::*;
+
+/// What to do.
+#[derive(Clone, Debug)]
+pub struct AutoOptions {
+    pub targets: Targets,
+    /// A saved plan to apply instead of choosing units.
+    pub plan: Option<Plan>,
+    /// Where a saved plan came from (for errors).
+    pub plan_origin: String,
+    pub calibration: Option<Calibration>,
+    /// Add the removed units' mean contribution to the consumers' biases (needs calibration).
+    pub compensation: bool,
+    /// Seed of the random inputs fidelity is measured on without calibration data.
+    pub seed: u64,
+    /// How many random samples to measure fidelity on without calibration data.
+    pub random_samples: usize,
+}
+
+impl AutoOptions {
+    /// Choose units for `targets` by magnitude, measure fidelity on 4 random inputs (seed 0);
+    /// compensation on once calibration data is given.
+    pub fn new(targets: Targets) -> AutoOptions {
+        AutoOptions {
+            targets,
+            plan: None,
+            plan_origin: String::new(),
+            calibration: None,
+            compensation: true,
+            seed: 0,
+            random_samples: 4,
+        }
+    }
+}
+
+/// One group's outcome.
+#[derive(Clone, Debug, Serialize)]
+pub struct GroupOutcome {
+    pub kind: Kind,
+    pub layer: usize,
+    pub name: String,
+    pub units: usize,
+    pub kept: usize,
+}
+
+/// What auto-slim did.
+#[derive(Clone, Debug, Serialize)]
+pub struct AutoReport {
+    /// `magnitude`, `activation` or `plan`.
+    pub scoring: String,
+    pub compensation: bool,
+    pub groups: Vec<GroupOutcome>,
+    /// Fidelity of the slimmed model to the dense one, per output.
+    pub fidelity: Vec<OutputFidelity>,
+    /// What fidelity was measured on.
+    pub fidelity_inputs: String,
+    pub warnings: Vec<String>,
+    pub slim: Report,
+}
+
+/// The result: the pruned full-size model, the slimmed one, the plan and the report.
+pub struct AutoSlimmed {
+    pub pruned: TypedModel,
+    pub slimmed: TypedModel,
+    pub plan: Plan,
+    /// Per plan entry, what bias compensation added to the consumer's bias.
+    pub compensations: Vec<Option<Tensor>>,
+    pub report: AutoReport,
+}
+
+impl AutoSlimmed {
+    /// The plan as edits of the source ONNX file's initializers.
+    pub fn onnx_edits(&self) -> TractResult<Vec<WeightEdit>> {
+        self.plan
+            .groups
+            .iter()
+            .zip(&self.compensations)
+            .filter(|(p, _)| !p.removed.is_empty())
+            .map(|(p, delta)| {
+                let bias_delta = delta
+                    .as_ref()
+                    .map(|d| {
+                        Ok::<_, TractError>(
+                            d.cast_to::<f32>()?
+                                .try_as_plain_ram()?
+                                .as_slice::<f32>()?
+                                .to_vec(),
+                        )
+                    })
+                    .transpose()?;
+                Ok(WeightEdit {
+                    consumer: p.name.clone(),
+                    units: p.units,
+                    removed: p.removed.clone(),
+                    bias_delta,
+                })
+            })
+            .collect()
+    }
+}
+
+fn stage(stage: &'static str) -> impl Fn(TractError) -> SlimError {
+    move |e| SlimError::stage(stage, e)
+}
+
+/// Calibration statistics of every group, from one run of the model over the samples.
+fn calibrate(
+    model: &TypedModel,
+    groups: &[Group],
+    calibration: &Calibration,
+) -> TractResult<Vec<GroupStats>> {
+    let outlets: Vec<OutletId> = groups.iter().map(|g| g.activation).collect();
+    let captured = capture(model, &outlets, &calibration.samples)?;
+    groups
+        .iter()
+        .zip(&captured)
+        .map(|(g, activations)| activation_stats(model, g, activations))
+        .collect()
+}
+
+/// Checks a saved plan against the model's groups.
+fn check_plan(plan: &Plan, groups: &[Group], origin: &str) -> Result<()> {
+    for entry in &plan.groups {
+        group_for(groups, entry).map_err(|message| SlimError::Plan {
+            path: origin.to_string(),
+            message,
+        })?;
+    }
+    Ok(())
+}
+
+/// Runs auto-slim on a dense (or already partly pruned) model.
+pub fn auto_slim(
+    model: &TypedModel,
+    slimmer: &Slimmer,
+    options: &AutoOptions,
+) -> Result<AutoSlimmed> {
+    let groups = groups(model).map_err(stage("discover"))?;
+    let mut warnings = vec![];
+    if groups.is_empty() {
+        warnings.push("no FFN or attention group found: nothing to prune".to_string());
+    }
+    let stats = options
+        .calibration
+        .as_ref()
+        .map(|c| calibrate(model, &groups, c))
+        .transpose()
+        .map_err(stage("calibration"))?;
+    let (plan, scoring) = match &options.plan {
+        Some(plan) => {
+            check_plan(plan, &groups, &options.plan_origin)?;
+            (plan.clone(), "plan")
+        }
+        None => {
+            let (scores, scoring) = match &stats {
+                Some(stats) => (
+                    stats.iter().map(|s| s.scores.clone()).collect(),
+                    "activation",
+                ),
+                None => {
+                    warnings.push("no calibration data: units are chosen by weight magnitude, which is often no better than chance; give --calibration for activation-aware scores and bias compensation".to_string());
+                    let scores = groups
+                        .iter()
+                        .map(|g| magnitude_scores(model, g))
+                        .collect::<TractResult<Vec<_>>>()
+                        .map_err(stage("scoring"))?;
+                    (scores, "magnitude")
+                }
+            };
+            (choose(&groups, &scores, &options.targets), scoring)
+        }
+    };
+    let compensate = options.compensation && stats.is_some();
+    let Pruned {
+        model: pruned,
+        compensations,
+    } = apply(
+        model,
+        &groups,
+        &plan,
+        stats.as_deref().filter(|_| compensate),
+    )
+    .map_err(stage("prune"))?;
+    let Slimmed {
+        model: slimmed,
+        report: mut slim,
+    } = slimmer.slim(&pruned)?;
+    // Slimming must not change the pruned model's outputs.
+    let exact = verify(&pruned, &slimmed, options.seed, &slimmer.nominal().values)
+        .map_err(stage("verify"))?;
+    slim.verification = Some(exact);
+
+    let (samples, fidelity_inputs) = match &options.calibration {
+        Some(c) => (
+            c.samples.clone(),
+            format!("calibration data, {} samples", c.samples.len()),
+        ),
+        None => {
+            let samples = (0..options.random_samples as u64)
+                .map(|i| random_inputs(model, options.seed + i, &slimmer.nominal().values))
+                .collect::<TractResult<Vec<_>>>()
+                .map_err(stage("fidelity"))?;
+            let described = format!(
+                "{} seeded random inputs (seed {})",
+                samples.len(),
+                options.seed
+            );
+            (samples, described)
+        }
+    };
+    let fidelity = fidelity(model, &slimmed, &samples).map_err(stage("fidelity"))?;
+    let outcomes = plan
+        .groups
+        .iter()
+        .map(|p| GroupOutcome {
+            kind: p.kind,
+            layer: p.layer,
+            name: p.name.clone(),
+            units: p.units,
+            kept: p.units - p.removed.len(),
+        })
+        .collect();
+    Ok(AutoSlimmed {
+        pruned,
+        slimmed,
+        plan,
+        compensations,
+        report: AutoReport {
+            scoring: scoring.to_string(),
+            compensation: compensate,
+            groups: outcomes,
+            fidelity,
+            fidelity_inputs,
+            warnings,
+            slim,
+        },
+    })
+}
+
+impl AutoReport {
+    /// The human-readable summary printed by the CLI.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        for w in &self.warnings {
+            out += &format!("warning: {w}\n");
+        }
+        out += &format!(
+            "scores: {}; bias compensation: {}\n",
+            self.scoring,
+            if self.compensation { "on" } else { "off" }
+        );
+        out += &self.slim.table();
+        for f in &self.fidelity {
+            out += &format!(
+                "fidelity {} vs dense ({}): cosine {:.4}, relative L2 error {:.4}\n",
+                f.name, self.fidelity_inputs, f.cosine, f.relative_l2
+            );
+        }
+        out
+    }
+}

@@ -1,0 +1,327 @@
+//! Auto-slim: achieved sparsity equals the request (per layer, globally, rounded to a multiple),
+//! saved plans re-apply identically and bad ones are clear errors, bias compensation improves
+//! fidelity, and activation-aware scores see through large weights that never fire.
+
+mod common;
+
+use common::{graph_summary, manifest, Fixture};
+use model_slim::auto::{auto_slim, AutoOptions, AutoSlimmed};
+use model_slim::calibration::{load_npz, Calibration};
+use model_slim::discover::{groups, Kind};
+use model_slim::prune::{choose, magnitude_scores, Plan, Targets};
+use model_slim::verify::{max_abs_diff, run};
+use model_slim::{SlimError, Slimmer};
+use tract_core::internal::*;
+use tract_core::ops::einsum::EinSum;
+use tract_core::ops::math::{add, max};
+
+fn targets(ffn: f64, heads: f64) -> Targets {
+    Targets::per_layer(ffn, heads)
+}
+
+fn options(targets: Targets, calibration: Option<Calibration>) -> AutoOptions {
+    AutoOptions {
+        calibration,
+        random_samples: 2,
+        ..AutoOptions::new(targets)
+    }
+}
+
+fn dense_fixtures() -> Vec<Fixture> {
+    manifest()
+        .fixtures
+        .into_iter()
+        .filter(|f| f.variant == "dense")
+        .collect()
+}
+
+fn calibration_for(fixture: &Fixture, model: &TypedModel) -> Calibration {
+    let name = fixture.name.split("_dense").next().unwrap();
+    let path = common::fixtures_dir().join(format!("{name}_calibration.npz"));
+    load_npz(&path, model).unwrap()
+}
+
+fn slim(model: &TypedModel, options: &AutoOptions) -> AutoSlimmed {
+    let result = auto_slim(model, &Slimmer::new().unwrap(), options).unwrap();
+    let exact = result.report.slim.verification.as_ref().unwrap();
+    assert!(
+        exact.passed,
+        "slimming changed the pruned model: {:?}",
+        exact.outputs
+    );
+    result
+}
+
+/// (kind, units, kept) per group, as planned and as the slimmed model's report measures.
+fn kept(result: &AutoSlimmed) -> Vec<(Kind, usize, usize)> {
+    let planned: Vec<(Kind, usize, usize)> = result
+        .report
+        .groups
+        .iter()
+        .map(|g| (g.kind, g.units, g.kept))
+        .collect();
+    let slim = &result.report.slim;
+    let mut measured: Vec<(Kind, usize, usize)> = slim
+        .attention_layers
+        .iter()
+        .map(|l| (Kind::Heads, l.heads_before, l.heads_after))
+        .chain(
+            slim.ffn_layers
+                .iter()
+                .map(|l| (Kind::Ffn, l.channels_before, l.channels_after)),
+        )
+        .collect();
+    let mut sorted = planned.clone();
+    sorted.sort_by_key(|k| format!("{k:?}"));
+    measured.sort_by_key(|k| format!("{k:?}"));
+    assert_eq!(
+        sorted, measured,
+        "the slimmed model does not have the planned widths"
+    );
+    planned
+}
+
+#[test]
+fn per_layer_sparsity_is_achieved_on_every_dense_fixture() {
+    for fixture in dense_fixtures() {
+        let model = fixture.load();
+        let result = slim(&model, &options(targets(0.5, 0.25), None));
+        for (kind, units, kept) in kept(&result) {
+            let expected = match kind {
+                Kind::Ffn => units - (0.5 * units as f64).round() as usize,
+                Kind::Heads => units - (0.25 * units as f64).round() as usize,
+            };
+            assert_eq!(kept, expected, "{}: {kind:?}", fixture.name);
+        }
+        assert_eq!(result.report.scoring, "magnitude");
+        assert!(
+            !result.report.warnings.is_empty(),
+            "no warning without calibration data"
+        );
+    }
+}
+
+#[test]
+fn global_sparsity_and_multiples_are_achieved() {
+    for fixture in dense_fixtures() {
+        let model = fixture.load();
+        let global = Targets {
+            global: true,
+            floor: 0.2,
+            ..targets(0.3, 0.5)
+        };
+        let result = slim(&model, &options(global, None));
+        let groups = kept(&result);
+        for kind in [Kind::Ffn, Kind::Heads] {
+            let of_kind: Vec<_> = groups.iter().filter(|g| g.0 == kind).collect();
+            let total: usize = of_kind.iter().map(|g| g.1).sum();
+            let removed: usize = of_kind.iter().map(|g| g.1 - g.2).sum();
+            let fraction = if kind == Kind::Ffn { 0.3 } else { 0.5 };
+            assert_eq!(
+                removed,
+                (fraction * total as f64).round() as usize,
+                "{}: {kind:?}",
+                fixture.name
+            );
+            for g in &of_kind {
+                assert!(
+                    g.2 as f64 >= (0.2 * g.1 as f64).ceil(),
+                    "{}: floor broken: {g:?}",
+                    fixture.name
+                );
+            }
+        }
+
+        let rounded = Targets {
+            multiple_of: 8,
+            ..targets(0.3, 0.0)
+        };
+        let result = slim(&model, &options(rounded, None));
+        for (kind, units, kept) in kept(&result) {
+            if kind == Kind::Ffn {
+                // 128 − round(38.4) = 90 channels, rounded to the nearest multiple of 8.
+                assert_eq!((units, kept), (128, 88), "{}", fixture.name);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_saved_plan_applies_again_identically() {
+    let fixture = dense_fixtures()
+        .into_iter()
+        .find(|f| f.name == "bert_dense_dynamo")
+        .unwrap();
+    let model = fixture.load();
+    let calibration = calibration_for(&fixture, &model);
+    let first = slim(
+        &model,
+        &options(targets(0.5, 0.5), Some(calibration.clone())),
+    );
+    let saved: Plan = serde_json::from_str(&serde_json::to_string(&first.plan).unwrap()).unwrap();
+    let mut again = options(targets(0.0, 0.0), Some(calibration.clone()));
+    again.plan = Some(saved);
+    let second = slim(&model, &again);
+    assert_eq!(second.report.scoring, "plan");
+    assert_eq!(
+        graph_summary(&first.slimmed),
+        graph_summary(&second.slimmed)
+    );
+    for sample in calibration.samples.iter().take(4) {
+        let (a, b) = (
+            run(&first.slimmed, sample.clone()).unwrap(),
+            run(&second.slimmed, sample.clone()).unwrap(),
+        );
+        for (x, y) in a.iter().zip(b.iter()) {
+            assert_eq!(max_abs_diff(x, y).unwrap(), 0.0);
+        }
+    }
+}
+
+#[test]
+fn a_plan_that_does_not_fit_the_model_is_a_clear_error() {
+    let fixture = dense_fixtures()
+        .into_iter()
+        .find(|f| f.name == "gpt2_dense_torchscript")
+        .unwrap();
+    let model = fixture.load();
+    let first = slim(&model, &options(targets(0.5, 0.5), None));
+    type Breakage = fn(&mut Plan);
+    let cases: [(&str, Breakage); 3] = [
+        ("no ffn layer 7", |p| p.groups[1].layer = 7),
+        ("out of range", |p| p.groups[1].removed.push(999)),
+        ("not `renamed`", |p| p.groups[0].name = "renamed".into()),
+    ];
+    for (needle, break_it) in cases {
+        let mut plan = first.plan.clone();
+        break_it(&mut plan);
+        let mut bad = options(targets(0.0, 0.0), None);
+        bad.plan = Some(plan);
+        bad.plan_origin = "plan.json".into();
+        let error = auto_slim(&model, &Slimmer::new().unwrap(), &bad)
+            .err()
+            .expect("a bad plan is refused");
+        assert!(matches!(error, SlimError::Plan { .. }), "{error}");
+        assert!(error.to_string().contains(needle), "{error}");
+        assert!(
+            error.to_string().starts_with("plan.json: bad plan"),
+            "{error}"
+        );
+    }
+}
+
+#[test]
+fn bias_compensation_improves_fidelity() {
+    for name in [
+        "bert_dense_dynamo",
+        "gpt2_dense_torchscript",
+        "llama_mlp_dense_torchscript",
+    ] {
+        let fixture = dense_fixtures()
+            .into_iter()
+            .find(|f| f.name == name)
+            .unwrap();
+        let model = fixture.load();
+        let calibration = calibration_for(&fixture, &model);
+        let with = slim(
+            &model,
+            &options(targets(0.5, 0.5), Some(calibration.clone())),
+        );
+        let mut off = options(targets(0.5, 0.5), Some(calibration));
+        off.compensation = false;
+        let without = slim(&model, &off);
+        assert!(with.report.compensation && !without.report.compensation);
+        assert_eq!(
+            with.plan, without.plan,
+            "compensation must not change the choice"
+        );
+        for (w, wo) in with.report.fidelity.iter().zip(&without.report.fidelity) {
+            println!(
+                "{name} {}: relative L2 {:.4} with compensation, {:.4} without; cosine {:.5} vs {:.5}",
+                w.name, w.relative_l2, wo.relative_l2, w.cosine, wo.cosine
+            );
+            assert!(
+                w.relative_l2 < wo.relative_l2,
+                "{name}: compensation did not help {}",
+                w.name
+            );
+        }
+    }
+}
+
+/// An FFN (ReLU) whose first `dead` channels have the largest weights but a bias so negative
+/// that they never fire.
+fn ffn_with_dead_channels(dead: usize) -> TypedModel {
+    let (h, f) = (16, 32);
+    let mut m = TypedModel::default();
+    let x = m.add_source("x", f32::fact([1, 8, h])).unwrap();
+    let w1 = tract_ndarray::Array2::from_shape_fn((h, f), |(i, c)| {
+        let v = ((i * 7 + c * 3) % 5) as f32 / 5.0 - 0.4;
+        if c < dead {
+            10.0 * v.signum()
+        } else {
+            v
+        }
+    });
+    let b1 = tract_ndarray::Array3::from_shape_fn(
+        (1, 1, f),
+        |(_, _, c)| if c < dead { -1000f32 } else { 0.1 },
+    );
+    let w2 = tract_ndarray::Array2::from_shape_fn((f, h), |(c, o)| {
+        let v = ((c * 5 + o) % 7) as f32 / 7.0 - 0.5;
+        if c < dead {
+            10.0 * v
+        } else {
+            v
+        }
+    });
+    let einsum = |e: &str| EinSum::new(e.parse().unwrap(), f32::datum_type());
+    let w1 = m.add_const("up.weight", w1.into_tensor()).unwrap();
+    let b1 = m.add_const("up.bias", b1.into_tensor()).unwrap();
+    let up = m.wire_node("up", einsum("amk,kn->amn"), &[x, w1]).unwrap()[0];
+    let up = m.wire_node("up.bias_add", add(), &[up, b1]).unwrap()[0];
+    let zero = m.add_const("zero", tensor3(&[[[0f32]]])).unwrap();
+    let act = m.wire_node("relu", max(), &[up, zero]).unwrap()[0];
+    let w2 = m.add_const("down.weight", w2.into_tensor()).unwrap();
+    let y = m
+        .wire_node("down", einsum("amn,np->amp"), &[act, w2])
+        .unwrap()[0];
+    let b2 = m
+        .add_const("down.bias", tensor3(&[[[0.5f32; 16]]]))
+        .unwrap();
+    let y = m.wire_node("down.bias_add", add(), &[y, b2]).unwrap()[0];
+    m.select_output_outlets(&[y]).unwrap();
+    m.into_decluttered().unwrap()
+}
+
+#[test]
+fn activation_scores_remove_large_channels_that_never_fire() {
+    let dead = 4;
+    let model = ffn_with_dead_channels(dead);
+    let found = groups(&model).unwrap();
+    assert_eq!(found.len(), 1);
+    let sparsity = Targets {
+        ffn: dead as f64 / 32.0,
+        ..targets(0.0, 0.0)
+    };
+
+    let magnitude = vec![magnitude_scores(&model, &found[0]).unwrap()];
+    let by_magnitude = choose(&found, &magnitude, &sparsity);
+    assert!(
+        by_magnitude.groups[0].removed.iter().all(|&c| c >= dead),
+        "magnitude keeps the large dead channels: {:?}",
+        by_magnitude.groups[0].removed
+    );
+
+    let samples = (0..8)
+        .map(|seed| {
+            model_slim::verify::random_inputs(&model, seed, &SymbolValues::default()).unwrap()
+        })
+        .collect();
+    let result = slim(&model, &options(sparsity, Some(Calibration { samples })));
+    assert_eq!(result.plan.groups[0].removed, (0..dead).collect::<Vec<_>>());
+    // Dead channels contribute nothing: removing them is exact.
+    for f in &result.report.fidelity {
+        assert!(f.relative_l2 < 1e-6, "{f:?}");
+    }
+}
