@@ -4,6 +4,7 @@
 //! ```sh
 //! cargo run --release --example bert_base [-- slim [RUNS]]   # half the heads and channels pruned: slim it
 //! cargo run --release --example bert_base -- auto [RUNS]     # dense: auto-slim at 50% FFN + 50% heads
+//! cargo run --release --example bert_base -- memory          # peak memory of the pass alone
 //! ```
 //!
 //! `slim` checks the slimmed size against the hand-computed size of the fully slimmed model and
@@ -127,6 +128,32 @@ fn auto(runs: usize) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// Peak resident memory so far (Linux), in MB.
+fn peak_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn memory() -> Result<(), Box<dyn std::error::Error>> {
+    let model = EncoderSpec::bert_base_half_pruned().build()?;
+    let weights_mb = params(&model) as f64 * 4.0 / (1024.0 * 1024.0);
+    let before = peak_mb().ok_or("no /proc/self/status")?;
+    let slimmed = Slimmer::new()?.slim(&model)?;
+    let after = peak_mb().ok_or("no /proc/self/status")?;
+    println!(
+        "weights {weights_mb:.0} MB; peak RSS {before:.0} MB after building the model, {after:.0} MB after the pass (pass time {:.0} ms)",
+        slimmed.report.times.lower_ms + slimmed.report.times.saturate_ms + slimmed.report.times.extract_ms + slimmed.report.times.raise_ms
+    );
+    println!(
+        "the pass itself added {:.0} MB at peak ({:.2}× the weights)",
+        after - before,
+        (after - before) / weights_mb
+    );
+    Ok(())
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mode = std::env::args().nth(1).unwrap_or_else(|| "slim".into());
     let runs: usize = std::env::args()
@@ -137,6 +164,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     match mode.as_str() {
         "slim" => slim(runs),
         "auto" => auto(runs),
-        other => Err(format!("unknown mode `{other}` (slim or auto)").into()),
+        "memory" => memory(),
+        other => Err(format!("unknown mode `{other}` (slim, auto or memory)").into()),
     }
 }

@@ -73,13 +73,17 @@ impl TensorInfo {
 /// Data behind [`Key`] leaves, and caches that keep rule applications deterministic.
 #[derive(Default)]
 pub struct Tables {
+    /// Tract operators behind `op` leaves.
     pub ops: Vec<Box<dyn TypedOp>>,
     /// Name of the source model node each op comes from (derived ops keep it; empty for ops
     /// that rules introduce from nothing).
     pub op_names: Vec<String>,
+    /// Constants behind `const` leaves.
     pub consts: ConstStore,
+    /// Index sets behind `set` leaves (kept slices of a `keep`).
     pub sets: Vec<Arc<Vec<usize>>>,
     set_index: HashMap<Arc<Vec<usize>>, u32>,
+    /// Facts of the model inputs behind `input` leaves, in order.
     pub inputs: Vec<TypedFact>,
     /// The element-wise addition op that guards hand to rules, once created.
     addition: Option<u32>,
@@ -89,6 +93,7 @@ pub struct Tables {
 }
 
 impl Tables {
+    /// Adds a tract op that came from node `name` (empty when rules made it).
     pub fn add_op(&mut self, op: Box<dyn TypedOp>, name: String) -> Key {
         self.ops.push(op);
         self.op_names.push(name);
@@ -178,10 +183,12 @@ fn eval_on_zeros(op: &dyn TypedOp, fact: &TypedFact, arity: usize) -> TractResul
 /// The analysis itself: owns the side tables.
 #[derive(Default)]
 pub struct SlimAnalysis {
+    /// The data `Key` leaves point into.
     pub tables: Tables,
 }
 
 impl SlimAnalysis {
+    /// An analysis over these tables.
     pub fn new(tables: Tables) -> SlimAnalysis {
         SlimAnalysis { tables }
     }

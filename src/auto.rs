@@ -20,11 +20,13 @@ use tract_core::internal::*;
 /// What to do.
 #[derive(Clone, Debug)]
 pub struct AutoOptions {
+    /// How much to remove, when no plan is given.
     pub targets: Targets,
     /// A saved plan to apply instead of choosing units.
     pub plan: Option<Plan>,
     /// Where a saved plan came from (for errors).
     pub plan_origin: String,
+    /// Calibration inputs: activation-aware scores and bias compensation.
     pub calibration: Option<Calibration>,
     /// Add the removed units' mean contribution to the consumers' biases (needs calibration).
     pub compensation: bool,
@@ -53,10 +55,15 @@ impl AutoOptions {
 /// One group's outcome.
 #[derive(Clone, Debug, Serialize)]
 pub struct GroupOutcome {
+    /// FFN channels or heads.
     pub kind: Kind,
+    /// Position among the groups of its kind.
     pub layer: usize,
+    /// The consumer's node name.
     pub name: String,
+    /// Units before.
     pub units: usize,
+    /// Units kept.
     pub kept: usize,
 }
 
@@ -65,23 +72,31 @@ pub struct GroupOutcome {
 pub struct AutoReport {
     /// `magnitude`, `activation` or `plan`.
     pub scoring: String,
+    /// Whether removed units' mean contributions went into the biases.
     pub compensation: bool,
+    /// Per group, how many units were kept.
     pub groups: Vec<GroupOutcome>,
     /// Fidelity of the slimmed model to the dense one, per output.
     pub fidelity: Vec<OutputFidelity>,
     /// What fidelity was measured on.
     pub fidelity_inputs: String,
+    /// Things the user should know (e.g. scores without calibration data).
     pub warnings: Vec<String>,
+    /// The slimming pass's report on the pruned model.
     pub slim: Report,
 }
 
 /// The result: the pruned full-size model, the slimmed one, the plan and the report.
 pub struct AutoSlimmed {
+    /// The dense model with the plan written in (zeros, compensated biases), full size.
     pub pruned: TypedModel,
+    /// The pruned model after the slimming pass.
     pub slimmed: TypedModel,
+    /// The units removed from each group.
     pub plan: Plan,
     /// Per plan entry, what bias compensation added to the consumer's bias.
     pub compensations: Vec<Option<Tensor>>,
+    /// What was done and how close the result stays to the dense model.
     pub report: AutoReport,
 }
 

@@ -10,8 +10,11 @@ use tract_core::internal::*;
 /// Median latencies of the two plans, in milliseconds.
 #[derive(Clone, Debug, Serialize)]
 pub struct Latency {
+    /// Median latency of the original model.
     pub original_ms: f64,
+    /// Median latency of the slimmed model.
     pub slimmed_ms: f64,
+    /// Timed runs of each.
     pub runs: usize,
 }
 

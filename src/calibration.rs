@@ -15,6 +15,7 @@ use tract_core::internal::*;
 /// Input samples, each one value per model input in order.
 #[derive(Clone, Debug)]
 pub struct Calibration {
+    /// One entry per sample, holding a value for each model input in order.
     pub samples: Vec<TVec<TValue>>,
 }
 

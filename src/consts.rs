@@ -117,14 +117,17 @@ impl ConstStore {
         materialize(&entry.source, &selection)
     }
 
+    /// The type of constant `k` (shape after slicing).
     pub fn fact(&self, k: u32) -> &TypedFact {
         &self.entries[k as usize].fact
     }
 
+    /// The known all-zero slices of constant `k`.
     pub fn zeros(&self, k: u32) -> &ZeroSlices {
         &self.entries[k as usize].zeros
     }
 
+    /// The source node name of constant `k`.
     pub fn name(&self, k: u32) -> &str {
         &self.entries[k as usize].name
     }
@@ -173,24 +176,63 @@ fn materialize(source: &Tensor, selection: &Selection) -> TractResult<Tensor> {
     Ok(tensor)
 }
 
-/// Selects `indices` along `axis` of a tensor (any datum type), copying only what is selected.
+/// Selects `indices` along `axis` of a tensor (any datum type), copying only what is selected:
+/// for plain data, one contiguous run per (outer index, selected slice).
 pub fn select_slices(tensor: &Tensor, axis: usize, indices: &[usize]) -> TractResult<Tensor> {
-    fn select<T: Datum>(tensor: &Tensor, axis: usize, indices: &[usize]) -> TractResult<Tensor> {
+    let shape = tensor.shape();
+    ensure!(
+        axis < shape.len(),
+        "axis {axis} out of rank {}",
+        shape.len()
+    );
+    ensure!(
+        indices.iter().all(|&i| i < shape[axis]),
+        "slice index out of range {}",
+        shape[axis]
+    );
+    fn runs<T: Datum + Copy>(
+        tensor: &Tensor,
+        axis: usize,
+        indices: &[usize],
+    ) -> TractResult<Tensor> {
+        let shape = tensor.shape();
+        let data = tensor.try_as_plain_ram()?.as_slice::<T>()?;
+        let inner: usize = shape[axis + 1..].iter().product();
+        let outer: usize = shape[..axis].iter().product();
+        let mut new_shape = shape.to_vec();
+        new_shape[axis] = indices.len();
+        // SAFETY: every element is written below (the runs cover the whole new shape) before
+        // anything reads it; `T` is plain old data, so no drop sees uninitialized memory.
+        let mut selected = unsafe { Tensor::uninitialized::<T>(&new_shape)? };
+        let mut view = selected.try_as_plain_ram_mut()?;
+        let out = view.as_slice_mut::<T>()?;
+        let mut at = 0;
+        for o in 0..outer {
+            for &i in indices {
+                let start = (o * shape[axis] + i) * inner;
+                out[at..at + inner].copy_from_slice(&data[start..start + inner]);
+                at += inner;
+            }
+        }
+        debug_assert_eq!(at, out.len());
+        Ok(selected)
+    }
+    fn with_ndarray<T: Datum>(
+        tensor: &Tensor,
+        axis: usize,
+        indices: &[usize],
+    ) -> TractResult<Tensor> {
         let view = tensor.to_plain_array_view::<T>()?;
-        ensure!(
-            axis < view.ndim(),
-            "axis {axis} out of rank {}",
-            view.ndim()
-        );
-        ensure!(
-            indices.iter().all(|&i| i < view.shape()[axis]),
-            "slice index out of range"
-        );
         Ok(view
             .select(tract_ndarray::Axis(axis), indices)
             .into_tensor())
     }
-    dispatch_datum!(select(tensor.datum_type())(tensor, axis, indices))
+    let dt = tensor.datum_type();
+    if dt.is_copy() {
+        dispatch_copy!(runs(dt)(tensor, axis, indices))
+    } else {
+        dispatch_datum!(with_ndarray(dt)(tensor, axis, indices))
+    }
 }
 
 /// All-zero slices of a constant, per axis. Only float data is inspected.

@@ -12,6 +12,7 @@ pub const NOMINAL_DIM: i64 = 16;
 /// Concrete values for symbolic dimensions.
 #[derive(Clone, Debug, Default)]
 pub struct Nominal {
+    /// Values of symbols given by the user.
     pub values: SymbolValues,
 }
 

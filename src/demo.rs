@@ -32,16 +32,25 @@ use tract_core::ops::nn::{Reduce, Reducer, RmsNorm, Softmax, SoftmaxKind};
 /// Shape and pruning of a synthetic encoder (counts are per layer).
 #[derive(Clone, Debug, PartialEq)]
 pub struct EncoderSpec {
+    /// Encoder layers.
     pub layers: usize,
+    /// Hidden width.
     pub hidden: usize,
+    /// Attention heads per layer (hidden / heads is the head size).
     pub heads: usize,
+    /// FFN width.
     pub ffn: usize,
     /// Sequence length of the (batch 1) input.
     pub sequence: usize,
+    /// Heads per layer zeroed in the output projection.
     pub pruned_heads: usize,
+    /// Heads per layer zeroed in the V projection (constant heads).
     pub constant_heads: usize,
+    /// FFN channels per layer zeroed in the second linear layer.
     pub pruned_ffn: usize,
+    /// FFN channels per layer zeroed in the first linear layer (constant channels).
     pub constant_ffn: usize,
+    /// Seed of the weights and of which units are pruned.
     pub seed: u64,
 }
 

@@ -37,7 +37,9 @@ pub enum Kind {
 /// Where units lie along a tensor: unit `u` is the slices `u·block .. (u+1)·block` of `axis`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Units {
+    /// The axis the units lie along.
     pub axis: usize,
+    /// Slices per unit (1 for channels, the head size for heads merged into channels).
     pub block: usize,
 }
 
@@ -54,6 +56,7 @@ impl Units {
 /// One group of removable units.
 #[derive(Clone, Debug)]
 pub struct Group {
+    /// FFN channels or heads.
     pub kind: Kind,
     /// Position among the model's groups of its kind, in evaluation order.
     pub layer: usize,
@@ -63,10 +66,13 @@ pub struct Group {
     pub units: usize,
     /// The consumer EinSum node and its constant weight node.
     pub consumer: usize,
+    /// The consumer's constant weight node.
     pub weight: usize,
+    /// Where the units lie in that weight.
     pub weight_units: Units,
     /// The consumer's computed input and where the units lie in it.
     pub activation: OutletId,
+    /// Where the units lie in the consumer's input.
     pub activation_units: Units,
     /// Weights of the layers computing the units (FFN first layers; the V projection), with
     /// where the units lie in each.
@@ -75,6 +81,7 @@ pub struct Group {
     pub bias: Option<(usize, usize)>,
     /// Linear layers and constants of the group (for sizes in the report).
     pub linears: Vec<usize>,
+    /// Constant nodes of the group (weights and biases).
     pub consts: Vec<usize>,
 }
 

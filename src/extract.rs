@@ -17,11 +17,14 @@ use std::rc::Rc;
 /// The cost of a graph, split as the report shows it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
 pub struct GraphCost {
+    /// Floating-point operations at nominal shapes.
     pub flops: f64,
+    /// Bytes of constants.
     pub weight_bytes: f64,
 }
 
 impl GraphCost {
+    /// The single number extraction minimises: FLOPs plus weight bytes.
     pub fn total(&self) -> f64 {
         self.flops + self.weight_bytes
     }
@@ -29,6 +32,7 @@ impl GraphCost {
 
 /// The chosen node of every needed e-class.
 pub struct Choice {
+    /// The chosen node of each needed e-class.
     pub nodes: HashMap<Id, TensorLang>,
 }
 

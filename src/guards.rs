@@ -40,7 +40,9 @@ use tract_core::ops::einsum::EinSum;
 /// An argument of a guard call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Arg {
+    /// An e-class (a bound pattern variable).
     Class(Id),
+    /// An integer literal.
     Int(i64),
 }
 
@@ -49,12 +51,15 @@ pub type Alternatives = Vec<Vec<Id>>;
 
 /// One function of the library.
 pub struct Guard {
+    /// The name rules call it by.
     pub name: &'static str,
     /// Argument names, for error messages and docs (`?x` for tensors, `K` for integers).
     pub params: &'static [&'static str],
     /// How many e-classes each alternative binds.
     pub binds: usize,
+    /// One line saying what it answers.
     pub doc: &'static str,
+    /// The computation.
     pub run: fn(&mut SlimGraph, &[Arg]) -> Alternatives,
 }
 

@@ -11,9 +11,11 @@ use tract_onnx::tract_hir::infer::Factoid;
 /// A `--input NAME:DIM,...,TYPE` request.
 #[derive(Clone, Debug, PartialEq)]
 pub struct InputSpec {
+    /// The model input's name.
     pub name: String,
     /// Dimensions as written: integers or symbol names.
     pub dims: Vec<String>,
+    /// Its element type.
     pub datum_type: DatumType,
 }
 
@@ -76,7 +78,9 @@ pub fn parse_set(spec: &str) -> Result<(String, i64)> {
 /// How to read a model.
 #[derive(Clone, Debug, Default)]
 pub struct ImportOptions {
+    /// Facts for named inputs (`-i`).
     pub inputs: Vec<InputSpec>,
+    /// Values of symbolic dimensions (`--set`).
     pub sets: Vec<(String, i64)>,
 }
 

@@ -61,7 +61,9 @@ impl FromStr for Key {
 }
 
 define_language! {
-    /// The tensor language model-slim's rules are written in (see the module docs).
+    /// The tensor language model-slim's rules are written in; the module docs say what each
+    /// term means (egg's macro takes no docs on variants).
+    #[allow(missing_docs)]
     pub enum TensorLang {
         "map" = Map([Id; 2]),
         "bin" = Bin([Id; 3]),

@@ -17,11 +17,13 @@ use tract_core::ops::source::TypedSource;
 
 /// A model in e-graph form, with what raising needs to rebuild a tract model.
 pub struct Lowered {
+    /// The e-graph, with its analysis and tables.
     pub egraph: SlimGraph,
     /// E-class of each model output, in order.
     pub outputs: Vec<Id>,
     /// Names of the model's inputs and outputs, in order.
     pub input_names: Vec<String>,
+    /// Names of the model's outputs, in order.
     pub output_names: Vec<String>,
     /// Source node name of each lowered e-class (names for the rebuilt nodes).
     pub names: HashMap<Id, String>,

@@ -21,8 +21,11 @@ use tract_onnx::pb::{ModelProto, NodeProto, TensorProto};
 pub struct WeightEdit {
     /// The consumer's tract node name.
     pub consumer: String,
+    /// Units of the consumer (channels or heads).
     pub units: usize,
+    /// Units to zero.
     pub removed: Vec<usize>,
+    /// What to add to the consumer's bias (bias compensation).
     pub bias_delta: Option<Vec<f32>>,
 }
 

@@ -21,17 +21,22 @@ use tract_core::ops::math::add;
 /// Which units to remove from each group.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
+    /// One entry per group the plan touches.
     pub groups: Vec<PlanGroup>,
 }
 
 /// The removed units of one group.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PlanGroup {
+    /// FFN channels or heads.
     pub kind: Kind,
+    /// Position among the model's groups of this kind.
     pub layer: usize,
     /// The consumer's node name, checked against the model when a plan is applied.
     pub name: String,
+    /// The group's units, checked against the model.
     pub units: usize,
+    /// The units to remove.
     pub removed: Vec<usize>,
 }
 
@@ -105,6 +110,16 @@ pub fn magnitude_scores(model: &TypedModel, group: &Group) -> TractResult<Vec<f3
         scores.iter_mut().zip(norms).for_each(|(s, n)| *s *= n);
     }
     Ok(scores)
+}
+
+/// Units already all zero in the consumer's weight (already pruned: slimming removes them).
+pub fn zero_units(model: &TypedModel, group: &Group) -> TractResult<Vec<usize>> {
+    let norms = unit_norms(
+        &*weight_of(model, group.weight)?,
+        group.weight_units,
+        group.units,
+    )?;
+    Ok((0..group.units).filter(|&u| norms[u] == 0.0).collect())
 }
 
 /// What calibration data says about one group.
@@ -417,7 +432,7 @@ fn replace_const(
     Ok(())
 }
 
-fn zero_units(weight: &Tensor, units: Units, removed: &[usize]) -> TractResult<Tensor> {
+fn with_units_zeroed(weight: &Tensor, units: Units, removed: &[usize]) -> TractResult<Tensor> {
     let mut zeroed = weight.clone();
     let mut view = zeroed.to_plain_array_view_mut::<f32>()?;
     for i in units.slices(removed) {
@@ -466,6 +481,7 @@ fn add_to_bias(model: &mut TypedModel, group: &Group, delta: Tensor) -> TractRes
 
 /// A model with a plan written into it.
 pub struct Pruned {
+    /// The model with the plan written in.
     pub model: TypedModel,
     /// Per plan entry, what was added to the consumer's bias (with compensation).
     pub compensations: Vec<Option<Tensor>>,
@@ -499,7 +515,7 @@ pub fn apply(
         }
         compensations.push(delta);
         let weight = weight_of(model, group.weight)?;
-        let zeroed = zero_units(&weight, group.weight_units, &entry.removed)?;
+        let zeroed = with_units_zeroed(&weight, group.weight_units, &entry.removed)?;
         let slot = pruned
             .node(group.consumer)
             .inputs

@@ -12,11 +12,15 @@ use tract_core::ops::array::Gather;
 
 /// What the rebuilt model must look like from outside.
 pub struct Interface<'a> {
+    /// Names of the original model's inputs, in order.
     pub input_names: &'a [String],
+    /// Names of the original model's outputs, in order.
     pub output_names: &'a [String],
+    /// The e-classes of the outputs.
     pub outputs: &'a [Id],
     /// Names of source e-classes (canonical ids).
     pub names: &'a HashMap<Id, String>,
+    /// The original model's symbols (the rebuilt model shares them).
     pub symbols: &'a SymbolScope,
 }
 

@@ -22,11 +22,17 @@ pub struct FfnLayer {
     pub layer: usize,
     /// The consumer linear layer's node name.
     pub name: String,
+    /// Width of the FFN before.
     pub channels_before: usize,
+    /// Width after.
     pub channels_after: usize,
+    /// Parameters of the group's layers before.
     pub params_before: usize,
+    /// Parameters after.
     pub params_after: usize,
+    /// FLOPs of the group's linear layers before.
     pub flops_before: f64,
+    /// FLOPs after.
     pub flops_after: f64,
 }
 
@@ -37,35 +43,51 @@ pub struct AttentionLayer {
     pub layer: usize,
     /// The softmax · V product's node name.
     pub name: String,
+    /// Heads before.
     pub heads_before: usize,
+    /// Heads after (0 when the block collapsed to its bias).
     pub heads_after: usize,
 }
 
 /// Wall-clock time of each stage, in milliseconds.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct StageTimes {
+    /// Lowering to the e-graph.
     pub lower_ms: f64,
+    /// Running the rules.
     pub saturate_ms: f64,
+    /// Extracting the cheapest graph.
     pub extract_ms: f64,
+    /// Rebuilding the tract model.
     pub raise_ms: f64,
 }
 
 /// Everything a slimming run found and did.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
+    /// Per FFN layer: channels, parameters and FLOPs.
     pub ffn_layers: Vec<FfnLayer>,
+    /// Per attention layer: heads.
     pub attention_layers: Vec<AttentionLayer>,
+    /// Parameters (constant elements) of the whole model before.
     pub params_before: usize,
+    /// Parameters after.
     pub params_after: usize,
+    /// FLOPs of the whole model before (symbols at nominal values).
     pub flops_before: f64,
+    /// FLOPs after.
     pub flops_after: f64,
     /// The extraction cost model's view (FLOPs plus weight bytes) of the graph before and after.
     pub cost_before: GraphCost,
+    /// The cost model's view of the result.
     pub cost_after: GraphCost,
     /// True when extraction found nothing cheaper and the original graph was kept.
     pub kept_original: bool,
+    /// How saturation went.
     pub saturation: SaturationReport,
+    /// Time per stage.
     pub times: StageTimes,
+    /// Output comparison, when verification ran.
     pub verification: Option<Verification>,
 }
 

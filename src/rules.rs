@@ -32,8 +32,11 @@ pub const DEFAULT_RULES: &[(&str, &str)] = &[
 /// Where a piece of rule text came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Origin {
+    /// The rules file.
     pub file: String,
+    /// 1-based line.
     pub line: usize,
+    /// 1-based column.
     pub col: usize,
 }
 
@@ -46,11 +49,20 @@ impl fmt::Display for Origin {
 /// A rule file that cannot be used, with the place of the problem.
 #[derive(Debug, thiserror::Error)]
 pub enum RuleError {
+    /// The text does not parse, or names an unknown guard or variable.
     #[error("{origin}: {message}")]
-    Syntax { origin: Origin, message: String },
+    Syntax {
+        /// Where.
+        origin: Origin,
+        /// What is wrong.
+        message: String,
+    },
+    /// A rules directory or file cannot be read.
     #[error("cannot read rules from {path}: {source}")]
     Io {
+        /// The directory or file.
         path: String,
+        /// The I/O error.
         source: std::io::Error,
     },
 }
@@ -58,26 +70,37 @@ pub enum RuleError {
 /// One argument of a clause call, as written.
 #[derive(Clone, Debug)]
 pub enum ArgSpec {
+    /// A pattern variable.
     Var(Var),
+    /// An integer literal.
     Int(i64),
 }
 
 /// A `let` or `if` clause.
 #[derive(Clone)]
 pub struct Clause {
+    /// Variables the clause binds (`let`); empty for an `if`.
     pub binds: Vec<Var>,
+    /// The guard called.
     pub guard: &'static Guard,
+    /// Its arguments.
     pub args: Vec<ArgSpec>,
 }
 
 /// A parsed rule.
 #[derive(Clone)]
 pub struct Rule {
+    /// The rule's name (unique within its file).
     pub name: String,
+    /// Its `##` doc comment.
     pub doc: String,
+    /// The left-hand side.
     pub lhs: Pattern<TensorLang>,
+    /// `let` and `if` clauses, in order.
     pub clauses: Vec<Clause>,
+    /// The right-hand side.
     pub rhs: PatternAst<TensorLang>,
+    /// Where the rule is written.
     pub origin: Origin,
 }
 

@@ -14,8 +14,11 @@ use std::time::Duration;
 /// Bounds on saturation.
 #[derive(Clone, Debug)]
 pub struct Limits {
+    /// Rule iterations at most.
     pub iterations: usize,
+    /// E-nodes at most.
     pub nodes: usize,
+    /// Wall-clock time at most.
     pub time: Duration,
 }
 
@@ -34,8 +37,11 @@ impl Default for Limits {
 pub struct SaturationReport {
     /// `saturated`, or which limit stopped it.
     pub stop_reason: String,
+    /// Iterations run.
     pub iterations: usize,
+    /// E-nodes at the end.
     pub enodes: usize,
+    /// E-classes at the end.
     pub eclasses: usize,
     /// Rule instantiations refused because their result did not type-check (a wrong rule).
     pub refused_instantiations: usize,

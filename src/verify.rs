@@ -18,18 +18,26 @@ pub const RELATIVE_TOLERANCE: f32 = 1e-4;
 /// How one output compares.
 #[derive(Clone, Debug, Serialize)]
 pub struct OutputDiff {
+    /// The output's name.
     pub name: String,
+    /// Largest absolute element difference.
     pub max_abs_diff: f32,
+    /// Largest absolute element of the original output.
     pub max_magnitude: f32,
+    /// Whether the difference is within the tolerance.
     pub passed: bool,
 }
 
 /// The verification result.
 #[derive(Clone, Debug, Serialize)]
 pub struct Verification {
+    /// Seed of the random inputs.
     pub seed: u64,
+    /// Shapes of the inputs used.
     pub input_shapes: Vec<Vec<usize>>,
+    /// Per output comparison.
     pub outputs: Vec<OutputDiff>,
+    /// Whether every output passed.
     pub passed: bool,
 }
 
@@ -162,6 +170,7 @@ pub fn output_name(model: &TypedModel, ix: usize) -> TractResult<String> {
 /// How close an approximation's output is to the reference's, pooled over samples.
 #[derive(Clone, Debug, Serialize)]
 pub struct OutputFidelity {
+    /// The output's name.
     pub name: String,
     /// Cosine similarity of the flattened outputs.
     pub cosine: f64,

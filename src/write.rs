@@ -16,7 +16,9 @@ use tract_core::ops::nn::GeluExact;
 /// Output formats, chosen by file name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
+    /// Gzipped NNEF archive (`.nnef.tgz`).
     NnefTgz,
+    /// Uncompressed NNEF archive (`.nnef.tar`).
     NnefTar,
 }
 

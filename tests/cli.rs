@@ -348,3 +348,66 @@ fn prune_refuses_bad_requests_cleanly() {
         assert_clean_failure(&model_slim(&args), 1, needle, &output);
     }
 }
+
+#[test]
+fn show_lists_groups_and_writes_dot() {
+    let dir = tempfile::tempdir().unwrap();
+    let dot = dir.path().join("graph.dot");
+    let out = model_slim(&[
+        "show",
+        &fixture("bert_mixed_dynamo.onnx"),
+        "--dot",
+        dot.to_str().unwrap(),
+    ]);
+    let stdout = assert_success(&out);
+    // Layer 0: one zero head of 4 and 48 zero channels of 128; layer 1: all zero.
+    for line in ["heads  0", "ffn    0", "heads  1", "ffn    1"] {
+        assert!(stdout.contains(line), "{stdout}");
+    }
+    assert!(stdout.contains("     4      1   3"), "{stdout}");
+    assert!(stdout.contains("   128     48   80"), "{stdout}");
+    let text = std::fs::read_to_string(&dot).unwrap();
+    assert!(text.starts_with("digraph {") && text.contains("before: ") && text.contains("after: "));
+}
+
+#[test]
+fn bench_prints_latencies_and_ratios() {
+    let out = model_slim(&[
+        "bench",
+        &fixture("llama_mlp_ffn_dynamo.onnx"),
+        "--runs",
+        "3",
+        "--warmup",
+        "1",
+        "--threads",
+        "1",
+    ]);
+    let stdout = assert_success(&out);
+    assert!(
+        stdout.contains("original") && stdout.contains("slimmed"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("latency ratio") && stdout.contains("FLOP ratio"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn quiet_prints_nothing_and_every_subcommand_has_examples() {
+    let out = model_slim(&["-q", "demo"]);
+    assert!(out.status.success());
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    for sub in ["slim", "prune", "plan", "show", "bench", "demo"] {
+        let out = model_slim(&[sub, "--help"]);
+        let stdout = assert_success(&out);
+        assert!(
+            stdout.contains("Example"),
+            "{sub} --help has no example: {stdout}"
+        );
+    }
+}

@@ -1,0 +1,214 @@
+//! The command line's arguments.
+
+use clap::{Args, Parser, Subcommand};
+use model_slim::import::{import_onnx, parse_set, ImportOptions, InputSpec};
+use model_slim::saturate::Limits;
+use model_slim::SlimError;
+use std::path::{Path, PathBuf};
+use tract_core::internal::*;
+
+#[derive(Parser)]
+#[command(
+    name = "model-slim",
+    version,
+    about = "Cut the all-zero channels of pruned transformer models out, exactly.",
+    long_about = "Cut the all-zero channels and heads of pruned transformer models out of their tract graphs, exactly:\nthe slimmed model computes what the original computes, with smaller weights and fewer FLOPs."
+)]
+#[command(
+    after_help = "Exit codes: 0 ok, 1 user error (bad file, flag, rule or plan), 2 verification failed\n(slimmed outputs differ), 70 internal error (a bug; please report it).\n\nStart with: model-slim demo"
+)]
+pub struct Cli {
+    /// Print only errors (no tables, no progress).
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Print more about what happens (-v: stages, -vv: details).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Slim an ONNX model and write it as NNEF.
+    #[command(
+        after_help = "Example:\n  model-slim slim bert_pruned.onnx -o bert_slim.nnef.tgz \\\n    -i input_ids:1,128,i64 -i attention_mask:1,128,i64 -i token_type_ids:1,128,i64 \\\n    --verify --report report.json"
+    )]
+    Slim {
+        /// The ONNX model to slim.
+        model: PathBuf,
+        /// Where to write the slimmed model (.nnef.tgz or .nnef.tar).
+        #[arg(short, long)]
+        output: PathBuf,
+        #[command(flatten)]
+        options: PassOptions,
+    },
+    /// Choose FFN channels and heads to remove from a dense model, zero them, and slim.
+    #[command(
+        after_help = "Examples:\n  model-slim prune bert.onnx --ffn-sparsity 0.5 --mha-sparsity 0.3 -o bert_slim.nnef.tgz \\\n    --calibration calib.npz --plan-out plan.json --report report.json\n  model-slim prune bert.onnx --plan plan.json -o bert_slim.nnef.tgz --emit-pruned bert_pruned.onnx\n\nThe calibration file is an .npz with one array per model input, named after it; its first\naxis counts samples."
+    )]
+    Prune(PruneArgs),
+    /// List the groups of channels and heads that can be removed together, changing nothing.
+    #[command(
+        after_help = "Example:\n  model-slim plan bert.onnx -i input_ids:1,128,i64 -i attention_mask:1,128,i64 -i token_type_ids:1,128,i64"
+    )]
+    Plan {
+        /// The ONNX model.
+        model: PathBuf,
+        #[command(flatten)]
+        import: ImportArgs,
+    },
+    /// Print the slimmable structure of a model (FFN widths, heads, zero units), changing nothing.
+    #[command(
+        after_help = "Examples:\n  model-slim show bert_pruned.onnx -i input_ids:1,128,i64 -i attention_mask:1,128,i64 -i token_type_ids:1,128,i64\n  model-slim show gpt2_pruned.onnx --set batch=1 --set sequence=128 --dot gpt2.dot   # then: dot -Tsvg gpt2.dot"
+    )]
+    Show {
+        /// The ONNX model.
+        model: PathBuf,
+        #[command(flatten)]
+        import: ImportArgs,
+        /// Write the graph before and after slimming as Graphviz DOT.
+        #[arg(long, value_name = "FILE")]
+        dot: Option<PathBuf>,
+    },
+    /// Measure original vs slimmed latency on tract's optimized plan, in one process.
+    #[command(
+        after_help = "Example:\n  model-slim bench bert_pruned.onnx -i input_ids:1,128,i64 -i attention_mask:1,128,i64 -i token_type_ids:1,128,i64 --threads 1\n\nBoth plans run alternately after warm-up; the medians, their ratio and the FLOP ratio (the ideal)\nare printed."
+    )]
+    Bench {
+        /// The ONNX model.
+        model: PathBuf,
+        #[command(flatten)]
+        import: ImportArgs,
+        /// Timed runs of each model.
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        /// Untimed warm-up runs of each model.
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+        /// Threads for tract's matrix products (default: tract's, one).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Write the measurements as JSON.
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
+    /// Slim a small transformer built into the binary and verify it.
+    #[command(after_help = "Example:\n  model-slim demo --report demo.json")]
+    Demo {
+        /// Also write the slimmed demo model (.nnef.tgz or .nnef.tar).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Write the report as JSON.
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
+}
+
+#[derive(Args)]
+pub struct ImportArgs {
+    /// Input fact NAME:DIM,...,TYPE (e.g. input_ids:1,128,i64); repeat per input.
+    #[arg(short, long = "input", value_name = "NAME:DIMS,TYPE")]
+    pub inputs: Vec<String>,
+    /// Value of a symbolic dimension, SYM=VALUE (e.g. sequence=128); repeatable.
+    #[arg(long = "set", value_name = "SYM=VALUE")]
+    pub sets: Vec<String>,
+}
+
+impl ImportArgs {
+    pub fn options(&self) -> Result<ImportOptions, SlimError> {
+        let inputs = self
+            .inputs
+            .iter()
+            .map(|s| s.parse::<InputSpec>())
+            .collect::<Result<Vec<_>, _>>()?;
+        let sets = self
+            .sets
+            .iter()
+            .map(|s| parse_set(s))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ImportOptions { inputs, sets })
+    }
+
+    /// Imports `path` with these input facts and symbol values.
+    pub fn import(&self, path: &Path) -> Result<(TypedModel, Vec<(String, i64)>), SlimError> {
+        let options = self.options()?;
+        let model = import_onnx(path, &options)?;
+        Ok((model, options.sets))
+    }
+}
+
+#[derive(Args)]
+pub struct PassOptions {
+    #[command(flatten)]
+    pub import: ImportArgs,
+    /// Directory of extra *.rules files, added to the default rules.
+    #[arg(long)]
+    pub rules: Option<PathBuf>,
+    /// Run original and slimmed models on seeded random inputs and compare outputs.
+    #[arg(long)]
+    pub verify: bool,
+    /// Seed of the verification inputs.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Write the report as JSON.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Saturation limit: rule iterations.
+    #[arg(long, default_value_t = Limits::default().iterations)]
+    pub max_iterations: usize,
+    /// Saturation limit: e-nodes.
+    #[arg(long, default_value_t = Limits::default().nodes)]
+    pub max_nodes: usize,
+    /// Saturation limit: seconds.
+    #[arg(long, default_value_t = Limits::default().time.as_secs_f64())]
+    pub max_seconds: f64,
+}
+
+/// Arguments of `prune`.
+#[derive(Args)]
+pub struct PruneArgs {
+    /// The ONNX model to prune.
+    pub model: PathBuf,
+    /// Where to write the slimmed model (.nnef.tgz or .nnef.tar).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Fraction of FFN channels to remove (per layer, or overall with --global).
+    #[arg(long, default_value_t = 0.0)]
+    pub ffn_sparsity: f64,
+    /// Fraction of attention heads to remove (per layer, or overall with --global).
+    #[arg(long, default_value_t = 0.0)]
+    pub mha_sparsity: f64,
+    /// Rank channels and heads across layers instead of within each layer.
+    #[arg(long)]
+    pub global: bool,
+    /// With --global: the fraction of each layer's channels and heads kept at least.
+    #[arg(long, default_value_t = 0.1)]
+    pub floor: f64,
+    /// Round each kept FFN width to a multiple of N.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub multiple_of: usize,
+    /// Calibration inputs (.npz): activation-aware scores and bias compensation.
+    #[arg(long)]
+    pub calibration: Option<PathBuf>,
+    /// Do not add the removed units' mean contribution to the biases.
+    #[arg(long)]
+    pub no_compensation: bool,
+    /// Apply this saved plan (JSON) instead of choosing.
+    #[arg(long)]
+    pub plan: Option<PathBuf>,
+    /// Write the chosen plan as JSON.
+    #[arg(long)]
+    pub plan_out: Option<PathBuf>,
+    /// Also write the pruned, full-size model as ONNX (zeros in its initializers).
+    #[arg(long)]
+    pub emit_pruned: Option<PathBuf>,
+    #[command(flatten)]
+    pub import: ImportArgs,
+    /// Seed of the random inputs fidelity is measured on without calibration data.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Write the report as JSON.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+}

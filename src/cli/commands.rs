@@ -1,0 +1,396 @@
+//! What each subcommand does.
+
+use super::args::{Command, ImportArgs, PassOptions, PruneArgs};
+use super::progress::Progress;
+use model_slim::auto::{auto_slim, AutoOptions};
+use model_slim::bench::compare_latency;
+use model_slim::discover::{groups, Kind};
+use model_slim::dot::to_dot;
+use model_slim::prune::{zero_units, Plan, Targets};
+use model_slim::report::Report;
+use model_slim::saturate::Limits;
+use model_slim::write::{write_atomically, write_model};
+use model_slim::{SlimError, Slimmed, Slimmer};
+use serde::Serialize;
+use std::path::Path;
+use std::time::Duration;
+use tract_core::internal::*;
+
+/// How a run ended, when not well.
+pub enum Failure {
+    User(SlimError),
+    VerifyFailed(SlimError),
+}
+
+impl From<SlimError> for Failure {
+    fn from(e: SlimError) -> Self {
+        match e {
+            SlimError::Verification { .. } => Failure::VerifyFailed(e),
+            e => Failure::User(e),
+        }
+    }
+}
+
+/// Where results go: standard output, unless `-q`.
+#[derive(Clone)]
+pub struct Context {
+    pub quiet: bool,
+    pub progress: Progress,
+}
+
+impl Context {
+    fn say(&self, text: &str) {
+        if !self.quiet {
+            print!("{text}");
+        }
+    }
+}
+
+fn symbol_values(model: &TypedModel, sets: &[(String, i64)]) -> SymbolValues {
+    sets.iter().fold(SymbolValues::default(), |v, (s, x)| {
+        v.with(&model.symbols.sym(s), *x)
+    })
+}
+
+fn write_error(path: &Path, e: impl std::fmt::Display) -> SlimError {
+    SlimError::Write {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    }
+}
+
+fn write_json(value: &impl Serialize, path: &Path) -> Result<(), SlimError> {
+    let json = serde_json::to_vec_pretty(value).map_err(|e| write_error(path, e))?;
+    write_atomically(path, &json).map_err(|e| write_error(path, e))
+}
+
+fn import(
+    ctx: &Context,
+    import: &ImportArgs,
+    path: &Path,
+) -> Result<(TypedModel, Vec<(String, i64)>), SlimError> {
+    ctx.progress
+        .during(&format!("loading {}", path.display()), |_| {
+            import.import(path)
+        })
+}
+
+/// Slims under a spinner naming the stages.
+fn slim(ctx: &Context, slimmer: &Slimmer, model: &TypedModel) -> Result<Slimmed, SlimError> {
+    ctx.progress.during("slimming", |bar| {
+        slimmer
+            .clone()
+            .with_observer(Progress::stages(bar))
+            .slim(model)
+    })
+}
+
+pub fn run(ctx: &Context, command: Command) -> Result<(), Failure> {
+    match command {
+        Command::Slim {
+            model,
+            output,
+            options,
+        } => run_slim(ctx, &model, &output, &options),
+        Command::Prune(args) => run_prune(ctx, &args),
+        Command::Plan { model, import } => run_plan(ctx, &model, &import),
+        Command::Show { model, import, dot } => run_show(ctx, &model, &import, dot.as_deref()),
+        Command::Bench {
+            model,
+            import,
+            runs,
+            warmup,
+            threads,
+            report,
+        } => run_bench(
+            ctx,
+            &model,
+            &import,
+            (warmup, runs),
+            threads,
+            report.as_deref(),
+        ),
+        Command::Demo { output, report } => run_demo(ctx, output.as_deref(), report.as_deref()),
+    }
+}
+
+/// Slims (verifying when asked), prints the table, writes the report, then the model.
+fn slim_and_write(
+    ctx: &Context,
+    original: &TypedModel,
+    slimmer: &Slimmer,
+    output: Option<&Path>,
+    report_path: Option<&Path>,
+) -> Result<(), Failure> {
+    let slimmed = slim(ctx, slimmer, original)?;
+    ctx.say(&slimmed.report.table());
+    if let Some(path) = report_path {
+        write_json(&slimmed.report, path)?;
+    }
+    if let Some(path) = output {
+        write_model(&slimmed.model, path)?;
+        ctx.say(&format!("wrote {}\n", path.display()));
+    }
+    Ok(())
+}
+
+fn run_slim(
+    ctx: &Context,
+    model: &Path,
+    output: &Path,
+    options: &PassOptions,
+) -> Result<(), Failure> {
+    // Refuse a bad output name before the (possibly long) pass runs.
+    model_slim::write::Format::required(output)?;
+    let mut slimmer = Slimmer::new()?
+        .with_limits(Limits {
+            iterations: options.max_iterations,
+            nodes: options.max_nodes,
+            time: Duration::from_secs_f64(options.max_seconds.max(0.0)),
+        })
+        .with_verification(options.verify.then_some(options.seed));
+    if let Some(dir) = &options.rules {
+        slimmer = slimmer.with_rules_dir(dir)?;
+    }
+    let (original, sets) = import(ctx, &options.import, model)?;
+    let slimmer = slimmer.with_symbol_values(symbol_values(&original, &sets));
+    slim_and_write(
+        ctx,
+        &original,
+        &slimmer,
+        Some(output),
+        options.report.as_deref(),
+    )
+}
+
+fn read_plan(path: &Path) -> Result<Plan, SlimError> {
+    let text = std::fs::read_to_string(path).map_err(|e| SlimError::Read {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    serde_json::from_str(&text).map_err(|e| SlimError::Plan {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })
+}
+
+fn check_fraction(flag: &str, value: f64) -> Result<(), SlimError> {
+    if (0.0..=1.0).contains(&value) {
+        Ok(())
+    } else {
+        Err(SlimError::Usage(format!(
+            "{flag} must be between 0 and 1, not {value}"
+        )))
+    }
+}
+
+fn run_prune(ctx: &Context, args: &PruneArgs) -> Result<(), Failure> {
+    check_fraction("--ffn-sparsity", args.ffn_sparsity)?;
+    check_fraction("--mha-sparsity", args.mha_sparsity)?;
+    check_fraction("--floor", args.floor)?;
+    model_slim::write::Format::required(&args.output)?;
+    let (original, sets) = import(ctx, &args.import, &args.model)?;
+    let calibration = args
+        .calibration
+        .as_deref()
+        .map(|path| model_slim::calibration::load_npz(path, &original))
+        .transpose()?;
+    let plan = args.plan.as_deref().map(read_plan).transpose()?;
+    let slimmer = Slimmer::new()?.with_symbol_values(symbol_values(&original, &sets));
+    let targets = Targets {
+        global: args.global,
+        floor: args.floor,
+        multiple_of: args.multiple_of.max(1),
+        ..Targets::per_layer(args.ffn_sparsity, args.mha_sparsity)
+    };
+    let options = AutoOptions {
+        plan,
+        plan_origin: args
+            .plan
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        calibration,
+        compensation: !args.no_compensation,
+        seed: args.seed,
+        ..AutoOptions::new(targets)
+    };
+    let result = ctx.progress.during("pruning and slimming", |_| {
+        auto_slim(&original, &slimmer, &options)
+    })?;
+    for warning in &result.report.warnings {
+        tracing::warn!("{warning}");
+    }
+    ctx.say(&result.report.table());
+    if let Some(path) = &args.report {
+        write_json(&result.report, path)?;
+    }
+    if let Some(error) = result.report.slim.verification_error() {
+        return Err(Failure::VerifyFailed(error));
+    }
+    if let Some(path) = &args.plan_out {
+        write_json(&result.plan, path)?;
+        ctx.say(&format!("wrote {}\n", path.display()));
+    }
+    if let Some(path) = &args.emit_pruned {
+        let edits = result
+            .onnx_edits()
+            .map_err(|e| SlimError::stage("emit-pruned", e))?;
+        model_slim::onnx::write_edited(
+            &args.model,
+            path,
+            &edits,
+            &args.import.options()?,
+            &result.pruned,
+        )?;
+        ctx.say(&format!("wrote {}\n", path.display()));
+    }
+    write_model(&result.slimmed, &args.output)?;
+    ctx.say(&format!("wrote {}\n", args.output.display()));
+    Ok(())
+}
+
+/// The groups table: kind, layer, consumer, units, and zero units (already removable); with a
+/// slimming report, the units each group keeps.
+fn groups_table(model: &TypedModel, after: Option<&Report>) -> Result<String, SlimError> {
+    let found = groups(model).map_err(|e| SlimError::stage("discover", e))?;
+    if found.is_empty() {
+        return Ok("no FFN or attention group found\n".into());
+    }
+    let mut out = format!(
+        "{:<6} {:<6} {:<52} {:>6} {:>6}",
+        "kind", "layer", "consumer node", "units", "zero"
+    );
+    out += if after.is_some() {
+        "   after slimming\n"
+    } else {
+        "\n"
+    };
+    for g in &found {
+        let zero = zero_units(model, g)
+            .map_err(|e| SlimError::stage("discover", e))?
+            .len();
+        let kind = match g.kind {
+            Kind::Ffn => "ffn",
+            Kind::Heads => "heads",
+        };
+        out += &format!(
+            "{:<6} {:<6} {:<52} {:>6} {:>6}",
+            kind, g.layer, g.name, g.units, zero
+        );
+        if let Some(report) = after {
+            let kept = match g.kind {
+                Kind::Ffn => report.ffn_layers.get(g.layer).map(|l| l.channels_after),
+                Kind::Heads => report.attention_layers.get(g.layer).map(|l| l.heads_after),
+            };
+            out += &kept.map(|k| format!("   {k}")).unwrap_or_default();
+        }
+        out += "\n";
+    }
+    Ok(out)
+}
+
+fn run_plan(ctx: &Context, model: &Path, import_args: &ImportArgs) -> Result<(), Failure> {
+    let (original, _) = import(ctx, import_args, model)?;
+    ctx.say(&groups_table(&original, None)?);
+    Ok(())
+}
+
+fn run_show(
+    ctx: &Context,
+    model: &Path,
+    import_args: &ImportArgs,
+    dot: Option<&Path>,
+) -> Result<(), Failure> {
+    let (original, sets) = import(ctx, import_args, model)?;
+    let slimmer = Slimmer::new()?.with_symbol_values(symbol_values(&original, &sets));
+    let slimmed = slim(ctx, &slimmer, &original)?;
+    ctx.say(&groups_table(&original, Some(&slimmed.report))?);
+    let r = &slimmed.report;
+    ctx.say(&format!(
+        "slimming would take parameters {} → {} and FLOPs {:.3e} → {:.3e}\n",
+        r.params_before, r.params_after, r.flops_before, r.flops_after
+    ));
+    if let Some(path) = dot {
+        let text = to_dot(&[("before", &original), ("after", &slimmed.model)])
+            .map_err(|e| SlimError::stage("dot", e))?;
+        write_atomically(path, text.as_bytes()).map_err(|e| write_error(path, e))?;
+        ctx.say(&format!("wrote {}\n", path.display()));
+    }
+    Ok(())
+}
+
+/// What `bench` measured.
+#[derive(Serialize)]
+struct BenchReport {
+    model: String,
+    threads: Option<usize>,
+    original_ms: f64,
+    slimmed_ms: f64,
+    latency_ratio: f64,
+    flop_ratio: f64,
+    runs: usize,
+}
+
+fn run_bench(
+    ctx: &Context,
+    model: &Path,
+    import_args: &ImportArgs,
+    (warmup, runs): (usize, usize),
+    threads: Option<usize>,
+    report: Option<&Path>,
+) -> Result<(), Failure> {
+    if runs == 0 {
+        return Err(SlimError::Usage("--runs must be at least 1".into()).into());
+    }
+    if let Some(n) = threads {
+        if n == 0 {
+            return Err(SlimError::Usage("--threads must be at least 1".into()).into());
+        }
+        let executor = tract_linalg::multithread::Executor::multithread(n);
+        tract_linalg::multithread::set_default_executor(executor);
+    }
+    let (original, sets) = import(ctx, import_args, model)?;
+    let values = symbol_values(&original, &sets);
+    let slimmer = Slimmer::new()?.with_symbol_values(values.clone());
+    let slimmed = slim(ctx, &slimmer, &original)?;
+    let latency = ctx
+        .progress
+        .during(
+            &format!("timing {runs} alternating runs of each model"),
+            |_| compare_latency(&original, &slimmed.model, &values, warmup, runs),
+        )
+        .map_err(|e| SlimError::stage("bench", e))?;
+    let r = &slimmed.report;
+    let bench = BenchReport {
+        model: model.display().to_string(),
+        threads,
+        original_ms: latency.original_ms,
+        slimmed_ms: latency.slimmed_ms,
+        latency_ratio: latency.ratio(),
+        flop_ratio: r.flops_after / r.flops_before,
+        runs,
+    };
+    ctx.say(&format!(
+        "{:<10} {:>14} {:>12}\n{:<10} {:>14.2} {:>12.3e}\n{:<10} {:>14.2} {:>12.3e}\nlatency ratio {:.3} (FLOP ratio {:.3}, the ideal); medians of {runs} alternating runs after {warmup} warm-up runs\n",
+        "model", "median (ms)", "FLOPs",
+        "original", bench.original_ms, r.flops_before,
+        "slimmed", bench.slimmed_ms, r.flops_after,
+        bench.latency_ratio, bench.flop_ratio
+    ));
+    if let Some(path) = report {
+        write_json(&bench, path)?;
+    }
+    Ok(())
+}
+
+fn run_demo(ctx: &Context, output: Option<&Path>, report: Option<&Path>) -> Result<(), Failure> {
+    let spec = model_slim::demo::EncoderSpec::demo();
+    let original = spec.build().map_err(|e| SlimError::stage("demo", e))?;
+    ctx.say(&format!(
+        "demo: a {}-layer encoder (hidden {}, {} heads, FFN {}); per layer {} head(s) pruned and {} constant, {} FFN channels pruned and {} constant\n",
+        spec.layers, spec.hidden, spec.heads, spec.ffn, spec.pruned_heads, spec.constant_heads, spec.pruned_ffn, spec.constant_ffn
+    ));
+    let slimmer = Slimmer::new()?.with_verification(Some(0));
+    slim_and_write(ctx, &original, &slimmer, output, report)
+}

@@ -1,0 +1,74 @@
+//! What the command line tells the user besides results: progress spinners on a terminal, and
+//! log lines (through `tracing`) at the chosen verbosity.
+
+use indicatif::{ProgressBar, ProgressStyle};
+use model_slim::{Observer, Stage};
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Sets up logging to standard error: errors only with `-q`, warnings by default, more with
+/// each `-v`.
+pub fn init_logging(quiet: bool, verbose: u8) {
+    let level = match (quiet, verbose) {
+        (true, _) => tracing::Level::ERROR,
+        (false, 0) => tracing::Level::WARN,
+        (false, 1) => tracing::Level::INFO,
+        (false, 2) => tracing::Level::DEBUG,
+        _ => tracing::Level::TRACE,
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
+        .without_time()
+        .init();
+}
+
+/// Spinners for long stages; silent unless standard output is a terminal and not `-q`.
+#[derive(Clone)]
+pub struct Progress {
+    shown: bool,
+}
+
+impl Progress {
+    pub fn new(quiet: bool) -> Progress {
+        Progress {
+            shown: !quiet && std::io::stdout().is_terminal(),
+        }
+    }
+
+    /// Runs `work` under a spinner showing `message` (cleared when done).
+    pub fn during<T>(&self, message: &str, work: impl FnOnce(&ProgressBar) -> T) -> T {
+        let bar = if self.shown {
+            let bar = ProgressBar::new_spinner().with_message(message.to_string());
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        } else {
+            ProgressBar::hidden()
+        };
+        let result = work(&bar);
+        bar.finish_and_clear();
+        result
+    }
+
+    /// An observer naming the pass's current stage on `bar`.
+    pub fn stages(bar: &ProgressBar) -> Observer {
+        let bar = bar.clone();
+        Arc::new(move |stage: Stage| {
+            let name = match stage {
+                Stage::Lower => "lowering to the e-graph",
+                Stage::Saturate => "running the rules",
+                Stage::Extract => "extracting the cheapest graph",
+                Stage::Raise => "rebuilding the tract model",
+                Stage::Verify => "verifying outputs",
+            };
+            bar.set_message(format!("slimming: {name}"));
+        })
+    }
+}
