@@ -7,12 +7,12 @@
 use crate::calibration::{capture, Calibration};
 use crate::discover::{groups, Group, Kind};
 use crate::error::{Result, SlimError};
-use crate::onnx::WeightEdit;
 use crate::prune::{
     activation_stats, apply, choose, group_for, magnitude_scores, GroupStats, Plan, Pruned, Targets,
 };
 use crate::report::Report;
 use crate::verify::{fidelity, random_inputs, verify, OutputFidelity};
+use crate::writeback::Cut;
 use crate::{Slimmed, Slimmer};
 use serde::Serialize;
 use tract_core::internal::*;
@@ -101,8 +101,9 @@ pub struct AutoSlimmed {
 }
 
 impl AutoSlimmed {
-    /// The plan as edits of the source ONNX file's initializers.
-    pub fn onnx_edits(&self) -> TractResult<Vec<WeightEdit>> {
+    /// The plan as cuts of the source ONNX file that remove nothing: every unit kept, the
+    /// removed ones zeroed in their consumer, compensation in its bias.
+    pub fn onnx_edits(&self) -> TractResult<Vec<Cut>> {
         self.plan
             .groups
             .iter()
@@ -120,10 +121,12 @@ impl AutoSlimmed {
                         )
                     })
                     .transpose()?;
-                Ok(WeightEdit {
+                Ok(Cut {
+                    kind: p.kind,
                     consumer: p.name.clone(),
                     units: p.units,
-                    removed: p.removed.clone(),
+                    kept: (0..p.units).collect(),
+                    zeroed: p.removed.clone(),
                     bias_delta,
                 })
             })

@@ -385,3 +385,17 @@ pub fn groups(model: &TypedModel) -> TractResult<Vec<Group>> {
     }
     Ok(found)
 }
+
+/// A node name without the suffixes slimming and tract add to rebuilt nodes (`.kept`, `.slim`,
+/// `.1`...), so a group is recognised after slimming.
+pub fn base_name(name: &str) -> &str {
+    let mut base = name;
+    while let Some((head, tail)) = base.rsplit_once('.') {
+        let added = tail == "kept" || tail == "slim" || tail.chars().all(|c| c.is_ascii_digit());
+        if !added || head.is_empty() {
+            break;
+        }
+        base = head;
+    }
+    base
+}

@@ -55,6 +55,7 @@ pub mod saturate;
 pub mod transform;
 pub mod verify;
 pub mod write;
+pub mod writeback;
 
 mod pipeline;
 

@@ -1,33 +1,12 @@
-//! ONNX files edited in place: the pruned model written back as the user's own ONNX graph, with
-//! only initializers changed (zeros for removed channels and heads, compensated biases).
-//!
-//! A group's consumer is found in the ONNX graph by name (tract keeps ONNX node names, adding
-//! suffixes such as `.ab`); its weight is the initializer it multiplies by (possibly through a
-//! `Transpose`), whose contracted axis follows from the op (`MatMul` B: rows; `Gemm`: rows, or
-//! columns with `transB`). Anything that does not map exactly is refused, and the written file
-//! is reloaded and checked against the pruned tract model before it is kept.
+//! ONNX protobuf access for writing models back ([`crate::writeback`]): reading, finding the
+//! node behind a tract node (tract keeps ONNX node names, adding suffixes such as `.ab`) and the
+//! initializer it multiplies by (possibly through a `Transpose`), float and integer data, and
+//! re-encoding an edited model so that everything not edited stays byte for byte as it was.
 
 use crate::error::{Result, SlimError};
-use crate::import::{import_onnx, ImportOptions};
-use crate::verify::verify;
-use crate::write::write_atomically;
 use prost::Message;
 use std::path::Path;
-use tract_core::internal::*;
 use tract_onnx::pb::{ModelProto, NodeProto, TensorProto};
-
-/// One consumer's edit: zero the removed units' rows, add a delta to its bias.
-#[derive(Clone, Debug)]
-pub struct WeightEdit {
-    /// The consumer's tract node name.
-    pub consumer: String,
-    /// Units of the consumer (channels or heads).
-    pub units: usize,
-    /// Units to zero.
-    pub removed: Vec<usize>,
-    /// What to add to the consumer's bias (bias compensation).
-    pub bias_delta: Option<Vec<f32>>,
-}
 
 fn bad(path: &Path, message: impl Into<String>) -> SlimError {
     SlimError::NotOnnx {
@@ -36,18 +15,27 @@ fn bad(path: &Path, message: impl Into<String>) -> SlimError {
     }
 }
 
-/// Reads an ONNX file's protobuf.
-pub fn read_proto(path: &Path) -> Result<ModelProto> {
-    let bytes = std::fs::read(path).map_err(|e| SlimError::Read {
+/// Reads a file's bytes.
+pub fn read_bytes(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| SlimError::Read {
         path: path.display().to_string(),
         message: e.to_string(),
-    })?;
-    ModelProto::decode(bytes.as_slice()).map_err(|e| bad(path, e.to_string()))
+    })
+}
+
+/// Decodes an ONNX model's protobuf (`path` names it in errors).
+pub fn decode(path: &Path, bytes: &[u8]) -> Result<ModelProto> {
+    ModelProto::decode(bytes).map_err(|e| bad(path, e.to_string()))
+}
+
+/// Reads an ONNX file's protobuf.
+pub fn read_proto(path: &Path) -> Result<ModelProto> {
+    decode(path, &read_bytes(path)?)
 }
 
 /// The ONNX node a tract node name comes from: the same name, or the longest node name that
 /// the tract name extends with `.suffix`.
-fn onnx_node<'a>(proto: &'a ModelProto, tract_name: &str) -> Option<&'a NodeProto> {
+pub(crate) fn onnx_node<'a>(proto: &'a ModelProto, tract_name: &str) -> Option<&'a NodeProto> {
     let graph = proto.graph.as_ref()?;
     graph
         .node
@@ -62,11 +50,11 @@ fn onnx_node<'a>(proto: &'a ModelProto, tract_name: &str) -> Option<&'a NodeProt
         .max_by_key(|n| n.name.len())
 }
 
-fn attribute_int(node: &NodeProto, name: &str) -> Option<i64> {
+pub(crate) fn attribute_int(node: &NodeProto, name: &str) -> Option<i64> {
     node.attribute.iter().find(|a| a.name == name).map(|a| a.i)
 }
 
-fn initializer_index(proto: &ModelProto, name: &str) -> Option<usize> {
+pub(crate) fn initializer_index(proto: &ModelProto, name: &str) -> Option<usize> {
     proto
         .graph
         .as_ref()?
@@ -77,7 +65,7 @@ fn initializer_index(proto: &ModelProto, name: &str) -> Option<usize> {
 
 /// The initializer a node input reads (directly or through a `Transpose`) and the permutation
 /// from the input's axes to the initializer's.
-fn weight_source(proto: &ModelProto, input: &str) -> Option<(usize, Vec<usize>)> {
+pub(crate) fn weight_source(proto: &ModelProto, input: &str) -> Option<(usize, Vec<usize>)> {
     if let Some(ix) = initializer_index(proto, input) {
         let rank = proto.graph.as_ref()?.initializer[ix].dims.len();
         return Some((ix, (0..rank).collect()));
@@ -96,7 +84,7 @@ fn weight_source(proto: &ModelProto, input: &str) -> Option<(usize, Vec<usize>)>
 }
 
 /// The consumer's weight initializer and the initializer axis it contracts (input channels).
-fn consumer_weight(proto: &ModelProto, node: &NodeProto) -> Option<(usize, usize)> {
+pub(crate) fn consumer_weight(proto: &ModelProto, node: &NodeProto) -> Option<(usize, usize)> {
     let (slot, axis_of_input) = match node.op_type.as_str() {
         "MatMul" => (1, None),
         "Gemm" => (
@@ -116,21 +104,7 @@ fn consumer_weight(proto: &ModelProto, node: &NodeProto) -> Option<(usize, usize
     Some((ix, *perm.get(input_axis)?))
 }
 
-/// The initializer holding the consumer's bias: Gemm's C, or an Add right after a MatMul.
-fn bias_initializer(proto: &ModelProto, node: &NodeProto) -> Option<usize> {
-    if node.op_type == "Gemm" {
-        return initializer_index(proto, node.input.get(2)?);
-    }
-    let output = node.output.first()?;
-    let graph = proto.graph.as_ref()?;
-    let add = graph
-        .node
-        .iter()
-        .find(|n| n.op_type == "Add" && n.input.iter().any(|i| i == output))?;
-    add.input.iter().find_map(|i| initializer_index(proto, i))
-}
-
-fn float_data(t: &TensorProto) -> std::result::Result<Vec<f32>, String> {
+pub(crate) fn float_data(t: &TensorProto) -> std::result::Result<Vec<f32>, String> {
     if t.data_type != 1 {
         return Err(format!("initializer `{}` is not float32", t.name));
     }
@@ -150,13 +124,13 @@ fn float_data(t: &TensorProto) -> std::result::Result<Vec<f32>, String> {
     Ok(t.float_data.clone())
 }
 
-fn set_float_data(t: &mut TensorProto, data: &[f32]) {
+pub(crate) fn set_float_data(t: &mut TensorProto, data: &[f32]) {
     t.float_data.clear();
     t.raw_data = data.iter().flat_map(|v| v.to_le_bytes()).collect();
 }
 
 /// Zeroes the slices `indices` of `axis` of a row-major tensor.
-fn zero_slices(data: &mut [f32], dims: &[usize], axis: usize, indices: &[usize]) {
+pub(crate) fn zero_slices(data: &mut [f32], dims: &[usize], axis: usize, indices: &[usize]) {
     let inner: usize = dims[axis + 1..].iter().product();
     let outer: usize = dims[..axis].iter().product();
     for o in 0..outer {
@@ -167,99 +141,198 @@ fn zero_slices(data: &mut [f32], dims: &[usize], axis: usize, indices: &[usize])
     }
 }
 
-/// Applies the edits to the protobuf; an edit that cannot be mapped exactly is an error.
-pub fn apply_edits(
-    proto: &mut ModelProto,
-    edits: &[WeightEdit],
-) -> std::result::Result<(), String> {
-    for edit in edits {
-        let node = onnx_node(proto, &edit.consumer)
-            .ok_or_else(|| format!("no ONNX node behind `{}`", edit.consumer))?
-            .clone();
-        let (weight, axis) = consumer_weight(proto, &node).ok_or_else(|| {
-            format!(
-                "cannot find the weight initializer of ONNX node `{}`",
-                node.name
-            )
-        })?;
-        let bias = bias_initializer(proto, &node);
-        let graph = proto.graph.as_mut().ok_or("no graph")?;
-        let tensor = &mut graph.initializer[weight];
-        let dims: Vec<usize> = tensor.dims.iter().map(|&d| d as usize).collect();
-        if !dims[axis].is_multiple_of(edit.units.max(1)) {
-            return Err(format!(
-                "`{}`: {} units do not divide axis {axis} of {:?}",
-                tensor.name, edit.units, dims
-            ));
-        }
-        let block = dims[axis] / edit.units;
-        let indices: Vec<usize> = edit
-            .removed
-            .iter()
-            .flat_map(|u| u * block..(u + 1) * block)
-            .collect();
-        let mut data = float_data(tensor)?;
-        zero_slices(&mut data, &dims, axis, &indices);
-        set_float_data(tensor, &data);
-        if let Some(delta) = &edit.bias_delta {
-            let ix = bias.ok_or_else(|| format!("ONNX node `{}` has no bias initializer to compensate into (use --no-compensation)", node.name))?;
-            let tensor = &mut graph.initializer[ix];
-            let mut data = float_data(tensor)?;
-            if data.len() != delta.len() {
-                return Err(format!(
-                    "bias `{}` has {} values, the compensation {}",
-                    tensor.name,
-                    data.len(),
-                    delta.len()
-                ));
-            }
-            data.iter_mut().zip(delta).for_each(|(d, x)| *d += x);
-            set_float_data(tensor, &data);
-        }
-    }
-    Ok(())
+/// One protobuf field as written: its number and its whole encoding (tag included).
+struct RawField<'a> {
+    number: u64,
+    bytes: &'a [u8],
+    /// For length-delimited fields, the payload.
+    payload: &'a [u8],
 }
 
-/// Writes `source` with `edits` applied to `output`, after checking that the written file
-/// imports and computes what `expected` (the pruned tract model) computes.
-pub fn write_edited(
-    source: &Path,
-    output: &Path,
-    edits: &[WeightEdit],
-    import: &ImportOptions,
-    expected: &TypedModel,
-) -> Result<()> {
-    let mut proto = read_proto(source)?;
-    apply_edits(&mut proto, edits).map_err(|message| SlimError::Write {
-        path: output.display().to_string(),
-        message,
-    })?;
-    let bytes = proto.encode_to_vec();
-    let check = tempfile::Builder::new()
-        .suffix(".onnx")
-        .tempfile()
-        .map_err(|e| SlimError::Write {
-            path: output.display().to_string(),
-            message: e.to_string(),
-        })?;
-    std::fs::write(check.path(), &bytes).map_err(|e| SlimError::Write {
-        path: output.display().to_string(),
-        message: e.to_string(),
-    })?;
-    let reloaded = import_onnx(check.path(), import)?;
-    let v = verify(expected, &reloaded, 0, &SymbolValues::default())
-        .map_err(|e| SlimError::stage("checking the written ONNX", e))?;
-    if !v.passed {
-        return Err(SlimError::Write {
-            path: output.display().to_string(),
-            message: format!(
-                "the edited ONNX does not compute the pruned model: {:?}",
-                v.outputs
-            ),
+fn varint(bytes: &[u8], at: &mut usize) -> std::result::Result<u64, String> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *bytes.get(*at).ok_or("truncated varint")?;
+        *at += 1;
+        value |= ((byte & 0x7f) as u64) << shift;
+        if byte & 0x80 == 0 {
+            return Ok(value);
+        }
+    }
+    Err("varint too long".into())
+}
+
+/// Splits a message into its fields, in order, without decoding them.
+fn raw_fields(bytes: &[u8]) -> std::result::Result<Vec<RawField<'_>>, String> {
+    let mut fields = vec![];
+    let mut at = 0;
+    while at < bytes.len() {
+        let start = at;
+        let tag = varint(bytes, &mut at)?;
+        let (number, wire) = (tag >> 3, tag & 7);
+        let payload_start;
+        match wire {
+            0 => {
+                varint(bytes, &mut at)?;
+                payload_start = at;
+            }
+            1 => {
+                at += 8;
+                payload_start = at;
+            }
+            2 => {
+                let len = varint(bytes, &mut at)? as usize;
+                payload_start = at;
+                at += len;
+            }
+            5 => {
+                at += 4;
+                payload_start = at;
+            }
+            _ => return Err(format!("unsupported protobuf wire type {wire}")),
+        }
+        if at > bytes.len() {
+            return Err("truncated protobuf".into());
+        }
+        let payload = if wire == 2 {
+            &bytes[payload_start..at]
+        } else {
+            &[][..]
+        };
+        fields.push(RawField {
+            number,
+            bytes: &bytes[start..at],
+            payload,
         });
     }
-    write_atomically(output, &bytes).map_err(|e| SlimError::Write {
-        path: output.display().to_string(),
-        message: e.to_string(),
-    })
+    Ok(fields)
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn length_delimited(number: u64, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![];
+    put_varint(&mut out, number << 3 | 2);
+    put_varint(&mut out, payload.len() as u64);
+    out.extend_from_slice(payload);
+    out
+}
+
+/// The fields of `raw` that prost's message type `M` does not know (newer ONNX fields such as
+/// `metadata_props`), as written.
+fn unknown_fields<M: Message + Default>(raw: &[u8]) -> std::result::Result<Vec<u8>, String> {
+    let decoded = M::decode(raw).map_err(|e| e.to_string())?;
+    let again = decoded.encode_to_vec();
+    let known: std::collections::HashSet<u64> =
+        raw_fields(&again)?.iter().map(|f| f.number).collect();
+    Ok(raw_fields(raw)?
+        .iter()
+        .filter(|f| !known.contains(&f.number))
+        .flat_map(|f| f.bytes.iter().copied())
+        .collect())
+}
+
+/// Encodes `message`, keeping the unknown fields of the original it was edited from: its own
+/// original bytes when unchanged.
+fn encode_like<M: Message + Default + PartialEq>(
+    message: &M,
+    original: Option<&[u8]>,
+) -> std::result::Result<Vec<u8>, String> {
+    let Some(raw) = original else {
+        return Ok(message.encode_to_vec());
+    };
+    if M::decode(raw).map_err(|e| e.to_string())? == *message {
+        return Ok(raw.to_vec());
+    }
+    let mut bytes = message.encode_to_vec();
+    bytes.extend(unknown_fields::<M>(raw)?);
+    Ok(bytes)
+}
+
+/// The name a copy made by model-slim was made from (`x.slim2` → `x`).
+fn source_name(name: &str) -> &str {
+    match name.rsplit_once(".slim") {
+        Some((head, tail)) if tail.chars().all(|c| c.is_ascii_digit()) && !tail.is_empty() => head,
+        _ => name,
+    }
+}
+
+/// Encodes an edited model so that everything not edited stays byte for byte as it was in
+/// `original` — including fields tract's ONNX schema does not know, which a plain re-encoding
+/// would drop. Nodes are matched by first output, initializers by name.
+pub fn encode_preserving(
+    original: &[u8],
+    edited: &ModelProto,
+) -> std::result::Result<Vec<u8>, String> {
+    let graph = edited.graph.as_ref().ok_or("no graph")?;
+    let model_fields = raw_fields(original)?;
+    let graph_raw = model_fields
+        .iter()
+        .find(|f| f.number == 7)
+        .ok_or("no graph")?
+        .payload;
+    let graph_fields = raw_fields(graph_raw)?;
+    let by_name = |number: u64,
+                   name_of: &dyn Fn(&[u8]) -> Option<String>|
+     -> std::collections::HashMap<String, &[u8]> {
+        graph_fields
+            .iter()
+            .filter(|f| f.number == number)
+            .filter_map(|f| name_of(f.payload).map(|n| (n, f.payload)))
+            .collect()
+    };
+    // Nodes by their first output (unique in SSA form; node names may be empty).
+    let node_name = |b: &[u8]| {
+        NodeProto::decode(b)
+            .ok()
+            .and_then(|n| n.output.first().cloned())
+    };
+    let tensor_name = |b: &[u8]| TensorProto::decode(b).ok().map(|t| t.name);
+    let nodes = by_name(1, &node_name);
+    let initializers = by_name(5, &tensor_name);
+    let mut graph_bytes = vec![];
+    let (mut nodes_done, mut initializers_done) = (false, false);
+    for field in &graph_fields {
+        match field.number {
+            1 if !nodes_done => {
+                nodes_done = true;
+                for node in &graph.node {
+                    let key = node.output.first().map(String::as_str).unwrap_or_default();
+                    let raw = nodes.get(source_name(key)).copied();
+                    graph_bytes.extend(length_delimited(1, &encode_like(node, raw)?));
+                }
+            }
+            5 if !initializers_done => {
+                initializers_done = true;
+                for t in &graph.initializer {
+                    let raw = initializers.get(source_name(&t.name)).copied();
+                    graph_bytes.extend(length_delimited(5, &encode_like(t, raw)?));
+                }
+            }
+            1 | 5 => {}
+            13 => {
+                let info = tract_onnx::pb::ValueInfoProto::decode(field.payload)
+                    .map_err(|e| e.to_string())?;
+                if graph.value_info.iter().any(|v| v.name == info.name) {
+                    graph_bytes.extend_from_slice(field.bytes);
+                }
+            }
+            _ => graph_bytes.extend_from_slice(field.bytes),
+        }
+    }
+    let mut out = vec![];
+    for field in &model_fields {
+        if field.number == 7 {
+            out.extend(length_delimited(7, &graph_bytes));
+        } else {
+            out.extend_from_slice(field.bytes);
+        }
+    }
+    Ok(out)
 }

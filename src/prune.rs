@@ -68,7 +68,8 @@ impl Targets {
     }
 }
 
-fn weight_of(model: &TypedModel, node: usize) -> TractResult<Arc<Tensor>> {
+/// The tensor of a constant node (a weight).
+pub fn weight_of(model: &TypedModel, node: usize) -> TractResult<Arc<Tensor>> {
     Ok(model
         .node(node)
         .op_as::<Const>()

@@ -6,7 +6,7 @@
 //! matched by node name: slimming keeps names, adding `.kept`/`.slim` to nodes it rebuilds.
 
 use crate::cost::Nominal;
-use crate::discover::{groups, head_axis, Group, Kind};
+use crate::discover::{base_name, groups, head_axis, Group, Kind};
 use crate::extract::GraphCost;
 use crate::saturate::SaturationReport;
 use crate::verify::Verification;
@@ -144,20 +144,6 @@ fn group_size(model: &TypedModel, nominal: &Nominal, g: &Group) -> GroupSize {
             .map(|&l| node_flops(model, nominal, l))
             .sum(),
     }
-}
-
-/// A node name without the suffixes slimming and tract add to rebuilt nodes (`.kept`, `.slim`,
-/// `.1`...), so a layer is recognised after slimming.
-fn base_name(name: &str) -> &str {
-    let mut base = name;
-    while let Some((head, tail)) = base.rsplit_once('.') {
-        let added = tail == "kept" || tail == "slim" || tail.chars().all(|c| c.is_ascii_digit());
-        if !added || head.is_empty() {
-            break;
-        }
-        base = head;
-    }
-    base
 }
 
 /// The FFN layers of `before`, with their sizes in `before` and `after`.

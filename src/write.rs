@@ -1,4 +1,5 @@
-//! Writing: a slimmed model is saved as NNEF (`.nnef.tgz` or `.nnef.tar`) that stock tract loads.
+//! Writing: a slimmed model is saved as NNEF (`.nnef.tgz` or `.nnef.tar`) that stock tract loads,
+//! or — when it came from an ONNX file — as that file edited ([`crate::writeback`]).
 //!
 //! tract 0.23.9 cannot serialize `GeluExact`, so it is written as the expression it stands for,
 //! `0.5·x·(1 + erf(x/√2))`, which tract's declutter fuses back into `GeluExact` on load.
@@ -20,6 +21,8 @@ pub enum Format {
     NnefTgz,
     /// Uncompressed NNEF archive (`.nnef.tar`).
     NnefTar,
+    /// ONNX (`.onnx`): the source ONNX file with the slimming replayed on it.
+    Onnx,
 }
 
 impl Format {
@@ -27,7 +30,7 @@ impl Format {
     pub fn required(path: &Path) -> Result<Format> {
         Format::of(path).ok_or_else(|| SlimError::Write {
             path: path.display().to_string(),
-            message: "unknown format: use a .nnef.tgz or .nnef.tar file name".into(),
+            message: "unknown format: use a .onnx, .nnef.tgz or .nnef.tar file name".into(),
         })
     }
 
@@ -38,6 +41,8 @@ impl Format {
             Some(Format::NnefTgz)
         } else if name.ends_with(".nnef.tar") {
             Some(Format::NnefTar)
+        } else if name.ends_with(".onnx") {
+            Some(Format::Onnx)
         } else {
             None
         }
@@ -92,6 +97,7 @@ fn nnef_bytes(model: &TypedModel, format: Format) -> TractResult<Vec<u8>> {
     let nnef = tract_nnef::nnef();
     let tar = nnef.write_to_tar_with_config(&model, vec![], false, true)?;
     Ok(match format {
+        Format::Onnx => bail!("ONNX output is written from the source ONNX file (model-slim slim)"),
         Format::NnefTar => tar,
         Format::NnefTgz => {
             let mut gz = flate2::write::GzEncoder::new(vec![], flate2::Compression::default());
@@ -107,14 +113,19 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    let mut builder = tempfile::Builder::new();
+    // A temporary file is private (0600); the model is an ordinary file (0644 before umask).
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644));
+    let mut tmp = builder.tempfile_in(dir)?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
 }
 
-/// Saves a model; the format follows the file name.
+/// Saves a model as NNEF; the format follows the file name (`.onnx` needs the source file:
+/// see [`crate::writeback::write_slimmed_onnx`]).
 pub fn write_model(model: &TypedModel, path: &Path) -> Result<()> {
     let shown = path.display().to_string();
     let fail = |message: String| SlimError::Write {

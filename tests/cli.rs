@@ -84,6 +84,13 @@ fn slim_writes_model_and_report() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(output.exists());
+    #[cfg(unix)]
+    {
+        // An ordinary file, not a private temporary one.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&output).unwrap().permissions().mode();
+        assert_eq!(mode & 0o044, 0o044, "mode {mode:o}");
+    }
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
     let kept: Vec<u64> = report["ffn_layers"]
@@ -410,4 +417,44 @@ fn quiet_prints_nothing_and_every_subcommand_has_examples() {
             "{sub} --help has no example: {stdout}"
         );
     }
+}
+
+#[test]
+fn slim_writes_onnx_from_an_onnx_source_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("slim.onnx");
+    let out = model_slim(&[
+        "slim",
+        &fixture("gpt2_mixed_dynamo.onnx"),
+        "-o",
+        output.to_str().unwrap(),
+        "--set",
+        "batch=1",
+        "--set",
+        "sequence=16",
+    ]);
+    assert_success(&out);
+    let reloaded = model_slim(&[
+        "show",
+        output.to_str().unwrap(),
+        "--set",
+        "batch=1",
+        "--set",
+        "sequence=16",
+    ]);
+    let stdout = assert_success(&reloaded);
+    // Layer 0 keeps 3 heads and 80 channels; layer 1 keeps one zeroed head and channel.
+    assert!(
+        stdout.contains("     3      0   3") && stdout.contains("    80      0   80"),
+        "{stdout}"
+    );
+
+    let demo_output = dir.path().join("demo.onnx");
+    let out = model_slim(&["demo", "-o", demo_output.to_str().unwrap()]);
+    assert_clean_failure(
+        &out,
+        1,
+        "ONNX output is written from the source ONNX file",
+        &demo_output,
+    );
 }

@@ -153,14 +153,37 @@ fn run_slim(
         slimmer = slimmer.with_rules_dir(dir)?;
     }
     let (original, sets) = import(ctx, &options.import, model)?;
-    let slimmer = slimmer.with_symbol_values(symbol_values(&original, &sets));
-    slim_and_write(
-        ctx,
-        &original,
-        &slimmer,
-        Some(output),
-        options.report.as_deref(),
-    )
+    let values = symbol_values(&original, &sets);
+    let slimmer = slimmer.with_symbol_values(values.clone());
+    if model_slim::write::Format::of(output) != Some(model_slim::write::Format::Onnx) {
+        return slim_and_write(
+            ctx,
+            &original,
+            &slimmer,
+            Some(output),
+            options.report.as_deref(),
+        );
+    }
+    // ONNX out: the source file, edited.
+    let slimmed = slim(ctx, &slimmer, &original)?;
+    ctx.say(&slimmed.report.table());
+    if let Some(path) = &options.report {
+        write_json(&slimmed.report, path)?;
+    }
+    let import_options = options.import.options()?;
+    ctx.progress
+        .during("writing the ONNX file and checking it", |_| {
+            model_slim::writeback::write_slimmed_onnx(
+                model,
+                output,
+                &import_options,
+                &original,
+                &slimmed.model,
+                &values,
+            )
+        })?;
+    ctx.say(&format!("wrote {}\n", output.display()));
+    Ok(())
 }
 
 fn read_plan(path: &Path) -> Result<Plan, SlimError> {
@@ -236,11 +259,11 @@ fn run_prune(ctx: &Context, args: &PruneArgs) -> Result<(), Failure> {
         let edits = result
             .onnx_edits()
             .map_err(|e| SlimError::stage("emit-pruned", e))?;
-        model_slim::onnx::write_edited(
+        model_slim::writeback::write_pruned_onnx(
             &args.model,
             path,
-            &edits,
             &args.import.options()?,
+            &edits,
             &result.pruned,
         )?;
         ctx.say(&format!("wrote {}\n", path.display()));
