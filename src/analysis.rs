@@ -392,7 +392,7 @@ fn propagate_zeros(
             // Every product has a factor from an all-zero operand.
             if operand_all_zero.iter().any(|z| *z) {
                 return (0..rank)
-                    .map(|axis| (0..out.shape[axis].to_usize().unwrap_or(0)).collect())
+                    .map(|axis| every_slice(out.shape[axis].to_usize().unwrap_or(0)))
                     .collect();
             }
             (0..rank)
@@ -463,8 +463,21 @@ fn broadcast_zeros(zeros: &[usize], fact: &TypedFact, axis: usize, out: &TypedFa
         out.shape[axis].to_usize(),
         zeros.first(),
     ) {
-        (Ok(1), Ok(n), Some(0)) => (0..n).collect(),
+        (Ok(1), Ok(n), Some(0)) => every_slice(n),
         _ => vec![],
+    }
+}
+
+/// Axes longer than this have their zero slices listed only when a constant has them, so a
+/// model declaring absurd sizes cannot make the analysis allocate without bound.
+pub const MAX_LISTED_SLICES: usize = 1 << 20;
+
+/// Every slice index of an axis of `n` slices, or none beyond [`MAX_LISTED_SLICES`].
+fn every_slice(n: usize) -> Vec<usize> {
+    if n > MAX_LISTED_SLICES {
+        vec![]
+    } else {
+        (0..n).collect()
     }
 }
 

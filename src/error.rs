@@ -96,6 +96,14 @@ pub enum SlimError {
         /// Why.
         message: String,
     },
+    /// A rule rewrites to something that computes differently (found by `check-rules`).
+    #[error("rule `{rule}` is unsound: {failure}")]
+    Unsound {
+        /// The rule.
+        rule: String,
+        /// The first alternative it made that computes differently.
+        failure: String,
+    },
     /// The slimmed model's outputs differ from the original's beyond float rounding.
     #[error("verification failed: output `{output}` differs by {diff:e}, over the tolerance {tolerance:e}")]
     Verification {

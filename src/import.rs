@@ -91,15 +91,27 @@ pub fn import_onnx(path: &Path, options: &ImportOptions) -> Result<TypedModel> {
         path: shown.clone(),
         message: e.to_string(),
     })?;
+    import_onnx_bytes(&bytes, &shown, options)
+}
+
+/// Types and declutters an ONNX model held in memory; `shown` names it in errors.
+pub fn import_onnx_bytes(bytes: &[u8], shown: &str, options: &ImportOptions) -> Result<TypedModel> {
+    let shown = shown.to_string();
     let onnx = tract_onnx::onnx()
         .with_ignore_output_shapes(true)
         .with_ignore_value_info(true);
     let proto = onnx
-        .proto_model_for_read(&mut bytes.as_slice())
+        .proto_model_for_read(&mut &bytes[..])
         .map_err(|e| SlimError::NotOnnx {
             path: shown.clone(),
             message: format!("{e:#}"),
         })?;
+    if proto.graph.as_ref().is_some_and(|g| g.output.is_empty()) {
+        return Err(SlimError::NotOnnx {
+            path: shown,
+            message: "the graph declares no outputs".into(),
+        });
+    }
     let mut model = onnx
         .model_for_proto_model(&proto)
         .map_err(|e| SlimError::NotOnnx {

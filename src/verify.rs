@@ -84,6 +84,10 @@ fn index_bound(model: &TypedModel, input: OutletId) -> Option<usize> {
     bound
 }
 
+/// Largest input (in elements) generated for running a model: a declared size beyond it is
+/// refused rather than allocated.
+pub const MAX_INPUT_ELEMENTS: usize = 1 << 30;
+
 /// Seeded random inputs for a model.
 pub fn random_inputs(
     model: &TypedModel,
@@ -95,7 +99,13 @@ pub fn random_inputs(
     for &outlet in model.input_outlets()? {
         let fact = model.outlet_fact(outlet)?;
         let shape = concrete_shape(fact, values)?;
-        let len: usize = shape.iter().product();
+        let len = shape
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+            .filter(|&len| len <= MAX_INPUT_ELEMENTS)
+            .with_context(|| {
+                format!("input shape {shape:?} is too large to run (more than {MAX_INPUT_ELEMENTS} elements)")
+            })?;
         let dt = fact.datum_type;
         let tensor = if dt.is_float() {
             let data: Vec<f32> = (0..len).map(|_| rng.gen_range(-1.0..1.0)).collect();

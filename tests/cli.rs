@@ -409,7 +409,15 @@ fn quiet_prints_nothing_and_every_subcommand_has_examples() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    for sub in ["slim", "prune", "plan", "show", "bench", "demo"] {
+    for sub in [
+        "slim",
+        "prune",
+        "plan",
+        "show",
+        "bench",
+        "demo",
+        "check-rules",
+    ] {
         let out = model_slim(&[sub, "--help"]);
         let stdout = assert_success(&out);
         assert!(
@@ -457,4 +465,17 @@ fn slim_writes_onnx_from_an_onnx_source_only() {
         "ONNX output is written from the source ONNX file",
         &demo_output,
     );
+}
+
+#[test]
+fn check_rules_passes_the_defaults_and_catches_a_wrong_rule() {
+    let out = model_slim(&["check-rules", "--models", "6"]);
+    let stdout = assert_success(&out);
+    assert!(stdout.contains("the default rules: 6 models"), "{stdout}");
+    let wrong = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/wrong_rules");
+    let out = model_slim(&["check-rules", wrong.to_str().unwrap(), "--models", "12"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("rule `drop-map` is unsound"), "{stderr}");
 }

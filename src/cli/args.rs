@@ -93,6 +93,21 @@ pub enum Command {
         #[arg(long)]
         report: Option<PathBuf>,
     },
+    /// Check rules for soundness on random models: every alternative they create must compute
+    /// what the original computes.
+    #[command(
+        after_help = "Examples:\n  model-slim check-rules                 # the default rules\n  model-slim check-rules my-rules --models 300\n\nEach rule of DIR is checked together with the default rules; an unsound one exits with 2."
+    )]
+    CheckRules {
+        /// A directory of *.rules files to check (default: the built-in rules).
+        dir: Option<PathBuf>,
+        /// Random models to try.
+        #[arg(long, default_value_t = 60)]
+        models: usize,
+        /// Seed of the first model.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
     /// Slim a small transformer built into the binary and verify it.
     #[command(after_help = "Example:\n  model-slim demo --report demo.json")]
     Demo {

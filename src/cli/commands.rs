@@ -25,7 +25,7 @@ pub enum Failure {
 impl From<SlimError> for Failure {
     fn from(e: SlimError) -> Self {
         match e {
-            SlimError::Verification { .. } => Failure::VerifyFailed(e),
+            SlimError::Verification { .. } | SlimError::Unsound { .. } => Failure::VerifyFailed(e),
             e => Failure::User(e),
         }
     }
@@ -111,6 +111,9 @@ pub fn run(ctx: &Context, command: Command) -> Result<(), Failure> {
             report.as_deref(),
         ),
         Command::Demo { output, report } => run_demo(ctx, output.as_deref(), report.as_deref()),
+        Command::CheckRules { dir, models, seed } => {
+            run_check_rules(ctx, dir.as_deref(), models, seed)
+        }
     }
 }
 
@@ -416,4 +419,68 @@ fn run_demo(ctx: &Context, output: Option<&Path>, report: Option<&Path>) -> Resu
     ));
     let slimmer = Slimmer::new()?.with_verification(Some(0));
     slim_and_write(ctx, &original, &slimmer, output, report)
+}
+
+fn run_check_rules(
+    ctx: &Context,
+    dir: Option<&Path>,
+    models: usize,
+    seed: u64,
+) -> Result<(), Failure> {
+    let defaults = model_slim::rules::default_rules().map_err(SlimError::from)?;
+    // Each user rule is checked with the defaults (which make the terms it matches), alone, so
+    // a failure names it; without a directory the defaults are checked together.
+    let suspects: Vec<(String, Vec<model_slim::rules::Rule>)> = match dir {
+        Some(dir) => model_slim::rules::load_dir(dir)
+            .map_err(SlimError::from)?
+            .into_iter()
+            .map(|rule| {
+                let mut rules = defaults.clone();
+                rules.push(rule.clone());
+                (rule.name, rules)
+            })
+            .collect(),
+        None => vec![("the default rules".to_string(), defaults.clone())],
+    };
+    for (name, rules) in &suspects {
+        let report = ctx
+            .progress
+            .during(
+                &format!("checking {name} on {models} random models"),
+                |_| model_slim::check::check_rules(rules, models, seed),
+            )
+            .map_err(|e| SlimError::stage("check-rules", e))?;
+        let mut out = format!(
+            "{name}: {} models, {} alternatives compared\n",
+            report.models, report.alternatives
+        );
+        for rule in rules.iter().filter(|r| dir.is_none() || &r.name == name) {
+            let fired = report.fired.get(&rule.name).copied().unwrap_or(0);
+            out += &format!(
+                "  {:<40} fired {fired}{}\n",
+                rule.name,
+                if fired == 0 {
+                    " (not exercised: no random model matched)"
+                } else {
+                    ""
+                }
+            );
+        }
+        ctx.say(&out);
+        if let Some(failure) = report.failures.first() {
+            return Err(SlimError::Unsound {
+                rule: name.clone(),
+                failure: failure.clone(),
+            }
+            .into());
+        }
+        if report.refused > 0 {
+            return Err(SlimError::Unsound {
+                rule: name.clone(),
+                failure: format!("{} right-hand sides were ill-typed", report.refused),
+            }
+            .into());
+        }
+    }
+    Ok(())
 }

@@ -1,0 +1,471 @@
+//! Random models in the family the pass targets, for soundness checks and differential testing:
+//! FFN-shaped layers (random activations, gates, softmax, axis ops, residuals), attention blocks
+//! (1–4 heads, masks), and stacks of blocks with layer norms, shared weights and ops the rules
+//! do not know; random shapes and random zero structure (whole channels and heads, partial ones
+//! that must stay, zero weights under non-zero biases). The same seed gives the same model.
+
+use rand::rngs::StdRng;
+use rand::Rng;
+use tract_core::internal::*;
+use tract_core::ops::einsum::EinSum;
+use tract_core::ops::math::{add, max, mul};
+use tract_core::ops::nn::{sigmoid, Softmax, SoftmaxKind};
+
+/// A random f32 tensor, uniform in [-1, 1).
+pub fn random_tensor(rng: &mut StdRng, shape: &[usize]) -> Tensor {
+    let data: Vec<f32> = (0..shape.iter().product())
+        .map(|_| rng.gen_range(-1.0..1.0))
+        .collect();
+    tract_ndarray::ArrayD::from_shape_vec(shape, data)
+        .unwrap()
+        .into_tensor()
+}
+
+/// Zeroes random slices of `axis`: some whole (removable), some all but one element (must stay).
+pub fn zero_random_slices(rng: &mut StdRng, t: &mut Tensor, axis: usize) {
+    let n = t.shape()[axis];
+    let mut view = t.to_plain_array_view_mut::<f32>().unwrap();
+    for i in 0..n {
+        let roll = rng.gen_range(0..10);
+        let mut slice = view.index_axis_mut(tract_ndarray::Axis(axis), i);
+        if roll < 4 {
+            slice.fill(0.0);
+        } else if roll == 4 {
+            let keep = *slice.iter().next().unwrap();
+            slice.fill(0.0);
+            *slice.iter_mut().next().unwrap() = keep + 2.0;
+        }
+    }
+}
+
+/// An f32 EinSum from its expression.
+pub fn einsum(expr: &str) -> EinSum {
+    EinSum::new(expr.parse().unwrap(), f32::datum_type())
+}
+
+/// A random FFN-shaped model: producers → element-wise stuff → consumer with zero input slices.
+pub fn random_ffn(rng: &mut StdRng) -> TypedModel {
+    let (s, h, f, p) = (
+        rng.gen_range(1..5),
+        rng.gen_range(2..9),
+        rng.gen_range(2..13),
+        rng.gen_range(1..7),
+    );
+    let mut m = TypedModel::default();
+    let x = m.add_source("x", f32::fact([1, s, h])).unwrap();
+    let producer = |m: &mut TypedModel, name: &str, rng: &mut StdRng| -> OutletId {
+        let mut w = random_tensor(rng, &[h, f]);
+        if rng.gen_bool(0.3) {
+            zero_random_slices(rng, &mut w, 1);
+        }
+        let y = if rng.gen_bool(0.5) {
+            let w = m.add_const(format!("{name}.w"), w).unwrap();
+            m.wire_node(name, einsum("amk,kn->amn"), &[x, w]).unwrap()[0]
+        } else {
+            let w = m
+                .add_const(format!("{name}.w"), w.permute_axes(&[1, 0]).unwrap())
+                .unwrap();
+            m.wire_node(name, einsum("nk,amk->amn"), &[w, x]).unwrap()[0]
+        };
+        let mut b = random_tensor(rng, &[1, 1, f]);
+        if rng.gen_bool(0.3) {
+            zero_random_slices(rng, &mut b, 2);
+        }
+        let b = m.add_const(format!("{name}.b"), b).unwrap();
+        let operands = if rng.gen_bool(0.5) { [y, b] } else { [b, y] };
+        m.wire_node(format!("{name}.bias"), add(), &operands)
+            .unwrap()[0]
+    };
+    let mut a = producer(&mut m, "up", rng);
+    a = match rng.gen_range(0..5) {
+        0 => m
+            .wire_node("gelu", tract_core::ops::nn::gelu_exact::gelu_exact(), &[a])
+            .unwrap()[0],
+        1 => m
+            .wire_node("tanh", tract_core::ops::math::tanh(), &[a])
+            .unwrap()[0],
+        2 => m.wire_node("sigmoid", sigmoid(), &[a]).unwrap()[0],
+        3 => {
+            let zero = m.add_const("zero", tensor3(&[[[0f32]]])).unwrap();
+            let operands = if rng.gen_bool(0.5) {
+                [a, zero]
+            } else {
+                [zero, a]
+            };
+            m.wire_node("relu", max(), &operands).unwrap()[0]
+        }
+        _ => a,
+    };
+    // A gate: an element-wise product, written as `Mul` or as a Hadamard EinSum.
+    let gate: Option<Box<dyn TypedOp>> = match rng.gen_range(0..3) {
+        0 => Some(Box::new(mul())),
+        1 => Some(Box::new(einsum("amn,amn->amn"))),
+        _ => None,
+    };
+    if let Some(gate) = gate {
+        let g = producer(&mut m, "gate", rng);
+        a = m.wire_node("gated", gate, &[a, g]).unwrap()[0];
+    }
+    if rng.gen_bool(0.4) {
+        let softmax = Softmax {
+            axes: tvec!(1),
+            quant_output_dt: None,
+            kind: SoftmaxKind::default(),
+        };
+        a = m.wire_node("softmax", softmax, &[a]).unwrap()[0];
+    }
+    if rng.gen_bool(0.4) {
+        a = m.wire_node("squeeze", AxisOp::Rm(0), &[a]).unwrap()[0];
+        a = m.wire_node("unsqueeze", AxisOp::Add(0), &[a]).unwrap()[0];
+    }
+    let residual = rng.gen_bool(0.5);
+    let p = if residual { h } else { p };
+    let mut w2 = random_tensor(rng, &[f, p]);
+    if rng.gen_bool(0.2) {
+        w2 = Tensor::zero::<f32>(&[f, p]).unwrap();
+    } else {
+        zero_random_slices(rng, &mut w2, 0);
+    }
+    let w2 = m.add_const("down.w", w2).unwrap();
+    let mut y = m
+        .wire_node("down", einsum("amn,np->amp"), &[a, w2])
+        .unwrap()[0];
+    if rng.gen_bool(0.5) {
+        let b2 = m
+            .add_const("down.b", random_tensor(rng, &[1, 1, p]))
+            .unwrap();
+        y = m.wire_node("down.bias", add(), &[y, b2]).unwrap()[0];
+    }
+    if residual {
+        let operands = if rng.gen_bool(0.5) { [y, x] } else { [x, y] };
+        y = m.wire_node("residual", add(), &operands).unwrap()[0];
+    }
+    m.select_output_outlets(&[y]).unwrap();
+    m
+}
+
+/// Zeroes whole heads (blocks of `head_dim` slices of `axis`) at random; returns how many.
+pub fn zero_random_heads(
+    rng: &mut StdRng,
+    t: &mut Tensor,
+    axis: usize,
+    head_dim: usize,
+    p: f64,
+) -> usize {
+    let heads = t.shape()[axis] / head_dim;
+    let mut view = t.to_plain_array_view_mut::<f32>().unwrap();
+    let mut zeroed = 0;
+    for h in 0..heads {
+        if rng.gen_bool(p) {
+            zeroed += 1;
+            for d in 0..head_dim {
+                view.index_axis_mut(tract_ndarray::Axis(axis), h * head_dim + d)
+                    .fill(0.0);
+            }
+        }
+    }
+    zeroed
+}
+
+/// A random multi-head attention block with a residual: Q, K, V projections (with biases),
+/// split into heads, scaled scores, an optional additive mask, softmax over the keys, context,
+/// heads merged back, output projection. Random zeros: whole heads in the output projection's
+/// input (removable), whole heads of the V projection (constant heads, folded), and partial ones.
+pub fn random_attention(rng: &mut StdRng) -> TypedModel {
+    let (s, hidden, heads, d) = (
+        rng.gen_range(1..5),
+        rng.gen_range(2..9),
+        rng.gen_range(1..5),
+        rng.gen_range(1..4),
+    );
+    let inner = heads * d;
+    let mut m = TypedModel::default();
+    let x = m.add_source("x", f32::fact([1, s, hidden])).unwrap();
+    let project = |m: &mut TypedModel, name: &str, rng: &mut StdRng, zero_heads: f64| {
+        let mut w = random_tensor(rng, &[hidden, inner]);
+        zero_random_heads(rng, &mut w, 1, d, zero_heads);
+        let w = m.add_const(format!("{name}.w"), w).unwrap();
+        let y = m.wire_node(name, einsum("amk,kn->amn"), &[x, w]).unwrap()[0];
+        let b = m
+            .add_const(format!("{name}.b"), random_tensor(rng, &[1, 1, inner]))
+            .unwrap();
+        let y = m.wire_node(format!("{name}.bias"), add(), &[y, b]).unwrap()[0];
+        let split = AxisOp::Reshape(2, tvec!(inner.into()), tvec!(heads.into(), d.into()));
+        m.wire_node(format!("{name}.heads"), split, &[y]).unwrap()[0]
+    };
+    let q = project(&mut m, "q", rng, 0.1);
+    let k = project(&mut m, "k", rng, 0.1);
+    let v = project(&mut m, "v", rng, 0.4);
+    let scores = m
+        .wire_node("scores", einsum("ashd,athd->ahst"), &[q, k])
+        .unwrap()[0];
+    let scale = m.add_const("scale", tensor4(&[[[[0.5f32]]]])).unwrap();
+    let mut scores = m.wire_node("scaled", mul(), &[scores, scale]).unwrap()[0];
+    if rng.gen_bool(0.5) {
+        let mask: Vec<f32> = (0..s)
+            .map(|_| if rng.gen_bool(0.3) { -1e4 } else { 0.0 })
+            .collect();
+        let mask = tract_ndarray::ArrayD::from_shape_vec(vec![1, 1, 1, s], mask).unwrap();
+        let mask = m.add_const("mask", mask.into_tensor()).unwrap();
+        scores = m.wire_node("masked", add(), &[scores, mask]).unwrap()[0];
+    }
+    let softmax = Softmax {
+        axes: tvec!(3),
+        quant_output_dt: None,
+        kind: SoftmaxKind::default(),
+    };
+    let probs = m.wire_node("softmax", softmax, &[scores]).unwrap()[0];
+    let context = m
+        .wire_node("context", einsum("ahst,athd->ashd"), &[probs, v])
+        .unwrap()[0];
+    let merge = AxisOp::Reshape(2, tvec!(heads.into(), d.into()), tvec!(inner.into()));
+    let merged = m.wire_node("merged", merge, &[context]).unwrap()[0];
+    let mut wo = random_tensor(rng, &[inner, hidden]);
+    if zero_random_heads(rng, &mut wo, 0, d, 0.4) == 0 && d > 1 {
+        zero_random_slices(rng, &mut wo, 0);
+    }
+    let wo = m.add_const("out.w", wo).unwrap();
+    let out = m
+        .wire_node("out", einsum("ami,io->amo"), &[merged, wo])
+        .unwrap()[0];
+    let bo = m
+        .add_const("out.b", random_tensor(rng, &[1, 1, hidden]))
+        .unwrap();
+    let out = m.wire_node("out.bias", add(), &[out, bo]).unwrap()[0];
+    let operands = if rng.gen_bool(0.5) {
+        [out, x]
+    } else {
+        [x, out]
+    };
+    let y = m.wire_node("residual", add(), &operands).unwrap()[0];
+    m.select_output_outlets(&[y]).unwrap();
+    m
+}
+
+/// A linear layer `x · w (+ b)` over the last axis, with random zero structure in `w` and `b`:
+/// whole output channels, partial ones, and zero weights under a non-zero bias.
+fn linear(
+    m: &mut TypedModel,
+    rng: &mut StdRng,
+    name: &str,
+    x: OutletId,
+    from: usize,
+    to: usize,
+) -> TractResult<OutletId> {
+    let mut w = random_tensor(rng, &[from, to]);
+    if rng.gen_bool(0.5) {
+        zero_random_slices(rng, &mut w, 1);
+    }
+    if rng.gen_bool(0.5) {
+        zero_random_slices(rng, &mut w, 0);
+    }
+    let w = m.add_const(format!("{name}.w"), w)?;
+    let y = m.wire_node(name, einsum("amk,kn->amn"), &[x, w])?[0];
+    if rng.gen_bool(0.2) {
+        return Ok(y);
+    }
+    let mut b = random_tensor(rng, &[1, 1, to]);
+    if rng.gen_bool(0.3) {
+        zero_random_slices(rng, &mut b, 2);
+    }
+    let b = m.add_const(format!("{name}.b"), b)?;
+    Ok(m.wire_node(format!("{name}.bias"), add(), &[y, b])?[0])
+}
+
+/// One of the element-wise activations of transformer FFNs.
+fn activation(
+    m: &mut TypedModel,
+    rng: &mut StdRng,
+    name: &str,
+    x: OutletId,
+) -> TractResult<OutletId> {
+    Ok(match rng.gen_range(0..6) {
+        0 => m.wire_node(name, tract_core::ops::nn::gelu_exact::gelu_exact(), &[x])?[0],
+        1 => {
+            // GELU, tanh form: 0.5·x·(1 + tanh(0.79788·(x + 0.044715·x³))).
+            let cube = m.wire_node(format!("{name}.x2"), mul(), &[x, x])?[0];
+            let cube = m.wire_node(format!("{name}.x3"), mul(), &[cube, x])?[0];
+            let k = m.add_const(format!("{name}.k"), tensor3(&[[[0.044715f32]]]))?;
+            let inner = m.wire_node(format!("{name}.kx3"), mul(), &[cube, k])?[0];
+            let inner = m.wire_node(format!("{name}.sum"), add(), &[x, inner])?[0];
+            let c = m.add_const(format!("{name}.c"), tensor3(&[[[0.797_884_6f32]]]))?;
+            let inner = m.wire_node(format!("{name}.scaled"), mul(), &[inner, c])?[0];
+            let t = m.wire_node(
+                format!("{name}.tanh"),
+                tract_core::ops::math::tanh(),
+                &[inner],
+            )?[0];
+            let one = m.add_const(format!("{name}.one"), tensor3(&[[[1f32]]]))?;
+            let t = m.wire_node(format!("{name}.1p"), add(), &[t, one])?[0];
+            let half = m.add_const(format!("{name}.half"), tensor3(&[[[0.5f32]]]))?;
+            let hx = m.wire_node(format!("{name}.hx"), mul(), &[x, half])?[0];
+            m.wire_node(name, mul(), &[hx, t])?[0]
+        }
+        2 => {
+            let zero = m.add_const(format!("{name}.zero"), tensor3(&[[[0f32]]]))?;
+            m.wire_node(name, max(), &[x, zero])?[0]
+        }
+        3 => {
+            let s = m.wire_node(format!("{name}.sigmoid"), sigmoid(), &[x])?[0];
+            m.wire_node(name, mul(), &[x, s])?[0]
+        }
+        4 => m.wire_node(name, tract_core::ops::math::tanh(), &[x])?[0],
+        _ => m.wire_node(name, sigmoid(), &[x])?[0],
+    })
+}
+
+/// Layer norm over the last axis, as tract declutters it.
+fn layer_norm(
+    m: &mut TypedModel,
+    rng: &mut StdRng,
+    name: &str,
+    x: OutletId,
+    width: usize,
+) -> TractResult<OutletId> {
+    let sum = tract_core::ops::nn::Reduce {
+        axes: tvec!(2),
+        reducer: tract_core::ops::nn::Reducer::Sum,
+    };
+    let total = m.wire_node(format!("{name}.sum"), sum, &[x])?[0];
+    let inv = m.add_const(format!("{name}.inv"), tensor3(&[[[1.0 / width as f32]]]))?;
+    let mean = m.wire_node(format!("{name}.mean"), mul(), &[total, inv])?[0];
+    let centred = m.wire_node(
+        format!("{name}.centred"),
+        tract_core::ops::math::sub(),
+        &[x, mean],
+    )?[0];
+    let rms = tract_core::ops::nn::RmsNorm {
+        axis: 2,
+        eps: rctensor0(1e-5f32),
+    };
+    let normed = m.wire_node(format!("{name}.rms"), rms, &[centred])?[0];
+    let gamma = m.add_const(format!("{name}.gamma"), random_tensor(rng, &[1, 1, width]))?;
+    let scaled = m.wire_node(format!("{name}.scaled"), mul(), &[normed, gamma])?[0];
+    let beta = m.add_const(format!("{name}.beta"), random_tensor(rng, &[1, 1, width]))?;
+    m.wire_node(name.to_string(), add(), &[scaled, beta])
+        .map(|o| o[0])
+}
+
+/// A random stack of blocks on `x` [1, s, h]: FFNs (random activation, optional gate), multi-head
+/// attention (1–8 heads; separate or fused QKV, the fused one split by slices; optional mask),
+/// layer norms, residuals, a concatenation the rules do not know, and a weight shared by two
+/// layers.
+pub fn random_stack(rng: &mut StdRng) -> TypedModel {
+    random_stack_checked(rng).expect("a well-formed random stack")
+}
+
+fn random_stack_checked(rng: &mut StdRng) -> TractResult<TypedModel> {
+    let (s, h) = (rng.gen_range(1..5), rng.gen_range(2..9));
+    let mut m = TypedModel::default();
+    let mut x = m.add_source("x", f32::fact([1, s, h]))?;
+    let mut shared: Option<OutletId> = None;
+    for block in 0..rng.gen_range(1..4) {
+        let name = |part: &str| format!("b{block}.{part}");
+        let y = match rng.gen_range(0..4) {
+            0 | 1 => {
+                let f = rng.gen_range(2..13);
+                let mut a = linear(&mut m, rng, &name("up"), x, h, f)?;
+                a = activation(&mut m, rng, &name("act"), a)?;
+                if rng.gen_bool(0.3) {
+                    let g = linear(&mut m, rng, &name("gate"), x, h, f)?;
+                    a = m.wire_node(name("gated"), mul(), &[a, g])?[0];
+                }
+                let mut w = random_tensor(rng, &[f, h]);
+                zero_random_slices(rng, &mut w, 0);
+                let w = m.add_const(name("down.w"), w)?;
+                m.wire_node(name("down"), einsum("amk,kn->amn"), &[a, w])?[0]
+            }
+            2 => attention(&mut m, rng, &name("attn"), x, h)?,
+            _ => {
+                // An op the rules do not know, between two linear layers.
+                let concat = tract_core::ops::array::TypedConcat::new(2);
+                let both = m.wire_node(name("concat"), concat, &[x, x])?[0];
+                let w = match shared {
+                    Some(w) => w,
+                    None => {
+                        let mut w = random_tensor(rng, &[2 * h, h]);
+                        zero_random_slices(rng, &mut w, 0);
+                        let w = m.add_const(name("shared.w"), w)?;
+                        shared = Some(w);
+                        w
+                    }
+                };
+                m.wire_node(name("mix"), einsum("amk,kn->amn"), &[both, w])?[0]
+            }
+        };
+        x = m.wire_node(name("residual"), add(), &[x, y])?[0];
+        if rng.gen_bool(0.5) {
+            x = layer_norm(&mut m, rng, &name("norm"), x, h)?;
+        }
+    }
+    m.select_output_outlets(&[x])?;
+    Ok(m)
+}
+
+/// Multi-head attention on `x` [1, s, h], returning the output projection's result.
+fn attention(
+    m: &mut TypedModel,
+    rng: &mut StdRng,
+    name: &str,
+    x: OutletId,
+    h: usize,
+) -> TractResult<OutletId> {
+    let (heads, d) = (rng.gen_range(1..9), rng.gen_range(1..4));
+    let inner = heads * d;
+    let s = m.outlet_fact(x)?.shape[1].to_usize()?;
+    let split = |m: &mut TypedModel, part: &str, y: OutletId| -> TractResult<OutletId> {
+        let op = AxisOp::Reshape(2, tvec!(inner.into()), tvec!(heads.into(), d.into()));
+        Ok(m.wire_node(format!("{name}.{part}.heads"), op, &[y])?[0])
+    };
+    let qkv: Vec<OutletId> = if rng.gen_bool(0.5) {
+        let fused = linear(m, rng, &format!("{name}.qkv"), x, h, 3 * inner)?;
+        (0..3)
+            .map(|k| {
+                let slice = tract_core::ops::array::Slice::new(2, k * inner, (k + 1) * inner);
+                let part = m.wire_node(format!("{name}.part{k}"), slice, &[fused])?[0];
+                split(m, &format!("p{k}"), part)
+            })
+            .collect::<TractResult<_>>()?
+    } else {
+        ["q", "k", "v"]
+            .iter()
+            .map(|p| {
+                let y = linear(m, rng, &format!("{name}.{p}"), x, h, inner)?;
+                split(m, p, y)
+            })
+            .collect::<TractResult<_>>()?
+    };
+    let scores = m.wire_node(
+        format!("{name}.scores"),
+        einsum("ashd,athd->ahst"),
+        &[qkv[0], qkv[1]],
+    )?[0];
+    let scale = m.add_const(format!("{name}.scale"), tensor4(&[[[[0.5f32]]]]))?;
+    let mut scores = m.wire_node(format!("{name}.scaled"), mul(), &[scores, scale])?[0];
+    if rng.gen_bool(0.5) {
+        let mask: Vec<f32> = (0..s)
+            .map(|_| if rng.gen_bool(0.3) { -1e4 } else { 0.0 })
+            .collect();
+        let mask = tract_ndarray::ArrayD::from_shape_vec(vec![1, 1, 1, s], mask)?;
+        let mask = m.add_const(format!("{name}.mask"), mask.into_tensor())?;
+        scores = m.wire_node(format!("{name}.masked"), add(), &[scores, mask])?[0];
+    }
+    let softmax = Softmax {
+        axes: tvec!(3),
+        quant_output_dt: None,
+        kind: SoftmaxKind::default(),
+    };
+    let probs = m.wire_node(format!("{name}.softmax"), softmax, &[scores])?[0];
+    let context = m.wire_node(
+        format!("{name}.context"),
+        einsum("ahst,athd->ashd"),
+        &[probs, qkv[2]],
+    )?[0];
+    let merge = AxisOp::Reshape(2, tvec!(heads.into(), d.into()), tvec!(inner.into()));
+    let merged = m.wire_node(format!("{name}.merged"), merge, &[context])?[0];
+    let mut wo = random_tensor(rng, &[inner, h]);
+    zero_random_heads(rng, &mut wo, 0, d, 0.4);
+    let wo = m.add_const(format!("{name}.out.w"), wo)?;
+    m.wire_node(format!("{name}.out"), einsum("ami,io->amo"), &[merged, wo])
+        .map(|o| o[0])
+}
