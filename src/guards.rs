@@ -224,19 +224,22 @@ fn add_set(egraph: &mut SlimGraph, set: Vec<usize>) -> Id {
     egraph.add(TensorLang::Key(key))
 }
 
+/// The letters an EinSum contracts between its two operands, one axis in each.
+fn contracted_pairs(op: &EinSum) -> Vec<Axis> {
+    op.axes
+        .iter_all_axes()
+        .filter(|l| l.outputs[0].is_empty() && l.inputs[0].len() == 1 && l.inputs[1].len() == 1)
+        .cloned()
+        .collect()
+}
+
 fn zero_contraction(egraph: &mut SlimGraph, args: &[Arg]) -> Alternatives {
     let (Some(op), Some(x), Some(y)) = (einsum(egraph, args[0]), class(args[1]), class(args[2]))
     else {
         return vec![];
     };
     let mut found = vec![];
-    for letter in op.axes.iter_all_axes() {
-        let contracted = letter.outputs[0].is_empty()
-            && letter.inputs[0].len() == 1
-            && letter.inputs[1].len() == 1;
-        if !contracted {
-            continue;
-        }
+    for letter in contracted_pairs(op) {
         let (ax, ay) = (letter.inputs[0][0], letter.inputs[1][0]);
         let (xi, yi) = (&egraph[x].data, &egraph[y].data);
         let (Some(n), Some(m)) = (xi.dim(ax), yi.dim(ay)) else {
@@ -314,15 +317,9 @@ fn constant_contraction(egraph: &mut SlimGraph, args: &[Arg]) -> Alternatives {
     };
     let op = op.clone();
     let mut found = vec![];
-    for letter in op.axes.iter_all_axes() {
-        let contracted = letter.outputs[0].is_empty()
-            && letter.inputs[0].len() == 1
-            && letter.inputs[1].len() == 1;
-        if !contracted {
-            continue;
-        }
+    for letter in contracted_pairs(&op) {
         for slot in [0, 1] {
-            if let Some(fold) = fold_known_slices(egraph, &op, [x, y], letter, slot) {
+            if let Some(fold) = fold_known_slices(egraph, &op, [x, y], &letter, slot) {
                 found.push((letter.inputs[0][0], letter.inputs[1][0], fold));
             }
         }
