@@ -84,6 +84,13 @@ pub struct ImportOptions {
     pub sets: Vec<(String, i64)>,
 }
 
+/// The `--set` values as tract symbol values of `model` (for costing and running it).
+pub fn symbol_values(model: &TypedModel, sets: &[(String, i64)]) -> SymbolValues {
+    sets.iter().fold(SymbolValues::default(), |v, (s, x)| {
+        v.with(&model.symbols.sym(s), *x)
+    })
+}
+
 /// Reads, types and declutters an ONNX model.
 pub fn import_onnx(path: &Path, options: &ImportOptions) -> Result<TypedModel> {
     let shown = path.display().to_string();

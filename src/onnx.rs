@@ -6,7 +6,7 @@
 use crate::error::{Result, SlimError};
 use prost::Message;
 use std::path::Path;
-use tract_onnx::pb::{ModelProto, NodeProto, TensorProto};
+use tract_onnx::pb::{GraphProto, ModelProto, NodeProto, TensorProto};
 
 fn bad(path: &Path, message: impl Into<String>) -> SlimError {
     SlimError::NotOnnx {
@@ -50,7 +50,7 @@ pub(crate) fn onnx_node<'a>(proto: &'a ModelProto, tract_name: &str) -> Option<&
         .max_by_key(|n| n.name.len())
 }
 
-pub(crate) fn attribute_int(node: &NodeProto, name: &str) -> Option<i64> {
+fn attribute_int(node: &NodeProto, name: &str) -> Option<i64> {
     node.attribute.iter().find(|a| a.name == name).map(|a| a.i)
 }
 
@@ -63,45 +63,69 @@ pub(crate) fn initializer_index(proto: &ModelProto, name: &str) -> Option<usize>
         .position(|t| t.name == name)
 }
 
-/// The initializer a node input reads (directly or through a `Transpose`) and the permutation
-/// from the input's axes to the initializer's.
-pub(crate) fn weight_source(proto: &ModelProto, input: &str) -> Option<(usize, Vec<usize>)> {
-    if let Some(ix) = initializer_index(proto, input) {
-        let rank = proto.graph.as_ref()?.initializer[ix].dims.len();
-        return Some((ix, (0..rank).collect()));
-    }
-    let graph = proto.graph.as_ref()?;
-    let transpose = graph.node.iter().find(|n| {
-        n.op_type == "Transpose" && n.output.first().map(String::as_str) == Some(input)
-    })?;
-    let ix = initializer_index(proto, transpose.input.first()?)?;
-    let rank = graph.initializer[ix].dims.len();
-    let perm: Vec<usize> = match transpose.attribute.iter().find(|a| a.name == "perm") {
-        Some(a) => a.ints.iter().map(|&p| p as usize).collect(),
-        None => (0..rank).rev().collect(),
-    };
-    Some((ix, perm))
+/// The node producing the value `name`.
+pub(crate) fn producer_index(graph: &GraphProto, name: &str) -> Option<usize> {
+    graph
+        .node
+        .iter()
+        .position(|n| n.output.iter().any(|o| o == name))
 }
 
-/// The consumer's weight initializer and the initializer axis it contracts (input channels).
-pub(crate) fn consumer_weight(proto: &ModelProto, node: &NodeProto) -> Option<(usize, usize)> {
-    let (slot, axis_of_input) = match node.op_type.as_str() {
-        "MatMul" => (1, None),
-        "Gemm" => (
+/// The weight of a linear node (`MatMul` or `Gemm` multiplying by an initializer, possibly
+/// through a `Transpose`): who reads the initializer, and which of its axes carry the node's
+/// input channels (contracted) and output channels.
+pub(crate) struct Weight {
+    /// The node and input slot reading the initializer (the linear node, or the Transpose).
+    pub reader: usize,
+    pub slot: usize,
+    pub initializer: usize,
+    pub input_axis: usize,
+    pub output_axis: usize,
+}
+
+/// The weight of linear node `node`, if it is one.
+pub(crate) fn linear_weight(proto: &ModelProto, node: usize) -> Option<Weight> {
+    let graph = proto.graph.as_ref()?;
+    let linear = &graph.node[node];
+    let input = linear.input.get(1)?;
+    let (reader, slot, initializer, perm) = match initializer_index(proto, input) {
+        Some(ix) => (
+            node,
             1,
-            Some(if attribute_int(node, "transB") == Some(1) {
-                1
-            } else {
-                0
-            }),
+            ix,
+            (0..graph.initializer[ix].dims.len()).collect::<Vec<_>>(),
         ),
+        None => {
+            let t = producer_index(graph, input)?;
+            let transpose = &graph.node[t];
+            if transpose.op_type != "Transpose" {
+                return None;
+            }
+            let ix = initializer_index(proto, transpose.input.first()?)?;
+            let rank = graph.initializer[ix].dims.len();
+            let perm = match transpose.attribute.iter().find(|a| a.name == "perm") {
+                Some(a) => a.ints.iter().map(|&p| p as usize).collect(),
+                None => (0..rank).rev().collect(),
+            };
+            (t, 0, ix, perm)
+        }
+    };
+    let rank = perm.len();
+    // As the node sees its weight: MatMul's B is [.., in, out]; Gemm's is [in, out], or
+    // [out, in] with transB.
+    let (input_view, output_view) = match linear.op_type.as_str() {
+        "MatMul" if rank >= 2 => (rank - 2, rank - 1),
+        "Gemm" if attribute_int(linear, "transB") == Some(1) => (1, 0),
+        "Gemm" => (0, 1),
         _ => return None,
     };
-    let (ix, perm) = weight_source(proto, node.input.get(slot)?)?;
-    let rank = perm.len();
-    // MatMul's B contracts its second-to-last axis.
-    let input_axis = axis_of_input.unwrap_or(rank.checked_sub(2)?);
-    Some((ix, *perm.get(input_axis)?))
+    Some(Weight {
+        reader,
+        slot,
+        initializer,
+        input_axis: *perm.get(input_view)?,
+        output_axis: *perm.get(output_view)?,
+    })
 }
 
 pub(crate) fn float_data(t: &TensorProto) -> std::result::Result<Vec<f32>, String> {

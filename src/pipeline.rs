@@ -4,7 +4,7 @@
 use crate::cost::Nominal;
 use crate::error::{Result, SlimError};
 use crate::extract::{choice_cost, extract, Choice, GraphCost};
-use crate::import::{import_onnx, ImportOptions};
+use crate::import::{import_onnx, symbol_values, ImportOptions};
 use crate::lower::{lower, Lowered};
 use crate::raise::{raise, Interface};
 use crate::report::{attention_layers, ffn_layers, flops, params, Report, StageTimes};
@@ -92,12 +92,7 @@ impl Slimmer {
     /// values of `options` also value symbols for costing and verification.
     pub fn slim_onnx(&self, path: &Path, options: &ImportOptions) -> Result<(TypedModel, Slimmed)> {
         let model = import_onnx(path, options)?;
-        let values = options
-            .sets
-            .iter()
-            .fold(SymbolValues::default(), |v, (s, x)| {
-                v.with(&model.symbols.sym(s), *x)
-            });
+        let values = symbol_values(&model, &options.sets);
         let slimmed = self.clone().with_symbol_values(values).slim(&model)?;
         Ok((model, slimmed))
     }

@@ -18,8 +18,8 @@ use crate::discover::{base_name, groups, Group, Kind};
 use crate::error::{Result, SlimError};
 use crate::import::{import_onnx, ImportOptions};
 use crate::onnx::{
-    attribute_int, consumer_weight, decode, encode_preserving, float_data, initializer_index,
-    onnx_node, read_bytes, set_float_data, zero_slices,
+    decode, encode_preserving, float_data, initializer_index, linear_weight, onnx_node,
+    producer_index, read_bytes, set_float_data, zero_slices,
 };
 use crate::prune::{activation_stats, compensation, weight_of, zero_units};
 use crate::verify::{random_inputs, verify};
@@ -155,13 +155,6 @@ fn graph_mut(proto: &mut ModelProto) -> std::result::Result<&mut GraphProto, Str
     proto.graph.as_mut().ok_or_else(|| "no graph".to_string())
 }
 
-fn producer_index(graph: &GraphProto, name: &str) -> Option<usize> {
-    graph
-        .node
-        .iter()
-        .position(|n| n.output.iter().any(|o| o == name))
-}
-
 /// Makes input `slot` of node `node` read an initializer of its own (copying a shared one),
 /// and returns that initializer's index.
 fn own_initializer(
@@ -258,32 +251,6 @@ fn sort_topologically(graph: &mut GraphProto) -> std::result::Result<(), String>
         graph.node.push(node);
     }
     Ok(())
-}
-
-/// The node and input slot that read a weight initializer (the node itself, or a Transpose in
-/// between), and the permutation from the node's view of the weight to the initializer's axes.
-fn weight_reader(
-    proto: &ModelProto,
-    node: usize,
-    slot: usize,
-) -> Option<(usize, usize, Vec<usize>)> {
-    let graph = proto.graph.as_ref()?;
-    let input = graph.node[node].input.get(slot)?;
-    if let Some(ix) = initializer_index(proto, input) {
-        return Some((node, slot, (0..graph.initializer[ix].dims.len()).collect()));
-    }
-    let t = producer_index(graph, input)?;
-    let transpose = &graph.node[t];
-    if transpose.op_type != "Transpose" {
-        return None;
-    }
-    let ix = initializer_index(proto, transpose.input.first()?)?;
-    let rank = graph.initializer[ix].dims.len();
-    let perm = match transpose.attribute.iter().find(|a| a.name == "perm") {
-        Some(a) => a.ints.iter().map(|&p| p as usize).collect(),
-        None => (0..rank).rev().collect(),
-    };
-    Some((t, 0, perm))
 }
 
 /// Keeps `indices` along `axis` of a float initializer.
@@ -420,9 +387,7 @@ fn region(proto: &ModelProto, consumer: usize) -> (Vec<usize>, Vec<usize>) {
             continue;
         }
         let node = &graph.node[ix];
-        let is_projection = matches!(node.op_type.as_str(), "MatMul" | "Gemm")
-            && weight_reader(proto, ix, 1).is_some();
-        if is_projection {
+        if linear_weight(proto, ix).is_some() {
             producers.push(ix);
         } else if !matches!(node.op_type.as_str(), "Shape" | "Constant") {
             inner.push(ix);
@@ -482,9 +447,10 @@ fn find_target(proto: &ModelProto, cut: &Cut) -> std::result::Result<Target, Str
         .iter()
         .position(|n| n.name == name)
         .ok_or("no consumer")?;
-    let (weight, axis) = consumer_weight(proto, &graph.node[consumer])
+    let weight = linear_weight(proto, consumer)
         .ok_or_else(|| format!("cannot find the weight of ONNX node `{name}`"))?;
-    let rows = graph.initializer[weight].dims[axis] as usize;
+    let axis = weight.input_axis;
+    let rows = graph.initializer[weight.initializer].dims[axis] as usize;
     if !rows.is_multiple_of(cut.units) {
         return Err(format!(
             "`{name}`: {} units do not divide {rows} rows",
@@ -507,9 +473,8 @@ fn cut_consumer(
     cut: &Cut,
     target: &Target,
 ) -> std::result::Result<(), String> {
-    let (reader, slot, _) =
-        weight_reader(proto, target.consumer, 1).ok_or("consumer weight not found")?;
-    let ix = own_initializer(proto, reader, slot)?;
+    let weight = linear_weight(proto, target.consumer).ok_or("consumer weight not found")?;
+    let ix = own_initializer(proto, weight.reader, weight.slot)?;
     let t = &mut graph_mut(proto)?.initializer[ix];
     if !cut.zeroed.is_empty() {
         let mut data = float_data(t)?;
@@ -549,20 +514,9 @@ fn cut_producer(
     kept_slices: &[usize],
 ) -> std::result::Result<Vec<(i64, i64)>, String> {
     let node = proto.graph.as_ref().ok_or("no graph")?.node[producer].clone();
-    let transposed = node.op_type == "Gemm" && attribute_int(&node, "transB") == Some(1);
-    let (reader, slot, perm) =
-        weight_reader(proto, producer, 1).ok_or("producer weight not found")?;
-    let ix = own_initializer(proto, reader, slot)?;
-    let rank = perm.len();
-    // The output-channel axis of the weight as the node sees it, then in the initializer.
-    let view_axis = if rank < 2 {
-        0
-    } else if transposed {
-        rank - 2
-    } else {
-        rank - 1
-    };
-    let axis = perm[view_axis];
+    let weight = linear_weight(proto, producer).ok_or("producer weight not found")?;
+    let ix = own_initializer(proto, weight.reader, weight.slot)?;
+    let axis = weight.output_axis;
     let out_width = graph_mut(proto)?.initializer[ix].dims[axis] as usize;
     let rows = target.rows;
     let parts = split_parts(proto, inner, out_width, rows);

@@ -73,3 +73,47 @@ fn whole_blocks_collapse_to_their_biases() {
     // No attention product and no FFN product is left: only the layer norms compute.
     assert!(slimmed.report.flops_after < 0.01 * slimmed.report.flops_before);
 }
+
+#[test]
+fn the_builder_announces_stages_and_slims_onnx_files() {
+    use model_slim::import::ImportOptions;
+    use model_slim::Stage;
+    use std::sync::{Arc, Mutex};
+    let seen = Arc::new(Mutex::new(vec![]));
+    let log = seen.clone();
+    let slimmer = Slimmer::new()
+        .unwrap()
+        .with_verification(Some(1))
+        .with_observer(Arc::new(move |stage| log.lock().unwrap().push(stage)));
+    let model = spec().build().unwrap();
+    slimmer.slim(&model).unwrap();
+    let order = [
+        Stage::Lower,
+        Stage::Saturate,
+        Stage::Extract,
+        Stage::Raise,
+        Stage::Verify,
+    ];
+    assert_eq!(*seen.lock().unwrap(), order);
+
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/gpt2_mixed_dynamo.onnx");
+    let options = ImportOptions {
+        inputs: vec![],
+        sets: vec![("batch".into(), 1), ("sequence".into(), 16)],
+    };
+    // GPT-2 from dynamo only runs with concrete sizes: verification works because the --set
+    // values reach it.
+    let (_, slimmed) = Slimmer::new()
+        .unwrap()
+        .with_verification(Some(0))
+        .slim_onnx(&path, &options)
+        .unwrap();
+    let heads: Vec<usize> = slimmed
+        .report
+        .attention_layers
+        .iter()
+        .map(|l| l.heads_after)
+        .collect();
+    assert_eq!(heads, [3, 0]);
+}

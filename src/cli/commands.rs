@@ -6,6 +6,7 @@ use model_slim::auto::{auto_slim, AutoOptions};
 use model_slim::bench::compare_latency;
 use model_slim::discover::{groups, Kind};
 use model_slim::dot::to_dot;
+use model_slim::import::symbol_values;
 use model_slim::prune::{zero_units, Plan, Targets};
 use model_slim::report::Report;
 use model_slim::saturate::Limits;
@@ -44,12 +45,6 @@ impl Context {
             print!("{text}");
         }
     }
-}
-
-fn symbol_values(model: &TypedModel, sets: &[(String, i64)]) -> SymbolValues {
-    sets.iter().fold(SymbolValues::default(), |v, (s, x)| {
-        v.with(&model.symbols.sym(s), *x)
-    })
 }
 
 fn write_error(path: &Path, e: impl std::fmt::Display) -> SlimError {
