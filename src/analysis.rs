@@ -12,7 +12,9 @@ use egg::{Analysis, DidMerge, EGraph, Id};
 use std::collections::HashMap;
 use std::sync::Arc;
 use tract_core::internal::*;
-use tract_core::ops::array::Slice;
+use tract_core::ops::array::{Slice, TypedConcat};
+use tract_core::ops::element_wise::ElementWiseOp;
+use tract_core::ops::math::IsNan;
 use tract_core::ops::nn::{Reduce, RmsNorm, Softmax};
 
 /// The e-graph type of model-slim.
@@ -32,6 +34,9 @@ pub struct TensorInfo {
     pub known: KnownSlices,
     /// Axes along which the tensor sums to one (a softmax's output).
     pub sums_to_one: TVec<usize>,
+    /// Whether every value is provably finite: finite constants, model inputs (assumed finite),
+    /// and ops that keep finite values finite (see [`keeps_finite`]).
+    pub finite: bool,
 }
 
 impl TensorInfo {
@@ -41,6 +46,7 @@ impl TensorInfo {
             zeros: vec![],
             known: vec![],
             sums_to_one: tvec!(),
+            finite: false,
         }
     }
 
@@ -51,6 +57,7 @@ impl TensorInfo {
             zeros,
             known: vec![vec![]; rank],
             sums_to_one: tvec!(),
+            finite: false,
         }
     }
 
@@ -80,13 +87,15 @@ pub struct Tables {
     pub op_names: Vec<String>,
     /// Constants behind `const` leaves.
     pub consts: ConstStore,
-    /// Index sets behind `set` leaves (kept slices of a `keep`).
+    /// Index selections behind `set` leaves (the slices a `keep` takes, in order).
     pub sets: Vec<Arc<Vec<usize>>>,
     set_index: HashMap<Arc<Vec<usize>>, u32>,
     /// Facts of the model inputs behind `input` leaves, in order.
     pub inputs: Vec<TypedFact>,
     /// The element-wise addition op that guards hand to rules, once created.
     addition: Option<u32>,
+    /// Ops built by guards, by their full description, so a rule yields the same node every time.
+    built_ops: HashMap<String, u32>,
     /// `(op, axis, set) -> op` built from them by a guard, for the same reason.
     derived_ops: HashMap<(u32, usize, u32), u32>,
     zero_preserving: HashMap<u32, bool>,
@@ -100,10 +109,23 @@ impl Tables {
         Key::Op(self.ops.len() as u32 - 1)
     }
 
-    /// Interns a set of slice indices (sorted, deduplicated).
-    pub fn intern_set(&mut self, mut set: Vec<usize>) -> Key {
-        set.sort_unstable();
-        set.dedup();
+    /// An op built by a guard (named after the source node `name` when it has one), interned by
+    /// its description: the same op gives the same key.
+    pub fn intern_op(&mut self, op: Box<dyn TypedOp>, name: &str) -> Key {
+        // Per source node, so that rebuilt nodes of different layers keep their own names.
+        let description = format!("{name}: {op:?}");
+        if let Some(k) = self.built_ops.get(&description) {
+            return Key::Op(*k);
+        }
+        let Key::Op(k) = self.add_op(op, name.to_string()) else {
+            unreachable!()
+        };
+        self.built_ops.insert(description, k);
+        Key::Op(k)
+    }
+
+    /// Interns a selection of slice indices, in order (repeats select a slice several times).
+    pub fn intern_set(&mut self, set: Vec<usize>) -> Key {
         let set = Arc::new(set);
         if let Some(k) = self.set_index.get(&set) {
             return Key::Set(*k);
@@ -146,8 +168,10 @@ impl Tables {
             return Some(Key::Op(*done));
         }
         let op = make(self.ops[k as usize].as_ref(), &self.sets[set as usize])?;
+        // Interned by value: restricting to every slice gives back the op itself, so a rule
+        // meeting its own result adds nothing new.
         let name = self.op_names[k as usize].clone();
-        let Key::Op(new) = self.add_op(op, name) else {
+        let Key::Op(new) = self.intern_op(op, &name) else {
             unreachable!()
         };
         self.derived_ops.insert((k, axis, set), new);
@@ -250,15 +274,16 @@ pub fn infer(egraph: &mut SlimGraph, node: &TensorLang) -> TractResult<TensorInf
         }
         TensorLang::Key(Key::Const(k)) => {
             let consts = &egraph.analysis.tables.consts;
-            Ok(TensorInfo::tensor(
-                consts.fact(*k).clone(),
-                consts.zeros(*k).clone(),
-            ))
+            let mut info = TensorInfo::tensor(consts.fact(*k).clone(), consts.zeros(*k).clone());
+            info.finite = consts.finite(*k);
+            Ok(info)
         }
         TensorLang::Key(Key::Input(i)) => {
             let fact = egraph.analysis.tables.inputs[*i as usize].clone();
             let rank = fact.rank();
-            Ok(TensorInfo::tensor(fact, vec![vec![]; rank]))
+            let mut info = TensorInfo::tensor(fact, vec![vec![]; rank]);
+            info.finite = true;
+            Ok(info)
         }
         TensorLang::Keep([axis, set, x]) => {
             let axis = num_of(egraph, *axis).context("keep axis is not a number")? as usize;
@@ -291,6 +316,7 @@ pub fn infer(egraph: &mut SlimGraph, node: &TensorLang) -> TractResult<TensorInf
             let mut info = TensorInfo::tensor(fact, zeros);
             info.known = known;
             info.sums_to_one = sums_to_one;
+            info.finite = source.finite;
             Ok(info)
         }
         _ => infer_op(egraph, node),
@@ -312,6 +338,7 @@ fn infer_op(egraph: &mut SlimGraph, node: &TensorLang) -> TractResult<TensorInfo
         .collect::<TractResult<_>>()?;
     let input_refs: TVec<&TypedFact> = inputs.iter().collect();
     let op = &egraph.analysis.tables.ops[op_key as usize];
+    check_reshape(op.as_ref(), &inputs)?;
     let mut outputs = op.output_facts(&input_refs)?;
     let slot = match node {
         TensorLang::Opaque(c) => num_of(egraph, c[1]).context("opaque slot")? as usize,
@@ -328,13 +355,21 @@ fn infer_op(egraph: &mut SlimGraph, node: &TensorLang) -> TractResult<TensorInfo
         slices.retain(|(i, _)| zeros[axis].binary_search(i).is_err());
     }
     let sums_to_one = match node {
-        TensorLang::Along(_) => known::softmax_axes(op),
+        // A softmax row sums to one only when no score is infinite or NaN.
+        TensorLang::Along([_, scores]) if egraph[*scores].data.finite => known::softmax_axes(op),
         TensorLang::Axis(_) => carried_axes(egraph, node, op),
+        TensorLang::Where([_, c, zero, p]) => nan_guarded_axes(egraph, *c, *zero, *p),
         _ => tvec!(),
     };
+    let finite = keeps_finite(node, op)
+        && node.operands().iter().enumerate().all(|(slot, id)| {
+            // A choice's condition is not a value of the output.
+            (matches!(node, TensorLang::Where(_)) && slot == 0) || egraph[*id].data.finite
+        });
     let mut info = TensorInfo::tensor(fact, zeros);
     info.known = known;
     info.sums_to_one = sums_to_one;
+    info.finite = finite;
     Ok(info)
 }
 
@@ -378,9 +413,7 @@ fn propagate_zeros(
                     if is_mul {
                         union(&a, &b)
                     } else {
-                        a.into_iter()
-                            .filter(|i| b.binary_search(i).is_ok())
-                            .collect()
+                        intersection(&a, &b)
                     }
                 })
                 .collect()
@@ -424,6 +457,23 @@ fn propagate_zeros(
                 })
                 .collect()
         }
+        TensorLang::Where(_) => (0..rank)
+            .map(|axis| {
+                // Zero where both choices are zero, whatever the condition.
+                let a = broadcast_zeros(&operand_zeros[1][axis], &inputs[1], axis, out);
+                let b = broadcast_zeros(&operand_zeros[2][axis], &inputs[2], axis, out);
+                intersection(&a, &b)
+            })
+            .collect(),
+        TensorLang::Bcast(_) => (0..rank)
+            .map(|axis| broadcast_zeros(&operand_zeros[0][axis], &inputs[0], axis, out))
+            .collect(),
+        TensorLang::Concat(_) => {
+            let Some(concat) = op.downcast_ref::<TypedConcat>() else {
+                return none;
+            };
+            concat_zeros(&operand_zeros, inputs, concat.axis, rank)
+        }
         TensorLang::Axis(_) => {
             let Some(axis_op) = op.downcast_ref::<AxisOp>() else {
                 return none;
@@ -437,6 +487,28 @@ fn propagate_zeros(
             zeros
         }
         _ => none,
+    }
+}
+
+/// `where(isnan(p), 0, p)`, the guard sdpa exports put after softmax so that fully masked rows
+/// give zeros instead of NaN: when `p` is a softmax of finite scores it has no NaN, so the guard
+/// returns `p` and sums to one where `p` does.
+fn nan_guarded_axes(egraph: &SlimGraph, condition: Id, zero: Id, p: Id) -> TVec<usize> {
+    let is_nan_of_p = egraph[condition].nodes.iter().any(|n| match n {
+        TensorLang::Map([op, x]) => {
+            egraph.find(*x) == egraph.find(p)
+                && op_of(egraph, *op).is_some_and(|k| {
+                    egraph.analysis.tables.ops[k as usize]
+                        .downcast_ref::<ElementWiseOp>()
+                        .is_some_and(|e| e.0.is::<IsNan>())
+                })
+        }
+        _ => false,
+    });
+    if is_nan_of_p && egraph[zero].data.is_all_zero() {
+        egraph[p].data.sums_to_one.clone()
+    } else {
+        tvec!()
     }
 }
 
@@ -479,6 +551,101 @@ fn every_slice(n: usize) -> Vec<usize> {
     } else {
         (0..n).collect()
     }
+}
+
+/// A reshape states the sizes it reshapes; tract's typing trusts them, so a reshape applied to
+/// other sizes (a rule restricting a tensor under it) is refused here.
+fn check_reshape(op: &dyn TypedOp, inputs: &[TypedFact]) -> TractResult<()> {
+    if let Some(AxisOp::Reshape(at, from, _)) = op.downcast_ref::<AxisOp>() {
+        let input = &inputs.first().context("reshape without input")?.shape;
+        let got: TVec<TDim> = input.iter().skip(*at).take(from.len()).cloned().collect();
+        ensure!(
+            got.len() == from.len() && got.iter().zip(from).all(|(a, b)| a == b),
+            "reshape of {from:?} applied to {got:?}"
+        );
+    }
+    Ok(())
+}
+
+/// Whether an op computes finite values from finite operands (ignoring float overflow, as
+/// everywhere here): products and sums, choices, data movement, bounded functions, and the
+/// other ops a decluttered transformer holds (gathers, convolutions). Not division,
+/// reciprocals, roots, logarithms or exponentials, which make infinities of finite values.
+fn keeps_finite(node: &TensorLang, op: &dyn TypedOp) -> bool {
+    const ELEMENT_WISE: &[&str] = &[
+        "Neg",
+        "Abs",
+        "Erf",
+        "Tanh",
+        "Sigmoid",
+        "Silu",
+        "GeluExact",
+        "Cos",
+        "Sin",
+        "IsNan",
+        "Not",
+        "PowConst",
+        "Square",
+        "Round",
+        "Floor",
+        "Ceil",
+        "Sign",
+    ];
+    const BINARY: &[&str] = &[
+        "Add", "Sub", "Mul", "Max", "Min", "And", "Or", "Eq", "Less", "Greater",
+    ];
+    const OPAQUE: &[&str] = &[
+        "Gather",
+        "GatherNd",
+        "GatherElements",
+        "Conv",
+        "CumSum",
+        "Concat",
+    ];
+    let name = op.name();
+    match node {
+        TensorLang::EinSum(_)
+        | TensorLang::Where(_)
+        | TensorLang::Axis(_)
+        | TensorLang::Bcast(_)
+        | TensorLang::Concat(_)
+        | TensorLang::Along(_) => true,
+        TensorLang::Bin(_) => BINARY.contains(&name.as_ref()),
+        TensorLang::Map(_) => {
+            op.is::<tract_core::ops::cast::Cast>() || ELEMENT_WISE.contains(&name.as_ref())
+        }
+        TensorLang::Opaque(_) => OPAQUE.contains(&name.as_ref()),
+        _ => false,
+    }
+}
+
+/// Zero slices of a two-input concatenation: along the concatenated axis, each input's own at
+/// its offset; along the others, the slices zero in both.
+fn concat_zeros(
+    operands: &[ZeroSlices],
+    inputs: &[TypedFact],
+    axis: usize,
+    rank: usize,
+) -> ZeroSlices {
+    (0..rank)
+        .map(|a| {
+            if a != axis {
+                return intersection(&operands[0][a], &operands[1][a]);
+            }
+            let Ok(offset) = inputs[0].shape[axis].to_usize() else {
+                return vec![];
+            };
+            let shifted: Vec<usize> = operands[1][a].iter().map(|i| i + offset).collect();
+            union(&operands[0][a], &shifted)
+        })
+        .collect()
+}
+
+fn intersection(a: &[usize], b: &[usize]) -> Vec<usize> {
+    a.iter()
+        .copied()
+        .filter(|i| b.binary_search(i).is_ok())
+        .collect()
 }
 
 fn union(a: &[usize], b: &[usize]) -> Vec<usize> {
@@ -548,6 +715,13 @@ impl Analysis<TensorLang> for SlimAnalysis {
         if to.known.iter().map(Vec::len).sum::<usize>()
             != from.known.iter().map(Vec::len).sum::<usize>()
         {
+            from_differs = true;
+        }
+        if from.finite && !to.finite {
+            to.finite = true;
+            to_changed = true;
+        }
+        if to.finite && !from.finite {
             from_differs = true;
         }
         for axis in &from.sums_to_one {

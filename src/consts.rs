@@ -23,6 +23,8 @@ struct Entry {
     fact: TypedFact,
     /// Known all-zero slices: the source's, on the kept indices.
     zeros: ZeroSlices,
+    /// Whether every value is finite (a slice of a finite tensor is).
+    finite: bool,
     data: OnceLock<Arc<Tensor>>,
 }
 
@@ -40,6 +42,7 @@ impl ConstStore {
     /// Adds a constant of the source model.
     pub fn add(&mut self, tensor: Arc<Tensor>, name: String) -> TractResult<u32> {
         let zeros = zero_slices_of(&tensor);
+        let finite = all_finite(&tensor);
         let fact = TypedFact::try_from(tensor.clone())?;
         let selection = vec![None; tensor.rank()];
         self.entries.push(Entry {
@@ -49,6 +52,7 @@ impl ConstStore {
             selection,
             fact,
             zeros,
+            finite,
         });
         Ok(self.entries.len() as u32 - 1)
     }
@@ -90,6 +94,7 @@ impl ConstStore {
             fact: entry.fact.datum_type.fact(shape),
             selection,
             zeros,
+            finite: entry.finite,
             data: OnceLock::new(),
         };
         self.entries.push(sliced);
@@ -125,6 +130,11 @@ impl ConstStore {
     /// The known all-zero slices of constant `k`.
     pub fn zeros(&self, k: u32) -> &ZeroSlices {
         &self.entries[k as usize].zeros
+    }
+
+    /// Whether every value of constant `k` is finite.
+    pub fn finite(&self, k: u32) -> bool {
+        self.entries[k as usize].finite
     }
 
     /// The source node name of constant `k`.
@@ -233,6 +243,19 @@ pub fn select_slices(tensor: &Tensor, axis: usize, indices: &[usize]) -> TractRe
     } else {
         dispatch_datum!(with_ndarray(dt)(tensor, axis, indices))
     }
+}
+
+/// Whether a tensor holds no infinity or NaN (non-float data always).
+fn all_finite(tensor: &Tensor) -> bool {
+    if !tensor.datum_type().is_float() {
+        return true;
+    }
+    let Ok(data) = tensor.cast_to::<f32>() else {
+        return false;
+    };
+    data.try_as_plain_ram()
+        .and_then(|d| d.as_slice::<f32>().map(|s| s.iter().all(|v| v.is_finite())))
+        .unwrap_or(false)
 }
 
 /// All-zero slices of a constant, per axis. Only float data is inspected.

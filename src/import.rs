@@ -141,7 +141,40 @@ pub fn import_onnx_bytes(bytes: &[u8], shown: &str, options: &ImportOptions) -> 
             .collect();
         typed = typed.set_symbols(&subs).map_err(analysis_error)?;
     }
-    typed.into_decluttered().map_err(analysis_error)
+    let decluttered = typed.into_decluttered().map_err(analysis_error)?;
+    cumsum_over_integers(decluttered).map_err(analysis_error)
+}
+
+/// tract 0.23.9 types the position ids of dynamo exports (a `CumSum` over the attention mask,
+/// RoBERTa/MPNet-style) as shape values (`TDim`) and then cannot evaluate `CumSum` on them ("TDim
+/// is not a number"), so such models do not run at all. The sum is computed on `i64` instead,
+/// cast from and back to `TDim`: the same values.
+fn cumsum_over_integers(mut model: TypedModel) -> TractResult<TypedModel> {
+    use tract_onnx::tract_core::ops::array::CumSum;
+    use tract_onnx::tract_core::ops::cast::cast;
+    let sums: Vec<usize> = model
+        .nodes()
+        .iter()
+        .filter(|n| n.op_is::<CumSum>())
+        .filter(|n| n.outputs[0].fact.datum_type == TDim::datum_type())
+        .map(|n| n.id)
+        .collect();
+    for id in &sums {
+        let node = model.node(*id).clone();
+        let mut patch = TypedModelPatch::new(format!("{}: CumSum over i64", node.name));
+        let input = patch.tap_model(&model, node.inputs[0])?;
+        let name = &node.name;
+        let wide = patch.wire_node(format!("{name}.i64"), cast(i64::datum_type()), &[input])?;
+        let sum = patch.wire_node(format!("{name}.sum"), node.op.clone(), &wide)?;
+        let back = patch.wire_node(format!("{name}.tdim"), cast(TDim::datum_type()), &sum)?;
+        patch.shunt_outside(&model, OutletId::new(*id, 0), back[0])?;
+        patch.apply(&mut model)?;
+    }
+    if sums.is_empty() {
+        Ok(model)
+    } else {
+        model.into_compact()
+    }
 }
 
 fn input_names(model: &InferenceModel) -> Vec<String> {

@@ -10,6 +10,9 @@
 //! (einsum op a b)       two-operand EinSum (linear layers, attention products)
 //! (along op x)          op acting along its own axes only (softmax, reduce, RMS norm, slice)
 //! (axis op x)           axis bookkeeping (reshape, add/remove/move axis)
+//! (where op c x y)      element-wise choice: x where c holds, else y (ONNX Where, tract Iff)
+//! (bcast op x)          x broadcast to a larger shape (ONNX Expand, tract MultiBroadcastTo)
+//! (concat op x y)       two tensors side by side along the op's axis (tract TypedConcat)
 //! (keep axis set x)     x restricted to the slices `set` of `axis` (introduced by rules)
 //! (opaque op slot x..)  any other op's output `slot`: rules never look through it
 //! ```
@@ -71,6 +74,9 @@ define_language! {
         "along" = Along([Id; 2]),
         "axis" = Axis([Id; 2]),
         "keep" = Keep([Id; 3]),
+        "where" = Where([Id; 4]),
+        "bcast" = Bcast([Id; 2]),
+        "concat" = Concat([Id; 3]),
         "opaque" = Opaque(Box<[Id]>),
         Num(i64),
         Key(Key),
@@ -81,8 +87,12 @@ impl TensorLang {
     /// The children that are tensors (not op/axis/set parameters), in operand order.
     pub fn operands(&self) -> &[Id] {
         match self {
-            TensorLang::Map(c) | TensorLang::Along(c) | TensorLang::Axis(c) => &c[1..],
-            TensorLang::Bin(c) | TensorLang::EinSum(c) => &c[1..],
+            TensorLang::Map(c)
+            | TensorLang::Along(c)
+            | TensorLang::Axis(c)
+            | TensorLang::Bcast(c) => &c[1..],
+            TensorLang::Bin(c) | TensorLang::EinSum(c) | TensorLang::Concat(c) => &c[1..],
+            TensorLang::Where(c) => &c[1..],
             TensorLang::Keep(c) => &c[2..],
             TensorLang::Opaque(c) => &c[2..],
             TensorLang::Num(_) | TensorLang::Key(_) => &[],
@@ -92,8 +102,12 @@ impl TensorLang {
     /// The op parameter of an operation node.
     pub fn op_child(&self) -> Option<Id> {
         match self {
-            TensorLang::Map(c) | TensorLang::Along(c) | TensorLang::Axis(c) => Some(c[0]),
-            TensorLang::Bin(c) | TensorLang::EinSum(c) => Some(c[0]),
+            TensorLang::Map(c)
+            | TensorLang::Along(c)
+            | TensorLang::Axis(c)
+            | TensorLang::Bcast(c) => Some(c[0]),
+            TensorLang::Bin(c) | TensorLang::EinSum(c) | TensorLang::Concat(c) => Some(c[0]),
+            TensorLang::Where(c) => Some(c[0]),
             TensorLang::Opaque(c) => Some(c[0]),
             _ => None,
         }

@@ -8,11 +8,13 @@ use crate::lang::{Key, TensorLang};
 use egg::Id;
 use std::collections::HashMap;
 use tract_core::internal::*;
+use tract_core::ops::array::{MultiBroadcastTo, TypedConcat};
 use tract_core::ops::binary::TypedBinOp;
 use tract_core::ops::cast::Cast;
 use tract_core::ops::einsum::EinSum;
 use tract_core::ops::element_wise::ElementWiseOp;
 use tract_core::ops::konst::Const;
+use tract_core::ops::logic::Iff;
 use tract_core::ops::source::TypedSource;
 
 /// A model in e-graph form, with what raising needs to rebuild a tract model.
@@ -128,6 +130,9 @@ fn lower_outlet(
         (true, [a, b]) if is_plain_einsum(op) => TensorLang::EinSum([op_leaf, *a, *b]),
         (true, [x]) if is_along(op) => TensorLang::Along([op_leaf, *x]),
         (true, [x]) if op.is::<AxisOp>() => TensorLang::Axis([op_leaf, *x]),
+        (true, [c, x, y]) if op.is::<Iff>() => TensorLang::Where([op_leaf, *c, *x, *y]),
+        (true, [x]) if op.is::<MultiBroadcastTo>() => TensorLang::Bcast([op_leaf, *x]),
+        (true, [x, y]) if op.is::<TypedConcat>() => TensorLang::Concat([op_leaf, *x, *y]),
         _ => {
             let slot = egraph.add(TensorLang::Num(slot as i64));
             let mut children = with_op(&[slot]);

@@ -80,7 +80,8 @@ pub fn weight_of(model: &TypedModel, node: usize) -> TractResult<Arc<Tensor>> {
 
 /// L2 norm of each unit's slices of a tensor.
 fn unit_norms(tensor: &Tensor, units: Units, count: usize) -> TractResult<Vec<f32>> {
-    let data = tensor.cast_to::<f32>()?;
+    let data = units.view(tensor)?;
+    let data = data.cast_to::<f32>()?;
     let view = data.to_plain_array_view::<f32>()?;
     Ok((0..count)
         .map(|u| {
@@ -106,9 +107,14 @@ pub fn magnitude_scores(model: &TypedModel, group: &Group) -> TractResult<Vec<f3
         group.weight_units,
         group.units,
     )?;
+    // Producers compute KV heads, each shared by `units / kv_heads` query heads.
+    let shared = (group.units / group.kv_heads.max(1)).max(1);
     for (weight, units) in &group.producers {
-        let norms = unit_norms(&*weight_of(model, *weight)?, *units, group.units)?;
-        scores.iter_mut().zip(norms).for_each(|(s, n)| *s *= n);
+        let norms = unit_norms(&*weight_of(model, *weight)?, *units, group.units / shared)?;
+        scores
+            .iter_mut()
+            .enumerate()
+            .for_each(|(u, s)| *s *= norms[u / shared]);
     }
     Ok(scores)
 }
@@ -252,10 +258,8 @@ pub fn activation_stats(
             }
             Kind::Heads => {
                 for (u, score) in scores.iter_mut().enumerate() {
-                    let slices = units.slices(&[u]);
-                    let part = crate::consts::select_slices(activation, units.axis, &slices)?;
-                    let w =
-                        crate::consts::select_slices(&weight, group.weight_units.axis, &slices)?;
+                    let part = units.select(activation, &[u])?;
+                    let w = group.weight_units.select(&weight, &[u])?;
                     *score +=
                         mean_token_norm(&contract(&einsum, weight_slot, part, w)?, &features)?;
                 }
@@ -433,16 +437,6 @@ fn replace_const(
     Ok(())
 }
 
-fn with_units_zeroed(weight: &Tensor, units: Units, removed: &[usize]) -> TractResult<Tensor> {
-    let mut zeroed = weight.clone();
-    let mut view = zeroed.to_plain_array_view_mut::<f32>()?;
-    for i in units.slices(removed) {
-        view.index_axis_mut(tract_ndarray::Axis(units.axis), i)
-            .fill(0.0);
-    }
-    Ok(zeroed)
-}
-
 /// The mean contribution of a group's removed units to its consumer's output.
 pub fn compensation(
     model: &TypedModel,
@@ -451,10 +445,9 @@ pub fn compensation(
     removed: &[usize],
 ) -> TractResult<Tensor> {
     let (einsum, weight_slot) = consumer_einsum(model, group)?;
-    let slices = group.activation_units.slices(removed);
-    let mean = crate::consts::select_slices(&stats.mean, group.activation_units.axis, &slices)?;
+    let mean = group.activation_units.select(&stats.mean, removed)?;
     let weight = weight_of(model, group.weight)?;
-    let w = crate::consts::select_slices(&weight, group.weight_units.axis, &slices)?;
+    let w = group.weight_units.select(&weight, removed)?;
     contract(&einsum, weight_slot, mean, w)
 }
 
@@ -516,7 +509,7 @@ pub fn apply(
         }
         compensations.push(delta);
         let weight = weight_of(model, group.weight)?;
-        let zeroed = with_units_zeroed(&weight, group.weight_units, &entry.removed)?;
+        let zeroed = group.weight_units.zeroed(&weight, &entry.removed)?;
         let slot = pruned
             .node(group.consumer)
             .inputs

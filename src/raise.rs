@@ -3,6 +3,7 @@
 //! opaque nodes keep their original op.
 
 use crate::analysis::{num_of, op_of, set_of, SlimGraph};
+use crate::discover::base_name;
 use crate::extract::Choice;
 use crate::lang::{Key, TensorLang};
 use egg::Id;
@@ -111,14 +112,14 @@ impl Raiser<'_> {
         let restricted = nodes.iter().find_map(|n| match n {
             TensorLang::Keep([_, _, x]) => self
                 .class_name(self.egraph.find(*x), depth - 1)
-                .map(|n| format!("{n}.kept")),
+                .map(|n| format!("{}.kept", base_name(&n))),
             _ => None,
         });
         restricted.or_else(|| {
             nodes.iter().find_map(|n| {
                 let op = op_of(self.egraph, n.op_child()?)?;
                 let name = &self.egraph.analysis.tables.op_names[op as usize];
-                (!name.is_empty()).then(|| format!("{name}.slim"))
+                (!name.is_empty()).then(|| format!("{}.slim", base_name(name)))
             })
         })
     }

@@ -6,7 +6,7 @@
 //! matched by node name: slimming keeps names, adding `.kept`/`.slim` to nodes it rebuilds.
 
 use crate::cost::Nominal;
-use crate::discover::{base_name, groups, head_axis, Group, Kind};
+use crate::discover::{attention_blocks, base_name, groups, Group, Kind};
 use crate::extract::GraphCost;
 use crate::saturate::SaturationReport;
 use crate::verify::Verification;
@@ -43,10 +43,14 @@ pub struct AttentionLayer {
     pub layer: usize,
     /// The softmax · V product's node name.
     pub name: String,
-    /// Heads before.
+    /// Query heads before.
     pub heads_before: usize,
-    /// Heads after (0 when the block collapsed to its bias).
+    /// Query heads after (0 when the block collapsed to its bias).
     pub heads_after: usize,
+    /// KV heads before (as many as the query heads without grouped-query attention).
+    pub kv_heads_before: usize,
+    /// KV heads after.
+    pub kv_heads_after: usize,
 }
 
 /// Wall-clock time of each stage, in milliseconds.
@@ -163,16 +167,22 @@ pub fn ffn_layers(
     for (layer, g) in ffn_groups(before)?.iter().enumerate() {
         let name = before.node(g.consumer).name.clone();
         let b = group_size(before, nominal, g);
-        // A layer whose every channel went has no group any more: it costs nothing.
-        let a = after_groups
+        // A layer whose every channel went has no group any more: it costs nothing. Believed
+        // only when its consumer is gone too.
+        let a = match after_groups
             .iter()
             .find(|h| base_name(&after.node(h.consumer).name) == base_name(&name))
-            .map(|h| group_size(after, nominal, h))
-            .unwrap_or(GroupSize {
+        {
+            Some(h) => group_size(after, nominal, h),
+            None if still_there(after, &name) => {
+                bail!("FFN layer {layer} (`{name}`) is in the slimmed model, but its channels cannot be read there")
+            }
+            None => GroupSize {
                 channels: 0,
                 params: 0,
                 flops: 0.0,
-            });
+            },
+        };
         layers.push(FfnLayer {
             layer,
             name,
@@ -187,41 +197,51 @@ pub fn ffn_layers(
     Ok(layers)
 }
 
-fn attention_products(model: &TypedModel) -> TractResult<Vec<(String, usize)>> {
-    Ok(model
-        .eval_order()?
-        .into_iter()
-        .filter_map(|id| {
-            let node = model.node(id);
-            head_axis(model, node).map(|(_, heads)| (node.name.clone(), heads))
-        })
-        .collect())
+/// Whether a node derived from `name` (the same base name) is still in `model`.
+fn still_there(model: &TypedModel, name: &str) -> bool {
+    model
+        .nodes()
+        .iter()
+        .any(|n| base_name(&n.name) == base_name(name))
 }
 
-/// The attention layers of `before`, with their head counts in `before` and `after`.
+/// The attention layers of `before`, with their head counts in `before` and `after`, matched
+/// by their output projection (slimming keeps its node; the softmax · V product may be rebuilt
+/// under another name). A layer missing from `after` has lost every head, which is only
+/// believed when its projection is gone too: one still there that discovery cannot read is an
+/// error, not 0 heads.
 pub fn attention_layers(
     before: &TypedModel,
     after: &TypedModel,
 ) -> TractResult<Vec<AttentionLayer>> {
-    let after_products = attention_products(after)?;
-    Ok(attention_products(before)?
+    let after_blocks = attention_blocks(after)?;
+    attention_blocks(before)?
         .into_iter()
         .enumerate()
-        .map(|(layer, (name, heads_before))| {
-            // A layer whose every head went has no softmax · V product any more.
-            let heads_after = after_products
+        .map(|(layer, block)| {
+            let name = before.node(block.product).name.clone();
+            let consumer = &before.node(block.consumer).name;
+            let slimmed = after_blocks
                 .iter()
-                .find(|(n, _)| base_name(n) == base_name(&name))
-                .map(|(_, h)| *h)
-                .unwrap_or(0);
-            AttentionLayer {
+                .find(|b| base_name(&after.node(b.consumer).name) == base_name(consumer))
+                .map(|b| (b.heads, b.kv_heads));
+            let (heads_after, kv_heads_after) = match slimmed {
+                Some(counts) => counts,
+                None if still_there(after, consumer) => {
+                    bail!("attention layer {layer} (`{name}`) is in the slimmed model, but its heads cannot be read there")
+                }
+                None => (0, 0),
+            };
+            Ok(AttentionLayer {
                 layer,
                 name,
-                heads_before,
+                heads_before: block.heads,
                 heads_after,
-            }
+                kv_heads_before: block.kv_heads,
+                kv_heads_after,
+            })
         })
-        .collect())
+        .collect()
 }
 
 fn human(v: f64) -> String {
@@ -258,8 +278,13 @@ impl Report {
                 "layer", "attention (softmax · V node)", "heads"
             );
             for l in &self.attention_layers {
+                let kv = if l.kv_heads_before == l.heads_before {
+                    String::new()
+                } else {
+                    format!(" (KV {} → {})", l.kv_heads_before, l.kv_heads_after)
+                };
                 out += &format!(
-                    "{:<6} {:<48} {:>16}\n",
+                    "{:<6} {:<48} {:>16}{kv}\n",
                     l.layer,
                     shorten(&l.name),
                     format!("{} → {}", l.heads_before, l.heads_after)

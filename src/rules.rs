@@ -27,6 +27,7 @@ pub const DEFAULT_RULES: &[(&str, &str)] = &[
     ("rules/heads.rules", include_str!("../rules/heads.rules")),
     ("rules/blocks.rules", include_str!("../rules/blocks.rules")),
     ("rules/fold.rules", include_str!("../rules/fold.rules")),
+    ("rules/repeat.rules", include_str!("../rules/repeat.rules")),
 ];
 
 /// Where a piece of rule text came from.

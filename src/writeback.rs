@@ -51,8 +51,7 @@ fn unit_rows(model: &TypedModel, group: &Group) -> TractResult<Vec<Vec<u32>>> {
     let weight = weight_of(model, group.weight)?;
     (0..group.units)
         .map(|u| {
-            let slices = group.weight_units.slices(&[u]);
-            let part = crate::consts::select_slices(&weight, group.weight_units.axis, &slices)?;
+            let part = group.weight_units.select(&weight, &[u])?;
             let part = part.cast_to::<f32>()?.into_owned();
             Ok(part
                 .try_as_plain_ram()?

@@ -1,8 +1,20 @@
 //! The command line: the demo works, and bad input gives one clear error line, a non-zero exit,
 //! no panic and no output file.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+/// A fixture's layers as its manifest describes them.
+fn layers_of(name: &str) -> Vec<common::Layer> {
+    common::manifest()
+        .fixtures
+        .into_iter()
+        .find(|f| f.name == name)
+        .expect("fixture in the manifest")
+        .layers
+}
 
 fn model_slim(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_model-slim"))
@@ -99,7 +111,11 @@ fn slim_writes_model_and_report() {
         .iter()
         .map(|l| l["channels_after"].as_u64().unwrap())
         .collect();
-    assert_eq!(kept, vec![80, 0]);
+    let expected: Vec<u64> = layers_of("bert_ffn_torchscript")
+        .iter()
+        .map(|l| l.ffn_kept as u64)
+        .collect();
+    assert_eq!(kept, expected);
     assert_eq!(report["verification"]["passed"], true);
 }
 
@@ -253,8 +269,9 @@ fn prune_writes_slimmed_model_plan_report_and_pruned_onnx() {
         stdout.contains("scores: activation; bias compensation: on"),
         "{stdout}"
     );
+    let ffn = layers_of("gpt2_dense_dynamo")[0].ffn_width;
     assert!(
-        stdout.contains("4 → 2") && stdout.contains("128 → 64"),
+        stdout.contains("4 → 2") && stdout.contains(&format!("{ffn} → {}", ffn / 2)),
         "{stdout}"
     );
     for file in ["slim.nnef.tgz", "plan.json", "report.json", "pruned.onnx"] {
@@ -278,8 +295,9 @@ fn prune_writes_slimmed_model_plan_report_and_pruned_onnx() {
         "--verify",
     ]);
     let stdout = assert_success(&out);
+    let ffn = layers_of("gpt2_dense_dynamo")[0].ffn_width;
     assert!(
-        stdout.contains("4 → 2") && stdout.contains("128 → 64"),
+        stdout.contains("4 → 2") && stdout.contains(&format!("{ffn} → {}", ffn / 2)),
         "{stdout}"
     );
 
@@ -367,12 +385,19 @@ fn show_lists_groups_and_writes_dot() {
         dot.to_str().unwrap(),
     ]);
     let stdout = assert_success(&out);
-    // Layer 0: one zero head of 4 and 48 zero channels of 128; layer 1: all zero.
+    // Layer 0: one zero head of 4 and some zero channels; layer 1: all zero.
     for line in ["heads  0", "ffn    0", "heads  1", "ffn    1"] {
         assert!(stdout.contains(line), "{stdout}");
     }
+    let layer = &layers_of("bert_mixed_dynamo")[0];
+    let channels = format!(
+        "{:>6} {:>6}   {}",
+        layer.ffn_width,
+        layer.ffn_width - layer.ffn_kept,
+        layer.ffn_kept
+    );
     assert!(stdout.contains("     4      1   3"), "{stdout}");
-    assert!(stdout.contains("   128     48   80"), "{stdout}");
+    assert!(stdout.contains(&channels), "{stdout}");
     let text = std::fs::read_to_string(&dot).unwrap();
     assert!(text.starts_with("digraph {") && text.contains("before: ") && text.contains("after: "));
 }
@@ -451,9 +476,11 @@ fn slim_writes_onnx_from_an_onnx_source_only() {
         "sequence=16",
     ]);
     let stdout = assert_success(&reloaded);
-    // Layer 0 keeps 3 heads and 80 channels; layer 1 keeps one zeroed head and channel.
+    // Layer 0 keeps 3 heads and its non-zero channels; layer 1 loses everything.
+    let kept = layers_of("gpt2_mixed_dynamo")[0].ffn_kept;
     assert!(
-        stdout.contains("     3      0   3") && stdout.contains("    80      0   80"),
+        stdout.contains("     3      0   3")
+            && stdout.contains(&format!("{kept:>6} {:>6}   {kept}", 0)),
         "{stdout}"
     );
 

@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::{assert_same_summary, graph_summary, manifest, Fixture};
+use common::{
+    assert_same_summary, graph_summary, manifest, panic_message, product_flops, Fixture, Layer,
+};
 use model_slim::verify::verify;
 use model_slim::write::write_model;
 use model_slim::Slimmer;
@@ -30,20 +32,42 @@ fn check_fixture(fixture: &Fixture) {
     assert_eq!(widths, expected, "{name}: FFN widths");
 
     // Heads: one attention layer per layer of models that have attention, slimmed to exactly the
-    // manifest's surviving heads (zeroed and constant heads both go).
-    let heads: Vec<(usize, usize)> = report
+    // manifest's surviving query and KV heads (zeroed and constant heads both go).
+    let heads: Vec<[usize; 4]> = report
         .attention_layers
         .iter()
-        .map(|l| (l.heads_before, l.heads_after))
+        .map(|l| {
+            [
+                l.heads_before,
+                l.heads_after,
+                l.kv_heads_before,
+                l.kv_heads_after,
+            ]
+        })
         .collect();
-    let expected: Vec<(usize, usize)> = fixture
+    let expected: Vec<[usize; 4]> = fixture
         .layers
         .iter()
         .filter(|l| l.heads > 0)
-        .map(|l| (l.heads, l.heads_kept))
+        .map(|l| [l.heads, l.heads_kept, l.kv_heads, l.kv_heads_kept])
         .collect();
-    assert_eq!(heads, expected, "{name}: heads");
+    assert_eq!(heads, expected, "{name}: query heads and KV heads");
 
+    // The matrix products lost exactly what the removed heads and channels cost.
+    let removed: f64 = fixture
+        .layers
+        .iter()
+        .map(|l| {
+            Layer::product_flops(&fixture.dims, l.heads, l.kv_heads, l.ffn_width)
+                - Layer::product_flops(&fixture.dims, l.heads_kept, l.kv_heads_kept, l.ffn_kept)
+        })
+        .sum();
+    let (before, after) = (product_flops(&original), product_flops(&slimmed.model));
+    assert_eq!(
+        before - after,
+        removed,
+        "{name}: matrix-product FLOPs {before} → {after}"
+    );
     assert!(
         report.flops_after <= report.flops_before,
         "{name}: FLOPs grew"
@@ -91,7 +115,7 @@ fn check_fixture(fixture: &Fixture) {
 fn every_fixture_slims_exactly_to_the_manifest() {
     let manifest = manifest();
     assert!(
-        manifest.fixtures.len() >= 26,
+        manifest.fixtures.len() >= 80,
         "fixtures missing from the manifest"
     );
     for exporter in ["torchscript", "dynamo"] {
@@ -100,9 +124,23 @@ fn every_fixture_slims_exactly_to_the_manifest() {
             "no {exporter} fixture"
         );
     }
-    for fixture in &manifest.fixtures {
-        check_fixture(fixture);
-    }
+    // Every fixture is checked, and every failure reported, before the test fails.
+    let failures: Vec<String> = manifest
+        .fixtures
+        .iter()
+        .filter_map(|fixture| {
+            std::panic::catch_unwind(|| check_fixture(fixture))
+                .err()
+                .map(|e| panic_message(&fixture.name, e))
+        })
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} fixtures failed:\n{}",
+        failures.len(),
+        manifest.fixtures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]

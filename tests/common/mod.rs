@@ -16,10 +16,21 @@ pub struct Manifest {
 pub struct Fixture {
     pub name: String,
     pub file: String,
+    pub model: String,
     pub variant: String,
     pub exporter: String,
     pub inputs: Vec<FixtureInput>,
+    pub dims: Dims,
     pub layers: Vec<Layer>,
+}
+
+/// Sizes to count matrix-product FLOPs by hand.
+#[derive(Deserialize, Debug, Clone)]
+pub struct Dims {
+    pub hidden: usize,
+    pub head_dim: usize,
+    pub tokens: usize,
+    pub ffn_producers: usize,
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -36,6 +47,23 @@ pub struct Layer {
     pub ffn_kept: usize,
     pub heads: usize,
     pub heads_kept: usize,
+    pub kv_heads: usize,
+    pub kv_heads_kept: usize,
+}
+
+impl Layer {
+    /// FLOPs of the layer's matrix products (two per multiply-add) with `heads` query heads,
+    /// `kv` KV heads and `ffn` FFN channels kept: Q, K and V projections, scores, softmax · V,
+    /// output projection, and the FFN's layers.
+    pub fn product_flops(dims: &Dims, heads: usize, kv: usize, ffn: usize) -> f64 {
+        let (s, h, d) = (dims.tokens as f64, dims.hidden as f64, dims.head_dim as f64);
+        let (heads, kv, ffn) = (heads as f64, kv as f64, ffn as f64);
+        let attention = 2.0 * s * h * d * (heads + 2.0 * kv) // q, k, v projections
+            + 2.0 * 2.0 * s * s * d * heads // q·kᵀ and p·v
+            + 2.0 * s * heads * d * h; // output projection
+        let mlp = 2.0 * s * h * ffn * (dims.ffn_producers as f64 + 1.0);
+        attention + mlp
+    }
 }
 
 pub fn fixtures_dir() -> PathBuf {
@@ -81,6 +109,30 @@ impl Fixture {
         )
         .expect("fixture imports")
     }
+}
+
+/// The message of a caught panic, prefixed with what was being checked.
+pub fn panic_message(what: &str, payload: Box<dyn std::any::Any + Send>) -> String {
+    let message = payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default();
+    format!("{what}: {}", message.lines().next().unwrap_or_default())
+}
+
+/// FLOPs of a model's matrix products (EinSums) at its concrete shapes.
+pub fn product_flops(model: &TypedModel) -> f64 {
+    let nominal = model_slim::cost::Nominal::default();
+    model
+        .nodes()
+        .iter()
+        .filter_map(|n| {
+            let einsum = n.op_as::<tract_core::ops::einsum::EinSum>()?;
+            let facts = model.node_input_facts(n.id).ok()?;
+            Some(nominal.einsum_flops(einsum, &facts))
+        })
+        .sum()
 }
 
 /// A readable summary of a graph: one line per computing node, its op, inputs and output shape.
