@@ -312,9 +312,12 @@ fn is_probabilities(model: &TypedModel, outlet: OutletId) -> bool {
 pub struct HeadAxes {
     /// The first output axis carrying heads.
     pub axis: usize,
-    /// KV heads (the group axis; all heads without grouping).
+    /// How many adjacent output axes the heads span: 2 when grouped-query heads are split in
+    /// KV group × head within group.
+    pub axes: usize,
+    /// KV heads (all heads without grouping).
     pub kv_heads: usize,
-    /// Query heads per KV head (1 without grouping), on the next output axis when above 1.
+    /// Query heads per KV head (1 without grouping).
     pub per_kv: usize,
 }
 
@@ -322,15 +325,6 @@ impl HeadAxes {
     /// Query heads.
     pub fn heads(&self) -> usize {
         self.kv_heads * self.per_kv
-    }
-
-    /// How many adjacent output axes the heads span.
-    fn merged(&self) -> usize {
-        if self.per_kv > 1 {
-            2
-        } else {
-            1
-        }
     }
 }
 
@@ -368,11 +362,16 @@ pub fn head_axes(model: &TypedModel, node: &TypedNode) -> Option<HeadAxes> {
     }
     heads.sort_by_key(|l| l.outputs[0][0]);
     match heads.as_slice() {
-        [h] if h.inputs[values].len() == 1 => Some(HeadAxes {
-            axis: h.outputs[0][0],
-            kv_heads: size(h)?,
-            per_kv: 1,
-        }),
+        // One head axis: every head reads its own V, or (one KV head left) all read the same.
+        [h] => {
+            let shared = h.inputs[values].is_empty();
+            Some(HeadAxes {
+                axis: h.outputs[0][0],
+                axes: 1,
+                kv_heads: if shared { 1 } else { size(h)? },
+                per_kv: if shared { size(h)? } else { 1 },
+            })
+        }
         [group, within]
             if within.outputs[0][0] == group.outputs[0][0] + 1
                 && group.inputs[values].len() == 1
@@ -380,6 +379,7 @@ pub fn head_axes(model: &TypedModel, node: &TypedNode) -> Option<HeadAxes> {
         {
             Some(HeadAxes {
                 axis: group.outputs[0][0],
+                axes: 2,
                 kv_heads: size(group)?,
                 per_kv: size(within)?,
             })
@@ -604,7 +604,7 @@ fn heads_group(model: &TypedModel, product: &TypedNode) -> Option<Group> {
     let start = Units {
         axis: heads.axis,
         block: 1,
-        merged: heads.merged(),
+        merged: heads.axes,
     };
     let (consumer_id, activation, activation_units) =
         follow_to_consumer(model, OutletId::new(product.id, 0), start)?;

@@ -177,6 +177,43 @@ fn cumsum_over_integers(mut model: TypedModel) -> TractResult<TypedModel> {
     }
 }
 
+/// The shapes tract infers for the tensors of an ONNX model (by tensor name), with the import
+/// options' input facts; tensors whose shape is not fully known are left out.
+pub fn tensor_shapes(
+    proto: &tract_onnx::pb::ModelProto,
+    shown: &str,
+    options: &ImportOptions,
+) -> Result<std::collections::HashMap<String, TVec<TDim>>> {
+    let onnx = tract_onnx::onnx()
+        .with_ignore_output_shapes(true)
+        .with_ignore_value_info(true);
+    let mut model = onnx
+        .model_for_proto_model(proto)
+        .map_err(|e| SlimError::NotOnnx {
+            path: shown.to_string(),
+            message: format!("{e:#}"),
+        })?;
+    apply_input_specs(&mut model, shown, options)?;
+    model.analyse(false).map_err(|e| SlimError::Analysis {
+        path: shown.to_string(),
+        message: format!("{e:#}"),
+        hint: String::new(),
+    })?;
+    let mut shapes = std::collections::HashMap::new();
+    for node in model.nodes() {
+        for slot in 0..node.outputs.len() {
+            let outlet = OutletId::new(node.id, slot);
+            let (Some(label), Ok(fact)) = (model.outlet_label(outlet), model.outlet_fact(outlet)) else {
+                continue;
+            };
+            if let Some(shape) = fact.shape.concretize() {
+                shapes.insert(label.to_string(), shape);
+            }
+        }
+    }
+    Ok(shapes)
+}
+
 fn input_names(model: &InferenceModel) -> Vec<String> {
     model
         .input_outlets()

@@ -48,6 +48,7 @@ pub mod known;
 pub mod lang;
 pub mod lower;
 pub mod onnx;
+pub mod onnx_restrict;
 pub mod prune;
 pub mod raise;
 pub mod random;

@@ -73,14 +73,13 @@ pub(crate) fn producer_index(graph: &GraphProto, name: &str) -> Option<usize> {
 
 /// The weight of a linear node (`MatMul` or `Gemm` multiplying by an initializer, possibly
 /// through a `Transpose`): who reads the initializer, and which of its axes carry the node's
-/// input channels (contracted) and output channels.
+/// input channels (contracted).
 pub(crate) struct Weight {
     /// The node and input slot reading the initializer (the linear node, or the Transpose).
     pub reader: usize,
     pub slot: usize,
     pub initializer: usize,
     pub input_axis: usize,
-    pub output_axis: usize,
 }
 
 /// The weight of linear node `node`, if it is one.
@@ -113,10 +112,10 @@ pub(crate) fn linear_weight(proto: &ModelProto, node: usize) -> Option<Weight> {
     let rank = perm.len();
     // As the node sees its weight: MatMul's B is [.., in, out]; Gemm's is [in, out], or
     // [out, in] with transB.
-    let (input_view, output_view) = match linear.op_type.as_str() {
-        "MatMul" if rank >= 2 => (rank - 2, rank - 1),
-        "Gemm" if attribute_int(linear, "transB") == Some(1) => (1, 0),
-        "Gemm" => (0, 1),
+    let input_view = match linear.op_type.as_str() {
+        "MatMul" if rank >= 2 => rank - 2,
+        "Gemm" if attribute_int(linear, "transB") == Some(1) => 1,
+        "Gemm" => 0,
         _ => return None,
     };
     Some(Weight {
@@ -124,7 +123,6 @@ pub(crate) fn linear_weight(proto: &ModelProto, node: usize) -> Option<Weight> {
         slot,
         initializer,
         input_axis: *perm.get(input_view)?,
-        output_axis: *perm.get(output_view)?,
     })
 }
 

@@ -16,18 +16,16 @@
 
 use crate::discover::{base_name, groups, Group, Kind};
 use crate::error::{Result, SlimError};
-use crate::import::{import_onnx, ImportOptions};
-use crate::onnx::{
-    decode, encode_preserving, float_data, initializer_index, linear_weight, onnx_node,
-    producer_index, read_bytes, set_float_data, zero_slices,
-};
+use crate::import::{import_onnx, tensor_shapes, ImportOptions};
+use crate::onnx::{decode, encode_preserving, linear_weight, onnx_node, read_bytes};
+use crate::onnx_restrict::{Need, OnnxGraph};
 use crate::prune::{activation_stats, compensation, weight_of, zero_units};
 use crate::verify::{random_inputs, verify};
 use crate::write::write_atomically;
 use std::collections::HashMap;
 use std::path::Path;
 use tract_core::internal::*;
-use tract_onnx::pb::{GraphProto, ModelProto, NodeProto, TensorProto};
+use tract_onnx::pb::{GraphProto, ModelProto, NodeProto};
 
 /// What slimming did to one group, in terms of the original model's units.
 #[derive(Clone, Debug, PartialEq)]
@@ -125,13 +123,13 @@ pub fn derive_cuts(
             let activation = crate::calibration::capture(original, &[group.activation], &[inputs])?;
             let stats = activation_stats(original, group, &activation[0])?;
             let delta = compensation(original, group, &stats, &constant)?;
-            Some(
-                delta
-                    .cast_to::<f32>()?
-                    .try_as_plain_ram()?
-                    .as_slice::<f32>()?
-                    .to_vec(),
-            )
+            let delta = delta
+                .cast_to::<f32>()?
+                .try_as_plain_ram()?
+                .as_slice::<f32>()?
+                .to_vec();
+            // Units constant at zero (gated channels without biases) add nothing.
+            delta.iter().any(|d| *d != 0.0).then_some(delta)
         };
         let (kept, zeroed) = if kept.is_empty() {
             (vec![removed[0]], vec![removed[0]])
@@ -150,83 +148,108 @@ pub fn derive_cuts(
     Ok(cuts)
 }
 
-fn graph_mut(proto: &mut ModelProto) -> std::result::Result<&mut GraphProto, String> {
-    proto.graph.as_mut().ok_or_else(|| "no graph".to_string())
+/// Where a cut's consumer is and how its units lie in its weight.
+struct Target {
+    /// The consumer's index and name.
+    consumer: usize,
+    name: String,
+    /// The node and slot reading the weight initializer, and its input-channel axis.
+    weight_reader: (usize, usize),
+    axis: usize,
+    /// Rows of that axis per unit.
+    block: usize,
+    /// The consumer's data input axis the units lie along.
+    data_axis: usize,
 }
 
-/// Makes input `slot` of node `node` read an initializer of its own (copying a shared one),
-/// and returns that initializer's index.
-fn own_initializer(
+impl Target {
+    fn slices(&self, units: &[usize]) -> Vec<usize> {
+        units
+            .iter()
+            .flat_map(|u| u * self.block..(u + 1) * self.block)
+            .collect()
+    }
+}
+
+fn find_target(graph: &OnnxGraph, cut: &Cut) -> std::result::Result<Target, String> {
+    let proto = graph.proto();
+    let name = onnx_node(proto, &cut.consumer)
+        .ok_or_else(|| format!("no ONNX node behind `{}`", cut.consumer))?
+        .name
+        .clone();
+    let nodes = &proto.graph.as_ref().ok_or("no graph")?.node;
+    let consumer = nodes.iter().position(|n| n.name == name).ok_or("no consumer")?;
+    let weight = linear_weight(proto, consumer)
+        .ok_or_else(|| format!("cannot find the weight of ONNX node `{name}`"))?;
+    let rows = proto.graph.as_ref().ok_or("no graph")?.initializer[weight.initializer].dims
+        [weight.input_axis] as usize;
+    if !rows.is_multiple_of(cut.units) {
+        return Err(format!("`{name}`: {} units do not divide {rows} rows", cut.units));
+    }
+    let node = &nodes[consumer];
+    let data_rank = graph
+        .dims(&node.input[0])
+        .map(|d| d.len())
+        .ok_or_else(|| format!("`{name}`: the shape of its input is unknown"))?;
+    let trans_a = node.op_type == "Gemm"
+        && node.attribute.iter().any(|a| a.name == "transA" && a.i == 1);
+    let data_axis = if trans_a { 0 } else { data_rank - 1 };
+    Ok(Target {
+        consumer,
+        name,
+        weight_reader: (weight.reader, weight.slot),
+        axis: weight.input_axis,
+        block: rows / cut.units,
+        data_axis,
+    })
+}
+
+/// The consumer's part of a cut: its rows of the units a block lost entirely are zeroed, and
+/// the folded constants go into its bias.
+fn edit_consumer(graph: &mut OnnxGraph, cut: &Cut, target: &Target) -> std::result::Result<(), String> {
+    let (reader, slot) = target.weight_reader;
+    if !cut.zeroed.is_empty() {
+        graph.zero_constant(reader, slot, target.axis, &target.slices(&cut.zeroed))?;
+    }
+    if let Some(delta) = &cut.bias_delta {
+        graph
+            .add_to_bias(target.consumer, delta)
+            .map_err(|e| format!("`{}`: {e}", target.name))?;
+    }
+    Ok(())
+}
+
+/// Applies one cut: the consumer keeps its rows of the kept units (see [`edit_consumer`]); then
+/// the restriction of its input travels back to the layers computing the units.
+fn apply_cut(graph: &mut OnnxGraph, cut: &Cut) -> std::result::Result<(), String> {
+    let target = find_target(graph, cut)?;
+    edit_consumer(graph, cut, &target)?;
+    let kept = target.slices(&cut.kept);
+    let (reader, slot) = target.weight_reader;
+    graph.restrict_constant(reader, slot, target.axis, &kept)?;
+    graph.restrict(target.consumer, 0, Need::from([(target.data_axis, kept)]))
+}
+
+/// Applies every cut to the protobuf; `shapes` are the source model's tensor shapes.
+pub fn apply_cuts(
     proto: &mut ModelProto,
-    node: usize,
-    slot: usize,
-) -> std::result::Result<usize, String> {
-    let graph = graph_mut(proto)?;
-    let name = graph.node[node].input[slot].clone();
-    let ix = graph
-        .initializer
-        .iter()
-        .position(|t| t.name == name)
-        .ok_or_else(|| format!("`{name}` is not an initializer"))?;
-    if readers(graph, &name) <= 1 {
-        return Ok(ix);
+    shapes: HashMap<String, TVec<TDim>>,
+    cuts: &[Cut],
+) -> std::result::Result<(), String> {
+    if proto.graph.is_none() {
+        return Err("no graph".into());
     }
-    let mut copy = graph.initializer[ix].clone();
-    let mut k = 1;
-    while graph
-        .initializer
-        .iter()
-        .any(|t| t.name == format!("{name}.slim{k}"))
-    {
-        k += 1;
+    let mut graph = OnnxGraph::new(proto, shapes);
+    for cut in cuts {
+        apply_cut(&mut graph, cut)?;
     }
-    copy.name = format!("{name}.slim{k}");
-    graph.node[node].input[slot] = copy.name.clone();
-    graph.initializer.push(copy);
-    Ok(graph.initializer.len() - 1)
-}
-
-fn readers(graph: &GraphProto, name: &str) -> usize {
-    graph
-        .node
-        .iter()
-        .flat_map(|n| &n.input)
-        .filter(|i| *i == name)
-        .count()
-        + graph.output.iter().filter(|o| o.name == name).count()
-}
-
-/// Makes input `slot` of node `node` read a value computed for it alone: a node whose output is
-/// also read elsewhere (exporters share equal shape computations) is copied. Returns the
-/// producing node, if the input is computed by one.
-fn own_producer(
-    proto: &mut ModelProto,
-    node: usize,
-    slot: usize,
-) -> std::result::Result<Option<usize>, String> {
-    let graph = graph_mut(proto)?;
-    let name = graph.node[node].input[slot].clone();
-    let Some(source) = producer_index(graph, &name) else {
-        return Ok(None);
-    };
-    if readers(graph, &name) <= 1 {
-        return Ok(Some(source));
+    let graph = proto.graph.as_mut().ok_or("no graph")?;
+    if !cuts.is_empty() {
+        // Shape annotations of intermediate tensors would state the old widths (ONNX Runtime
+        // refuses a file whose annotations contradict its shapes); they are optional.
+        graph.value_info.clear();
     }
-    let mut copy = graph.node[source].clone();
-    let mut k = 1;
-    while graph
-        .node
-        .iter()
-        .any(|n| n.output.iter().any(|o| *o == format!("{name}.slim{k}")))
-    {
-        k += 1;
-    }
-    copy.output = vec![format!("{name}.slim{k}")];
-    copy.name = format!("{}.slim{k}", copy.name);
-    graph.node[node].input[slot] = copy.output[0].clone();
-    // Appended (indices held by callers stay valid); `apply_cuts` sorts the graph at the end.
-    graph.node.push(copy);
-    Ok(Some(graph.node.len() - 1))
+    sort_topologically(graph)
 }
 
 /// Orders the nodes so that each comes after the producers of its inputs (as ONNX requires),
@@ -239,401 +262,22 @@ fn sort_topologically(graph: &mut GraphProto) -> std::result::Result<(), String>
         .chain(graph.initializer.iter().map(|t| t.name.clone()))
         .chain(std::iter::once(String::new()))
         .collect();
-    let mut pending: Vec<NodeProto> = std::mem::take(&mut graph.node);
-    while !pending.is_empty() {
-        let ready = pending
-            .iter()
-            .position(|n| n.input.iter().all(|i| available.contains(i)))
-            .ok_or("the edited graph has a cycle or a missing input")?;
-        let node = pending.remove(ready);
-        available.extend(node.output.iter().cloned());
-        graph.node.push(node);
-    }
-    Ok(())
-}
-
-/// Keeps `indices` along `axis` of a float initializer.
-fn slice_initializer(
-    t: &mut TensorProto,
-    axis: usize,
-    indices: &[usize],
-) -> std::result::Result<(), String> {
-    let dims: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
-    let data = float_data(t)?;
-    let inner: usize = dims[axis + 1..].iter().product();
-    let outer: usize = dims[..axis].iter().product();
-    let mut out = Vec::with_capacity(outer * indices.len() * inner);
-    for o in 0..outer {
-        for &i in indices {
-            let start = (o * dims[axis] + i) * inner;
-            out.extend_from_slice(&data[start..start + inner]);
-        }
-    }
-    t.dims[axis] = indices.len() as i64;
-    set_float_data(t, &out);
-    Ok(())
-}
-
-fn int_values(t: &TensorProto) -> Option<Vec<i64>> {
-    if t.data_type != 7 {
-        return None;
-    }
-    if !t.raw_data.is_empty() {
-        return Some(
-            t.raw_data
-                .chunks_exact(8)
-                .map(|b| i64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
-                .collect(),
-        );
-    }
-    Some(t.int64_data.clone())
-}
-
-fn set_int_values(t: &mut TensorProto, values: &[i64]) {
-    t.int64_data.clear();
-    t.raw_data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-}
-
-/// How the sizes inside a group's region change: `from → to` pairs for reshape targets and
-/// split sizes.
-struct Resize {
-    pairs: Vec<(i64, i64)>,
-}
-
-impl Resize {
-    fn apply(&self, values: &[i64]) -> Option<Vec<i64>> {
-        let changed: Vec<i64> = values
-            .iter()
-            .map(|v| {
-                self.pairs
-                    .iter()
-                    .find(|(from, _)| from == v)
-                    .map(|(_, to)| *to)
-                    .unwrap_or(*v)
-            })
-            .collect();
-        (changed != values).then_some(changed)
-    }
-}
-
-/// Rewrites the integer constant read by input `slot` of node `node` (an initializer or a
-/// `Constant` node), or the pieces of a `Concat` computing it.
-fn resize_shape_input(
-    proto: &mut ModelProto,
-    node: usize,
-    slot: usize,
-    resize: &Resize,
-) -> std::result::Result<(), String> {
-    let name = graph_mut(proto)?.node[node]
-        .input
-        .get(slot)
-        .cloned()
-        .unwrap_or_default();
-    if name.is_empty() {
-        return Ok(());
-    }
-    if initializer_index(proto, &name).is_some() {
-        let ix = own_initializer(proto, node, slot)?;
-        let t = &mut graph_mut(proto)?.initializer[ix];
-        if let Some(changed) = int_values(t).and_then(|v| resize.apply(&v)) {
-            set_int_values(t, &changed);
-        }
-        return Ok(());
-    }
-    let Some(source) = own_producer(proto, node, slot)? else {
-        return Ok(());
-    };
-    let graph = graph_mut(proto)?;
-    match graph.node[source].op_type.as_str() {
-        "Constant" => {
-            let node = &mut graph.node[source];
-            for attribute in node.attribute.iter_mut() {
-                if let Some(t) = attribute.t.as_mut() {
-                    if let Some(changed) = int_values(t).and_then(|v| resize.apply(&v)) {
-                        set_int_values(t, &changed);
-                    }
-                }
-                if let Some(changed) = resize.apply(&attribute.ints) {
-                    attribute.ints = changed;
-                }
+    let mut pending: std::collections::VecDeque<NodeProto> = std::mem::take(&mut graph.node).into();
+    let mut stalled = 0;
+    while let Some(node) = pending.pop_front() {
+        if node.input.iter().all(|i| available.contains(i)) {
+            available.extend(node.output.iter().cloned());
+            graph.node.push(node);
+            stalled = 0;
+        } else {
+            pending.push_back(node);
+            stalled += 1;
+            if stalled > pending.len() {
+                return Err("the edited graph has a cycle or a missing input".into());
             }
-            Ok(())
-        }
-        "Concat" | "Unsqueeze" | "Cast" => {
-            let inputs = graph.node[source].input.len();
-            for s in 0..inputs {
-                resize_shape_input(proto, source, s, resize)?;
-            }
-            Ok(())
-        }
-        _ => Ok(()),
-    }
-}
-
-/// The nodes between a consumer and the layers computing its units, and those layers.
-fn region(proto: &ModelProto, consumer: usize) -> (Vec<usize>, Vec<usize>) {
-    let Some(graph) = proto.graph.as_ref() else {
-        return (vec![], vec![]);
-    };
-    let mut inner = vec![];
-    let mut producers = vec![];
-    let mut frontier = vec![graph.node[consumer].input[0].clone()];
-    while let Some(name) = frontier.pop() {
-        let Some(ix) = producer_index(graph, &name) else {
-            continue;
-        };
-        if inner.contains(&ix) || producers.contains(&ix) {
-            continue;
-        }
-        let node = &graph.node[ix];
-        if linear_weight(proto, ix).is_some() {
-            producers.push(ix);
-        } else if !matches!(node.op_type.as_str(), "Shape" | "Constant") {
-            inner.push(ix);
-            frontier.extend(node.input.iter().cloned());
-        }
-    }
-    (inner, producers)
-}
-
-/// How many equal parts a producer's output is split into inside the region (GPT-2's fused
-/// QKV: 3), and the Split nodes doing it.
-fn split_parts(proto: &ModelProto, inner: &[usize], width: usize, part: usize) -> usize {
-    if part == 0 || !width.is_multiple_of(part) {
-        return 1;
-    }
-    let parts = width / part;
-    let graph = proto.graph.as_ref();
-    let splits = inner
-        .iter()
-        .filter(|&&ix| graph.is_some_and(|g| g.node[ix].op_type == "Split"))
-        .count();
-    if parts > 1 && splits > 0 {
-        parts
-    } else {
-        1
-    }
-}
-
-/// Where a cut's consumer is and how its units lie in its weight.
-struct Target {
-    /// The consumer's index and name.
-    consumer: usize,
-    name: String,
-    /// The weight's input-channel axis, its size, and slices per unit.
-    axis: usize,
-    rows: usize,
-    block: usize,
-}
-
-impl Target {
-    fn slices(&self, units: &[usize]) -> Vec<usize> {
-        units
-            .iter()
-            .flat_map(|u| u * self.block..(u + 1) * self.block)
-            .collect()
-    }
-}
-
-fn find_target(proto: &ModelProto, cut: &Cut) -> std::result::Result<Target, String> {
-    let name = onnx_node(proto, &cut.consumer)
-        .ok_or_else(|| format!("no ONNX node behind `{}`", cut.consumer))?
-        .name
-        .clone();
-    let graph = proto.graph.as_ref().ok_or("no graph")?;
-    let consumer = graph
-        .node
-        .iter()
-        .position(|n| n.name == name)
-        .ok_or("no consumer")?;
-    let weight = linear_weight(proto, consumer)
-        .ok_or_else(|| format!("cannot find the weight of ONNX node `{name}`"))?;
-    let axis = weight.input_axis;
-    let rows = graph.initializer[weight.initializer].dims[axis] as usize;
-    if !rows.is_multiple_of(cut.units) {
-        return Err(format!(
-            "`{name}`: {} units do not divide {rows} rows",
-            cut.units
-        ));
-    }
-    Ok(Target {
-        consumer,
-        name,
-        axis,
-        rows,
-        block: rows / cut.units,
-    })
-}
-
-/// The consumer keeps its rows of the kept units (zeroed where a block went); folded
-/// constants go into its bias.
-fn cut_consumer(
-    proto: &mut ModelProto,
-    cut: &Cut,
-    target: &Target,
-) -> std::result::Result<(), String> {
-    let weight = linear_weight(proto, target.consumer).ok_or("consumer weight not found")?;
-    let ix = own_initializer(proto, weight.reader, weight.slot)?;
-    let t = &mut graph_mut(proto)?.initializer[ix];
-    if !cut.zeroed.is_empty() {
-        let mut data = float_data(t)?;
-        let dims: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
-        zero_slices(&mut data, &dims, target.axis, &target.slices(&cut.zeroed));
-        set_float_data(t, &data);
-    }
-    slice_initializer(t, target.axis, &target.slices(&cut.kept))?;
-    let Some(delta) = &cut.bias_delta else {
-        return Ok(());
-    };
-    let (node, slot) = bias_reader(proto, target.consumer)
-        .ok_or_else(|| format!("`{}` has no bias to fold constants into", target.name))?;
-    let ix = own_initializer(proto, node, slot)?;
-    let t = &mut graph_mut(proto)?.initializer[ix];
-    let mut data = float_data(t)?;
-    if data.len() != delta.len() {
-        return Err(format!(
-            "bias `{}` has {} values, the folded constants {}",
-            t.name,
-            data.len(),
-            delta.len()
-        ));
-    }
-    data.iter_mut().zip(delta).for_each(|(d, x)| *d += x);
-    set_float_data(t, &data);
-    Ok(())
-}
-
-/// Each producer keeps the kept units' output channels (in each part of a fused output) and
-/// bias entries; returns the size changes this makes inside the region.
-fn cut_producer(
-    proto: &mut ModelProto,
-    producer: usize,
-    inner: &[usize],
-    target: &Target,
-    kept_slices: &[usize],
-) -> std::result::Result<Vec<(i64, i64)>, String> {
-    let node = proto.graph.as_ref().ok_or("no graph")?.node[producer].clone();
-    let weight = linear_weight(proto, producer).ok_or("producer weight not found")?;
-    let ix = own_initializer(proto, weight.reader, weight.slot)?;
-    let axis = weight.output_axis;
-    let out_width = graph_mut(proto)?.initializer[ix].dims[axis] as usize;
-    let rows = target.rows;
-    let parts = split_parts(proto, inner, out_width, rows);
-    if out_width != rows * parts {
-        return Err(format!(
-            "`{}`: output width {out_width} is not {rows} (× parts)",
-            node.name
-        ));
-    }
-    let keep: Vec<usize> = (0..parts)
-        .flat_map(|k| kept_slices.iter().map(move |s| k * rows + s))
-        .collect();
-    slice_initializer(&mut graph_mut(proto)?.initializer[ix], axis, &keep)?;
-    if let Some((b_node, b_slot)) = bias_reader(proto, producer) {
-        let ix = own_initializer(proto, b_node, b_slot)?;
-        let t = &mut graph_mut(proto)?.initializer[ix];
-        let last = t.dims.len() - 1;
-        if t.dims[last] as usize == out_width {
-            slice_initializer(t, last, &keep)?;
-        }
-    }
-    Ok(if parts > 1 {
-        vec![((rows * parts) as i64, (kept_slices.len() * parts) as i64)]
-    } else {
-        vec![]
-    })
-}
-
-/// Reshape targets and split sizes inside the region shrink with the units.
-fn resize_region(
-    proto: &mut ModelProto,
-    inner: &[usize],
-    resize: &Resize,
-) -> std::result::Result<(), String> {
-    for &ix in inner {
-        let op = proto.graph.as_ref().ok_or("no graph")?.node[ix]
-            .op_type
-            .clone();
-        match op.as_str() {
-            "Reshape" => resize_shape_input(proto, ix, 1, resize)?,
-            "Split" => {
-                resize_shape_input(proto, ix, 1, resize)?;
-                for a in graph_mut(proto)?.node[ix]
-                    .attribute
-                    .iter_mut()
-                    .filter(|a| a.name == "split")
-                {
-                    if let Some(changed) = resize.apply(&a.ints) {
-                        a.ints = changed;
-                    }
-                }
-            }
-            _ => {}
         }
     }
     Ok(())
-}
-
-/// Applies one cut to the protobuf.
-fn apply_cut(proto: &mut ModelProto, cut: &Cut) -> std::result::Result<(), String> {
-    let target = find_target(proto, cut)?;
-    let kept_slices = target.slices(&cut.kept);
-    cut_consumer(proto, cut, &target)?;
-    let (inner, producers) = region(proto, target.consumer);
-    if producers.is_empty() {
-        return Err(format!(
-            "`{}`: no layer computing its units found",
-            target.name
-        ));
-    }
-    let mut pairs = vec![(target.rows as i64, kept_slices.len() as i64)];
-    for &p in &producers {
-        pairs.extend(cut_producer(proto, p, &inner, &target, &kept_slices)?);
-    }
-    if cut.kind == Kind::Heads {
-        if cut.units == target.block {
-            return Err(format!(
-                "`{}`: {} heads of size {}: reshape targets are ambiguous",
-                target.name, cut.units, target.block
-            ));
-        }
-        pairs.push((cut.units as i64, cut.kept.len() as i64));
-    }
-    resize_region(proto, &inner, &Resize { pairs })
-}
-
-/// The bias initializer added to a linear layer's output: Gemm's C, or an initializer operand
-/// of the Add reading the output (its node and input slot).
-fn bias_reader(proto: &ModelProto, producer: usize) -> Option<(usize, usize)> {
-    let graph = proto.graph.as_ref()?;
-    let node = &graph.node[producer];
-    if node.op_type == "Gemm" {
-        return initializer_index(proto, node.input.get(2)?).map(|_| (producer, 2));
-    }
-    let output = node.output.first()?;
-    let add = graph
-        .node
-        .iter()
-        .position(|n| n.op_type == "Add" && n.input.iter().any(|i| i == output))?;
-    let slot = graph.node[add]
-        .input
-        .iter()
-        .position(|i| initializer_index(proto, i).is_some())?;
-    Some((add, slot))
-}
-
-/// Applies every cut to the protobuf.
-pub fn apply_cuts(proto: &mut ModelProto, cuts: &[Cut]) -> std::result::Result<(), String> {
-    for cut in cuts {
-        apply_cut(proto, cut)?;
-    }
-    let graph = graph_mut(proto)?;
-    if !cuts.is_empty() {
-        // Shape annotations of intermediate tensors would state the old widths (ONNX Runtime
-        // refuses a file whose annotations contradict its shapes); they are optional.
-        graph.value_info.clear();
-    }
-    sort_topologically(graph)
 }
 
 /// Float parameters held in a model's initializers.
@@ -703,7 +347,8 @@ pub fn write_slimmed_onnx(
     let cuts = derive_cuts(original, slimmed, values).map_err(|e| refuse(format!("{e:#}")))?;
     let source_bytes = read_bytes(source)?;
     let mut proto = decode(source, &source_bytes)?;
-    apply_cuts(&mut proto, &cuts)
+    let shapes = tensor_shapes(&proto, &source.display().to_string(), import)?;
+    apply_cuts(&mut proto, shapes, &cuts)
         .map_err(|m| refuse(format!("cannot map the slimming back to ONNX: {m}")))?;
     write_checked(
         &source_bytes,
@@ -746,13 +391,21 @@ pub fn write_pruned_onnx(
 ) -> Result<()> {
     let source_bytes = read_bytes(source)?;
     let mut proto = decode(source, &source_bytes)?;
+    let shapes = tensor_shapes(&proto, &source.display().to_string(), import)?;
+    if proto.graph.is_none() {
+        return Err(SlimError::NotOnnx {
+            path: source.display().to_string(),
+            message: "no graph".into(),
+        });
+    }
+    let mut graph = OnnxGraph::new(&mut proto, shapes);
     for cut in cuts {
-        let target = find_target(&proto, cut)
-            .and_then(|target| cut_consumer(&mut proto, cut, &target).map(|_| target));
-        target.map_err(|message| SlimError::Write {
-            path: output.display().to_string(),
-            message,
-        })?;
+        find_target(&graph, cut)
+            .and_then(|target| edit_consumer(&mut graph, cut, &target))
+            .map_err(|message| SlimError::Write {
+                path: output.display().to_string(),
+                message,
+            })?;
     }
     let values = SymbolValues::default();
     write_checked(

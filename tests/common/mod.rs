@@ -31,6 +31,10 @@ pub struct Dims {
     pub head_dim: usize,
     pub tokens: usize,
     pub ffn_producers: usize,
+    pub ffn_bias: bool,
+    pub ffn_out_bias: bool,
+    pub qkv_bias: bool,
+    pub attn_out_bias: bool,
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -45,6 +49,10 @@ pub struct Layer {
     pub layer: usize,
     pub ffn_width: usize,
     pub ffn_kept: usize,
+    pub ffn_constant: Vec<usize>,
+    pub heads_constant: Vec<usize>,
+    #[serde(default)]
+    pub heads_constant_kept: bool,
     pub heads: usize,
     pub heads_kept: usize,
     pub kv_heads: usize,
