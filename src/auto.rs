@@ -153,6 +153,30 @@ fn calibrate(
         .collect()
 }
 
+/// A sparsity asked of a kind of unit the model has no group of is an error: nothing would be
+/// pruned while the user believes something was.
+fn something_to_prune(groups: &[Group], targets: &Targets) -> Result<()> {
+    let count = |kind: Kind| groups.iter().filter(|g| g.kind == kind).count();
+    let found = format!(
+        "{} FFN and {} attention groups were found",
+        count(Kind::Ffn),
+        count(Kind::Heads)
+    );
+    if targets.heads > 0.0 && count(Kind::Heads) == 0 {
+        return Err(SlimError::NothingToPrune {
+            what: format!("heads sparsity {} (--mha-sparsity)", targets.heads),
+            reason: format!("the model has no attention group model-slim recognises (a softmax · V product whose heads reach an output projection); {found}"),
+        });
+    }
+    if targets.ffn > 0.0 && count(Kind::Ffn) == 0 {
+        return Err(SlimError::NothingToPrune {
+            what: format!("FFN sparsity {} (--ffn-sparsity)", targets.ffn),
+            reason: format!("the model has no FFN group model-slim recognises (a linear layer reading only what linear layers compute, through element-wise ops); {found}"),
+        });
+    }
+    Ok(())
+}
+
 /// Checks a saved plan against the model's groups.
 fn check_plan(plan: &Plan, groups: &[Group], origin: &str) -> Result<()> {
     for entry in &plan.groups {
@@ -171,10 +195,10 @@ pub fn auto_slim(
     options: &AutoOptions,
 ) -> Result<AutoSlimmed> {
     let groups = groups(model).map_err(stage("discover"))?;
-    let mut warnings = vec![];
-    if groups.is_empty() {
-        warnings.push("no FFN or attention group found: nothing to prune".to_string());
+    if options.plan.is_none() {
+        something_to_prune(&groups, &options.targets)?;
     }
+    let mut warnings = vec![];
     let stats = options
         .calibration
         .as_ref()

@@ -14,7 +14,7 @@ use crate::cost::Nominal;
 use crate::extract::extract_forcing;
 use crate::lower::lower;
 use crate::raise::{raise, Interface};
-use crate::random::{random_attention, random_ffn, random_stack};
+use crate::random::{random_attention, random_ffn, random_grouped_attention, random_stack};
 use crate::rules::Rule;
 use crate::saturate::{saturate, Limits};
 use crate::verify::{max_abs_diff, random_inputs, run};
@@ -40,13 +40,15 @@ pub struct CheckReport {
     pub refused: usize,
 }
 
-/// The random model of a seed: FFNs, attention blocks and stacks in turn, half of them
+/// The random model of a seed: FFNs, attention blocks, grouped-query attention blocks and
+/// stacks in turn, half of them
 /// decluttered as the pass gets models from tract.
 pub fn model_for_seed(seed: u64) -> TypedModel {
     let mut rng = StdRng::seed_from_u64(seed);
-    let model = match seed % 3 {
+    let model = match seed % 4 {
         0 => random_ffn(&mut rng),
         1 => random_attention(&mut rng),
+        2 => random_grouped_attention(&mut rng),
         _ => random_stack(&mut rng),
     };
     if rng.gen_bool(0.5) {

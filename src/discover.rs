@@ -293,14 +293,16 @@ fn ffn_group(model: &TypedModel, consumer: &TypedNode) -> Option<Group> {
 }
 
 /// Whether `outlet` holds attention probabilities: a softmax's output, possibly through the NaN
-/// guard of sdpa exports (`where(isnan(p), 0, p)`, whose last operand is `p`) and reshapes.
+/// guard of sdpa exports (`where(isnan(p), 0, p)`, whose last operand is `p`), reshapes and
+/// gathers.
 fn is_probabilities(model: &TypedModel, outlet: OutletId) -> bool {
     let node = model.node(outlet.node);
     if node.op_is::<Softmax>() {
         true
     } else if node.op_is::<Iff>() && node.inputs.len() == 3 {
         is_probabilities(model, node.inputs[2])
-    } else if node.op_is::<AxisOp>() {
+    } else if node.op_is::<AxisOp>() || node.op_is::<Gather>() {
+        // Reshapes, and gathers of some heads (a slimmed model's).
         is_probabilities(model, node.inputs[0])
     } else {
         false
@@ -509,7 +511,7 @@ fn value_heads(
         .iter()
         .map(|&a| dim(model, weight, a))
         .product::<Option<usize>>()?;
-    if head_dim == 0 || width % head_dim != 0 {
+    if head_dim == 0 || !width.is_multiple_of(head_dim) {
         return None;
     }
     let kv_heads = width / head_dim;

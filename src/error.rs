@@ -80,6 +80,14 @@ pub enum SlimError {
         /// What does not fit.
         message: String,
     },
+    /// A sparsity was asked of a kind of unit the model has no group of.
+    #[error("{what} asks to prune what is not there: {reason}")]
+    NothingToPrune {
+        /// The request.
+        what: String,
+        /// What was found instead.
+        reason: String,
+    },
     /// A plan does not fit the model.
     #[error("{path}: bad plan: {message}")]
     Plan {

@@ -203,7 +203,8 @@ pub fn tensor_shapes(
     for node in model.nodes() {
         for slot in 0..node.outputs.len() {
             let outlet = OutletId::new(node.id, slot);
-            let (Some(label), Ok(fact)) = (model.outlet_label(outlet), model.outlet_fact(outlet)) else {
+            let (Some(label), Ok(fact)) = (model.outlet_label(outlet), model.outlet_fact(outlet))
+            else {
                 continue;
             };
             if let Some(shape) = fact.shape.concretize() {

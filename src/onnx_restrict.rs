@@ -18,7 +18,9 @@
 use crate::onnx::{float_data, set_float_data, zero_slices};
 use std::collections::{BTreeMap, HashMap};
 use tract_core::internal::*;
-use tract_onnx::pb::{tensor_proto::DataType, AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto};
+use tract_onnx::pb::{
+    tensor_proto::DataType, AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto,
+};
 
 /// Slices kept along each restricted axis (axes absent are kept whole).
 pub type Need = BTreeMap<usize, Vec<usize>>;
@@ -127,7 +129,9 @@ impl<'a> OnnxGraph<'a> {
     fn add_bias(&mut self, linear: usize, bias: &[f32]) -> Result<(), Failure> {
         let output = self.node(linear).output[0].clone();
         if self.is_output(&output) {
-            return Err(format!("`{output}` is a model output and has no bias to fold constants into"));
+            return Err(format!(
+                "`{output}` is a model output and has no bias to fold constants into"
+            ));
         }
         let readers = self.readers(&output);
         let name = self.fresh_name(&output, "bias");
@@ -160,10 +164,17 @@ impl<'a> OnnxGraph<'a> {
     fn bias_input(&self, linear: usize) -> Option<(usize, usize)> {
         let node = self.node(linear);
         if node.op_type == "Gemm" {
-            return node.input.get(2).filter(|c| !c.is_empty()).map(|_| (linear, 2));
+            return node
+                .input
+                .get(2)
+                .filter(|c| !c.is_empty())
+                .map(|_| (linear, 2));
         }
         let output = node.output.first()?;
-        let (add, slot) = self.readers(output).into_iter().find(|(r, _)| self.node(*r).op_type == "Add")?;
+        let (add, slot) = self
+            .readers(output)
+            .into_iter()
+            .find(|(r, _)| self.node(*r).op_type == "Add")?;
         let other = 1 - slot;
         let constant = |name: &str| {
             let mut name = name.to_string();
@@ -172,7 +183,9 @@ impl<'a> OnnxGraph<'a> {
                     return true;
                 }
                 match self.producer(&name) {
-                    Some(p) if self.node(p).op_type == "Identity" => name = self.node(p).input[0].clone(),
+                    Some(p) if self.node(p).op_type == "Identity" => {
+                        name = self.node(p).input[0].clone()
+                    }
                     _ => return false,
                 }
             }
@@ -220,7 +233,13 @@ impl<'a> OnnxGraph<'a> {
     /// The dimensions of a tensor, when known.
     pub fn dims(&self, name: &str) -> Option<TVec<TDim>> {
         if let Some(ix) = self.initializer(name) {
-            return Some(self.graph().initializer[ix].dims.iter().map(|&d| (d as usize).into()).collect());
+            return Some(
+                self.graph().initializer[ix]
+                    .dims
+                    .iter()
+                    .map(|&d| (d as usize).into())
+                    .collect(),
+            );
         }
         self.shapes.get(name).cloned()
     }
@@ -238,7 +257,11 @@ impl<'a> OnnxGraph<'a> {
             self.fresh += 1;
             let name = format!("{base}.{what}{}", self.fresh);
             let taken = self.graph().initializer.iter().any(|t| t.name == name)
-                || self.graph().node.iter().any(|n| n.output.contains(&name) || n.name == name);
+                || self
+                    .graph()
+                    .node
+                    .iter()
+                    .any(|n| n.output.contains(&name) || n.name == name);
             if !taken {
                 return name;
             }
@@ -292,8 +315,17 @@ impl<'a> OnnxGraph<'a> {
 
     /// Records that (`reader`, `slot`) needs only `need` of its input; constants are sliced
     /// right away.
-    fn ask(&mut self, asks: &mut Asks, reader: usize, slot: usize, need: Need) -> Result<(), Failure> {
-        let need: Need = need.into_iter().filter(|(a, kept)| !self.keeps_all(reader, slot, *a, kept)).collect();
+    fn ask(
+        &mut self,
+        asks: &mut Asks,
+        reader: usize,
+        slot: usize,
+        need: Need,
+    ) -> Result<(), Failure> {
+        let need: Need = need
+            .into_iter()
+            .filter(|(a, kept)| !self.keeps_all(reader, slot, *a, kept))
+            .collect();
         if need.is_empty() {
             return Ok(());
         }
@@ -423,7 +455,11 @@ impl<'a> OnnxGraph<'a> {
         let mut dims = self.dims(name);
         for (&axis, kept) in need {
             let indices = self.fresh_name(name, "indices");
-            self.graph_mut().initializer.push(int64_tensor(&indices, &[kept.len() as i64], kept.iter().map(|&i| i as i64)));
+            self.graph_mut().initializer.push(int64_tensor(
+                &indices,
+                &[kept.len() as i64],
+                kept.iter().map(|&i| i as i64),
+            ));
             let output = self.fresh_name(name, "gathered");
             let mut node = NodeProto {
                 name: output.clone(),
@@ -446,7 +482,13 @@ impl<'a> OnnxGraph<'a> {
     }
 
     /// Applies a node's plan: its edits, its new output shapes, and the needs of its inputs.
-    fn apply(&mut self, asks: &mut Asks, ix: usize, needs: &[Option<Need>], plan: Plan) -> Result<(), Failure> {
+    fn apply(
+        &mut self,
+        asks: &mut Asks,
+        ix: usize,
+        needs: &[Option<Need>],
+        plan: Plan,
+    ) -> Result<(), Failure> {
         for edit in plan.edits {
             self.edit(ix, edit)?;
         }
@@ -483,7 +525,11 @@ impl<'a> OnnxGraph<'a> {
 
     fn edit(&mut self, ix: usize, edit: Edit) -> Result<(), Failure> {
         match edit {
-            Edit::IntInput { slot, position, value } => self.set_int_entry(ix, slot, position, value),
+            Edit::IntInput {
+                slot,
+                position,
+                value,
+            } => self.set_int_entry(ix, slot, position, value),
             Edit::IntsAttribute { name, values } => {
                 let node = &mut self.graph_mut().node[ix];
                 match node.attribute.iter_mut().find(|a| a.name == name) {
@@ -535,9 +581,20 @@ impl<'a> OnnxGraph<'a> {
 
     /// Sets the integer at `position` of the tensor read by input `slot` of node `ix` (see
     /// [`OnnxGraph::int_entry`]), in copies of its own; entries computed at run time are left.
-    fn set_int_entry(&mut self, ix: usize, slot: usize, position: usize, value: i64) -> Result<(), Failure> {
+    fn set_int_entry(
+        &mut self,
+        ix: usize,
+        slot: usize,
+        position: usize,
+        value: i64,
+    ) -> Result<(), Failure> {
         match self.int_entry(ix, slot, position) {
-            None => return Err(format!("`{}`: cannot read its shape input", self.node(ix).name)),
+            None => {
+                return Err(format!(
+                    "`{}`: cannot read its shape input",
+                    self.node(ix).name
+                ))
+            }
             Some(None) => return Ok(()),
             Some(Some(_)) => {}
         }
@@ -560,7 +617,8 @@ impl<'a> OnnxGraph<'a> {
                 self.set_int_entry(p, piece, at, value)
             }
             _ => {
-                let (slot, at) = shape_source(self.node(p), position).ok_or("shape entry source")?;
+                let (slot, at) =
+                    shape_source(self.node(p), position).ok_or("shape entry source")?;
                 self.set_int_entry(p, slot, at, value)
             }
         }
@@ -601,7 +659,11 @@ impl Plan {
 
 enum Edit {
     /// Set entry `position` of the integer tensor read by input `slot`.
-    IntInput { slot: usize, position: usize, value: i64 },
+    IntInput {
+        slot: usize,
+        position: usize,
+        value: i64,
+    },
     /// Set an integer-list attribute.
     IntsAttribute { name: String, values: Vec<i64> },
 }
@@ -625,13 +687,13 @@ impl OnnxGraph<'_> {
         };
         let plan = Plan::inputs;
         Ok(match op {
-            "Relu" | "Gelu" | "Erf" | "Tanh" | "Sigmoid" | "Neg" | "Cast" | "IsNaN" | "Not" | "Identity" | "Sqrt"
-            | "Exp" | "Log" | "Abs" | "Softplus" | "Reciprocal" | "Floor" | "Ceil" | "Round" | "Sign" | "Sin"
-            | "Cos" | "HardSigmoid" | "HardSwish" | "LeakyRelu" | "Elu" | "Selu" | "Mish" | "Dropout" => {
-                plan(vec![(0, need)])
-            }
+            "Relu" | "Gelu" | "Erf" | "Tanh" | "Sigmoid" | "Neg" | "Cast" | "IsNaN" | "Not"
+            | "Identity" | "Sqrt" | "Exp" | "Log" | "Abs" | "Softplus" | "Reciprocal" | "Floor"
+            | "Ceil" | "Round" | "Sign" | "Sin" | "Cos" | "HardSigmoid" | "HardSwish"
+            | "LeakyRelu" | "Elu" | "Selu" | "Mish" | "Dropout" => plan(vec![(0, need)]),
             "Softmax" | "LogSoftmax" => {
-                let axis = attribute_int(node, "axis").unwrap_or(if self.opset() >= 13 { -1 } else { 1 });
+                let axis =
+                    attribute_int(node, "axis").unwrap_or(if self.opset() >= 13 { -1 } else { 1 });
                 let axis = normalize(axis, out_rank);
                 if need.contains_key(&axis) {
                     None
@@ -639,16 +701,18 @@ impl OnnxGraph<'_> {
                     Plan::inputs(vec![(0, need)])
                 }
             }
-            "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Max" | "Min" | "Where" | "Equal" | "And" | "Or" | "Less"
-            | "Greater" | "LessOrEqual" | "GreaterOrEqual" | "Mod" | "PRelu" | "Sum" | "Mean" => {
-                self.broadcasting(ix, &need, out_rank)
-            }
+            "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Max" | "Min" | "Where" | "Equal" | "And"
+            | "Or" | "Less" | "Greater" | "LessOrEqual" | "GreaterOrEqual" | "Mod" | "PRelu"
+            | "Sum" | "Mean" => self.broadcasting(ix, &need, out_rank),
             "Transpose" => {
                 let perm: Vec<usize> = match attribute_ints(node, "perm") {
                     Some(p) => p.iter().map(|&p| p as usize).collect(),
                     None => (0..out_rank).rev().collect(),
                 };
-                plan(vec![(0, need.into_iter().map(|(a, k)| (perm[a], k)).collect())])
+                plan(vec![(
+                    0,
+                    need.into_iter().map(|(a, k)| (perm[a], k)).collect(),
+                )])
             }
             "Unsqueeze" => self.unsqueeze(ix, need, out_rank),
             "Squeeze" => self.squeeze(ix, need),
@@ -726,7 +790,10 @@ impl OnnxGraph<'_> {
         let input_rank = self.rank(&self.node(ix).input[0])?;
         let removed = self.axes_of(ix, input_rank)?;
         let kept_axes: Vec<usize> = (0..input_rank).filter(|a| !removed.contains(a)).collect();
-        let inputs = need.into_iter().map(|(a, k)| Some((*kept_axes.get(a)?, k))).collect::<Option<Need>>()?;
+        let inputs = need
+            .into_iter()
+            .map(|(a, k)| Some((*kept_axes.get(a)?, k)))
+            .collect::<Option<Need>>()?;
         Plan::inputs(vec![(0, inputs)])
     }
 
@@ -749,7 +816,13 @@ impl OnnxGraph<'_> {
                 }
             }
         }
-        Plan::inputs(per_input.into_iter().enumerate().filter(|(_, n)| !n.is_empty()).collect())
+        Plan::inputs(
+            per_input
+                .into_iter()
+                .enumerate()
+                .filter(|(_, n)| !n.is_empty())
+                .collect(),
+        )
     }
 
     fn gemm(&self, ix: usize, need: Need) -> Option<Plan> {
@@ -815,7 +888,14 @@ impl OnnxGraph<'_> {
     /// size-1 axis, then the merge), restricted to some merged slices: the groups they touch
     /// are kept (so no KV head that no kept query head reads is computed), all their copies,
     /// then a gather picks the kept slices.
-    fn repetition(&self, ix: usize, a: usize, kept: &[usize], from: &[TDim], starts: &[usize]) -> Option<Plan> {
+    fn repetition(
+        &self,
+        ix: usize,
+        a: usize,
+        kept: &[usize],
+        from: &[TDim],
+        starts: &[usize],
+    ) -> Option<Plan> {
         let node = self.node(ix);
         let expand = self.producer(&node.input[0])?;
         if self.node(expand).op_type != "Expand" {
@@ -824,7 +904,7 @@ impl OnnxGraph<'_> {
         let expanded = self.dims(&self.node(expand).input[0])?;
         let offset = from.len().checked_sub(expanded.len())?;
         let i = *starts.iter().rev().find(|&&i| {
-            i + 1 >= offset + 1 && expanded.get(i + 1 - offset).is_some_and(|d| d.is_one())
+            i + 1 >= offset && expanded.get(i + 1 - offset).is_some_and(|d| d.is_one())
         })?;
         let copies = from.get(i + 1)?.to_usize().ok()?;
         let mut groups: Vec<usize> = kept.iter().map(|k| k / copies).collect();
@@ -834,7 +914,12 @@ impl OnnxGraph<'_> {
         }
         let picks: Vec<usize> = kept
             .iter()
-            .map(|k| groups.iter().position(|g| *g == k / copies).map(|p| p * copies + k % copies))
+            .map(|k| {
+                groups
+                    .iter()
+                    .position(|g| *g == k / copies)
+                    .map(|p| p * copies + k % copies)
+            })
             .collect::<Option<_>>()?;
         let held = groups.len() * copies;
         let edits = self.reshape_entry(ix, a, held)?.into_iter().collect();
@@ -845,12 +930,15 @@ impl OnnxGraph<'_> {
         })
     }
 
-
     /// The edit setting the reshape target's entry for output axis `a` to `size`, unless it
     /// is inferred (-1), copied from the input (0) or computed at run time.
     fn reshape_entry(&self, ix: usize, a: usize, size: usize) -> Option<Option<Edit>> {
         match self.int_entry(ix, 1, a)? {
-            Some(v) if v > 0 => Some(Some(Edit::IntInput { slot: 1, position: a, value: size as i64 })),
+            Some(v) if v > 0 => Some(Some(Edit::IntInput {
+                slot: 1,
+                position: a,
+                value: size as i64,
+            })),
             _ => Some(None),
         }
     }
@@ -872,13 +960,25 @@ impl OnnxGraph<'_> {
             if a >= shape_offset {
                 if let Some(v) = self.int_entry(ix, 1, a - shape_offset)? {
                     if v > 1 {
-                        edits.push(Edit::IntInput { slot: 1, position: a - shape_offset, value: kept.len() as i64 });
+                        edits.push(Edit::IntInput {
+                            slot: 1,
+                            position: a - shape_offset,
+                            value: kept.len() as i64,
+                        });
                     }
                 }
             }
         }
-        let inputs = if inputs.is_empty() { vec![] } else { vec![(0, inputs)] };
-        Some(Plan { edits, inputs, then_gather: None })
+        let inputs = if inputs.is_empty() {
+            vec![]
+        } else {
+            vec![(0, inputs)]
+        };
+        Some(Plan {
+            edits,
+            inputs,
+            then_gather: None,
+        })
     }
 
     fn concat(&self, ix: usize, need: Need, out_rank: usize) -> Option<Plan> {
@@ -890,7 +990,11 @@ impl OnnxGraph<'_> {
             let len = self.dims(input)?.get(axis)?.to_usize().ok()?;
             let mut mine = need.clone();
             if let Some(kept) = need.get(&axis) {
-                let local: Vec<usize> = kept.iter().filter(|&&i| i >= offset && i < offset + len).map(|i| i - offset).collect();
+                let local: Vec<usize> = kept
+                    .iter()
+                    .filter(|&&i| i >= offset && i < offset + len)
+                    .map(|i| i - offset)
+                    .collect();
                 // The kept slices must come input by input, in order.
                 mine.insert(axis, local);
             }
@@ -898,7 +1002,9 @@ impl OnnxGraph<'_> {
             offset += len;
         }
         if let Some(kept) = need.get(&axis) {
-            if kept.windows(2).any(|w| w[1] <= w[0]) || inputs.iter().any(|(_, n)| n[&axis].is_empty()) {
+            if kept.windows(2).any(|w| w[1] <= w[0])
+                || inputs.iter().any(|(_, n)| n[&axis].is_empty())
+            {
                 return None;
             }
         }
@@ -912,7 +1018,11 @@ impl OnnxGraph<'_> {
             Some(axes) => {
                 let n = self.dims(axes)?.first()?.to_usize().ok()?;
                 (0..n)
-                    .map(|p| self.int_entry(ix, 3, p).flatten().map(|a| normalize(a, out_rank)))
+                    .map(|p| {
+                        self.int_entry(ix, 3, p)
+                            .flatten()
+                            .map(|a| normalize(a, out_rank))
+                    })
                     .collect::<Option<_>>()?
             }
             None => (0..self.dims(node.input.get(1)?)?.first()?.to_usize().ok()?).collect(),
@@ -954,8 +1064,8 @@ impl OnnxGraph<'_> {
             .map(|o| self.dims(o)?.get(axis)?.to_usize().ok())
             .collect::<Option<_>>()?;
         let first = needs.iter().flatten().next()?;
-        let others_same = first.keys().all(|&a| a == axis)
-            || needs.iter().all(|n| n.as_ref() == Some(first));
+        let others_same =
+            first.keys().all(|&a| a == axis) || needs.iter().all(|n| n.as_ref() == Some(first));
         if !others_same {
             return None;
         }
@@ -966,7 +1076,10 @@ impl OnnxGraph<'_> {
             let mut new_sizes = vec![];
             let mut offset = 0;
             for (k, size) in sizes.iter().enumerate() {
-                let local = needs[k].as_ref().and_then(|n| n.get(&axis).cloned()).unwrap_or_else(|| (0..*size).collect());
+                let local = needs[k]
+                    .as_ref()
+                    .and_then(|n| n.get(&axis).cloned())
+                    .unwrap_or_else(|| (0..*size).collect());
                 kept.extend(local.iter().map(|i| i + offset));
                 new_sizes.push(local.len() as i64);
                 offset += size;
@@ -987,15 +1100,20 @@ impl OnnxGraph<'_> {
     fn split_sizes(&self, ix: usize, sizes: Vec<i64>) -> Option<Vec<Edit>> {
         let node = self.node(ix);
         if attribute_ints(node, "split").is_some() {
-            return Some(vec![Edit::IntsAttribute { name: "split".into(), values: sizes }]);
+            return Some(vec![Edit::IntsAttribute {
+                name: "split".into(),
+                values: sizes,
+            }]);
         }
         if node.input.get(1).is_some_and(|s| !s.is_empty()) {
             let mut edits = vec![];
             for (p, &size) in sizes.iter().enumerate() {
-                if self.int_entry(ix, 1, p)?.is_none() {
-                    return None;
-                }
-                edits.push(Edit::IntInput { slot: 1, position: p, value: size });
+                self.int_entry(ix, 1, p)??;
+                edits.push(Edit::IntInput {
+                    slot: 1,
+                    position: p,
+                    value: size,
+                });
             }
             return Some(edits);
         }
@@ -1007,14 +1125,25 @@ impl OnnxGraph<'_> {
 /// `from → to` come from: the same ones when the axis is unchanged; whole blocks when it is
 /// split off a larger one (heads out of channels); whole groups when it merges two (channels out
 /// of heads), which must then be whole.
-fn reshaped_slices(from: &[TDim], to: &[TDim], i: usize, a: usize, size: usize, kept: &[usize]) -> Option<Vec<usize>> {
+fn reshaped_slices(
+    from: &[TDim],
+    to: &[TDim],
+    i: usize,
+    a: usize,
+    size: usize,
+    kept: &[usize],
+) -> Option<Vec<usize>> {
     let source = from.get(i)?.to_usize().ok()?;
     if source == size {
         return Some(kept.to_vec());
     }
     if source % size == 0 && to.get(a + 1).and_then(|d| d.to_usize().ok()) == Some(source / size) {
         let block = source / size;
-        return Some(kept.iter().flat_map(|g| g * block..(g + 1) * block).collect());
+        return Some(
+            kept.iter()
+                .flat_map(|g| g * block..(g + 1) * block)
+                .collect(),
+        );
     }
     let inner = from.get(i + 1)?.to_usize().ok()?;
     if source * inner == size {
@@ -1034,13 +1163,17 @@ fn merge_needs(needs: Vec<(usize, Need)>) -> Vec<(usize, Need)> {
 
 /// The groups of `block` slices that `kept` consists of, if it consists of whole groups.
 fn whole_blocks(kept: &[usize], block: usize) -> Option<Vec<usize>> {
-    if block == 0 || kept.len() % block != 0 {
+    if block == 0 || !kept.len().is_multiple_of(block) {
         return None;
     }
     kept.chunks(block)
         .map(|chunk| {
             let g = chunk[0] / block;
-            chunk.iter().enumerate().all(|(r, &c)| c == g * block + r).then_some(g)
+            chunk
+                .iter()
+                .enumerate()
+                .all(|(r, &c)| c == g * block + r)
+                .then_some(g)
         })
         .collect()
 }
@@ -1122,13 +1255,17 @@ pub fn int_values(t: &TensorProto) -> Option<Vec<i64>> {
 }
 
 fn set_int_at(t: &mut TensorProto, position: usize, value: i64) -> Result<(), Failure> {
-    let mut values = int_values(t).ok_or_else(|| format!("`{}` is not an integer tensor", t.name))?;
+    let mut values =
+        int_values(t).ok_or_else(|| format!("`{}` is not an integer tensor", t.name))?;
     *values.get_mut(position).ok_or("shape entry out of range")? = value;
     let int32 = t.data_type == DataType::Int32 as i32;
     t.int64_data.clear();
     t.int32_data.clear();
     t.raw_data = if int32 {
-        values.iter().flat_map(|&v| (v as i32).to_le_bytes()).collect()
+        values
+            .iter()
+            .flat_map(|&v| (v as i32).to_le_bytes())
+            .collect()
     } else {
         values.iter().flat_map(|v| v.to_le_bytes()).collect()
     };
@@ -1150,14 +1287,24 @@ fn element_size(data_type: i32) -> Option<usize> {
 pub fn select(t: &mut TensorProto, axis: usize, kept: &[usize]) -> Result<(), Failure> {
     let dims: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
     if axis >= dims.len() {
-        return Err(format!("`{}`: axis {axis} out of rank {}", t.name, dims.len()));
+        return Err(format!(
+            "`{}`: axis {axis} out of rank {}",
+            t.name,
+            dims.len()
+        ));
     }
     if kept.iter().any(|&i| i >= dims[axis]) {
         return Err(format!("`{}`: slice out of range {}", t.name, dims[axis]));
     }
     let inner: usize = dims[axis + 1..].iter().product();
     let outer: usize = dims[..axis].iter().product();
-    fn pick<T: Copy>(data: &[T], outer: usize, size: usize, inner: usize, kept: &[usize]) -> Vec<T> {
+    fn pick<T: Copy>(
+        data: &[T],
+        outer: usize,
+        size: usize,
+        inner: usize,
+        kept: &[usize],
+    ) -> Vec<T> {
         let mut out = Vec::with_capacity(outer * kept.len() * inner);
         for o in 0..outer {
             for &i in kept {
@@ -1168,9 +1315,16 @@ pub fn select(t: &mut TensorProto, axis: usize, kept: &[usize]) -> Result<(), Fa
         out
     }
     if !t.raw_data.is_empty() {
-        let width = element_size(t.data_type).ok_or_else(|| format!("`{}`: unsupported type", t.name))?;
-        t.raw_data = pick(&t.raw_data.chunks_exact(width).collect::<Vec<_>>(), outer, dims[axis], inner, kept)
-            .concat();
+        let width =
+            element_size(t.data_type).ok_or_else(|| format!("`{}`: unsupported type", t.name))?;
+        t.raw_data = pick(
+            &t.raw_data.chunks_exact(width).collect::<Vec<_>>(),
+            outer,
+            dims[axis],
+            inner,
+            kept,
+        )
+        .concat();
     } else if !t.float_data.is_empty() {
         t.float_data = pick(&t.float_data, outer, dims[axis], inner, kept);
     } else if !t.int64_data.is_empty() {

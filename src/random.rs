@@ -1,7 +1,8 @@
 //! Random models in the family the pass targets, for soundness checks and differential testing:
 //! FFN-shaped layers (random activations, gates, softmax, axis ops, residuals), attention blocks
-//! (1–4 heads, masks), and stacks of blocks with layer norms, shared weights and ops the rules
-//! do not know; random shapes and random zero structure (whole channels and heads, partial ones
+//! (1–4 heads, masks; and as default exports write them: grouped-query heads, rotary embeddings,
+//! sdpa's NaN guard, -inf masks), and stacks of blocks with layer norms, shared weights and ops
+//! the rules do not know; random shapes and random zero structure (whole channels and heads, partial ones
 //! that must stay, zero weights under non-zero biases). The same seed gives the same model.
 
 use rand::rngs::StdRng;
@@ -240,6 +241,175 @@ pub fn random_attention(rng: &mut StdRng) -> TypedModel {
     let y = m.wire_node("residual", add(), &operands).unwrap()[0];
     m.select_output_outlets(&[y]).unwrap();
     m
+}
+
+/// A random attention block as default exports write it: grouped-query attention (1–2 KV
+/// heads, each shared by 1–3 query heads, repeated by add-axis, broadcast and merge), rotary
+/// position embeddings (`rotate_half`: slices, a negation and a concatenation) on Q and K,
+/// sdpa's NaN guard after softmax, and a mask that is finite or -inf. Random zeros: query heads
+/// in the output projection (some groups whole, some partly), KV heads in V.
+pub fn random_grouped_attention(rng: &mut StdRng) -> TypedModel {
+    random_grouped_attention_checked(rng).expect("a well-formed random attention block")
+}
+
+fn random_grouped_attention_checked(rng: &mut StdRng) -> TractResult<TypedModel> {
+    let (s, hidden) = (rng.gen_range(1..5), rng.gen_range(2..9));
+    // Mostly several groups of several heads: the case where heads lie along two axes.
+    let kv = if rng.gen_bool(0.75) { 2 } else { 1 };
+    let per_kv = if rng.gen_bool(0.8) {
+        rng.gen_range(2..4)
+    } else {
+        1
+    };
+    let d = 2 * rng.gen_range(1..3);
+    let heads = kv * per_kv;
+    let mut m = TypedModel::default();
+    let x = m.add_source("x", f32::fact([1, s, hidden]))?;
+    let project = |m: &mut TypedModel, rng: &mut StdRng, name: &str, units: usize, zero: f64| {
+        let mut w = random_tensor(rng, &[hidden, units * d]);
+        zero_random_heads(rng, &mut w, 1, d, zero);
+        let w = m.add_const(format!("{name}.w"), w)?;
+        let y = m.wire_node(name, einsum("amk,kn->amn"), &[x, w])?[0];
+        let b = m.add_const(format!("{name}.b"), random_tensor(rng, &[1, 1, units * d]))?;
+        let y = m.wire_node(format!("{name}.bias"), add(), &[y, b])?[0];
+        let split = AxisOp::Reshape(2, tvec!((units * d).into()), tvec!(units.into(), d.into()));
+        m.wire_node(format!("{name}.heads"), split, &[y])
+            .map(|o| o[0])
+    };
+    let rope = rng.gen_bool(0.5);
+    let mut q = project(&mut m, rng, "q", heads, 0.0)?;
+    let mut k = project(&mut m, rng, "k", kv, 0.0)?;
+    let v = project(&mut m, rng, "v", kv, 0.3)?;
+    if rope {
+        q = rotary(&mut m, rng, "q.rope", q, s, d)?;
+        k = rotary(&mut m, rng, "k.rope", k, s, d)?;
+    }
+    let mut k = repeat_kv(&mut m, "k.repeat", k, s, kv, per_kv, d)?;
+    let v = repeat_kv(&mut m, "v.repeat", v, s, kv, per_kv, d)?;
+    let mut scores = if rng.gen_bool(0.6) {
+        // sdpa: q and k each scaled by the square root of the scale.
+        let root = m.add_const("scale.root", tensor4(&[[[[0.7f32]]]]))?;
+        // The scale on the left, as exports write `√s · q`.
+        q = m.wire_node("q.scaled", mul(), &[root, q])?[0];
+        k = m.wire_node("k.scaled", mul(), &[k, root])?[0];
+        m.wire_node("scores", einsum("ashd,athd->ahst"), &[q, k])?[0]
+    } else {
+        let scores = m.wire_node("scores", einsum("ashd,athd->ahst"), &[q, k])?[0];
+        let scale = m.add_const("scale", tensor4(&[[[[0.5f32]]]]))?;
+        m.wire_node("scaled", mul(), &[scores, scale])?[0]
+    };
+    if rng.gen_bool(0.6) {
+        let masked = if rng.gen_bool(0.5) {
+            f32::NEG_INFINITY
+        } else {
+            -1e4
+        };
+        let mask: Vec<f32> = (0..s)
+            .map(|_| if rng.gen_bool(0.3) { masked } else { 0.0 })
+            .collect();
+        let mask = tract_ndarray::ArrayD::from_shape_vec(vec![1, 1, 1, s], mask)?;
+        let mask = m.add_const("mask", mask.into_tensor())?;
+        scores = m.wire_node("masked", add(), &[scores, mask])?[0];
+    }
+    let softmax = Softmax {
+        axes: tvec!(3),
+        quant_output_dt: None,
+        kind: SoftmaxKind::default(),
+    };
+    let mut probs = m.wire_node("softmax", softmax, &[scores])?[0];
+    if rng.gen_bool(0.7) {
+        // sdpa: rows that are all NaN (every key masked with -inf) become zeros.
+        let nan = m.wire_node("isnan", tract_core::ops::math::is_nan(), &[probs])?[0];
+        let zero = m.add_const("zero", tensor4(&[[[[0f32]]]]))?;
+        probs = m.wire_node("guarded", tract_core::ops::logic::Iff, &[nan, zero, probs])?[0];
+    }
+    // Operands in either order, as exporters and tract's rewrites leave them.
+    let swap = rng.gen_bool(0.5);
+    let context = if swap {
+        m.wire_node("context", einsum("athd,ahst->ashd"), &[v, probs])?[0]
+    } else {
+        m.wire_node("context", einsum("ahst,athd->ashd"), &[probs, v])?[0]
+    };
+    let merge = AxisOp::Reshape(2, tvec!(heads.into(), d.into()), tvec!((heads * d).into()));
+    let merged = m.wire_node("merged", merge, &[context])?[0];
+    let mut wo = random_tensor(rng, &[heads * d, hidden]);
+    if rng.gen_bool(0.3) {
+        // A whole KV group's query heads.
+        let group = rng.gen_range(0..kv);
+        let mut view = wo.to_plain_array_view_mut::<f32>()?;
+        for row in group * per_kv * d..(group + 1) * per_kv * d {
+            view.index_axis_mut(tract_ndarray::Axis(0), row).fill(0.0);
+        }
+    }
+    zero_random_heads(rng, &mut wo, 0, d, 0.4);
+    let wo = m.add_const("out.w", wo)?;
+    let out = if swap {
+        m.wire_node("out", einsum("io,ami->amo"), &[wo, merged])?[0]
+    } else {
+        m.wire_node("out", einsum("ami,io->amo"), &[merged, wo])?[0]
+    };
+    let bo = m.add_const("out.b", random_tensor(rng, &[1, 1, hidden]))?;
+    let out = m.wire_node("out.bias", add(), &[out, bo])?[0];
+    let y = m.wire_node("residual", add(), &[x, out])?[0];
+    m.select_output_outlets(&[y])?;
+    Ok(m)
+}
+
+/// Rotary embeddings on `[1, s, heads, d]`: `t·cos + rotate_half(t)·sin`, where `rotate_half`
+/// concatenates the negated second half of the head size with its first half.
+fn rotary(
+    m: &mut TypedModel,
+    rng: &mut StdRng,
+    name: &str,
+    t: OutletId,
+    s: usize,
+    d: usize,
+) -> TractResult<OutletId> {
+    use tract_core::ops::array::{Slice, TypedConcat};
+    let cos = m.add_const(format!("{name}.cos"), random_tensor(rng, &[1, s, 1, d]))?;
+    let sin = m.add_const(format!("{name}.sin"), random_tensor(rng, &[1, s, 1, d]))?;
+    let first = m.wire_node(format!("{name}.first"), Slice::new(3, 0, d / 2), &[t])?[0];
+    let second = m.wire_node(format!("{name}.second"), Slice::new(3, d / 2, d), &[t])?[0];
+    let negated = m.wire_node(
+        format!("{name}.neg"),
+        tract_core::ops::math::neg(),
+        &[second],
+    )?[0];
+    let rotated = m.wire_node(
+        format!("{name}.rotated"),
+        TypedConcat::new(3),
+        &[negated, first],
+    )?[0];
+    let a = m.wire_node(format!("{name}.cos_t"), mul(), &[t, cos])?[0];
+    let b = m.wire_node(format!("{name}.sin_t"), mul(), &[rotated, sin])?[0];
+    m.wire_node(name, add(), &[a, b]).map(|o| o[0])
+}
+
+/// `repeat_kv` on `[1, s, kv, d]`: each KV head repeated for the `per_kv` query heads of its
+/// group, as `[1, s, kv·per_kv, d]`.
+fn repeat_kv(
+    m: &mut TypedModel,
+    name: &str,
+    t: OutletId,
+    s: usize,
+    kv: usize,
+    per_kv: usize,
+    d: usize,
+) -> TractResult<OutletId> {
+    use tract_core::ops::array::MultiBroadcastTo;
+    let added = m.wire_node(format!("{name}.axis"), AxisOp::Add(3), &[t])?[0];
+    let shape: TVec<TDim> = [1, s, kv, per_kv, d].iter().map(|&v| v.into()).collect();
+    let broadcast = m.wire_node(
+        format!("{name}.expand"),
+        MultiBroadcastTo::new(shape.into()),
+        &[added],
+    )?[0];
+    let merge = AxisOp::Reshape(
+        2,
+        tvec!(kv.into(), per_kv.into()),
+        tvec!((kv * per_kv).into()),
+    );
+    m.wire_node(name, merge, &[broadcast]).map(|o| o[0])
 }
 
 /// A linear layer `x · w (+ b)` over the last axis, with random zero structure in `w` and `b`:

@@ -197,12 +197,13 @@ pub fn ffn_layers(
     Ok(layers)
 }
 
-/// Whether a node derived from `name` (the same base name) is still in `model`.
+/// Whether a node derived from `name` (the same base name) still computes in `model` (a layer
+/// whose every unit was constant may remain as a constant of that name).
 fn still_there(model: &TypedModel, name: &str) -> bool {
     model
         .nodes()
         .iter()
-        .any(|n| base_name(&n.name) == base_name(name))
+        .any(|n| !n.op_is::<Const>() && base_name(&n.name) == base_name(name))
 }
 
 /// The attention layers of `before`, with their head counts in `before` and `after`, matched
@@ -256,17 +257,7 @@ fn human(v: f64) -> String {
 impl Report {
     /// The error of a failed verification: the first output over the tolerance.
     pub fn verification_error(&self) -> Option<crate::SlimError> {
-        let failed = self
-            .verification
-            .as_ref()?
-            .outputs
-            .iter()
-            .find(|o| !o.passed)?;
-        Some(crate::SlimError::Verification {
-            output: failed.name.clone(),
-            diff: failed.max_abs_diff,
-            tolerance: crate::verify::RELATIVE_TOLERANCE * failed.max_magnitude,
-        })
+        self.verification.as_ref()?.failure()
     }
 
     /// The human-readable summary printed by the CLI.
@@ -332,6 +323,16 @@ impl Report {
             self.times.raise_ms
         );
         if let Some(v) = &self.verification {
+            out += &match &v.artifact {
+                Some(file) => format!(
+                    "verify: {file} as written, loaded back and run on seed {}\n",
+                    v.seed
+                ),
+                None => format!(
+                    "verify: the slimmed model in memory, run on seed {}\n",
+                    v.seed
+                ),
+            };
             for o in &v.outputs {
                 out += &format!(
                     "verify {}: max |diff| {:.3e} (output magnitude {:.3e}) {}\n",

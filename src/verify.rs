@@ -39,6 +39,20 @@ pub struct Verification {
     pub outputs: Vec<OutputDiff>,
     /// Whether every output passed.
     pub passed: bool,
+    /// The file the compared model was loaded from (`None`: the model in memory).
+    pub artifact: Option<String>,
+}
+
+impl Verification {
+    /// The error of a failed comparison: the first output over the tolerance.
+    pub fn failure(&self) -> Option<crate::SlimError> {
+        let failed = self.outputs.iter().find(|o| !o.passed)?;
+        Some(crate::SlimError::Verification {
+            output: failed.name.clone(),
+            diff: failed.max_abs_diff,
+            tolerance: RELATIVE_TOLERANCE * failed.max_magnitude,
+        })
+    }
 }
 
 /// Concrete shape of an input fact: symbols take their `--set` value, else [`NOMINAL_DIM`].
@@ -263,5 +277,6 @@ pub fn verify(
         input_shapes,
         outputs,
         passed,
+        artifact: None,
     })
 }

@@ -3,10 +3,12 @@
 //!
 //! tract 0.23.9 cannot serialize `GeluExact`, so it is written as the expression it stands for,
 //! `0.5·x·(1 + erf(x/√2))`, which tract's declutter fuses back into `GeluExact` on load.
-//! Files are written to a temporary file beside the target and renamed into place, so an error
-//! never leaves a truncated model where one was asked for.
+//! Files are written to a temporary file beside the target, loaded back as a consumer would load
+//! them (and compared with the original when asked), and renamed into place only then, so an
+//! error never leaves a truncated, unloadable or wrong model where one was asked for.
 
 use crate::error::{Result, SlimError};
+use crate::verify::{verify, Verification};
 use std::io::Write;
 use std::path::Path;
 use tract_core::internal::*;
@@ -109,6 +111,72 @@ fn nnef_bytes(model: &TypedModel, format: Format) -> TractResult<Vec<u8>> {
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory, then a rename.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut scratch = scratch_beside(path)?;
+    scratch.write_all(bytes)?;
+    persist(scratch, path)
+}
+
+/// What a written model is compared with once it is loaded back.
+#[derive(Clone, Copy)]
+pub struct ArtifactCheck<'a> {
+    /// The model the file must compute the outputs of.
+    pub reference: &'a TypedModel,
+    /// Values of symbolic dimensions to run at.
+    pub values: &'a SymbolValues,
+    /// Seed of the random inputs.
+    pub seed: u64,
+}
+
+impl ArtifactCheck<'_> {
+    /// Compares a model loaded from `file` with the reference: an error when it does not run or
+    /// computes something else.
+    pub fn compare(&self, loaded: &TypedModel, file: &Path) -> Result<Verification> {
+        let shown = file.display().to_string();
+        let mut v = verify(self.reference, loaded, self.seed, self.values).map_err(|e| {
+            SlimError::Write {
+                path: shown.clone(),
+                message: format!("the written file does not run: {e:#}"),
+            }
+        })?;
+        v.artifact = Some(shown);
+        Ok(v)
+    }
+}
+
+/// Saves a model as NNEF (the format follows the file name; `.onnx` needs the source file: see
+/// [`crate::writeback::write_slimmed_onnx`]). The file is written beside the target, loaded back
+/// by stock tract (`tract_nnef::nnef()`, nothing of model-slim registered), compared with
+/// `check`'s reference when given, and only then renamed into place: a file that does not load
+/// or does not match is not left behind. Returns the comparison.
+pub fn write_model(
+    model: &TypedModel,
+    path: &Path,
+    check: Option<ArtifactCheck>,
+) -> Result<Option<Verification>> {
+    let shown = path.display().to_string();
+    let fail = |message: String| SlimError::Write {
+        path: shown.clone(),
+        message,
+    };
+    let format = Format::required(path)?;
+    let bytes = nnef_bytes(model, format).map_err(|e| fail(format!("{e:#}")))?;
+    let scratch = scratch_beside(path).map_err(|e| fail(e.to_string()))?;
+    std::fs::write(scratch.path(), &bytes).map_err(|e| fail(e.to_string()))?;
+    let loaded = tract_nnef::nnef()
+        .model_for_path(scratch.path())
+        .and_then(|m| m.into_decluttered())
+        .map_err(|e| fail(format!("stock tract cannot load the written NNEF: {e:#}")))?;
+    let verification = check.map(|c| c.compare(&loaded, path)).transpose()?;
+    if verification.as_ref().is_some_and(|v| !v.passed) {
+        // The caller reports the difference; the file is not kept.
+        return Ok(verification);
+    }
+    persist(scratch, path).map_err(|e| fail(e.to_string()))?;
+    Ok(verification)
+}
+
+/// A temporary file in the target's directory (so that renaming it into place is atomic).
+pub fn scratch_beside(path: &Path) -> std::io::Result<tempfile::NamedTempFile> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -117,22 +185,12 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     // A temporary file is private (0600); the model is an ordinary file (0644 before umask).
     #[cfg(unix)]
     builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644));
-    let mut tmp = builder.tempfile_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+    builder.suffix(".partial").tempfile_in(dir)
 }
 
-/// Saves a model as NNEF; the format follows the file name (`.onnx` needs the source file:
-/// see [`crate::writeback::write_slimmed_onnx`]).
-pub fn write_model(model: &TypedModel, path: &Path) -> Result<()> {
-    let shown = path.display().to_string();
-    let fail = |message: String| SlimError::Write {
-        path: shown.clone(),
-        message,
-    };
-    let format = Format::required(path)?;
-    let bytes = nnef_bytes(model, format).map_err(|e| fail(format!("{e:#}")))?;
-    write_atomically(path, &bytes).map_err(|e| fail(e.to_string()))
+/// Moves a finished temporary file to `path`.
+pub fn persist(scratch: tempfile::NamedTempFile, path: &Path) -> std::io::Result<()> {
+    scratch.as_file().sync_all()?;
+    scratch.persist(path).map_err(|e| e.error)?;
+    Ok(())
 }

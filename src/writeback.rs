@@ -20,8 +20,9 @@ use crate::import::{import_onnx, tensor_shapes, ImportOptions};
 use crate::onnx::{decode, encode_preserving, linear_weight, onnx_node, read_bytes};
 use crate::onnx_restrict::{Need, OnnxGraph};
 use crate::prune::{activation_stats, compensation, weight_of, zero_units};
-use crate::verify::{random_inputs, verify};
-use crate::write::write_atomically;
+use crate::verify::random_inputs;
+use crate::verify::Verification;
+use crate::write::{persist, scratch_beside, ArtifactCheck};
 use std::collections::HashMap;
 use std::path::Path;
 use tract_core::internal::*;
@@ -178,13 +179,19 @@ fn find_target(graph: &OnnxGraph, cut: &Cut) -> std::result::Result<Target, Stri
         .name
         .clone();
     let nodes = &proto.graph.as_ref().ok_or("no graph")?.node;
-    let consumer = nodes.iter().position(|n| n.name == name).ok_or("no consumer")?;
+    let consumer = nodes
+        .iter()
+        .position(|n| n.name == name)
+        .ok_or("no consumer")?;
     let weight = linear_weight(proto, consumer)
         .ok_or_else(|| format!("cannot find the weight of ONNX node `{name}`"))?;
     let rows = proto.graph.as_ref().ok_or("no graph")?.initializer[weight.initializer].dims
         [weight.input_axis] as usize;
     if !rows.is_multiple_of(cut.units) {
-        return Err(format!("`{name}`: {} units do not divide {rows} rows", cut.units));
+        return Err(format!(
+            "`{name}`: {} units do not divide {rows} rows",
+            cut.units
+        ));
     }
     let node = &nodes[consumer];
     let data_rank = graph
@@ -192,7 +199,10 @@ fn find_target(graph: &OnnxGraph, cut: &Cut) -> std::result::Result<Target, Stri
         .map(|d| d.len())
         .ok_or_else(|| format!("`{name}`: the shape of its input is unknown"))?;
     let trans_a = node.op_type == "Gemm"
-        && node.attribute.iter().any(|a| a.name == "transA" && a.i == 1);
+        && node
+            .attribute
+            .iter()
+            .any(|a| a.name == "transA" && a.i == 1);
     let data_axis = if trans_a { 0 } else { data_rank - 1 };
     Ok(Target {
         consumer,
@@ -206,7 +216,11 @@ fn find_target(graph: &OnnxGraph, cut: &Cut) -> std::result::Result<Target, Stri
 
 /// The consumer's part of a cut: its rows of the units a block lost entirely are zeroed, and
 /// the folded constants go into its bias.
-fn edit_consumer(graph: &mut OnnxGraph, cut: &Cut, target: &Target) -> std::result::Result<(), String> {
+fn edit_consumer(
+    graph: &mut OnnxGraph,
+    cut: &Cut,
+    target: &Target,
+) -> std::result::Result<(), String> {
     let (reader, slot) = target.weight_reader;
     if !cut.zeroed.is_empty() {
         graph.zero_constant(reader, slot, target.axis, &target.slices(&cut.zeroed))?;
@@ -296,69 +310,82 @@ pub fn initializer_params(proto: &ModelProto) -> usize {
 }
 
 /// Encodes the edited protobuf (keeping untouched parts of `source_bytes` as they were),
-/// imports it again, and writes it to `output` only if it computes what `reference` computes
-/// and passes `check`.
+/// imports it again from a file beside `output`, compares it with `check`'s reference and
+/// checks it with `shrunk`; renames it to `output` only if all that passed. A comparison that
+/// fails is returned (nothing is written), other failures are errors.
 fn write_checked(
     source_bytes: &[u8],
     proto: &ModelProto,
     output: &Path,
     import: &ImportOptions,
-    reference: &TypedModel,
-    values: &SymbolValues,
-    check: impl Fn(&TypedModel) -> std::result::Result<(), String>,
-) -> Result<()> {
+    check: ArtifactCheck,
+    shrunk: impl Fn(&TypedModel) -> std::result::Result<(), String>,
+) -> Result<Verification> {
     let refuse = |message: String| SlimError::Write {
         path: output.display().to_string(),
         message,
     };
     let bytes = encode_preserving(source_bytes, proto).map_err(refuse)?;
-    let scratch = tempfile::Builder::new()
-        .suffix(".onnx")
-        .tempfile()
-        .map_err(|e| refuse(e.to_string()))?;
+    let scratch = scratch_beside(output).map_err(|e| refuse(e.to_string()))?;
     std::fs::write(scratch.path(), &bytes).map_err(|e| refuse(e.to_string()))?;
     let reloaded = import_onnx(scratch.path(), import)
         .map_err(|e| refuse(format!("the edited ONNX does not load: {e}")))?;
-    let v = verify(reference, &reloaded, 0, values).map_err(|e| refuse(format!("{e:#}")))?;
-    if !v.passed {
-        return Err(refuse(format!(
-            "the edited ONNX does not compute the expected model ({:?}); nothing written",
-            v.outputs
-        )));
+    let verification = check.compare(&reloaded, output)?;
+    if !verification.passed {
+        return Ok(verification);
     }
-    check(&reloaded).map_err(refuse)?;
-    write_atomically(output, &bytes).map_err(|e| refuse(e.to_string()))
+    shrunk(&reloaded).map_err(refuse)?;
+    persist(scratch, output).map_err(|e| refuse(e.to_string()))?;
+    Ok(verification)
 }
 
-/// Writes the slimmed model as an edit of the ONNX file it came from, after checking that the
-/// edited file imports, computes what `original` computes, and has the slimmed widths.
+/// Writes the slimmed model as an edit of the ONNX file it came from (see the module docs),
+/// after checking that the edited file imports, computes what `check`'s reference (the
+/// original) computes, and has the slimmed widths. Returns the comparison; when it failed,
+/// nothing is written.
 pub fn write_slimmed_onnx(
     source: &Path,
     output: &Path,
     import: &ImportOptions,
     original: &TypedModel,
     slimmed: &TypedModel,
+    check: ArtifactCheck,
+) -> Result<Verification> {
+    let source_bytes = read_bytes(source)?;
+    let mut proto = decode(source, &source_bytes)?;
+    let cuts = slim_proto(
+        &mut proto,
+        source,
+        output,
+        import,
+        original,
+        slimmed,
+        check.values,
+    )?;
+    write_checked(&source_bytes, &proto, output, import, check, |reloaded| {
+        shrunk_as_planned(reloaded, &cuts)
+    })
+}
+
+/// Replays on `proto` the cuts that make `slimmed` of `original`; returns them.
+fn slim_proto(
+    proto: &mut ModelProto,
+    source: &Path,
+    output: &Path,
+    import: &ImportOptions,
+    original: &TypedModel,
+    slimmed: &TypedModel,
     values: &SymbolValues,
-) -> Result<()> {
+) -> Result<Vec<Cut>> {
     let refuse = |message: String| SlimError::Write {
         path: output.display().to_string(),
         message,
     };
     let cuts = derive_cuts(original, slimmed, values).map_err(|e| refuse(format!("{e:#}")))?;
-    let source_bytes = read_bytes(source)?;
-    let mut proto = decode(source, &source_bytes)?;
-    let shapes = tensor_shapes(&proto, &source.display().to_string(), import)?;
-    apply_cuts(&mut proto, shapes, &cuts)
+    let shapes = tensor_shapes(proto, &source.display().to_string(), import)?;
+    apply_cuts(proto, shapes, &cuts)
         .map_err(|m| refuse(format!("cannot map the slimming back to ONNX: {m}")))?;
-    write_checked(
-        &source_bytes,
-        &proto,
-        output,
-        import,
-        original,
-        values,
-        |reloaded| shrunk_as_planned(reloaded, &cuts),
-    )
+    Ok(cuts)
 }
 
 /// Every cut consumer has the planned number of units in the reloaded model.
@@ -379,42 +406,47 @@ fn shrunk_as_planned(reloaded: &TypedModel, cuts: &[Cut]) -> std::result::Result
     Ok(())
 }
 
-/// Writes a pruned model — the plan's zeros and compensated biases, nothing removed — as an
-/// edit of its source ONNX file, after checking that it computes what `pruned` computes. Each
-/// cut keeps every unit and zeroes the removed ones in its consumer.
+/// Writes a pruned model as an edit of its source ONNX file: the plan's zeros and compensated
+/// biases (`edits`, cuts that keep every unit), and, when `slimmed` is given, the slimming of
+/// the pruned model replayed on top. The file must compute what `check`'s reference computes.
 pub fn write_pruned_onnx(
     source: &Path,
     output: &Path,
     import: &ImportOptions,
-    cuts: &[Cut],
+    edits: &[Cut],
     pruned: &TypedModel,
-) -> Result<()> {
+    slimmed: Option<&TypedModel>,
+    check: ArtifactCheck,
+) -> Result<Verification> {
+    let refuse = |message: String| SlimError::Write {
+        path: output.display().to_string(),
+        message,
+    };
     let source_bytes = read_bytes(source)?;
     let mut proto = decode(source, &source_bytes)?;
     let shapes = tensor_shapes(&proto, &source.display().to_string(), import)?;
     if proto.graph.is_none() {
-        return Err(SlimError::NotOnnx {
-            path: source.display().to_string(),
-            message: "no graph".into(),
-        });
+        return Err(refuse("no graph".into()));
     }
     let mut graph = OnnxGraph::new(&mut proto, shapes);
-    for cut in cuts {
+    for cut in edits {
         find_target(&graph, cut)
             .and_then(|target| edit_consumer(&mut graph, cut, &target))
-            .map_err(|message| SlimError::Write {
-                path: output.display().to_string(),
-                message,
-            })?;
+            .map_err(refuse)?;
     }
-    let values = SymbolValues::default();
-    write_checked(
-        &source_bytes,
-        &proto,
-        output,
-        import,
-        pruned,
-        &values,
-        |_| Ok(()),
-    )
+    let cuts = match slimmed {
+        Some(slimmed) => slim_proto(
+            &mut proto,
+            source,
+            output,
+            import,
+            pruned,
+            slimmed,
+            check.values,
+        )?,
+        None => vec![],
+    };
+    write_checked(&source_bytes, &proto, output, import, check, |reloaded| {
+        shrunk_as_planned(reloaded, &cuts)
+    })
 }

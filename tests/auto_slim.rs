@@ -19,6 +19,12 @@ fn targets(ffn: f64, heads: f64) -> Targets {
     Targets::per_layer(ffn, heads)
 }
 
+/// The targets for a fixture: no heads asked of a model without attention (that is an error).
+fn targets_for(fixture: &Fixture, ffn: f64, heads: f64) -> Targets {
+    let attention = fixture.layers.iter().any(|l| l.heads > 0);
+    targets(ffn, if attention { heads } else { 0.0 })
+}
+
 fn options(targets: Targets, calibration: Option<Calibration>) -> AutoOptions {
     AutoOptions {
         calibration,
@@ -85,7 +91,7 @@ fn kept(result: &AutoSlimmed) -> Vec<(Kind, usize, usize)> {
 fn per_layer_sparsity_is_achieved_on_every_dense_fixture() {
     for fixture in dense_fixtures() {
         let model = fixture.load();
-        let result = slim(&model, &options(targets(0.5, 0.25), None));
+        let result = slim(&model, &options(targets_for(&fixture, 0.5, 0.25), None));
         for (kind, units, kept) in kept(&result) {
             let expected = match kind {
                 Kind::Ffn => units - (0.5 * units as f64).round() as usize,
@@ -108,7 +114,7 @@ fn global_sparsity_and_multiples_are_achieved() {
         let global = Targets {
             global: true,
             floor: 0.2,
-            ..targets(0.3, 0.5)
+            ..targets_for(&fixture, 0.3, 0.5)
         };
         let result = slim(&model, &options(global, None));
         let groups = kept(&result);
@@ -213,6 +219,32 @@ fn a_plan_that_does_not_fit_the_model_is_a_clear_error() {
 }
 
 #[test]
+fn a_sparsity_of_units_the_model_has_not_is_an_error() {
+    // The gated MLP stack has FFNs but no attention: asking for heads must not silently do
+    // nothing.
+    let fixture = dense_fixtures()
+        .into_iter()
+        .find(|f| f.name == "llama_mlp_dense_torchscript")
+        .unwrap();
+    let model = fixture.load();
+    let result = auto_slim(
+        &model,
+        &Slimmer::new().unwrap(),
+        &options(targets(0.5, 0.5), None),
+    );
+    let error = result
+        .err()
+        .expect("heads asked of a model without attention")
+        .to_string();
+    assert!(
+        error.contains("--mha-sparsity") && error.contains("no attention group"),
+        "{error}"
+    );
+    // FFN channels alone are fine.
+    slim(&model, &options(targets(0.5, 0.0), None));
+}
+
+#[test]
 fn bias_compensation_improves_fidelity() {
     for name in [
         "bert_dense_dynamo",
@@ -227,9 +259,9 @@ fn bias_compensation_improves_fidelity() {
         let calibration = calibration_for(&fixture, &model);
         let with = slim(
             &model,
-            &options(targets(0.5, 0.5), Some(calibration.clone())),
+            &options(targets_for(&fixture, 0.5, 0.5), Some(calibration.clone())),
         );
-        let mut off = options(targets(0.5, 0.5), Some(calibration));
+        let mut off = options(targets_for(&fixture, 0.5, 0.5), Some(calibration));
         off.compensation = false;
         let without = slim(&model, &off);
         assert!(with.report.compensation && !without.report.compensation);

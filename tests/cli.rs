@@ -117,6 +117,12 @@ fn slim_writes_model_and_report() {
         .collect();
     assert_eq!(kept, expected);
     assert_eq!(report["verification"]["passed"], true);
+    // What was compared with the original is the file, loaded back.
+    assert_eq!(
+        report["verification"]["artifact"].as_str(),
+        output.to_str(),
+        "verification did not run on the written file"
+    );
 }
 
 #[test]
@@ -236,6 +242,76 @@ fn symbolic_torchscript_bert_says_which_inputs_to_give() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn prune_writes_onnx_that_loads_with_the_planned_widths() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("pruned_slim.onnx");
+    let out = model_slim(&[
+        "prune",
+        &fixture("qwen2_dense_torchscript.onnx"),
+        "-i",
+        "input_ids:1,16,i64",
+        "-i",
+        "attention_mask:1,16,i64",
+        "--ffn-sparsity",
+        "0.5",
+        "--mha-sparsity",
+        "0.5",
+        "-o",
+        output.to_str().unwrap(),
+    ]);
+    let stdout = assert_success(&out);
+    assert!(stdout.contains("as written, loaded back"), "{stdout}");
+    let shown = model_slim(&[
+        "show",
+        output.to_str().unwrap(),
+        "-i",
+        "input_ids:1,16,i64",
+        "-i",
+        "attention_mask:1,16,i64",
+    ]);
+    let stdout = assert_success(&shown);
+    let ffn = layers_of("qwen2_dense_torchscript")[0].ffn_width;
+    // Half the FFN channels and half the query heads (6 → 3) of every layer.
+    assert!(
+        stdout.contains(&format!("{:>6} {:>6}", ffn / 2, 0)) && stdout.contains("3 (KV "),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn heads_asked_of_a_model_without_attention_fail_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("out.nnef.tgz");
+    let out = model_slim(&[
+        "prune",
+        &fixture("llama_mlp_dense_torchscript.onnx"),
+        "-i",
+        "hidden_states:1,16,24,f32",
+        "--mha-sparsity",
+        "0.5",
+        "-o",
+        output.to_str().unwrap(),
+    ]);
+    assert_clean_failure(&out, 1, "--mha-sparsity", &output);
+}
+
+#[test]
+fn plan_lists_query_and_kv_heads_of_grouped_attention() {
+    let out = model_slim(&[
+        "plan",
+        &fixture("qwen2_dense_torchscript.onnx"),
+        "-i",
+        "input_ids:1,16,i64",
+        "-i",
+        "attention_mask:1,16,i64",
+    ]);
+    let stdout = assert_success(&out);
+    for line in ["heads  0", "heads  1", "6 (KV 2)", "ffn    0", "ffn    1"] {
+        assert!(stdout.contains(line), "{stdout}");
+    }
 }
 
 #[test]

@@ -8,7 +8,7 @@ use common::{
     assert_same_summary, graph_summary, manifest, panic_message, product_flops, Fixture, Layer,
 };
 use model_slim::verify::verify;
-use model_slim::write::write_model;
+use model_slim::write::{write_model, ArtifactCheck};
 use model_slim::Slimmer;
 use tract_core::internal::*;
 
@@ -101,7 +101,21 @@ fn check_fixture(fixture: &Fixture) {
     // The NNEF file is usable by any tract deployment: nothing of ours is registered here.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(format!("{name}.nnef.tgz"));
-    write_model(&slimmed.model, &path).unwrap();
+    let values = SymbolValues::default();
+    let check = ArtifactCheck {
+        reference: &original,
+        values: &values,
+        seed: 2,
+    };
+    let written = write_model(&slimmed.model, &path, Some(check))
+        .unwrap()
+        .unwrap();
+    assert!(
+        written.passed,
+        "{name}: written NNEF differs: {:?}",
+        written.outputs
+    );
+    assert_eq!(written.artifact.as_deref(), path.to_str());
     let reloaded = tract_nnef::nnef()
         .model_for_path(&path)
         .unwrap()
@@ -181,4 +195,34 @@ fn dynamo_exports_slim_with_symbolic_shapes() {
         let v = verify(&model, &slimmed.model, 3, &SymbolValues::default()).unwrap();
         assert!(v.passed, "{name}: {:?}", v.outputs);
     }
+}
+
+#[test]
+fn the_sdpa_nan_guard_is_lowered_as_a_choice_not_an_opaque_op() {
+    // Default (sdpa) exports put `where(isnan(p), 0, p)` after every softmax; lowered as an
+    // opaque op it would stop every head restriction (no head of a default export slimmed).
+    let fixture = manifest()
+        .fixtures
+        .into_iter()
+        .find(|f| f.name == "bert_heads_torchscript")
+        .unwrap();
+    let lowered = model_slim::lower::lower(&fixture.load()).unwrap();
+    let egraph = &lowered.egraph;
+    let ops = &egraph.analysis.tables.ops;
+    let (mut choices, mut opaque_choices) = (0, 0);
+    for class in egraph.classes() {
+        for node in &class.nodes {
+            let op = node
+                .op_child()
+                .and_then(|c| model_slim::analysis::op_of(egraph, c));
+            let is_iff = op.is_some_and(|k| ops[k as usize].is::<tract_core::ops::logic::Iff>());
+            match node {
+                model_slim::lang::TensorLang::Where(_) if is_iff => choices += 1,
+                model_slim::lang::TensorLang::Opaque(_) if is_iff => opaque_choices += 1,
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(opaque_choices, 0, "an Iff was lowered opaque");
+    assert!(choices >= 2, "the NaN guards of both layers: {choices}");
 }

@@ -9,6 +9,7 @@ use model_slim::discover::{groups, Kind};
 use model_slim::import::{import_onnx, ImportOptions, InputSpec};
 use model_slim::onnx::read_proto;
 use model_slim::verify::verify;
+use model_slim::write::ArtifactCheck;
 use model_slim::writeback::{initializer_params, write_slimmed_onnx};
 use model_slim::Slimmer;
 use tract_core::internal::*;
@@ -49,7 +50,11 @@ fn expected_removed(fixture: &Fixture) -> isize {
         })
         .map(|removed| removed as isize)
         .sum::<isize>()
-        - fixture.layers.iter().map(|l| added_biases(fixture, l)).sum::<isize>()
+        - fixture
+            .layers
+            .iter()
+            .map(|l| added_biases(fixture, l))
+            .sum::<isize>()
 }
 
 /// Biases slimming adds to a layer: folding constant channels (non-zero only with first-layer
@@ -73,15 +78,22 @@ fn slim_to_onnx(
 ) {
     let slimmed = Slimmer::new().unwrap().slim(original).unwrap();
     let values = SymbolValues::default();
-    write_slimmed_onnx(
+    let check = ArtifactCheck {
+        reference: original,
+        values: &values,
+        seed: 0,
+    };
+    let v = write_slimmed_onnx(
         &fixture.path(),
         output,
         options,
         original,
         &slimmed.model,
-        &values,
+        check,
     )
     .unwrap_or_else(|e| panic!("{}: {e}", fixture.name));
+    assert!(v.passed, "{}: {:?}", fixture.name, v.outputs);
+    assert_eq!(v.artifact.as_deref(), output.to_str());
 }
 
 /// Writes a fixture back to ONNX and checks the file: it loads, computes the original's

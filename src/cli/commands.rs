@@ -10,7 +10,9 @@ use model_slim::import::symbol_values;
 use model_slim::prune::{zero_units, Plan, Targets};
 use model_slim::report::Report;
 use model_slim::saturate::Limits;
-use model_slim::write::{write_atomically, write_model};
+use model_slim::verify::Verification;
+use model_slim::write::{write_atomically, write_model, ArtifactCheck, Format};
+use model_slim::writeback::{write_pruned_onnx, write_slimmed_onnx};
 use model_slim::{SlimError, Slimmed, Slimmer};
 use serde::Serialize;
 use std::path::Path;
@@ -112,24 +114,39 @@ pub fn run(ctx: &Context, command: Command) -> Result<(), Failure> {
     }
 }
 
-/// Slims (verifying when asked), prints the table, writes the report, then the model.
-fn slim_and_write(
+/// Prints the report's table and writes it; a failed comparison of the written model is the
+/// run's failure (its file was not kept).
+fn finish(
     ctx: &Context,
-    original: &TypedModel,
-    slimmer: &Slimmer,
+    report: &Report,
+    json: Option<&Path>,
     output: Option<&Path>,
-    report_path: Option<&Path>,
 ) -> Result<(), Failure> {
-    let slimmed = slim(ctx, slimmer, original)?;
-    ctx.say(&slimmed.report.table());
-    if let Some(path) = report_path {
-        write_json(&slimmed.report, path)?;
+    ctx.say(&report.table());
+    if let Some(path) = json {
+        write_json(report, path)?;
+    }
+    if let Some(error) = report.verification_error() {
+        return Err(Failure::VerifyFailed(error));
     }
     if let Some(path) = output {
-        write_model(&slimmed.model, path)?;
         ctx.say(&format!("wrote {}\n", path.display()));
     }
     Ok(())
+}
+
+/// Writes a slimmed model to `output` (NNEF, checked by loading it back in stock tract and,
+/// with `check`, running it against the reference) under a spinner.
+fn write_nnef(
+    ctx: &Context,
+    model: &TypedModel,
+    output: &Path,
+    check: Option<ArtifactCheck>,
+) -> Result<Option<Verification>, SlimError> {
+    ctx.progress
+        .during("writing the model and loading it back", |_| {
+            write_model(model, output, check)
+        })
 }
 
 fn run_slim(
@@ -139,49 +156,50 @@ fn run_slim(
     options: &PassOptions,
 ) -> Result<(), Failure> {
     // Refuse a bad output name before the (possibly long) pass runs.
-    model_slim::write::Format::required(output)?;
-    let mut slimmer = Slimmer::new()?
-        .with_limits(Limits {
-            iterations: options.max_iterations,
-            nodes: options.max_nodes,
-            time: Duration::from_secs_f64(options.max_seconds.max(0.0)),
-        })
-        .with_verification(options.verify.then_some(options.seed));
+    let format = Format::required(output)?;
+    // The written file is what gets compared with the original, not the model in memory.
+    let mut slimmer = Slimmer::new()?.with_limits(Limits {
+        iterations: options.max_iterations,
+        nodes: options.max_nodes,
+        time: Duration::from_secs_f64(options.max_seconds.max(0.0)),
+    });
     if let Some(dir) = &options.rules {
         slimmer = slimmer.with_rules_dir(dir)?;
     }
     let (original, sets) = import(ctx, &options.import, model)?;
     let values = symbol_values(&original, &sets);
     let slimmer = slimmer.with_symbol_values(values.clone());
-    if model_slim::write::Format::of(output) != Some(model_slim::write::Format::Onnx) {
-        return slim_and_write(
-            ctx,
-            &original,
-            &slimmer,
-            Some(output),
-            options.report.as_deref(),
-        );
-    }
-    // ONNX out: the source file, edited.
-    let slimmed = slim(ctx, &slimmer, &original)?;
-    ctx.say(&slimmed.report.table());
-    if let Some(path) = &options.report {
-        write_json(&slimmed.report, path)?;
-    }
-    let import_options = options.import.options()?;
-    ctx.progress
-        .during("writing the ONNX file and checking it", |_| {
-            model_slim::writeback::write_slimmed_onnx(
-                model,
-                output,
-                &import_options,
-                &original,
-                &slimmed.model,
-                &values,
-            )
-        })?;
-    ctx.say(&format!("wrote {}\n", output.display()));
-    Ok(())
+    let mut slimmed = slim(ctx, &slimmer, &original)?;
+    let check = ArtifactCheck {
+        reference: &original,
+        values: &values,
+        seed: options.seed,
+    };
+    slimmed.report.verification = if format == Format::Onnx {
+        // The edited source file is always checked: the edit must compute the original.
+        let import_options = options.import.options()?;
+        let v = ctx
+            .progress
+            .during("writing the ONNX file and checking it", |_| {
+                write_slimmed_onnx(
+                    model,
+                    output,
+                    &import_options,
+                    &original,
+                    &slimmed.model,
+                    check,
+                )
+            })?;
+        Some(v)
+    } else {
+        write_nnef(ctx, &slimmed.model, output, options.verify.then_some(check))?
+    };
+    finish(
+        ctx,
+        &slimmed.report,
+        options.report.as_deref(),
+        Some(output),
+    )
 }
 
 fn read_plan(path: &Path) -> Result<Plan, SlimError> {
@@ -236,11 +254,43 @@ fn run_prune(ctx: &Context, args: &PruneArgs) -> Result<(), Failure> {
         seed: args.seed,
         ..AutoOptions::new(targets)
     };
-    let result = ctx.progress.during("pruning and slimming", |_| {
+    let mut result = ctx.progress.during("pruning and slimming", |_| {
         auto_slim(&original, &slimmer, &options)
     })?;
     for warning in &result.report.warnings {
         tracing::warn!("{warning}");
+    }
+    let values = slimmer.nominal().values.clone();
+    // Slimming must not change the pruned model: the written file is compared with it.
+    let check = ArtifactCheck {
+        reference: &result.pruned,
+        values: &values,
+        seed: args.seed,
+    };
+    let edits = result
+        .onnx_edits()
+        .map_err(|e| SlimError::stage("pruned ONNX", e))?;
+    let import_options = args.import.options()?;
+    let written = if Format::of(&args.output) == Some(Format::Onnx) {
+        let v = ctx
+            .progress
+            .during("writing the ONNX file and checking it", |_| {
+                write_pruned_onnx(
+                    &args.model,
+                    &args.output,
+                    &import_options,
+                    &edits,
+                    &result.pruned,
+                    Some(&result.slimmed),
+                    check,
+                )
+            })?;
+        Some(v)
+    } else {
+        write_nnef(ctx, &result.slimmed, &args.output, Some(check))?
+    };
+    if written.is_some() {
+        result.report.slim.verification = written;
     }
     ctx.say(&result.report.table());
     if let Some(path) = &args.report {
@@ -249,25 +299,26 @@ fn run_prune(ctx: &Context, args: &PruneArgs) -> Result<(), Failure> {
     if let Some(error) = result.report.slim.verification_error() {
         return Err(Failure::VerifyFailed(error));
     }
+    ctx.say(&format!("wrote {}\n", args.output.display()));
     if let Some(path) = &args.plan_out {
         write_json(&result.plan, path)?;
         ctx.say(&format!("wrote {}\n", path.display()));
     }
     if let Some(path) = &args.emit_pruned {
-        let edits = result
-            .onnx_edits()
-            .map_err(|e| SlimError::stage("emit-pruned", e))?;
-        model_slim::writeback::write_pruned_onnx(
+        let v = write_pruned_onnx(
             &args.model,
             path,
-            &args.import.options()?,
+            &import_options,
             &edits,
             &result.pruned,
+            None,
+            check,
         )?;
+        if let Some(error) = v.failure() {
+            return Err(Failure::VerifyFailed(error));
+        }
         ctx.say(&format!("wrote {}\n", path.display()));
     }
-    write_model(&result.slimmed, &args.output)?;
-    ctx.say(&format!("wrote {}\n", args.output.display()));
     Ok(())
 }
 
@@ -295,14 +346,28 @@ fn groups_table(model: &TypedModel, after: Option<&Report>) -> Result<String, Sl
             Kind::Ffn => "ffn",
             Kind::Heads => "heads",
         };
+        let units = if g.kind == Kind::Heads && g.kv_heads != g.units {
+            format!("{} (KV {})", g.units, g.kv_heads)
+        } else {
+            g.units.to_string()
+        };
         out += &format!(
             "{:<6} {:<6} {:<52} {:>6} {:>6}",
-            kind, g.layer, g.name, g.units, zero
+            kind, g.layer, g.name, units, zero
         );
         if let Some(report) = after {
             let kept = match g.kind {
-                Kind::Ffn => report.ffn_layers.get(g.layer).map(|l| l.channels_after),
-                Kind::Heads => report.attention_layers.get(g.layer).map(|l| l.heads_after),
+                Kind::Ffn => report
+                    .ffn_layers
+                    .get(g.layer)
+                    .map(|l| l.channels_after.to_string()),
+                Kind::Heads => report.attention_layers.get(g.layer).map(|l| {
+                    if l.kv_heads_before == l.heads_before {
+                        l.heads_after.to_string()
+                    } else {
+                        format!("{} (KV {})", l.heads_after, l.kv_heads_after)
+                    }
+                }),
             };
             out += &kept.map(|k| format!("   {k}")).unwrap_or_default();
         }
@@ -412,8 +477,22 @@ fn run_demo(ctx: &Context, output: Option<&Path>, report: Option<&Path>) -> Resu
         "demo: a {}-layer encoder (hidden {}, {} heads, FFN {}); per layer {} head(s) pruned and {} constant, {} FFN channels pruned and {} constant\n",
         spec.layers, spec.hidden, spec.heads, spec.ffn, spec.pruned_heads, spec.constant_heads, spec.pruned_ffn, spec.constant_ffn
     ));
-    let slimmer = Slimmer::new()?.with_verification(Some(0));
-    slim_and_write(ctx, &original, &slimmer, output, report)
+    let slimmer = Slimmer::new()?;
+    let mut slimmed = slim(ctx, &slimmer, &original)?;
+    let values = SymbolValues::default();
+    let check = ArtifactCheck {
+        reference: &original,
+        values: &values,
+        seed: 0,
+    };
+    slimmed.report.verification = match output {
+        Some(path) => write_nnef(ctx, &slimmed.model, path, Some(check))?,
+        None => Some(
+            model_slim::verify::verify(&original, &slimmed.model, 0, &values)
+                .map_err(|e| SlimError::stage("verify", e))?,
+        ),
+    };
+    finish(ctx, &slimmed.report, report, output)
 }
 
 fn run_check_rules(
