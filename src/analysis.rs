@@ -365,7 +365,8 @@ fn infer_op(egraph: &mut SlimGraph, node: &TensorLang) -> TractResult<TensorInfo
         && node.operands().iter().enumerate().all(|(slot, id)| {
             // A choice's condition is not a value of the output.
             (matches!(node, TensorLang::Where(_)) && slot == 0) || egraph[*id].data.finite
-        });
+        })
+        || guards_a_softmax(egraph, node);
     let mut info = TensorInfo::tensor(fact, zeros);
     info.known = known;
     info.sums_to_one = sums_to_one;
@@ -392,6 +393,13 @@ fn propagate_zeros(
         .iter()
         .map(|id| egraph[*id].data.is_all_zero())
         .collect();
+    // A zero factor makes a zero product only when the other factor is finite (0 · NaN is NaN).
+    let finite: Vec<bool> = node
+        .operands()
+        .iter()
+        .map(|id| egraph[*id].data.finite)
+        .collect();
+    let other_finite = |slot: usize| finite.iter().enumerate().all(|(s, f)| s == slot || *f);
     let tables = &mut egraph.analysis.tables;
     let zero_to_zero = match node {
         TensorLang::Map(_) => tables.maps_zero_to_zero(op_key, &inputs[0], 1),
@@ -411,7 +419,9 @@ fn propagate_zeros(
                     let a = broadcast_zeros(&operand_zeros[0][axis], &inputs[0], axis, out);
                     let b = broadcast_zeros(&operand_zeros[1][axis], &inputs[1], axis, out);
                     if is_mul {
-                        union(&a, &b)
+                        let keep =
+                            |z: Vec<usize>, slot| if other_finite(slot) { z } else { vec![] };
+                        union(&keep(a, 0), &keep(b, 1))
                     } else {
                         intersection(&a, &b)
                     }
@@ -423,7 +433,7 @@ fn propagate_zeros(
                 return none;
             };
             // Every product has a factor from an all-zero operand.
-            if operand_all_zero.iter().any(|z| *z) {
+            if (0..operand_all_zero.len()).any(|s| operand_all_zero[s] && other_finite(s)) {
                 return (0..rank)
                     .map(|axis| every_slice(out.shape[axis].to_usize().unwrap_or(0)))
                     .collect();
@@ -434,7 +444,8 @@ fn propagate_zeros(
                     let Ok(letter) = einsum.axes.axis((InOut::Out(0), axis)) else {
                         return acc;
                     };
-                    for (slot, input) in inputs.iter().enumerate() {
+                    for (slot, input) in inputs.iter().enumerate().filter(|(s, _)| other_finite(*s))
+                    {
                         for &ia in &letter.inputs[slot] {
                             if input.shape[ia] == out.shape[axis] {
                                 acc = union(&acc, &operand_zeros[slot][ia]);
@@ -494,7 +505,33 @@ fn propagate_zeros(
 /// give zeros instead of NaN: when `p` is a softmax of finite scores it has no NaN, so the guard
 /// returns `p` and sums to one where `p` does.
 fn nan_guarded_axes(egraph: &SlimGraph, condition: Id, zero: Id, p: Id) -> TVec<usize> {
-    let is_nan_of_p = egraph[condition].nodes.iter().any(|n| match n {
+    if is_nan_of(egraph, condition, p) && egraph[zero].data.is_all_zero() {
+        egraph[p].data.sums_to_one.clone()
+    } else {
+        tvec!()
+    }
+}
+
+/// Whether a node is sdpa's NaN guard `where(isnan(p), 0, p)` over a softmax: finite whatever
+/// the scores, since a softmax gives values in [0, 1] or NaN, and the guard replaces NaN.
+fn guards_a_softmax(egraph: &SlimGraph, node: &TensorLang) -> bool {
+    let TensorLang::Where([_, c, zero, p]) = node else {
+        return false;
+    };
+    let softmax = egraph[*p].nodes.iter().any(|n| match n {
+        TensorLang::Along([op, _]) => op_of(egraph, *op)
+            .is_some_and(|k| egraph.analysis.tables.ops[k as usize].is::<Softmax>()),
+        _ => false,
+    });
+    softmax
+        && is_nan_of(egraph, *c, *p)
+        && egraph[*zero].data.is_all_zero()
+        && egraph[*zero].data.finite
+}
+
+/// Whether e-class `condition` holds `isnan(p)`.
+fn is_nan_of(egraph: &SlimGraph, condition: Id, p: Id) -> bool {
+    egraph[condition].nodes.iter().any(|n| match n {
         TensorLang::Map([op, x]) => {
             egraph.find(*x) == egraph.find(p)
                 && op_of(egraph, *op).is_some_and(|k| {
@@ -504,12 +541,7 @@ fn nan_guarded_axes(egraph: &SlimGraph, condition: Id, zero: Id, p: Id) -> TVec<
                 })
         }
         _ => false,
-    });
-    if is_nan_of_p && egraph[zero].data.is_all_zero() {
-        egraph[p].data.sums_to_one.clone()
-    } else {
-        tvec!()
-    }
+    })
 }
 
 /// The operand's sums-to-one axes that an axis op carries through unchanged.

@@ -322,11 +322,13 @@ fn zero_contraction(egraph: &mut SlimGraph, args: &[Arg]) -> Alternatives {
         if n != m {
             continue;
         }
+        // A zero slice contributes nothing only against finite values (0 · NaN is NaN).
+        let (x_zeros, y_zeros) = (
+            if yi.finite { xi.zeros_on(ax) } else { &[] },
+            if xi.finite { yi.zeros_on(ay) } else { &[] },
+        );
         let kept: Vec<usize> = (0..n)
-            .filter(|i| {
-                xi.zeros_on(ax).binary_search(i).is_err()
-                    && yi.zeros_on(ay).binary_search(i).is_err()
-            })
+            .filter(|i| x_zeros.binary_search(i).is_err() && y_zeros.binary_search(i).is_err())
             .collect();
         // Nothing kept would leave an empty tensor: an all-zero product is blocks.rules' job.
         if kept.len() < n && !kept.is_empty() {
