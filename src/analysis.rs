@@ -35,7 +35,7 @@ pub struct TensorInfo {
     /// Axes along which the tensor sums to one (a softmax's output).
     pub sums_to_one: TVec<usize>,
     /// Whether every value is provably finite: finite constants, model inputs (assumed finite),
-    /// and ops that keep finite values finite (see [`keeps_finite`]).
+    /// and ops that keep finite values finite (not division, reciprocals, roots, logarithms).
     pub finite: bool,
 }
 
