@@ -5,7 +5,8 @@
 mod common;
 
 use common::{
-    assert_same_summary, graph_summary, manifest, panic_message, product_flops, Fixture, Layer,
+    assert_same_summary, check_every_fixture, graph_summary, manifest, product_flops, Fixture,
+    Layer,
 };
 use model_slim::verify::verify;
 use model_slim::write::{write_model, ArtifactCheck};
@@ -138,23 +139,7 @@ fn every_fixture_slims_exactly_to_the_manifest() {
             "no {exporter} fixture"
         );
     }
-    // Every fixture is checked, and every failure reported, before the test fails.
-    let failures: Vec<String> = manifest
-        .fixtures
-        .iter()
-        .filter_map(|fixture| {
-            std::panic::catch_unwind(|| check_fixture(fixture))
-                .err()
-                .map(|e| panic_message(&fixture.name, e))
-        })
-        .collect();
-    assert!(
-        failures.is_empty(),
-        "{} of {} fixtures failed:\n{}",
-        failures.len(),
-        manifest.fixtures.len(),
-        failures.join("\n")
-    );
+    check_every_fixture(&manifest.fixtures, check_fixture);
 }
 
 #[test]

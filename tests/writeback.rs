@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{manifest, panic_message, Fixture, Layer};
+use common::{check_every_fixture, manifest, Fixture, Layer};
 use model_slim::discover::{groups, Kind};
 use model_slim::import::{import_onnx, ImportOptions, InputSpec};
 use model_slim::onnx::read_proto;
@@ -158,22 +158,9 @@ fn check_round_trip(fixture: &Fixture, dir: &std::path::Path) {
 #[test]
 fn every_fixture_round_trips_through_onnx() {
     let dir = tempfile::tempdir().unwrap();
-    let fixtures = manifest().fixtures;
-    let failures: Vec<String> = fixtures
-        .iter()
-        .filter_map(|fixture| {
-            std::panic::catch_unwind(|| check_round_trip(fixture, dir.path()))
-                .err()
-                .map(|e| panic_message(&fixture.name, e))
-        })
-        .collect();
-    assert!(
-        failures.is_empty(),
-        "{} of {} fixtures failed:\n{}",
-        failures.len(),
-        fixtures.len(),
-        failures.join("\n")
-    );
+    check_every_fixture(&manifest().fixtures, |fixture| {
+        check_round_trip(fixture, dir.path())
+    });
 }
 
 #[test]

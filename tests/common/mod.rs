@@ -119,8 +119,30 @@ impl Fixture {
     }
 }
 
+/// Runs `check` on every fixture and fails with every failure, not just the first.
+pub fn check_every_fixture(
+    fixtures: &[Fixture],
+    check: impl Fn(&Fixture) + std::panic::RefUnwindSafe,
+) {
+    let failures: Vec<String> = fixtures
+        .iter()
+        .filter_map(|fixture| {
+            std::panic::catch_unwind(|| check(fixture))
+                .err()
+                .map(|e| panic_message(&fixture.name, e))
+        })
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} fixtures failed:\n{}",
+        failures.len(),
+        fixtures.len(),
+        failures.join("\n")
+    );
+}
+
 /// The message of a caught panic, prefixed with what was being checked.
-pub fn panic_message(what: &str, payload: Box<dyn std::any::Any + Send>) -> String {
+fn panic_message(what: &str, payload: Box<dyn std::any::Any + Send>) -> String {
     let message = payload
         .downcast_ref::<String>()
         .cloned()
