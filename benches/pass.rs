@@ -7,8 +7,8 @@
 //! ```
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use model_slim::demo::EncoderSpec;
-use model_slim::verify::random_inputs;
+use model_slim::random_inputs;
+use model_slim::EncoderSpec;
 use model_slim::Slimmer;
 use std::time::Duration;
 use tract_core::internal::*;

@@ -11,14 +11,14 @@
 //! verifies outputs; `auto` reports fidelity with and without calibration data. Both print
 //! dense vs slimmed median latency (alternating runs in one process) next to the FLOP ratio.
 
-use model_slim::auto::{auto_slim, AutoOptions};
-use model_slim::bench::compare_latency;
-use model_slim::calibration::Calibration;
-use model_slim::demo::EncoderSpec;
-use model_slim::prune::Targets;
-use model_slim::report::{params, Report};
-use model_slim::verify::{random_inputs, verify};
+use model_slim::compare_latency;
+use model_slim::Calibration;
+use model_slim::EncoderSpec;
 use model_slim::Slimmer;
+use model_slim::Targets;
+use model_slim::{auto_slim, AutoOptions};
+use model_slim::{params, Report};
+use model_slim::{random_inputs, verify};
 use std::time::Instant;
 use tract_core::internal::*;
 
@@ -104,7 +104,7 @@ fn auto(runs: usize) -> Result<(), Box<dyn std::error::Error>> {
         };
         let result = auto_slim(&model, &slimmer, &options)?;
         let seconds = clock.elapsed().as_secs_f64();
-        let fidelity = model_slim::verify::fidelity(&model, &result.slimmed, &held_out)?;
+        let fidelity = model_slim::fidelity(&model, &result.slimmed, &held_out)?;
         println!("== {label}: auto-slim took {seconds:.1} s");
         println!(
             "{}",

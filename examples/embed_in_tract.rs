@@ -9,7 +9,7 @@ use tract_core::internal::*;
 use tract_onnx::prelude::{Framework, InferenceModelExt};
 
 fn main() -> TractResult<()> {
-    model_slim::transform::ensure_linked();
+    model_slim::ensure_linked();
     let path = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "tests/fixtures/bert_mixed_dynamo.onnx".into());
@@ -17,14 +17,14 @@ fn main() -> TractResult<()> {
         .model_for_path(&path)?
         .into_typed()?
         .into_decluttered()?;
-    let before = model_slim::report::params(&model);
+    let before = model_slim::params(&model);
 
     let slim = tract_core::transform::get_transform("model-slim")?
         .context("model-slim is not registered")?;
     slim.transform(&mut model)?;
     println!(
         "{path}: {before} parameters before, {} after `{}`",
-        model_slim::report::params(&model),
+        model_slim::params(&model),
         slim.name()
     );
 

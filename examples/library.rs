@@ -4,9 +4,9 @@
 //! cargo run --release --example library -- tests/fixtures/llama_mlp_ffn_dynamo.onnx
 //! ```
 
-use model_slim::import::{import_onnx, ImportOptions};
-use model_slim::verify::verify;
+use model_slim::verify;
 use model_slim::Slimmer;
+use model_slim::{import_onnx, ImportOptions};
 use tract_core::internal::SymbolValues;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -5,11 +5,11 @@
 //!
 //! `cargo run --release --example zoo` (about a minute).
 
-use model_slim::import::{import_onnx, ImportOptions, InputSpec};
-use model_slim::verify::Verification;
-use model_slim::write::{write_model, ArtifactCheck};
-use model_slim::writeback::write_slimmed_onnx;
+use model_slim::write_slimmed_onnx;
 use model_slim::Slimmer;
+use model_slim::Verification;
+use model_slim::{import_onnx, ImportOptions, InputSpec};
+use model_slim::{write_model, ArtifactCheck};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Instant;

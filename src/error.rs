@@ -1,6 +1,6 @@
 //! Errors a user can cause, each naming the offending file, node, input or rule.
 
-use crate::rules::RuleError;
+use crate::rules::parser::RuleError;
 
 /// Every way model-slim can refuse a request. Each displays as one line naming what is wrong;
 /// the fields say where (`path`: a file, `spec`: a command-line value, `message`: the cause).

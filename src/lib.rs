@@ -5,12 +5,12 @@
 //! ## Use
 //!
 //! - [`Slimmer`]: the pass, configured by a builder, on any typed tract model (ONNX or not).
-//! - [`auto`]: auto-slim — choose units to remove from a dense model for target sparsities.
-//! - [`transform`]: the pass as tract's `model-slim` transform, for tract deployments.
+//! - [`auto_slim`]: choose units to remove from a dense model for target sparsities.
+//! - [`SlimTransform`]: the pass as tract's `model-slim` transform, for tract deployments.
+//! - [`write_model`], [`write_slimmed_onnx`]: write the result, checked on the written file.
 //!
 //! ```
-//! use model_slim::import::{import_onnx, ImportOptions};
-//! use model_slim::Slimmer;
+//! use model_slim::{import_onnx, ImportOptions, Slimmer};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let model = import_onnx("tests/fixtures/bert_mixed_dynamo.onnx".as_ref(), &ImportOptions::default())?;
 //! let slimmed = Slimmer::new()?.with_verification(Some(0)).slim(&model)?;
@@ -19,48 +19,61 @@
 //! # Ok(()) }
 //! ```
 //!
-//! ## Stages
+//! ## Layers
 //!
-//! One module each, data flowing one way: [`import`] (ONNX → typed tract) → [`lower`] (tract →
-//! e-graph, typed by [`analysis`]) → [`saturate`] (the rules of `rules/`, parsed by [`rules`],
-//! computed by [`guards`], applied by [`apply`]) → [`extract`] (cheapest equivalent graph under
-//! [`cost`]) → [`raise`] (e-graph → tract) → [`mod@write`] / [`verify`]. Auto-slim runs
-//! [`discover`] → [`calibration`] → [`prune`] in front of them.
+//! The crate is built in layers, each using only those below it:
+//! `tensor` (slicing, files) → `model` (tract-level facts: cost, groups of units, running
+//! models) → `io` (ONNX in; NNEF and ONNX out, checked) → `egraph` (language, analysis,
+//! constants, lower / extract / raise) → `rules` (parser, guard library, applier, saturation)
+//! → `pass` ([`Slimmer`], [`Report`]) → `autoslim` ([`auto_slim`]) → `tools` (bench, dot,
+//! transform, demo). The modules are private; everything a tract deployment, a rule author
+//! or the command line needs is re-exported below.
 
 #![warn(missing_docs)]
 
-pub mod analysis;
-pub mod apply;
-pub mod auto;
-pub mod bench;
-pub mod calibration;
-pub mod check;
-pub mod consts;
-pub mod cost;
-pub mod demo;
-pub mod discover;
-pub mod dot;
-pub mod error;
-pub mod extract;
-pub mod guards;
-pub mod import;
-pub mod known;
-pub mod lang;
-pub mod lower;
-pub mod onnx;
-pub mod onnx_restrict;
-pub mod prune;
-pub mod raise;
-pub mod random;
-pub mod report;
-pub mod rules;
-pub mod saturate;
-pub mod transform;
-pub mod verify;
-pub mod write;
-pub mod writeback;
+mod autoslim;
+mod egraph;
+mod error;
+mod io;
+mod model;
+mod pass;
+mod rules;
+mod tools;
 
-mod pipeline;
+#[doc(hidden)]
+pub mod testing;
 
+// The pass, for tract deployments.
+pub use egraph::extract::GraphCost;
 pub use error::{Result, SlimError};
-pub use pipeline::{Observer, Slimmed, Slimmer, Stage};
+pub use pass::report::{flops, params, AttentionLayer, FfnLayer, Report, StageTimes};
+pub use pass::slimmer::{Observer, Slimmed, Slimmer, Stage};
+pub use rules::saturate::{Limits, SaturationReport};
+pub use tools::transform::{ensure_linked, SlimTransform};
+
+// Model files.
+pub use io::import::{import_onnx, parse_set, symbol_values, ImportOptions, InputSpec};
+pub use io::nnef::{write_atomically, write_model, ArtifactCheck, Format};
+pub use io::onnx::proto::read_proto;
+pub use io::onnx::writeback::{initializer_params, write_pruned_onnx, write_slimmed_onnx, Cut};
+
+// What the pass knows about models: groups of units, and running them.
+pub use model::cost::{Nominal, NOMINAL_DIM};
+pub use model::discover::{attention_blocks, groups, AttentionBlock, Group, Kind, Units};
+pub use model::verify::{
+    fidelity, max_abs_diff, random_inputs, run, verify, OutputDiff, OutputFidelity, Verification,
+    RELATIVE_TOLERANCE,
+};
+
+// Auto-slim.
+pub use autoslim::auto::{auto_slim, AutoOptions, AutoReport, AutoSlimmed, GroupOutcome};
+pub use autoslim::calibration::{load_npz, Calibration};
+pub use autoslim::prune::{choose, magnitude_scores, zero_units, Plan, PlanGroup, Targets};
+
+// Rules, for rule authors.
+pub use rules::parser::{default_rules, load_dir, parse, Rule, RuleError};
+
+// Tools.
+pub use tools::bench::{compare_latency, Latency};
+pub use tools::demo::EncoderSpec;
+pub use tools::dot::to_dot;

@@ -5,11 +5,11 @@
 mod common;
 
 use common::{graph_summary, manifest, Fixture};
-use model_slim::auto::{auto_slim, AutoOptions, AutoSlimmed};
-use model_slim::calibration::{load_npz, Calibration};
-use model_slim::discover::{groups, Kind};
-use model_slim::prune::{choose, magnitude_scores, Plan, Targets};
-use model_slim::verify::{max_abs_diff, run};
+use model_slim::{auto_slim, AutoOptions, AutoSlimmed};
+use model_slim::{choose, magnitude_scores, Plan, Targets};
+use model_slim::{groups, Kind};
+use model_slim::{load_npz, Calibration};
+use model_slim::{max_abs_diff, run};
 use model_slim::{SlimError, Slimmer};
 use tract_core::internal::*;
 use tract_core::ops::einsum::EinSum;
@@ -348,9 +348,7 @@ fn activation_scores_remove_large_channels_that_never_fire() {
     );
 
     let samples = (0..8)
-        .map(|seed| {
-            model_slim::verify::random_inputs(&model, seed, &SymbolValues::default()).unwrap()
-        })
+        .map(|seed| model_slim::random_inputs(&model, seed, &SymbolValues::default()).unwrap())
         .collect();
     let result = slim(&model, &options(sparsity, Some(Calibration { samples })));
     assert_eq!(result.plan.groups[0].removed, (0..dead).collect::<Vec<_>>());

@@ -1,5 +1,5 @@
 //! Differential testing of the whole pass: random models in the family it targets
-//! ([`model_slim::random`]: FFNs, attention blocks with 1–8 heads, fused or separate QKV, masks,
+//! ([`model_slim::testing::random`]: FFNs, attention blocks with 1–8 heads, fused or separate QKV, masks,
 //! stacks with layer norms, residuals, shared weights, unknown ops; random zero structure) are
 //! slimmed and compared with the original on several random inputs.
 //!
@@ -8,9 +8,9 @@
 //! A failure names its seed; `MODEL_SLIM_DIFF_SEED=<seed>` re-runs that model alone, and the
 //! model is saved as NNEF under `target/differential-failures/`.
 
-use model_slim::check::model_for_seed;
-use model_slim::verify::verify;
-use model_slim::write::write_model;
+use model_slim::testing::check::model_for_seed;
+use model_slim::verify;
+use model_slim::write_model;
 use model_slim::Slimmer;
 use std::path::PathBuf;
 use tract_core::internal::*;

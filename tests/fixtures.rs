@@ -8,9 +8,9 @@ use common::{
     assert_same_summary, check_every_fixture, graph_summary, manifest, product_flops, Fixture,
     Layer,
 };
-use model_slim::verify::verify;
-use model_slim::write::{write_model, ArtifactCheck};
+use model_slim::verify;
 use model_slim::Slimmer;
+use model_slim::{write_model, ArtifactCheck};
 use tract_core::internal::*;
 
 fn check_fixture(fixture: &Fixture) {
@@ -152,7 +152,7 @@ fn dynamo_exports_slim_with_symbolic_shapes() {
         "bert_constant_dynamo",
     ] {
         let fixture = manifest.fixtures.iter().find(|f| f.name == name).unwrap();
-        let model = model_slim::import::import_onnx(&fixture.path(), &Default::default()).unwrap();
+        let model = model_slim::import_onnx(&fixture.path(), &Default::default()).unwrap();
         let slimmed = Slimmer::new().unwrap().slim(&model).unwrap();
         let report = &slimmed.report;
         let kept: Vec<(usize, usize)> = report
@@ -191,7 +191,7 @@ fn the_sdpa_nan_guard_is_lowered_as_a_choice_not_an_opaque_op() {
         .into_iter()
         .find(|f| f.name == "bert_heads_torchscript")
         .unwrap();
-    let lowered = model_slim::lower::lower(&fixture.load()).unwrap();
+    let lowered = model_slim::testing::lower(&fixture.load()).unwrap();
     let egraph = &lowered.egraph;
     let ops = &egraph.analysis.tables.ops;
     let (mut choices, mut opaque_choices) = (0, 0);
@@ -199,11 +199,11 @@ fn the_sdpa_nan_guard_is_lowered_as_a_choice_not_an_opaque_op() {
         for node in &class.nodes {
             let op = node
                 .op_child()
-                .and_then(|c| model_slim::analysis::op_of(egraph, c));
+                .and_then(|c| model_slim::testing::op_of(egraph, c));
             let is_iff = op.is_some_and(|k| ops[k as usize].is::<tract_core::ops::logic::Iff>());
             match node {
-                model_slim::lang::TensorLang::Where(_) if is_iff => choices += 1,
-                model_slim::lang::TensorLang::Opaque(_) if is_iff => opaque_choices += 1,
+                model_slim::testing::TensorLang::Where(_) if is_iff => choices += 1,
+                model_slim::testing::TensorLang::Opaque(_) if is_iff => opaque_choices += 1,
                 _ => {}
             }
         }

@@ -5,15 +5,16 @@
 //! somewhere, so no rule goes unchecked; a deliberately wrong rule is caught.
 
 use egg::{Id, Language};
-use model_slim::analysis::{SlimAnalysis, SlimGraph, Tables};
-use model_slim::check::{check_alternatives, check_rules};
-use model_slim::cost::Nominal;
-use model_slim::extract::extract;
-use model_slim::lang::{Key, TensorLang};
-use model_slim::raise::{raise, Interface};
-use model_slim::rules::{default_rules, parse};
-use model_slim::saturate::{saturate, Limits};
-use model_slim::verify::{random_inputs, run};
+use model_slim::testing::check::{check_alternatives, check_rules};
+use model_slim::testing::extract;
+use model_slim::testing::saturate;
+use model_slim::testing::{raise, Interface};
+use model_slim::testing::{Key, TensorLang};
+use model_slim::testing::{SlimAnalysis, SlimGraph, Tables};
+use model_slim::Limits;
+use model_slim::Nominal;
+use model_slim::{default_rules, parse};
+use model_slim::{random_inputs, run};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, HashMap};

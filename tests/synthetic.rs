@@ -2,9 +2,9 @@
 //! heads and FFN channels that survive, to the hand-computed parameter count, with outputs
 //! unchanged, including layers whose every head or channel goes.
 
-use model_slim::demo::EncoderSpec;
-use model_slim::report::params;
-use model_slim::verify::verify;
+use model_slim::params;
+use model_slim::verify;
+use model_slim::EncoderSpec;
 use model_slim::Slimmer;
 use tract_core::internal::SymbolValues;
 
@@ -76,7 +76,7 @@ fn whole_blocks_collapse_to_their_biases() {
 
 #[test]
 fn the_builder_announces_stages_and_slims_onnx_files() {
-    use model_slim::import::ImportOptions;
+    use model_slim::ImportOptions;
     use model_slim::Stage;
     use std::sync::{Arc, Mutex};
     let seen = Arc::new(Mutex::new(vec![]));

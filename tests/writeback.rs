@@ -5,13 +5,13 @@
 mod common;
 
 use common::{check_every_fixture, manifest, Fixture, Layer};
-use model_slim::discover::{groups, Kind};
-use model_slim::import::{import_onnx, ImportOptions, InputSpec};
-use model_slim::onnx::read_proto;
-use model_slim::verify::verify;
-use model_slim::write::ArtifactCheck;
-use model_slim::writeback::{initializer_params, write_slimmed_onnx};
+use model_slim::read_proto;
+use model_slim::verify;
+use model_slim::ArtifactCheck;
 use model_slim::Slimmer;
+use model_slim::{groups, Kind};
+use model_slim::{import_onnx, ImportOptions, InputSpec};
+use model_slim::{initializer_params, write_slimmed_onnx};
 use tract_core::internal::*;
 
 fn import_options(fixture: &Fixture) -> ImportOptions {

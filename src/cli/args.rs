@@ -1,9 +1,9 @@
 //! The command line's arguments.
 
 use clap::{Args, Parser, Subcommand};
-use model_slim::import::{import_onnx, parse_set, ImportOptions, InputSpec};
-use model_slim::saturate::Limits;
+use model_slim::Limits;
 use model_slim::SlimError;
+use model_slim::{import_onnx, parse_set, ImportOptions, InputSpec};
 use std::path::{Path, PathBuf};
 use tract_core::internal::*;
 

@@ -2,17 +2,17 @@
 
 use super::args::{Command, ImportArgs, PassOptions, PruneArgs};
 use super::progress::Progress;
-use model_slim::auto::{auto_slim, AutoOptions};
-use model_slim::bench::compare_latency;
-use model_slim::discover::{groups, Kind};
-use model_slim::dot::to_dot;
-use model_slim::import::symbol_values;
-use model_slim::prune::{zero_units, Plan, Targets};
-use model_slim::report::Report;
-use model_slim::saturate::Limits;
-use model_slim::verify::Verification;
-use model_slim::write::{write_atomically, write_model, ArtifactCheck, Format};
-use model_slim::writeback::{write_pruned_onnx, write_slimmed_onnx};
+use model_slim::compare_latency;
+use model_slim::symbol_values;
+use model_slim::to_dot;
+use model_slim::Limits;
+use model_slim::Report;
+use model_slim::Verification;
+use model_slim::{auto_slim, AutoOptions};
+use model_slim::{groups, Kind};
+use model_slim::{write_atomically, write_model, ArtifactCheck, Format};
+use model_slim::{write_pruned_onnx, write_slimmed_onnx};
+use model_slim::{zero_units, Plan, Targets};
 use model_slim::{SlimError, Slimmed, Slimmer};
 use serde::Serialize;
 use std::path::Path;
@@ -227,12 +227,12 @@ fn run_prune(ctx: &Context, args: &PruneArgs) -> Result<(), Failure> {
     check_fraction("--ffn-sparsity", args.ffn_sparsity)?;
     check_fraction("--mha-sparsity", args.mha_sparsity)?;
     check_fraction("--floor", args.floor)?;
-    model_slim::write::Format::required(&args.output)?;
+    model_slim::Format::required(&args.output)?;
     let (original, sets) = import(ctx, &args.import, &args.model)?;
     let calibration = args
         .calibration
         .as_deref()
-        .map(|path| model_slim::calibration::load_npz(path, &original))
+        .map(|path| model_slim::load_npz(path, &original))
         .transpose()?;
     let plan = args.plan.as_deref().map(read_plan).transpose()?;
     let slimmer = Slimmer::new()?.with_symbol_values(symbol_values(&original, &sets));
@@ -471,7 +471,7 @@ fn run_bench(
 }
 
 fn run_demo(ctx: &Context, output: Option<&Path>, report: Option<&Path>) -> Result<(), Failure> {
-    let spec = model_slim::demo::EncoderSpec::demo();
+    let spec = model_slim::EncoderSpec::demo();
     let original = spec.build().map_err(|e| SlimError::stage("demo", e))?;
     ctx.say(&format!(
         "demo: a {}-layer encoder (hidden {}, {} heads, FFN {}); per layer {} head(s) pruned and {} constant, {} FFN channels pruned and {} constant\n",
@@ -488,7 +488,7 @@ fn run_demo(ctx: &Context, output: Option<&Path>, report: Option<&Path>) -> Resu
     slimmed.report.verification = match output {
         Some(path) => write_nnef(ctx, &slimmed.model, path, Some(check))?,
         None => Some(
-            model_slim::verify::verify(&original, &slimmed.model, 0, &values)
+            model_slim::verify(&original, &slimmed.model, 0, &values)
                 .map_err(|e| SlimError::stage("verify", e))?,
         ),
     };
@@ -501,11 +501,11 @@ fn run_check_rules(
     models: usize,
     seed: u64,
 ) -> Result<(), Failure> {
-    let defaults = model_slim::rules::default_rules().map_err(SlimError::from)?;
+    let defaults = model_slim::default_rules().map_err(SlimError::from)?;
     // Each user rule is checked with the defaults (which make the terms it matches), alone, so
     // a failure names it; without a directory the defaults are checked together.
-    let suspects: Vec<(String, Vec<model_slim::rules::Rule>)> = match dir {
-        Some(dir) => model_slim::rules::load_dir(dir)
+    let suspects: Vec<(String, Vec<model_slim::Rule>)> = match dir {
+        Some(dir) => model_slim::load_dir(dir)
             .map_err(SlimError::from)?
             .into_iter()
             .map(|rule| {
@@ -521,7 +521,7 @@ fn run_check_rules(
             .progress
             .during(
                 &format!("checking {name} on {models} random models"),
-                |_| model_slim::check::check_rules(rules, models, seed),
+                |_| model_slim::testing::check::check_rules(rules, models, seed),
             )
             .map_err(|e| SlimError::stage("check-rules", e))?;
         let mut out = format!(

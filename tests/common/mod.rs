@@ -2,7 +2,7 @@
 
 #![allow(dead_code)]
 
-use model_slim::import::{import_onnx, ImportOptions, InputSpec};
+use model_slim::{import_onnx, ImportOptions, InputSpec};
 use serde::Deserialize;
 use std::path::PathBuf;
 use tract_core::internal::*;
@@ -153,7 +153,7 @@ fn panic_message(what: &str, payload: Box<dyn std::any::Any + Send>) -> String {
 
 /// FLOPs of a model's matrix products (EinSums) at its concrete shapes.
 pub fn product_flops(model: &TypedModel) -> f64 {
-    let nominal = model_slim::cost::Nominal::default();
+    let nominal = model_slim::Nominal::default();
     model
         .nodes()
         .iter()

@@ -1,0 +1,6 @@
+//! Auto-slim: from a dense model and target sparsities, choose units (with calibration data),
+//! write them into the model as zeros, and run the pass.
+
+pub(crate) mod auto;
+pub(crate) mod calibration;
+pub(crate) mod prune;

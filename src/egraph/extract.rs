@@ -1,0 +1,184 @@
+//! Extraction: pick, for every e-class the outputs need, the node that makes the whole graph
+//! cheapest under the [`Nominal`] cost model.
+//!
+//! Costs are counted on the DAG, not the tree: a sub-graph shared by several users (the
+//! activation feeding Q, K and V; the residual stream) is paid once. The greedy extractor below
+//! keeps, per e-class, the set of e-classes its best choice needs with their costs, and compares
+//! choices by the total of that set.
+
+use crate::egraph::analysis::SlimGraph;
+use crate::egraph::lang::{Key, TensorLang};
+use crate::model::cost::Nominal;
+use egg::{Id, Language};
+use serde::Serialize;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::rc::Rc;
+
+/// The cost of a graph, split as the report shows it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct GraphCost {
+    /// Floating-point operations at nominal shapes.
+    pub flops: f64,
+    /// Bytes of constants.
+    pub weight_bytes: f64,
+}
+
+impl GraphCost {
+    /// The single number extraction minimises: FLOPs plus weight bytes.
+    pub fn total(&self) -> f64 {
+        self.flops + self.weight_bytes
+    }
+}
+
+/// The chosen node of every needed e-class.
+pub struct Choice {
+    /// The chosen node of each needed e-class.
+    pub nodes: HashMap<Id, TensorLang>,
+}
+
+/// Cost of one node alone (its children not included).
+pub fn node_cost(egraph: &SlimGraph, nominal: &Nominal, class: Id, node: &TensorLang) -> GraphCost {
+    let tables = &egraph.analysis.tables;
+    match node {
+        TensorLang::Key(Key::Const(k)) => GraphCost {
+            flops: 0.0,
+            weight_bytes: tables.consts.bytes(*k) as f64,
+        },
+        TensorLang::Num(_) | TensorLang::Key(_) => GraphCost::default(),
+        TensorLang::Keep([_, _, x]) => {
+            // A gather copies what it keeps: priced like an element-wise op on its output.
+            let fact = egraph[*x].data.fact.as_ref();
+            let kept = fact.map(|f| nominal.elements(f)).unwrap_or(0.0);
+            GraphCost {
+                flops: kept,
+                weight_bytes: 0.0,
+            }
+        }
+        _ => {
+            let Some(op) = node
+                .op_child()
+                .and_then(|c| crate::egraph::analysis::op_of(egraph, c))
+            else {
+                return GraphCost::default();
+            };
+            let inputs: Vec<_> = node
+                .operands()
+                .iter()
+                .filter_map(|c| egraph[*c].data.fact.as_ref())
+                .collect();
+            let Some(out) = egraph[class].data.fact.as_ref() else {
+                return GraphCost::default();
+            };
+            GraphCost {
+                flops: nominal.op_flops(tables.ops[op as usize].as_ref(), &inputs, out),
+                weight_bytes: 0.0,
+            }
+        }
+    }
+}
+
+/// Best known choice of one e-class: the node, and every class it needs with its own cost.
+struct Best {
+    node: TensorLang,
+    needs: Rc<Vec<(Id, f64)>>,
+    total: f64,
+}
+
+/// Greedy DAG extraction of the classes `roots` need.
+pub fn extract(egraph: &SlimGraph, roots: &[Id], nominal: &Nominal) -> Choice {
+    extract_forcing(egraph, roots, nominal, &HashMap::new())
+        .expect("every lowered class has a node without cycles")
+}
+
+/// Extraction where the classes of `forced` must use the given node (used to check that every
+/// node of an e-class computes the same tensor). `None` when a forced node makes a root
+/// unreachable (a cycle).
+pub fn extract_forcing(
+    egraph: &SlimGraph,
+    roots: &[Id],
+    nominal: &Nominal,
+    forced: &HashMap<Id, TensorLang>,
+) -> Option<Choice> {
+    let mut best: HashMap<Id, Best> = HashMap::new();
+    let mut queue: VecDeque<Id> = egraph.classes().map(|c| c.id).collect();
+    let mut queued: HashSet<Id> = queue.iter().copied().collect();
+    while let Some(class) = queue.pop_front() {
+        queued.remove(&class);
+        let mut improved = false;
+        let candidates: Vec<&TensorLang> = match forced.get(&class) {
+            Some(node) => vec![node],
+            None => egraph[class].iter().collect(),
+        };
+        for node in candidates {
+            let Some(candidate) = evaluate(egraph, nominal, &best, class, node) else {
+                continue;
+            };
+            if best.get(&class).is_none_or(|b| candidate.total < b.total) {
+                best.insert(class, candidate);
+                improved = true;
+            }
+        }
+        if improved {
+            for parent in egraph[class].parents() {
+                let parent = egraph.find(parent);
+                if queued.insert(parent) {
+                    queue.push_back(parent);
+                }
+            }
+        }
+    }
+    let mut nodes = HashMap::new();
+    let mut stack: Vec<Id> = roots.iter().map(|r| egraph.find(*r)).collect();
+    while let Some(class) = stack.pop() {
+        if nodes.contains_key(&class) {
+            continue;
+        }
+        let node = best.get(&class)?.node.clone();
+        stack.extend(node.children().iter().map(|c| egraph.find(*c)));
+        nodes.insert(class, node);
+    }
+    Some(Choice { nodes })
+}
+
+fn evaluate(
+    egraph: &SlimGraph,
+    nominal: &Nominal,
+    best: &HashMap<Id, Best>,
+    class: Id,
+    node: &TensorLang,
+) -> Option<Best> {
+    let mut needs: Vec<(Id, f64)> = vec![];
+    for child in node.children() {
+        let child = egraph.find(*child);
+        let b = best.get(&child)?;
+        needs.extend(b.needs.iter().copied());
+    }
+    needs.sort_unstable_by_key(|(id, _)| *id);
+    needs.dedup_by_key(|(id, _)| *id);
+    if needs.binary_search_by_key(&class, |(id, _)| *id).is_ok() {
+        return None; // the node needs its own class: a cycle
+    }
+    let own = node_cost(egraph, nominal, class, node).total();
+    let pos = needs.partition_point(|(id, _)| *id < class);
+    needs.insert(pos, (class, own));
+    let total = needs.iter().map(|(_, c)| c).sum();
+    Some(Best {
+        node: node.clone(),
+        needs: Rc::new(needs),
+        total,
+    })
+}
+
+/// The DAG cost of a choice: every needed class paid once.
+pub fn choice_cost(egraph: &SlimGraph, nominal: &Nominal, choice: &Choice) -> GraphCost {
+    choice
+        .nodes
+        .iter()
+        .fold(GraphCost::default(), |acc, (class, node)| {
+            let c = node_cost(egraph, nominal, *class, node);
+            GraphCost {
+                flops: acc.flops + c.flops,
+                weight_bytes: acc.weight_bytes + c.weight_bytes,
+            }
+        })
+}

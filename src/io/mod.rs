@@ -1,0 +1,6 @@
+//! Model files: ONNX in (typed and decluttered by tract), NNEF and ONNX out, each written file
+//! loaded back and checked before it is kept.
+
+pub(crate) mod import;
+pub(crate) mod nnef;
+pub(crate) mod onnx;

@@ -1,0 +1,7 @@
+//! ONNX output: the user's own file edited. [`proto`] reads and re-encodes the protobuf keeping
+//! what it does not know, [`restrict`] carries restrictions back through the ONNX graph, and
+//! [`writeback`] derives the cuts from the slimmed tract model and writes the checked file.
+
+pub(crate) mod proto;
+pub(crate) mod restrict;
+pub(crate) mod writeback;

@@ -1,0 +1,360 @@
+//! ONNX protobuf access for writing models back ([`crate::io::onnx::writeback`]): reading, finding the
+//! node behind a tract node (tract keeps ONNX node names, adding suffixes such as `.ab`) and the
+//! initializer it multiplies by (possibly through a `Transpose`), float and integer data, and
+//! re-encoding an edited model so that everything not edited stays byte for byte as it was.
+
+use crate::error::{Result, SlimError};
+use prost::Message;
+use std::path::Path;
+use tract_onnx::pb::{GraphProto, ModelProto, NodeProto, TensorProto};
+
+fn bad(path: &Path, message: impl Into<String>) -> SlimError {
+    SlimError::NotOnnx {
+        path: path.display().to_string(),
+        message: message.into(),
+    }
+}
+
+/// Reads a file's bytes.
+pub fn read_bytes(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| SlimError::Read {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })
+}
+
+/// Decodes an ONNX model's protobuf (`path` names it in errors).
+pub fn decode(path: &Path, bytes: &[u8]) -> Result<ModelProto> {
+    ModelProto::decode(bytes).map_err(|e| bad(path, e.to_string()))
+}
+
+/// Reads an ONNX file's protobuf.
+pub fn read_proto(path: &Path) -> Result<ModelProto> {
+    decode(path, &read_bytes(path)?)
+}
+
+/// The ONNX node a tract node name comes from: the same name, or the longest node name that
+/// the tract name extends with `.suffix`.
+pub(crate) fn onnx_node<'a>(proto: &'a ModelProto, tract_name: &str) -> Option<&'a NodeProto> {
+    let graph = proto.graph.as_ref()?;
+    graph
+        .node
+        .iter()
+        .filter(|n| {
+            !n.name.is_empty()
+                && (n.name == tract_name
+                    || tract_name
+                        .strip_prefix(n.name.as_str())
+                        .is_some_and(|rest| rest.starts_with('.')))
+        })
+        .max_by_key(|n| n.name.len())
+}
+
+fn attribute_int(node: &NodeProto, name: &str) -> Option<i64> {
+    node.attribute.iter().find(|a| a.name == name).map(|a| a.i)
+}
+
+pub(crate) fn initializer_index(proto: &ModelProto, name: &str) -> Option<usize> {
+    proto
+        .graph
+        .as_ref()?
+        .initializer
+        .iter()
+        .position(|t| t.name == name)
+}
+
+/// The node producing the value `name`.
+pub(crate) fn producer_index(graph: &GraphProto, name: &str) -> Option<usize> {
+    graph
+        .node
+        .iter()
+        .position(|n| n.output.iter().any(|o| o == name))
+}
+
+/// The weight of a linear node (`MatMul` or `Gemm` multiplying by an initializer, possibly
+/// through a `Transpose`): who reads the initializer, and which of its axes carry the node's
+/// input channels (contracted).
+pub(crate) struct Weight {
+    /// The node and input slot reading the initializer (the linear node, or the Transpose).
+    pub reader: usize,
+    pub slot: usize,
+    pub initializer: usize,
+    pub input_axis: usize,
+}
+
+/// The weight of linear node `node`, if it is one.
+pub(crate) fn linear_weight(proto: &ModelProto, node: usize) -> Option<Weight> {
+    let graph = proto.graph.as_ref()?;
+    let linear = &graph.node[node];
+    let input = linear.input.get(1)?;
+    let (reader, slot, initializer, perm) = match initializer_index(proto, input) {
+        Some(ix) => (
+            node,
+            1,
+            ix,
+            (0..graph.initializer[ix].dims.len()).collect::<Vec<_>>(),
+        ),
+        None => {
+            let t = producer_index(graph, input)?;
+            let transpose = &graph.node[t];
+            if transpose.op_type != "Transpose" {
+                return None;
+            }
+            let ix = initializer_index(proto, transpose.input.first()?)?;
+            let rank = graph.initializer[ix].dims.len();
+            let perm = match transpose.attribute.iter().find(|a| a.name == "perm") {
+                Some(a) => a.ints.iter().map(|&p| p as usize).collect(),
+                None => (0..rank).rev().collect(),
+            };
+            (t, 0, ix, perm)
+        }
+    };
+    let rank = perm.len();
+    // As the node sees its weight: MatMul's B is [.., in, out]; Gemm's is [in, out], or
+    // [out, in] with transB.
+    let input_view = match linear.op_type.as_str() {
+        "MatMul" if rank >= 2 => rank - 2,
+        "Gemm" if attribute_int(linear, "transB") == Some(1) => 1,
+        "Gemm" => 0,
+        _ => return None,
+    };
+    Some(Weight {
+        reader,
+        slot,
+        initializer,
+        input_axis: *perm.get(input_view)?,
+    })
+}
+
+pub(crate) fn float_data(t: &TensorProto) -> std::result::Result<Vec<f32>, String> {
+    if t.data_type != 1 {
+        return Err(format!("initializer `{}` is not float32", t.name));
+    }
+    if !t.raw_data.is_empty() {
+        return Ok(t
+            .raw_data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect());
+    }
+    if t.float_data.is_empty() && t.dims.iter().product::<i64>() > 0 {
+        return Err(format!(
+            "initializer `{}` keeps its data outside the file",
+            t.name
+        ));
+    }
+    Ok(t.float_data.clone())
+}
+
+pub(crate) fn set_float_data(t: &mut TensorProto, data: &[f32]) {
+    t.float_data.clear();
+    t.raw_data = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+}
+
+/// Zeroes the slices `indices` of `axis` of a row-major tensor.
+pub(crate) fn zero_slices(data: &mut [f32], dims: &[usize], axis: usize, indices: &[usize]) {
+    let inner: usize = dims[axis + 1..].iter().product();
+    let outer: usize = dims[..axis].iter().product();
+    for o in 0..outer {
+        for &i in indices {
+            let start = (o * dims[axis] + i) * inner;
+            data[start..start + inner].fill(0.0);
+        }
+    }
+}
+
+/// One protobuf field as written: its number and its whole encoding (tag included).
+struct RawField<'a> {
+    number: u64,
+    bytes: &'a [u8],
+    /// For length-delimited fields, the payload.
+    payload: &'a [u8],
+}
+
+fn varint(bytes: &[u8], at: &mut usize) -> std::result::Result<u64, String> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *bytes.get(*at).ok_or("truncated varint")?;
+        *at += 1;
+        value |= ((byte & 0x7f) as u64) << shift;
+        if byte & 0x80 == 0 {
+            return Ok(value);
+        }
+    }
+    Err("varint too long".into())
+}
+
+/// Splits a message into its fields, in order, without decoding them.
+fn raw_fields(bytes: &[u8]) -> std::result::Result<Vec<RawField<'_>>, String> {
+    let mut fields = vec![];
+    let mut at = 0;
+    while at < bytes.len() {
+        let start = at;
+        let tag = varint(bytes, &mut at)?;
+        let (number, wire) = (tag >> 3, tag & 7);
+        let payload_start;
+        match wire {
+            0 => {
+                varint(bytes, &mut at)?;
+                payload_start = at;
+            }
+            1 => {
+                at += 8;
+                payload_start = at;
+            }
+            2 => {
+                let len = varint(bytes, &mut at)? as usize;
+                payload_start = at;
+                at += len;
+            }
+            5 => {
+                at += 4;
+                payload_start = at;
+            }
+            _ => return Err(format!("unsupported protobuf wire type {wire}")),
+        }
+        if at > bytes.len() {
+            return Err("truncated protobuf".into());
+        }
+        let payload = if wire == 2 {
+            &bytes[payload_start..at]
+        } else {
+            &[][..]
+        };
+        fields.push(RawField {
+            number,
+            bytes: &bytes[start..at],
+            payload,
+        });
+    }
+    Ok(fields)
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn length_delimited(number: u64, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![];
+    put_varint(&mut out, number << 3 | 2);
+    put_varint(&mut out, payload.len() as u64);
+    out.extend_from_slice(payload);
+    out
+}
+
+/// The fields of `raw` that prost's message type `M` does not know (newer ONNX fields such as
+/// `metadata_props`), as written.
+fn unknown_fields<M: Message + Default>(raw: &[u8]) -> std::result::Result<Vec<u8>, String> {
+    let decoded = M::decode(raw).map_err(|e| e.to_string())?;
+    let again = decoded.encode_to_vec();
+    let known: std::collections::HashSet<u64> =
+        raw_fields(&again)?.iter().map(|f| f.number).collect();
+    Ok(raw_fields(raw)?
+        .iter()
+        .filter(|f| !known.contains(&f.number))
+        .flat_map(|f| f.bytes.iter().copied())
+        .collect())
+}
+
+/// Encodes `message`, keeping the unknown fields of the original it was edited from: its own
+/// original bytes when unchanged.
+fn encode_like<M: Message + Default + PartialEq>(
+    message: &M,
+    original: Option<&[u8]>,
+) -> std::result::Result<Vec<u8>, String> {
+    let Some(raw) = original else {
+        return Ok(message.encode_to_vec());
+    };
+    if M::decode(raw).map_err(|e| e.to_string())? == *message {
+        return Ok(raw.to_vec());
+    }
+    let mut bytes = message.encode_to_vec();
+    bytes.extend(unknown_fields::<M>(raw)?);
+    Ok(bytes)
+}
+
+/// The name a copy made by model-slim was made from (`x.slim2` → `x`).
+fn source_name(name: &str) -> &str {
+    match name.rsplit_once(".slim") {
+        Some((head, tail)) if tail.chars().all(|c| c.is_ascii_digit()) && !tail.is_empty() => head,
+        _ => name,
+    }
+}
+
+/// Encodes an edited model so that everything not edited stays byte for byte as it was in
+/// `original` — including fields tract's ONNX schema does not know, which a plain re-encoding
+/// would drop. Nodes are matched by first output, initializers by name.
+pub fn encode_preserving(
+    original: &[u8],
+    edited: &ModelProto,
+) -> std::result::Result<Vec<u8>, String> {
+    let graph = edited.graph.as_ref().ok_or("no graph")?;
+    let model_fields = raw_fields(original)?;
+    let graph_raw = model_fields
+        .iter()
+        .find(|f| f.number == 7)
+        .ok_or("no graph")?
+        .payload;
+    let graph_fields = raw_fields(graph_raw)?;
+    let by_name = |number: u64,
+                   name_of: &dyn Fn(&[u8]) -> Option<String>|
+     -> std::collections::HashMap<String, &[u8]> {
+        graph_fields
+            .iter()
+            .filter(|f| f.number == number)
+            .filter_map(|f| name_of(f.payload).map(|n| (n, f.payload)))
+            .collect()
+    };
+    // Nodes by their first output (unique in SSA form; node names may be empty).
+    let node_name = |b: &[u8]| {
+        NodeProto::decode(b)
+            .ok()
+            .and_then(|n| n.output.first().cloned())
+    };
+    let tensor_name = |b: &[u8]| TensorProto::decode(b).ok().map(|t| t.name);
+    let nodes = by_name(1, &node_name);
+    let initializers = by_name(5, &tensor_name);
+    let mut graph_bytes = vec![];
+    let (mut nodes_done, mut initializers_done) = (false, false);
+    for field in &graph_fields {
+        match field.number {
+            1 if !nodes_done => {
+                nodes_done = true;
+                for node in &graph.node {
+                    let key = node.output.first().map(String::as_str).unwrap_or_default();
+                    let raw = nodes.get(source_name(key)).copied();
+                    graph_bytes.extend(length_delimited(1, &encode_like(node, raw)?));
+                }
+            }
+            5 if !initializers_done => {
+                initializers_done = true;
+                for t in &graph.initializer {
+                    let raw = initializers.get(source_name(&t.name)).copied();
+                    graph_bytes.extend(length_delimited(5, &encode_like(t, raw)?));
+                }
+            }
+            1 | 5 => {}
+            13 => {
+                let info = tract_onnx::pb::ValueInfoProto::decode(field.payload)
+                    .map_err(|e| e.to_string())?;
+                if graph.value_info.iter().any(|v| v.name == info.name) {
+                    graph_bytes.extend_from_slice(field.bytes);
+                }
+            }
+            _ => graph_bytes.extend_from_slice(field.bytes),
+        }
+    }
+    let mut out = vec![];
+    for field in &model_fields {
+        if field.number == 7 {
+            out.extend(length_delimited(7, &graph_bytes));
+        } else {
+            out.extend_from_slice(field.bytes);
+        }
+    }
+    Ok(out)
+}

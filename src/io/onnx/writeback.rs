@@ -1,0 +1,453 @@
+//! Writing a slimmed model back to ONNX: the user's own file, with initializers sliced and head
+//! counts changed, so ONNX Runtime (or any ONNX consumer) runs the slimmed model.
+//!
+//! tract has no ONNX writer, and the slimming decisions are small, so they are replayed on the
+//! original `ModelProto`. The decisions come from comparing the original and slimmed tract
+//! models group by group ([`crate::model::discover`]): which units of each consumer weight survive (the
+//! slimmed weight's rows are copies of original rows), and, for units folded as constants, what
+//! they added to the bias. In the ONNX graph each group is found by its consumer's name; the
+//! layers computing its units (walking back from the consumer, through element-wise ops, head
+//! reshapes, the attention products and splits, up to the projections) lose those units' output
+//! channels and bias entries, and the reshape targets between them (head count, all-head width,
+//! hard-coded Conv1D widths) and split sizes shrink with them. Everything else in the file stays
+//! as it was, except the optional shape annotations of intermediate tensors (`value_info`),
+//! which would state the old widths. The written file is imported again and must compute what the original computes;
+//! otherwise nothing is written.
+
+use crate::autoslim::prune::{activation_stats, compensation, weight_of, zero_units};
+use crate::error::{Result, SlimError};
+use crate::io::import::{import_onnx, tensor_shapes, ImportOptions};
+use crate::io::nnef::{persist, scratch_beside, ArtifactCheck};
+use crate::io::onnx::proto::{decode, encode_preserving, linear_weight, onnx_node, read_bytes};
+use crate::io::onnx::restrict::{Need, OnnxGraph};
+use crate::model::discover::{base_name, groups, Group, Kind};
+use crate::model::verify::random_inputs;
+use crate::model::verify::Verification;
+use std::collections::HashMap;
+use std::path::Path;
+use tract_core::internal::*;
+use tract_onnx::pb::{GraphProto, ModelProto, NodeProto};
+
+/// What slimming did to one group, in terms of the original model's units.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Cut {
+    /// FFN channels or heads.
+    pub kind: Kind,
+    /// The consumer's node name in the original model.
+    pub consumer: String,
+    /// Units before.
+    pub units: usize,
+    /// Units the ONNX file keeps (at least one: an ONNX tensor cannot be empty here).
+    pub kept: Vec<usize>,
+    /// Kept units whose consumer rows must be zero (a block slimming removed entirely).
+    pub zeroed: Vec<usize>,
+    /// What removed constant units added to the consumer's output, to add to its bias.
+    pub bias_delta: Option<Vec<f32>>,
+}
+
+/// The data of each unit of a group's consumer weight, as bits (for exact matching).
+fn unit_rows(model: &TypedModel, group: &Group) -> TractResult<Vec<Vec<u32>>> {
+    let weight = weight_of(model, group.weight)?;
+    (0..group.units)
+        .map(|u| {
+            let part = group.weight_units.select(&weight, &[u])?;
+            let part = part.cast_to::<f32>()?.into_owned();
+            Ok(part
+                .try_as_plain_ram()?
+                .as_slice::<f32>()?
+                .iter()
+                .map(|v| v.to_bits())
+                .collect())
+        })
+        .collect()
+}
+
+/// The original units the slimmed consumer weight keeps, in order.
+fn kept_units(
+    original: &TypedModel,
+    group: &Group,
+    slimmed: &TypedModel,
+    after: &Group,
+) -> TractResult<Vec<usize>> {
+    let before_rows = unit_rows(original, group)?;
+    let after_rows = unit_rows(slimmed, after)?;
+    let mut kept = vec![];
+    let mut next = 0;
+    for row in &after_rows {
+        let found = (next..before_rows.len())
+            .find(|&u| &before_rows[u] == row)
+            .with_context(|| {
+                format!("`{}`: a slimmed row is no row of the original", group.name)
+            })?;
+        kept.push(found);
+        next = found + 1;
+    }
+    Ok(kept)
+}
+
+/// The cuts slimming made, group by group.
+pub fn derive_cuts(
+    original: &TypedModel,
+    slimmed: &TypedModel,
+    values: &SymbolValues,
+) -> TractResult<Vec<Cut>> {
+    let before = groups(original)?;
+    let after = groups(slimmed)?;
+    let mut cuts = vec![];
+    let mut sample = None;
+    for group in &before {
+        let matching = after
+            .iter()
+            .find(|a| a.kind == group.kind && base_name(&a.name) == base_name(&group.name));
+        let kept = match matching {
+            Some(a) => kept_units(original, group, slimmed, a)?,
+            None => vec![],
+        };
+        if kept.len() == group.units {
+            continue;
+        }
+        let zero = zero_units(original, group)?;
+        let removed: Vec<usize> = (0..group.units).filter(|u| !kept.contains(u)).collect();
+        let constant: Vec<usize> = removed
+            .iter()
+            .copied()
+            .filter(|u| !zero.contains(u))
+            .collect();
+        let bias_delta = if constant.is_empty() {
+            None
+        } else {
+            // Folded units are constant at every position: one run shows their values.
+            if sample.is_none() {
+                sample = Some(random_inputs(original, 0, values)?);
+            }
+            let inputs = sample.clone().context("no sample")?;
+            let activation =
+                crate::autoslim::calibration::capture(original, &[group.activation], &[inputs])?;
+            let stats = activation_stats(original, group, &activation[0])?;
+            let delta = compensation(original, group, &stats, &constant)?;
+            let delta = delta
+                .cast_to::<f32>()?
+                .try_as_plain_ram()?
+                .as_slice::<f32>()?
+                .to_vec();
+            // Units constant at zero (gated channels without biases) add nothing.
+            delta.iter().any(|d| *d != 0.0).then_some(delta)
+        };
+        let (kept, zeroed) = if kept.is_empty() {
+            (vec![removed[0]], vec![removed[0]])
+        } else {
+            (kept, vec![])
+        };
+        cuts.push(Cut {
+            kind: group.kind,
+            consumer: group.name.clone(),
+            units: group.units,
+            kept,
+            zeroed,
+            bias_delta,
+        });
+    }
+    Ok(cuts)
+}
+
+/// Where a cut's consumer is and how its units lie in its weight.
+struct Target {
+    /// The consumer's index and name.
+    consumer: usize,
+    name: String,
+    /// The node and slot reading the weight initializer, and its input-channel axis.
+    weight_reader: (usize, usize),
+    axis: usize,
+    /// Rows of that axis per unit.
+    block: usize,
+    /// The consumer's data input axis the units lie along.
+    data_axis: usize,
+}
+
+impl Target {
+    fn slices(&self, units: &[usize]) -> Vec<usize> {
+        units
+            .iter()
+            .flat_map(|u| u * self.block..(u + 1) * self.block)
+            .collect()
+    }
+}
+
+fn find_target(graph: &OnnxGraph, cut: &Cut) -> std::result::Result<Target, String> {
+    let proto = graph.proto();
+    let name = onnx_node(proto, &cut.consumer)
+        .ok_or_else(|| format!("no ONNX node behind `{}`", cut.consumer))?
+        .name
+        .clone();
+    let nodes = &proto.graph.as_ref().ok_or("no graph")?.node;
+    let consumer = nodes
+        .iter()
+        .position(|n| n.name == name)
+        .ok_or("no consumer")?;
+    let weight = linear_weight(proto, consumer)
+        .ok_or_else(|| format!("cannot find the weight of ONNX node `{name}`"))?;
+    let rows = proto.graph.as_ref().ok_or("no graph")?.initializer[weight.initializer].dims
+        [weight.input_axis] as usize;
+    if !rows.is_multiple_of(cut.units) {
+        return Err(format!(
+            "`{name}`: {} units do not divide {rows} rows",
+            cut.units
+        ));
+    }
+    let node = &nodes[consumer];
+    let data_rank = graph
+        .dims(&node.input[0])
+        .map(|d| d.len())
+        .ok_or_else(|| format!("`{name}`: the shape of its input is unknown"))?;
+    let trans_a = node.op_type == "Gemm"
+        && node
+            .attribute
+            .iter()
+            .any(|a| a.name == "transA" && a.i == 1);
+    let data_axis = if trans_a { 0 } else { data_rank - 1 };
+    Ok(Target {
+        consumer,
+        name,
+        weight_reader: (weight.reader, weight.slot),
+        axis: weight.input_axis,
+        block: rows / cut.units,
+        data_axis,
+    })
+}
+
+/// The consumer's part of a cut: its rows of the units a block lost entirely are zeroed, and
+/// the folded constants go into its bias.
+fn edit_consumer(
+    graph: &mut OnnxGraph,
+    cut: &Cut,
+    target: &Target,
+) -> std::result::Result<(), String> {
+    let (reader, slot) = target.weight_reader;
+    if !cut.zeroed.is_empty() {
+        graph.zero_constant(reader, slot, target.axis, &target.slices(&cut.zeroed))?;
+    }
+    if let Some(delta) = &cut.bias_delta {
+        graph
+            .add_to_bias(target.consumer, delta)
+            .map_err(|e| format!("`{}`: {e}", target.name))?;
+    }
+    Ok(())
+}
+
+/// Applies one cut: the consumer keeps its rows of the kept units (see [`edit_consumer`]); then
+/// the restriction of its input travels back to the layers computing the units.
+fn apply_cut(graph: &mut OnnxGraph, cut: &Cut) -> std::result::Result<(), String> {
+    let target = find_target(graph, cut)?;
+    edit_consumer(graph, cut, &target)?;
+    let kept = target.slices(&cut.kept);
+    let (reader, slot) = target.weight_reader;
+    graph.restrict_constant(reader, slot, target.axis, &kept)?;
+    graph.restrict(target.consumer, 0, Need::from([(target.data_axis, kept)]))
+}
+
+/// Applies every cut to the protobuf; `shapes` are the source model's tensor shapes.
+pub fn apply_cuts(
+    proto: &mut ModelProto,
+    shapes: HashMap<String, TVec<TDim>>,
+    cuts: &[Cut],
+) -> std::result::Result<(), String> {
+    if proto.graph.is_none() {
+        return Err("no graph".into());
+    }
+    let mut graph = OnnxGraph::new(proto, shapes);
+    for cut in cuts {
+        apply_cut(&mut graph, cut)?;
+    }
+    let graph = proto.graph.as_mut().ok_or("no graph")?;
+    if !cuts.is_empty() {
+        // Shape annotations of intermediate tensors would state the old widths (ONNX Runtime
+        // refuses a file whose annotations contradict its shapes); they are optional.
+        graph.value_info.clear();
+    }
+    sort_topologically(graph)
+}
+
+/// Orders the nodes so that each comes after the producers of its inputs (as ONNX requires),
+/// keeping the original order where it already holds.
+fn sort_topologically(graph: &mut GraphProto) -> std::result::Result<(), String> {
+    let mut available: std::collections::HashSet<String> = graph
+        .input
+        .iter()
+        .map(|i| i.name.clone())
+        .chain(graph.initializer.iter().map(|t| t.name.clone()))
+        .chain(std::iter::once(String::new()))
+        .collect();
+    let mut pending: std::collections::VecDeque<NodeProto> = std::mem::take(&mut graph.node).into();
+    let mut stalled = 0;
+    while let Some(node) = pending.pop_front() {
+        if node.input.iter().all(|i| available.contains(i)) {
+            available.extend(node.output.iter().cloned());
+            graph.node.push(node);
+            stalled = 0;
+        } else {
+            pending.push_back(node);
+            stalled += 1;
+            if stalled > pending.len() {
+                return Err("the edited graph has a cycle or a missing input".into());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Float parameters held in a model's initializers.
+pub fn initializer_params(proto: &ModelProto) -> usize {
+    proto
+        .graph
+        .as_ref()
+        .map(|g| {
+            g.initializer
+                .iter()
+                .filter(|t| t.data_type == 1)
+                .map(|t| t.dims.iter().product::<i64>() as usize)
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Encodes the edited protobuf (keeping untouched parts of `source_bytes` as they were),
+/// imports it again from a file beside `output`, compares it with `check`'s reference and
+/// checks it with `shrunk`; renames it to `output` only if all that passed. A comparison that
+/// fails is returned (nothing is written), other failures are errors.
+fn write_checked(
+    source_bytes: &[u8],
+    proto: &ModelProto,
+    output: &Path,
+    import: &ImportOptions,
+    check: ArtifactCheck,
+    shrunk: impl Fn(&TypedModel) -> std::result::Result<(), String>,
+) -> Result<Verification> {
+    let refuse = |message: String| SlimError::Write {
+        path: output.display().to_string(),
+        message,
+    };
+    let bytes = encode_preserving(source_bytes, proto).map_err(refuse)?;
+    let scratch = scratch_beside(output).map_err(|e| refuse(e.to_string()))?;
+    std::fs::write(scratch.path(), &bytes).map_err(|e| refuse(e.to_string()))?;
+    let reloaded = import_onnx(scratch.path(), import)
+        .map_err(|e| refuse(format!("the edited ONNX does not load: {e}")))?;
+    let verification = check.compare(&reloaded, output)?;
+    if !verification.passed {
+        return Ok(verification);
+    }
+    shrunk(&reloaded).map_err(refuse)?;
+    persist(scratch, output).map_err(|e| refuse(e.to_string()))?;
+    Ok(verification)
+}
+
+/// Writes the slimmed model as an edit of the ONNX file it came from (see the module docs),
+/// after checking that the edited file imports, computes what `check`'s reference (the
+/// original) computes, and has the slimmed widths. Returns the comparison; when it failed,
+/// nothing is written.
+pub fn write_slimmed_onnx(
+    source: &Path,
+    output: &Path,
+    import: &ImportOptions,
+    original: &TypedModel,
+    slimmed: &TypedModel,
+    check: ArtifactCheck,
+) -> Result<Verification> {
+    let source_bytes = read_bytes(source)?;
+    let mut proto = decode(source, &source_bytes)?;
+    let cuts = slim_proto(
+        &mut proto,
+        source,
+        output,
+        import,
+        original,
+        slimmed,
+        check.values,
+    )?;
+    write_checked(&source_bytes, &proto, output, import, check, |reloaded| {
+        shrunk_as_planned(reloaded, &cuts)
+    })
+}
+
+/// Replays on `proto` the cuts that make `slimmed` of `original`; returns them.
+fn slim_proto(
+    proto: &mut ModelProto,
+    source: &Path,
+    output: &Path,
+    import: &ImportOptions,
+    original: &TypedModel,
+    slimmed: &TypedModel,
+    values: &SymbolValues,
+) -> Result<Vec<Cut>> {
+    let refuse = |message: String| SlimError::Write {
+        path: output.display().to_string(),
+        message,
+    };
+    let cuts = derive_cuts(original, slimmed, values).map_err(|e| refuse(format!("{e:#}")))?;
+    let shapes = tensor_shapes(proto, &source.display().to_string(), import)?;
+    apply_cuts(proto, shapes, &cuts)
+        .map_err(|m| refuse(format!("cannot map the slimming back to ONNX: {m}")))?;
+    Ok(cuts)
+}
+
+/// Every cut consumer has the planned number of units in the reloaded model.
+fn shrunk_as_planned(reloaded: &TypedModel, cuts: &[Cut]) -> std::result::Result<(), String> {
+    let sizes: HashMap<String, usize> = groups(reloaded)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|g| (base_name(&g.name).to_string(), g.units))
+        .collect();
+    for cut in cuts {
+        // A block kept as one zeroed unit may be simplified away by tract when reloaded.
+        let size = sizes.get(base_name(&cut.consumer));
+        let shrunk = size == Some(&cut.kept.len()) || (!cut.zeroed.is_empty() && size.is_none());
+        if !shrunk {
+            return Err(format!("`{}` did not shrink as slimming did", cut.consumer));
+        }
+    }
+    Ok(())
+}
+
+/// Writes a pruned model as an edit of its source ONNX file: the plan's zeros and compensated
+/// biases (`edits`, cuts that keep every unit), and, when `slimmed` is given, the slimming of
+/// the pruned model replayed on top. The file must compute what `check`'s reference computes.
+pub fn write_pruned_onnx(
+    source: &Path,
+    output: &Path,
+    import: &ImportOptions,
+    edits: &[Cut],
+    pruned: &TypedModel,
+    slimmed: Option<&TypedModel>,
+    check: ArtifactCheck,
+) -> Result<Verification> {
+    let refuse = |message: String| SlimError::Write {
+        path: output.display().to_string(),
+        message,
+    };
+    let source_bytes = read_bytes(source)?;
+    let mut proto = decode(source, &source_bytes)?;
+    let shapes = tensor_shapes(&proto, &source.display().to_string(), import)?;
+    if proto.graph.is_none() {
+        return Err(refuse("no graph".into()));
+    }
+    let mut graph = OnnxGraph::new(&mut proto, shapes);
+    for cut in edits {
+        find_target(&graph, cut)
+            .and_then(|target| edit_consumer(&mut graph, cut, &target))
+            .map_err(refuse)?;
+    }
+    let cuts = match slimmed {
+        Some(slimmed) => slim_proto(
+            &mut proto,
+            source,
+            output,
+            import,
+            pruned,
+            slimmed,
+            check.values,
+        )?,
+        None => vec![],
+    };
+    write_checked(&source_bytes, &proto, output, import, check, |reloaded| {
+        shrunk_as_planned(reloaded, &cuts)
+    })
+}

@@ -1,0 +1,699 @@
+//! Discovery: the groups of units that slimming removes together, found on a typed tract model —
+//! the hidden channels of each FFN and the heads of each attention block.
+//!
+//! A group is anchored at its *consumer*, a linear layer (an EinSum against a constant weight)
+//! contracting the units: zeroing a unit's slice of the consumer's weight is all the slimming
+//! pass needs to remove the unit everywhere (`rules/ffn.rules` starts from exactly that). So a
+//! group records where its units are in the consumer's weight and input (for pruning and
+//! scoring), which producer weights compute them (for magnitude scores), and the bias added to
+//! the consumer's output (for bias compensation).
+//!
+//! - FFN: a consumer with one contracted axis whose input is computed, through element-wise
+//!   ops, bias adds and axis bookkeeping only, from producer linear layers.
+//! - Heads: a softmax · V EinSum — the probabilities may come through sdpa's NaN guard
+//!   `where(isnan(p), 0, p)` and reshapes — whose heads are the probabilities' axes the output
+//!   keeps other than the query axis (the one before the key axis) and the batch: one axis, or
+//!   for grouped-query attention two adjacent ones, KV group × head within the group (tract
+//!   splits the head axis so that V is read once per group). They are followed through axis
+//!   bookkeeping (the reshape merging heads × head_dim) to the output projection.
+
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use tract_core::internal::*;
+use tract_core::ops::array::{Gather, MultiBroadcastTo};
+use tract_core::ops::binary::TypedBinOp;
+use tract_core::ops::cast::Cast;
+use tract_core::ops::einsum::EinSum;
+use tract_core::ops::element_wise::ElementWiseOp;
+use tract_core::ops::konst::Const;
+use tract_core::ops::logic::Iff;
+use tract_core::ops::nn::Softmax;
+
+/// What a group's units are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// Hidden channels of an FFN.
+    Ffn,
+    /// Heads of an attention block.
+    Heads,
+}
+
+/// Where units lie along a tensor: unit `u` is the slices `u·block .. (u+1)·block` of `axis`,
+/// once the `merged` adjacent axes starting at `axis` are seen as one (grouped-query heads lie
+/// along KV group × head within group).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Units {
+    /// The (first) axis the units lie along.
+    pub axis: usize,
+    /// Slices per unit (1 for channels, the head size for heads merged into channels).
+    pub block: usize,
+    /// How many adjacent axes, from `axis`, the units span (1 but for grouped-query heads).
+    pub merged: usize,
+}
+
+impl Units {
+    /// Units one slice each along one axis.
+    pub fn along(axis: usize) -> Units {
+        Units {
+            axis,
+            block: 1,
+            merged: 1,
+        }
+    }
+
+    /// The slice indices of the given units (in the merged view).
+    pub fn slices(&self, units: &[usize]) -> Vec<usize> {
+        units
+            .iter()
+            .flat_map(|u| u * self.block..(u + 1) * self.block)
+            .collect()
+    }
+
+    /// The tensor with the units' axes merged into one, so that [`Units::slices`] index its
+    /// `axis` (the tensor itself when the units span one axis).
+    pub fn view(&self, tensor: &Tensor) -> TractResult<Tensor> {
+        if self.merged == 1 {
+            return Ok(tensor.clone());
+        }
+        let shape = tensor.shape();
+        ensure!(
+            self.axis + self.merged <= shape.len(),
+            "units beyond the tensor's rank"
+        );
+        let mut merged: Vec<usize> = shape[..self.axis].to_vec();
+        merged.push(shape[self.axis..self.axis + self.merged].iter().product());
+        merged.extend_from_slice(&shape[self.axis + self.merged..]);
+        tensor.clone().into_shape(&merged)
+    }
+
+    /// The slices of the given units, in a layout of the tensor's rank: units that span
+    /// several axes (one slice each) come along the first of them, the others of size 1, so an
+    /// EinSum pairing them with another selection of the same units contracts them unit by unit.
+    pub fn select(&self, tensor: &Tensor, units: &[usize]) -> TractResult<Tensor> {
+        let view = self.view(tensor)?;
+        let selected = crate::egraph::consts::select_slices(&view, self.axis, &self.slices(units))?;
+        if self.merged == 1 {
+            return Ok(selected);
+        }
+        let mut shape = selected.shape().to_vec();
+        for _ in 1..self.merged {
+            shape.insert(self.axis + 1, 1);
+        }
+        selected.into_shape(&shape)
+    }
+
+    /// The tensor with the given units' slices zeroed.
+    pub fn zeroed(&self, tensor: &Tensor, units: &[usize]) -> TractResult<Tensor> {
+        let mut view = self.view(tensor)?.cast_to::<f32>()?.into_owned();
+        {
+            let mut data = view.to_plain_array_view_mut::<f32>()?;
+            for i in self.slices(units) {
+                data.index_axis_mut(tract_ndarray::Axis(self.axis), i)
+                    .fill(0.0);
+            }
+        }
+        view.cast_to_dt(tensor.datum_type())?
+            .into_owned()
+            .into_shape(tensor.shape())
+    }
+}
+
+/// One group of removable units.
+#[derive(Clone, Debug)]
+pub struct Group {
+    /// FFN channels or heads.
+    pub kind: Kind,
+    /// Position among the model's groups of its kind, in evaluation order.
+    pub layer: usize,
+    /// The consumer's node name.
+    pub name: String,
+    /// Number of units (channels, or query heads).
+    pub units: usize,
+    /// Heads: the KV heads the query heads share (as many as the query heads without grouping);
+    /// FFN: the channels.
+    pub kv_heads: usize,
+    /// The consumer EinSum node and its constant weight node.
+    pub consumer: usize,
+    /// The consumer's constant weight node.
+    pub weight: usize,
+    /// Where the units lie in that weight.
+    pub weight_units: Units,
+    /// The consumer's computed input and where the units lie in it.
+    pub activation: OutletId,
+    /// Where the units lie in the consumer's input.
+    pub activation_units: Units,
+    /// Weights of the layers computing the units (FFN first layers; the V projection), with
+    /// where the units lie in each.
+    pub producers: Vec<(usize, Units)>,
+    /// The Add node putting a constant bias on the consumer's output, and that constant's slot.
+    pub bias: Option<(usize, usize)>,
+    /// Linear layers and constants of the group (for sizes in the report).
+    pub linears: Vec<usize>,
+    /// Constant nodes of the group (weights and biases).
+    pub consts: Vec<usize>,
+}
+
+fn const_input(model: &TypedModel, node: &TypedNode) -> Option<usize> {
+    node.inputs
+        .iter()
+        .position(|i| model.node(i.node).op_is::<Const>())
+}
+
+/// A linear layer: a plain two-operand EinSum with one constant operand.
+fn is_linear(model: &TypedModel, node: &TypedNode) -> bool {
+    node.op_as::<EinSum>().is_some_and(|e| e.q_params.is_none())
+        && node.inputs.len() == 2
+        && const_input(model, node).is_some()
+}
+
+fn dim(model: &TypedModel, outlet: OutletId, axis: usize) -> Option<usize> {
+    model
+        .outlet_fact(outlet)
+        .ok()?
+        .shape
+        .get(axis)?
+        .to_usize()
+        .ok()
+}
+
+/// Letters an EinSum sums over (absent from the output), ignoring size-1 axes of one operand
+/// merely dropped.
+fn contracted(model: &TypedModel, node: &TypedNode) -> Vec<Axis> {
+    let Some(einsum) = node.op_as::<EinSum>() else {
+        return vec![];
+    };
+    einsum
+        .axes
+        .iter_all_axes()
+        .filter(|l| l.outputs[0].is_empty())
+        .filter(|l| {
+            // Shared by both operands (even slimmed to one unit), or summed over for real.
+            let both = (0..node.inputs.len()).all(|slot| !l.inputs[slot].is_empty());
+            both || (0..node.inputs.len()).any(|slot| {
+                l.inputs[slot]
+                    .iter()
+                    .any(|&a| dim(model, node.inputs[slot], a) != Some(1))
+            })
+        })
+        .cloned()
+        .collect()
+}
+
+/// The axis of a producer linear's constant weight that carries `size` output channels.
+fn producer_units(
+    model: &TypedModel,
+    node: &TypedNode,
+    size: usize,
+    block: usize,
+) -> Option<Units> {
+    let slot = const_input(model, node)?;
+    let einsum = node.op_as::<EinSum>()?;
+    einsum
+        .axes
+        .iter_all_axes()
+        .filter(|l| !l.outputs[0].is_empty())
+        .filter_map(|l| l.inputs[slot].first().copied())
+        .find(|&a| dim(model, node.inputs[slot], a) == Some(size))
+        .map(|axis| Units {
+            axis,
+            block,
+            merged: 1,
+        })
+}
+
+/// The bias Add right after `node`: an Add with a constant operand.
+fn bias_of(model: &TypedModel, node: usize) -> Option<(usize, usize)> {
+    let succ = &model.node(node).outputs[0].successors;
+    let [only] = succ.as_slice() else {
+        return None;
+    };
+    let add = model.node(only.node);
+    let bin = add.op_as::<TypedBinOp>()?;
+    if bin.0.name() != "Add" {
+        return None;
+    }
+    Some((add.id, const_input(model, add)?))
+}
+
+/// The FFN group consuming through `consumer`, if it is one.
+fn ffn_group(model: &TypedModel, consumer: &TypedNode) -> Option<Group> {
+    let weight_slot = const_input(model, consumer)?;
+    let [letter] = contracted(model, consumer).try_into().ok()?;
+    let activation = consumer.inputs[1 - weight_slot];
+    let weight_axis = *letter.inputs[weight_slot].first()?;
+    let activation_axis = *letter.inputs[1 - weight_slot].first()?;
+    let units = dim(model, consumer.inputs[weight_slot], weight_axis)?;
+    let mut group = Group {
+        kind: Kind::Ffn,
+        layer: 0,
+        name: consumer.name.clone(),
+        units,
+        kv_heads: units,
+        consumer: consumer.id,
+        weight: consumer.inputs[weight_slot].node,
+        weight_units: Units::along(weight_axis),
+        activation,
+        activation_units: Units::along(activation_axis),
+        producers: vec![],
+        bias: bias_of(model, consumer.id),
+        linears: vec![consumer.id],
+        consts: vec![consumer.inputs[weight_slot].node],
+    };
+    let mut frontier = vec![activation.node];
+    let mut seen = HashSet::new();
+    while let Some(id) = frontier.pop() {
+        if !seen.insert(id) {
+            continue;
+        }
+        let node = model.node(id);
+        if node.op_is::<Const>() {
+            group.consts.push(id);
+        } else if is_linear(model, node) {
+            let weight = node.inputs[const_input(model, node)?].node;
+            group.linears.push(id);
+            group.consts.push(weight);
+            if let Some(u) = producer_units(model, node, units, 1) {
+                group.producers.push((weight, u));
+            }
+        } else if node.op_is::<ElementWiseOp>()
+            || node.op_is::<Cast>()
+            || node.op_is::<TypedBinOp>()
+            || node.op_is::<AxisOp>()
+            || node.op_is::<Gather>()
+        {
+            frontier.extend(node.inputs.iter().map(|i| i.node));
+        } else {
+            // The units are computed from something else too (a model input, a norm, the
+            // residual stream): they are not the producers' to remove.
+            return None;
+        }
+    }
+    (group.linears.len() > 1).then_some(group)
+}
+
+/// Whether `outlet` holds attention probabilities: a softmax's output, possibly through the NaN
+/// guard of sdpa exports (`where(isnan(p), 0, p)`, whose last operand is `p`), reshapes and
+/// gathers.
+fn is_probabilities(model: &TypedModel, outlet: OutletId) -> bool {
+    let node = model.node(outlet.node);
+    if node.op_is::<Softmax>() {
+        true
+    } else if node.op_is::<Iff>() && node.inputs.len() == 3 {
+        is_probabilities(model, node.inputs[2])
+    } else if node.op_is::<AxisOp>() || node.op_is::<Gather>() {
+        // Reshapes, and gathers of some heads (a slimmed model's).
+        is_probabilities(model, node.inputs[0])
+    } else {
+        false
+    }
+}
+
+/// The heads of a softmax · V product, as its output axes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeadAxes {
+    /// The first output axis carrying heads.
+    pub axis: usize,
+    /// How many adjacent output axes the heads span: 2 when grouped-query heads are split in
+    /// KV group × head within group.
+    pub axes: usize,
+    /// KV heads (all heads without grouping).
+    pub kv_heads: usize,
+    /// Query heads per KV head (1 without grouping).
+    pub per_kv: usize,
+}
+
+impl HeadAxes {
+    /// Query heads.
+    pub fn heads(&self) -> usize {
+        self.kv_heads * self.per_kv
+    }
+}
+
+/// For a softmax · V EinSum: the axes of its heads. Heads are the probabilities' axes the output
+/// keeps, less the query axis (just before the key axis the product contracts) and the batch
+/// (the probabilities' first axis, when heads are found besides it). With grouped-query
+/// attention there are two, adjacent in the output: the KV group, which V has too, then the head
+/// within the group, which V lacks.
+pub fn head_axes(model: &TypedModel, node: &TypedNode) -> Option<HeadAxes> {
+    let einsum = node.op_as::<EinSum>()?;
+    if node.inputs.len() != 2 {
+        return None;
+    }
+    let probs = (0..2).find(|&s| is_probabilities(model, node.inputs[s]))?;
+    let values = 1 - probs;
+    let size = |l: &Axis| dim(model, node.inputs[probs], *l.inputs[probs].first()?);
+    let key = einsum
+        .axes
+        .iter_all_axes()
+        .find(|l| l.outputs[0].is_empty() && l.inputs[values].len() == 1 && size(l) != Some(1))?;
+    let query_axis = key.inputs[probs].first()?.checked_sub(1)?;
+    let mut heads: Vec<&Axis> = einsum
+        .axes
+        .iter_all_axes()
+        .filter(|l| l.inputs[probs].len() == 1 && l.outputs[0].len() == 1)
+        .filter(|l| l.inputs[probs][0] != query_axis)
+        .collect();
+    if heads.len() > 1 {
+        heads.retain(|l| l.inputs[probs][0] != 0);
+    }
+    // Size-1 axes are batch-like, unless they are a grouping's KV axis (a slimmed model may keep
+    // one KV head).
+    if heads.len() > 2 || (heads.len() == 2 && heads[0].inputs[values].is_empty()) {
+        heads.retain(|l| size(l) != Some(1));
+    }
+    heads.sort_by_key(|l| l.outputs[0][0]);
+    match heads.as_slice() {
+        // One head axis: every head reads its own V, or (one KV head left) all read the same.
+        [h] => {
+            let shared = h.inputs[values].is_empty();
+            Some(HeadAxes {
+                axis: h.outputs[0][0],
+                axes: 1,
+                kv_heads: if shared { 1 } else { size(h)? },
+                per_kv: if shared { size(h)? } else { 1 },
+            })
+        }
+        [group, within]
+            if within.outputs[0][0] == group.outputs[0][0] + 1
+                && group.inputs[values].len() == 1
+                && within.inputs[values].is_empty() =>
+        {
+            Some(HeadAxes {
+                axis: group.outputs[0][0],
+                axes: 2,
+                kv_heads: size(group)?,
+                per_kv: size(within)?,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Follows units forward from `outlet` through axis bookkeeping (its only consumer each time)
+/// to the linear layer contracting them: that node, and where the units lie in its input.
+fn follow_to_consumer(
+    model: &TypedModel,
+    mut outlet: OutletId,
+    mut units: Units,
+) -> Option<(usize, OutletId, Units)> {
+    loop {
+        let successors = model.outlet_successors(outlet);
+        // Several linear readers (extraction may compute a restricted copy of the output
+        // projection beside the full one) share the units: the first one is the consumer.
+        let next = match successors {
+            [next] => next,
+            [first, ..]
+                if successors
+                    .iter()
+                    .all(|s| is_linear(model, model.node(s.node))) =>
+            {
+                first
+            }
+            _ => return None,
+        };
+        let node = model.node(next.node);
+        if is_linear(model, node) {
+            return Some((node.id, outlet, units));
+        }
+        let op = node.op_as::<AxisOp>()?;
+        let spanned = units.axis..units.axis + units.merged;
+        units = match op {
+            // A size-1 axis of the units dropped: a grouping down to one KV head, or a single
+            // head merged with its head size (a reshape [1, d] → [d], as tract simplifies it).
+            AxisOp::Rm(ix) if spanned.contains(ix) => {
+                if dim(model, outlet, *ix) != Some(1) {
+                    return None;
+                }
+                if units.merged > 1 {
+                    Units {
+                        merged: units.merged - 1,
+                        ..units
+                    }
+                } else {
+                    Units {
+                        axis: *ix,
+                        block: units.block * dim(model, outlet, ix + 1)?,
+                        merged: 1,
+                    }
+                }
+            }
+            // Merging the units' axes and the head size into channels.
+            AxisOp::Reshape(at, from, to)
+                if units.axis == *at && to.len() == 1 && from.len() > units.merged =>
+            {
+                let inner: usize = from[units.merged..]
+                    .iter()
+                    .map(|d| d.to_usize().ok())
+                    .product::<Option<usize>>()?;
+                Units {
+                    axis: *at,
+                    block: units.block * inner,
+                    merged: 1,
+                }
+            }
+            _ => {
+                let axis = op.transform_axis(units.axis)?;
+                // Merged axes must stay adjacent and in order.
+                let adjacent =
+                    (1..units.merged).all(|k| op.transform_axis(units.axis + k) == Some(axis + k));
+                if !adjacent {
+                    return None;
+                }
+                Units { axis, ..units }
+            }
+        };
+        outlet = OutletId::new(node.id, 0);
+    }
+}
+
+/// The V projection feeding a softmax · V EinSum's values operand (through axis bookkeeping,
+/// bias adds, broadcasts and gathers): its node.
+fn value_projection(model: &TypedModel, mut outlet: OutletId) -> Option<&TypedNode> {
+    loop {
+        let node = model.node(outlet.node);
+        if is_linear(model, node) {
+            return Some(node);
+        }
+        let passes = node.op_is::<AxisOp>()
+            || node.op_is::<TypedBinOp>()
+            || node.op_is::<Cast>()
+            || node.op_is::<MultiBroadcastTo>()
+            || node.op_is::<Gather>();
+        if !passes {
+            return None;
+        }
+        outlet = *node
+            .inputs
+            .iter()
+            .find(|i| !model.node(i.node).op_is::<Const>())?;
+    }
+}
+
+/// The V projection's weight and where its KV heads lie in it, and how many there are: its
+/// output channels (the weight's axes carried to the output) over the head size.
+fn value_heads(
+    model: &TypedModel,
+    values: OutletId,
+    head_dim: usize,
+) -> Option<(usize, Units, usize)> {
+    let node = value_projection(model, values)?;
+    let slot = const_input(model, node)?;
+    let einsum = node.op_as::<EinSum>()?;
+    let weight = node.inputs[slot];
+    let channel_axes: Vec<usize> = einsum
+        .axes
+        .iter_all_axes()
+        .filter(|l| !l.outputs[0].is_empty() && l.inputs[1 - slot].is_empty())
+        .filter_map(|l| l.inputs[slot].first().copied())
+        .collect();
+    let width: usize = channel_axes
+        .iter()
+        .map(|&a| dim(model, weight, a))
+        .product::<Option<usize>>()?;
+    if head_dim == 0 || !width.is_multiple_of(head_dim) {
+        return None;
+    }
+    let kv_heads = width / head_dim;
+    let units = producer_units(model, node, width, head_dim)
+        .or_else(|| producer_units(model, node, kv_heads, 1))?;
+    Some((weight.node, units, kv_heads))
+}
+
+/// The V projection of a softmax · V product (its weight and where its KV heads lie in it, when
+/// found) and the number of KV heads: the projection's output channels over the head size, the
+/// values' axis the output carries that is neither heads nor a token axis.
+fn kv_heads_of(
+    model: &TypedModel,
+    product: &TypedNode,
+    heads: &HeadAxes,
+) -> Option<(Option<(usize, Units)>, usize)> {
+    let probs = (0..2).find(|&s| is_probabilities(model, product.inputs[s]))?;
+    let values = product.inputs[1 - probs];
+    let value_fact = model.outlet_fact(values).ok()?;
+    let head_dim = product
+        .op_as::<EinSum>()?
+        .axes
+        .iter_all_axes()
+        .filter(|l| l.inputs[probs].is_empty() && !l.outputs[0].is_empty())
+        .filter_map(|l| l.inputs[1 - probs].first())
+        .filter_map(|&a| value_fact.shape[a].to_usize().ok())
+        .product::<usize>();
+    match value_heads(model, values, head_dim) {
+        Some((weight, units, kv)) => Some((Some((weight, units)), kv)),
+        None => Some((None, heads.kv_heads)),
+    }
+}
+
+/// An attention block as the report counts it: its softmax · V product, the linear layer its
+/// heads reach (through axis bookkeeping and gathers), and its query and KV heads. Unlike a
+/// [`Group`], the heads need not line up with the consumer's weight (a slimmed model may gather
+/// single channels of some heads).
+#[derive(Clone, Debug)]
+pub struct AttentionBlock {
+    /// The softmax · V product.
+    pub product: usize,
+    /// The linear layer consuming its heads.
+    pub consumer: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// KV heads.
+    pub kv_heads: usize,
+}
+
+/// The attention blocks of a model, in evaluation order.
+pub fn attention_blocks(model: &TypedModel) -> TractResult<Vec<AttentionBlock>> {
+    let mut blocks = vec![];
+    for id in model.eval_order()? {
+        let node = model.node(id);
+        let Some(heads) = head_axes(model, node) else {
+            continue;
+        };
+        let Some(consumer) = reading_linear(model, OutletId::new(id, 0)) else {
+            continue;
+        };
+        let Some((_, kv_heads)) = kv_heads_of(model, node, &heads) else {
+            continue;
+        };
+        blocks.push(AttentionBlock {
+            product: id,
+            consumer,
+            heads: heads.heads(),
+            kv_heads,
+        });
+    }
+    Ok(blocks)
+}
+
+/// The first linear layer reading `outlet` through axis bookkeeping and gathers.
+fn reading_linear(model: &TypedModel, mut outlet: OutletId) -> Option<usize> {
+    loop {
+        let next = model.outlet_successors(outlet).first()?;
+        let node = model.node(next.node);
+        if is_linear(model, node) {
+            return Some(node.id);
+        }
+        if !(node.op_is::<AxisOp>() || node.op_is::<Gather>()) || next.slot != 0 {
+            return None;
+        }
+        outlet = OutletId::new(node.id, 0);
+    }
+}
+
+/// The heads group of a softmax · V EinSum, if its heads reach an output projection.
+fn heads_group(model: &TypedModel, product: &TypedNode) -> Option<Group> {
+    let heads = head_axes(model, product)?;
+    let start = Units {
+        axis: heads.axis,
+        block: 1,
+        merged: heads.axes,
+    };
+    let (consumer_id, activation, activation_units) =
+        follow_to_consumer(model, OutletId::new(product.id, 0), start)?;
+    let consumer = model.node(consumer_id);
+    let weight_slot = const_input(model, consumer)?;
+    let einsum = consumer.op_as::<EinSum>()?;
+    let input_slot = 1 - weight_slot;
+    // Each axis the units span must be contracted against adjacent weight axes, in order.
+    let weight_axes: Vec<usize> = (0..activation_units.merged)
+        .map(|k| {
+            let letter = einsum
+                .axes
+                .axis((InOut::In(input_slot), activation_units.axis + k))
+                .ok()?;
+            if !letter.outputs[0].is_empty() {
+                return None;
+            }
+            letter.inputs[weight_slot].first().copied()
+        })
+        .collect::<Option<_>>()?;
+    if weight_axes.windows(2).any(|w| w[1] != w[0] + 1) {
+        return None;
+    }
+    let weight_units = Units {
+        axis: weight_axes[0],
+        block: activation_units.block,
+        merged: activation_units.merged,
+    };
+    let weight_fact = model.outlet_fact(consumer.inputs[weight_slot]).ok()?;
+    let spanned: usize = weight_axes
+        .iter()
+        .map(|&a| weight_fact.shape[a].to_usize().ok())
+        .product::<Option<usize>>()?;
+    if spanned != heads.heads() * weight_units.block {
+        return None;
+    }
+    let (value, kv_heads) = kv_heads_of(model, product, &heads)?;
+    let producers = value.into_iter().collect();
+    Some(Group {
+        kind: Kind::Heads,
+        layer: 0,
+        name: consumer.name.clone(),
+        units: heads.heads(),
+        kv_heads,
+        consumer: consumer_id,
+        weight: consumer.inputs[weight_slot].node,
+        weight_units,
+        activation,
+        activation_units,
+        producers,
+        bias: bias_of(model, consumer_id),
+        linears: vec![product.id, consumer_id],
+        consts: vec![consumer.inputs[weight_slot].node],
+    })
+}
+
+/// Every group of the model: FFN and heads groups, each numbered in evaluation order.
+pub fn groups(model: &TypedModel) -> TractResult<Vec<Group>> {
+    let mut found = vec![];
+    let (mut ffn, mut heads) = (0, 0);
+    for id in model.eval_order()? {
+        let node = model.node(id);
+        if let Some(mut g) = heads_group(model, node) {
+            g.layer = heads;
+            heads += 1;
+            found.push(g);
+        } else if is_linear(model, node) {
+            if let Some(mut g) = ffn_group(model, node) {
+                g.layer = ffn;
+                ffn += 1;
+                found.push(g);
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// A node name without the suffixes slimming and tract add to rebuilt nodes (`.kept`, `.slim`,
+/// `.1`...), so a group is recognised after slimming.
+pub fn base_name(name: &str) -> &str {
+    let mut base = name;
+    while let Some((head, tail)) = base.rsplit_once('.') {
+        let added = tail == "kept" || tail == "slim" || tail.chars().all(|c| c.is_ascii_digit());
+        if !added || head.is_empty() {
+            break;
+        }
+        base = head;
+    }
+    base
+}

@@ -1,0 +1,6 @@
+//! Facts about tract models that every layer above needs: the cost model, the groups of units
+//! slimming removes together (FFN channels, heads), and running models to compare them.
+
+pub(crate) mod cost;
+pub(crate) mod discover;
+pub(crate) mod verify;

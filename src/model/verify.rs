@@ -1,0 +1,282 @@
+//! Verification: run the original and the slimmed model on the same seeded random inputs and
+//! compare every output.
+//!
+//! Integer inputs that index a constant table (token ids into an embedding) are drawn inside the
+//! table; other integer inputs (masks, type ids) take 0 or 1; floats are uniform in [-1, 1).
+
+use crate::model::cost::NOMINAL_DIM;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use tract_core::internal::*;
+use tract_core::ops::array::Gather;
+use tract_core::ops::konst::Const;
+
+/// Relative tolerance: the max abs difference allowed, as a fraction of the output's magnitude.
+pub const RELATIVE_TOLERANCE: f32 = 1e-4;
+
+/// How one output compares.
+#[derive(Clone, Debug, Serialize)]
+pub struct OutputDiff {
+    /// The output's name.
+    pub name: String,
+    /// Largest absolute element difference.
+    pub max_abs_diff: f32,
+    /// Largest absolute element of the original output.
+    pub max_magnitude: f32,
+    /// Whether the difference is within the tolerance.
+    pub passed: bool,
+}
+
+/// The verification result.
+#[derive(Clone, Debug, Serialize)]
+pub struct Verification {
+    /// Seed of the random inputs.
+    pub seed: u64,
+    /// Shapes of the inputs used.
+    pub input_shapes: Vec<Vec<usize>>,
+    /// Per output comparison.
+    pub outputs: Vec<OutputDiff>,
+    /// Whether every output passed.
+    pub passed: bool,
+    /// The file the compared model was loaded from (`None`: the model in memory).
+    pub artifact: Option<String>,
+}
+
+impl Verification {
+    /// The error of a failed comparison: the first output over the tolerance.
+    pub fn failure(&self) -> Option<crate::SlimError> {
+        let failed = self.outputs.iter().find(|o| !o.passed)?;
+        Some(crate::SlimError::Verification {
+            output: failed.name.clone(),
+            diff: failed.max_abs_diff,
+            tolerance: RELATIVE_TOLERANCE * failed.max_magnitude,
+        })
+    }
+}
+
+/// Concrete shape of an input fact: symbols take their `--set` value, else [`NOMINAL_DIM`].
+fn concrete_shape(fact: &TypedFact, values: &SymbolValues) -> TractResult<Vec<usize>> {
+    fact.shape
+        .iter()
+        .map(|d| {
+            let mut v = values.clone();
+            for s in d.symbols() {
+                if values.get(&s).is_none() {
+                    v = v.with(&s, NOMINAL_DIM);
+                }
+            }
+            Ok(d.eval(&v).to_usize()?)
+        })
+        .collect()
+}
+
+/// Exclusive upper bound for an integer input: the smallest constant table it indexes, if any.
+fn index_bound(model: &TypedModel, input: OutletId) -> Option<usize> {
+    let mut frontier = vec![input];
+    let mut bound: Option<usize> = None;
+    let mut seen = std::collections::HashSet::new();
+    while let Some(outlet) = frontier.pop() {
+        if !seen.insert(outlet) {
+            continue;
+        }
+        for succ in &model.outlet_successors(outlet).to_vec() {
+            let node = model.node(succ.node);
+            if let Some(gather) = node.op_as::<Gather>() {
+                if succ.slot == 1 {
+                    let table = model.node(node.inputs[0].node);
+                    if let Some(konst) = table.op_as::<Const>() {
+                        let n = konst.val().shape()[gather.axis];
+                        bound = Some(bound.map_or(n, |b| b.min(n)));
+                    }
+                }
+            } else if node.op_is::<AxisOp>() || node.op.name() == "Cast" {
+                frontier.push(OutletId::new(succ.node, 0));
+            }
+        }
+    }
+    bound
+}
+
+/// Largest input (in elements) generated for running a model: a declared size beyond it is
+/// refused rather than allocated.
+pub const MAX_INPUT_ELEMENTS: usize = 1 << 30;
+
+/// Seeded random inputs for a model.
+pub fn random_inputs(
+    model: &TypedModel,
+    seed: u64,
+    values: &SymbolValues,
+) -> TractResult<TVec<TValue>> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut inputs = tvec![];
+    for &outlet in model.input_outlets()? {
+        let fact = model.outlet_fact(outlet)?;
+        let shape = concrete_shape(fact, values)?;
+        let len = shape
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+            .filter(|&len| len <= MAX_INPUT_ELEMENTS)
+            .with_context(|| {
+                format!("input shape {shape:?} is too large to run (more than {MAX_INPUT_ELEMENTS} elements)")
+            })?;
+        let dt = fact.datum_type;
+        let tensor = if dt.is_float() {
+            let data: Vec<f32> = (0..len).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            tract_ndarray::ArrayD::from_shape_vec(shape, data)?
+                .into_tensor()
+                .cast_to_dt(dt)?
+                .into_owned()
+        } else if dt == bool::datum_type() {
+            let data: Vec<bool> = (0..len).map(|_| rng.gen_bool(0.5)).collect();
+            tract_ndarray::ArrayD::from_shape_vec(shape, data)?.into_tensor()
+        } else {
+            let bound = index_bound(model, outlet).unwrap_or(2).max(1) as i64;
+            let data: Vec<i64> = (0..len).map(|_| rng.gen_range(0..bound)).collect();
+            tract_ndarray::ArrayD::from_shape_vec(shape, data)?
+                .into_tensor()
+                .cast_to_dt(dt)?
+                .into_owned()
+        };
+        inputs.push(tensor.into_tvalue());
+    }
+    Ok(inputs)
+}
+
+/// Runs a model (optimized for CPU) on the given inputs.
+pub fn run(model: &TypedModel, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+    model.clone().into_optimized()?.into_runnable()?.run(inputs)
+}
+
+fn max_abs(t: &Tensor) -> TractResult<f32> {
+    let t = t.cast_to::<f32>()?;
+    Ok(t.try_as_plain_ram()?
+        .as_slice::<f32>()?
+        .iter()
+        .fold(0.0f32, |m, v| m.max(v.abs())))
+}
+
+/// Largest absolute element difference of two tensors of one shape (NaN against a number is infinite).
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> TractResult<f32> {
+    ensure!(
+        a.shape() == b.shape(),
+        "shapes differ: {:?} vs {:?}",
+        a.shape(),
+        b.shape()
+    );
+    let (a, b) = (a.cast_to::<f32>()?, b.cast_to::<f32>()?);
+    let (a, b) = (
+        a.try_as_plain_ram()?.as_slice::<f32>()?.to_vec(),
+        b.try_as_plain_ram()?.as_slice::<f32>()?.to_vec(),
+    );
+    // NaN anywhere counts as an infinite difference.
+    Ok(a.iter()
+        .zip(&b)
+        .map(|(x, y)| {
+            if x.is_nan() != y.is_nan() {
+                f32::INFINITY
+            } else {
+                (x - y).abs()
+            }
+        })
+        .fold(0.0, f32::max))
+}
+
+/// The name of a model's output `ix`: its label, else its node's name.
+pub fn output_name(model: &TypedModel, ix: usize) -> TractResult<String> {
+    let outlet = model.output_outlets()?[ix];
+    Ok(model
+        .outlet_label(outlet)
+        .map(String::from)
+        .unwrap_or_else(|| model.node(outlet.node).name.clone()))
+}
+
+/// How close an approximation's output is to the reference's, pooled over samples.
+#[derive(Clone, Debug, Serialize)]
+pub struct OutputFidelity {
+    /// The output's name.
+    pub name: String,
+    /// Cosine similarity of the flattened outputs.
+    pub cosine: f64,
+    /// ‖approximation − reference‖ / ‖reference‖.
+    pub relative_l2: f64,
+}
+
+/// Fidelity of `approximation` to `reference` on the given input samples, per output.
+pub fn fidelity(
+    reference: &TypedModel,
+    approximation: &TypedModel,
+    samples: &[TVec<TValue>],
+) -> TractResult<Vec<OutputFidelity>> {
+    let plans = [reference, approximation]
+        .map(|m| m.clone().into_optimized().and_then(|m| m.into_runnable()));
+    let [reference_plan, approximation_plan] = plans;
+    let (reference_plan, approximation_plan) = (reference_plan?, approximation_plan?);
+    let outputs = reference.output_outlets()?.len();
+    // Per output: Σ r·a, Σ r², Σ a², Σ (a − r)².
+    let mut sums = vec![[0f64; 4]; outputs];
+    for sample in samples {
+        let r = reference_plan.run(sample.clone())?;
+        let a = approximation_plan.run(sample.clone())?;
+        for (ix, sum) in sums.iter_mut().enumerate() {
+            let (r, a) = (r[ix].cast_to::<f32>()?, a[ix].cast_to::<f32>()?);
+            let (r, a) = (
+                r.try_as_plain_ram()?.as_slice::<f32>()?,
+                a.try_as_plain_ram()?.as_slice::<f32>()?,
+            );
+            for (x, y) in r.iter().zip(a) {
+                let (x, y) = (*x as f64, *y as f64);
+                sum[0] += x * y;
+                sum[1] += x * x;
+                sum[2] += y * y;
+                sum[3] += (y - x) * (y - x);
+            }
+        }
+    }
+    sums.iter()
+        .enumerate()
+        .map(|(ix, [ra, rr, aa, dd])| {
+            Ok(OutputFidelity {
+                name: output_name(reference, ix)?,
+                cosine: ra / (rr.sqrt() * aa.sqrt()).max(f64::MIN_POSITIVE),
+                relative_l2: (dd / rr.max(f64::MIN_POSITIVE)).sqrt(),
+            })
+        })
+        .collect()
+}
+
+/// Compares the two models' outputs on seeded random inputs.
+pub fn verify(
+    original: &TypedModel,
+    slim: &TypedModel,
+    seed: u64,
+    values: &SymbolValues,
+) -> TractResult<Verification> {
+    let inputs = random_inputs(original, seed, values)?;
+    let input_shapes = inputs.iter().map(|t| t.shape().to_vec()).collect();
+    let expected = run(original, inputs.clone()).context(
+        "the original model does not run in tract at these shapes (give concrete ones with --input or --set)",
+    )?;
+    let got = run(slim, inputs).context("the slimmed model does not run")?;
+    let mut outputs = vec![];
+    for (ix, (e, g)) in expected.iter().zip(got.iter()).enumerate() {
+        let name = output_name(original, ix)?;
+        let max_magnitude = max_abs(e)?;
+        let max_abs_diff = max_abs_diff(e, g)?;
+        let passed = max_abs_diff <= RELATIVE_TOLERANCE * max_magnitude.max(f32::MIN_POSITIVE);
+        outputs.push(OutputDiff {
+            name,
+            max_abs_diff,
+            max_magnitude,
+            passed,
+        });
+    }
+    let passed = outputs.iter().all(|o| o.passed);
+    Ok(Verification {
+        seed,
+        input_shapes,
+        outputs,
+        passed,
+        artifact: None,
+    })
+}

@@ -1,0 +1,165 @@
+//! Rule soundness checking: rules are saturated on random models ([`crate::testing::random`]) — so they
+//! fire exactly where their guards hold — and then *every* node of every e-class is extracted in
+//! turn, rebuilt and run: each must compute what the original model computes. A rule that
+//! rewrites to something different is caught by the alternative it adds.
+//!
+//! ```
+//! use model_slim::testing::check::check_rules;
+//! let report = check_rules(&model_slim::default_rules().unwrap(), 6, 0).unwrap();
+//! assert!(report.failures.is_empty());
+//! ```
+
+use crate::egraph::analysis::SlimGraph;
+use crate::egraph::extract::extract_forcing;
+use crate::egraph::lower::lower;
+use crate::egraph::raise::{raise, Interface};
+use crate::model::cost::Nominal;
+use crate::model::verify::{max_abs_diff, random_inputs, run};
+use crate::rules::parser::Rule;
+use crate::rules::saturate::{saturate, Limits};
+use crate::testing::random::{
+    random_attention, random_ffn, random_grouped_attention, random_stack,
+};
+use egg::Id;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use tract_core::internal::*;
+
+/// What a check found.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CheckReport {
+    /// Random models tried.
+    pub models: usize,
+    /// Alternatives extracted, rebuilt and compared.
+    pub alternatives: usize,
+    /// How often each rule fired over all models.
+    pub fired: BTreeMap<String, usize>,
+    /// Alternatives that compute something else, described with the model's seed.
+    pub failures: Vec<String>,
+    /// Rule outputs refused as ill-typed (a wrong rule too).
+    pub refused: usize,
+}
+
+/// The random model of a seed: FFNs, attention blocks, grouped-query attention blocks and
+/// stacks in turn, half of them
+/// decluttered as the pass gets models from tract.
+pub fn model_for_seed(seed: u64) -> TypedModel {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let model = match seed % 4 {
+        0 => random_ffn(&mut rng),
+        1 => random_attention(&mut rng),
+        2 => random_grouped_attention(&mut rng),
+        _ => random_stack(&mut rng),
+    };
+    if rng.gen_bool(0.5) {
+        model.clone().into_decluttered().unwrap_or(model)
+    } else {
+        model
+    }
+}
+
+/// Checks `rules` on the random models of seeds `first_seed..first_seed + models`.
+pub fn check_rules(rules: &[Rule], models: usize, first_seed: u64) -> TractResult<CheckReport> {
+    let mut report = CheckReport::default();
+    for seed in first_seed..first_seed + models as u64 {
+        check_model(rules, seed, &mut report)?;
+    }
+    Ok(report)
+}
+
+fn check_model(rules: &[Rule], seed: u64, report: &mut CheckReport) -> TractResult<()> {
+    let model = model_for_seed(seed);
+    let inputs = random_inputs(&model, seed, &SymbolValues::default())?;
+    let expected = run(&model, inputs.clone())?;
+    let lowered = lower(&model)?;
+    let (egraph, saturation) =
+        saturate(lowered.egraph, rules, &Limits::default()).map_err(|e| anyhow!(e))?;
+    report.models += 1;
+    report.refused += saturation.refused_instantiations;
+    for (rule, n) in saturation.applied {
+        *report.fired.entry(rule).or_insert(0) += n;
+    }
+    let names: HashMap<Id, String> = lowered
+        .names
+        .iter()
+        .map(|(id, n)| (egraph.find(*id), n.clone()))
+        .collect();
+    let outputs: Vec<Id> = lowered.outputs.iter().map(|o| egraph.find(*o)).collect();
+    let interface = Interface {
+        input_names: &lowered.input_names,
+        output_names: &lowered.output_names,
+        outputs: &outputs,
+        names: &names,
+        symbols: &model.symbols,
+    };
+    let (alternatives, failures) = check_alternatives(
+        &egraph,
+        &interface,
+        &inputs,
+        &expected,
+        &format!("model of seed {seed}"),
+    )?;
+    report.alternatives += alternatives;
+    report.failures.extend(failures);
+    Ok(())
+}
+
+/// Extracts each node of each e-class in turn (where the outputs need it), rebuilds and runs
+/// the model, and compares with `expected`: how many alternatives were checked, and a
+/// description (starting with `label`) of each that differs.
+pub fn check_alternatives(
+    egraph: &SlimGraph,
+    interface: &Interface,
+    inputs: &TVec<TValue>,
+    expected: &TVec<TValue>,
+    label: &str,
+) -> TractResult<(usize, Vec<String>)> {
+    let nominal = Nominal::default();
+    let (mut checked, mut failures) = (0, vec![]);
+    for class in egraph.classes() {
+        if class.nodes.len() < 2 || class.data.fact.is_none() {
+            continue;
+        }
+        for node in &class.nodes {
+            let forced = HashMap::from([(class.id, node.clone())]);
+            let Some(choice) = extract_forcing(egraph, interface.outputs, &nominal, &forced) else {
+                continue;
+            };
+            if !choice.nodes.contains_key(&class.id) {
+                continue; // not needed by the outputs
+            }
+            checked += 1;
+            let got = raise(egraph, &choice, interface).and_then(|m| run(&m, inputs.clone()));
+            let differs = match got {
+                Ok(got) => outputs_differ(expected, &got)?,
+                Err(e) => Some(format!("does not run: {e:#}")),
+            };
+            if let Some(how) = differs {
+                failures.push(format!(
+                    "{label}: the alternative {node:?} of e-class {} {how}",
+                    class.id
+                ));
+            }
+        }
+    }
+    Ok((checked, failures))
+}
+
+/// How `got` differs from `expected` beyond float rounding (1e-5 of the output's magnitude).
+fn outputs_differ(expected: &TVec<TValue>, got: &TVec<TValue>) -> TractResult<Option<String>> {
+    for (e, g) in expected.iter().zip(got.iter()) {
+        let scale = e
+            .cast_to::<f32>()?
+            .try_as_plain_ram()?
+            .as_slice::<f32>()?
+            .iter()
+            .fold(1.0f32, |m, v| m.max(v.abs()));
+        let diff = max_abs_diff(e, g)?;
+        if diff > 1e-5 * scale {
+            return Ok(Some(format!("differs by {diff}")));
+        }
+    }
+    Ok(None)
+}
