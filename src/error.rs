@@ -1,63 +1,19 @@
-//! Errors a user can cause, each naming the offending file, node, input or rule.
+//! The boundary's error: everything a request can fail on, each naming the offending file,
+//! node, input or rule. The layers below have their own error types ([`IoError`] for files,
+//! [`RuleError`] for rules, [`Mismatch`] for a verification that fails); they convert into
+//! [`SlimError`] here, where the pass, auto-slim and the command line meet them.
 
+use crate::io::IoError;
+use crate::model::verify::Mismatch;
 use crate::rules::parser::RuleError;
 
 /// Every way model-slim can refuse a request. Each displays as one line naming what is wrong;
 /// the fields say where (`path`: a file, `spec`: a command-line value, `message`: the cause).
 #[derive(Debug, thiserror::Error)]
 pub enum SlimError {
-    /// A file cannot be read.
-    #[error("cannot read {path}: {message}")]
-    Read {
-        /// The file.
-        path: String,
-        /// Why.
-        message: String,
-    },
-    /// A file is not a valid ONNX model (or does not fit the edit asked of it).
-    #[error("{path} is not a valid ONNX model: {message}")]
-    NotOnnx {
-        /// The file.
-        path: String,
-        /// Why.
-        message: String,
-    },
-    /// A malformed `--input`.
-    #[error(
-        "bad --input `{spec}`: {message} (expected NAME:DIM,...,TYPE such as input_ids:1,128,i64)"
-    )]
-    InputSpec {
-        /// The value given.
-        spec: String,
-        /// What is wrong with it.
-        message: String,
-    },
-    /// A malformed `--set`.
-    #[error("bad --set `{spec}`: expected SYMBOL=INTEGER such as sequence=128")]
-    SetSpec {
-        /// The value given.
-        spec: String,
-    },
-    /// An `--input` names no input of the model.
-    #[error("{path}: no model input named `{name}` (the inputs are: {known})")]
-    UnknownInput {
-        /// The model file.
-        path: String,
-        /// The name given.
-        name: String,
-        /// The model's input names.
-        known: String,
-    },
-    /// tract cannot type the model.
-    #[error("{path}: tract cannot analyse the model: {message}{hint}")]
-    Analysis {
-        /// The model file.
-        path: String,
-        /// tract's reason.
-        message: String,
-        /// What to try (e.g. the `-i` flags to give), or empty.
-        hint: String,
-    },
+    /// A model file cannot be read, understood or written.
+    #[error(transparent)]
+    Io(#[from] IoError),
     /// A rules file is wrong.
     #[error(transparent)]
     Rules(#[from] RuleError),
@@ -96,14 +52,6 @@ pub enum SlimError {
         /// What does not fit.
         message: String,
     },
-    /// An output cannot be written (nothing is left at `path` then).
-    #[error("cannot write {path}: {message}")]
-    Write {
-        /// The output file.
-        path: String,
-        /// Why.
-        message: String,
-    },
     /// A rule rewrites to something that computes differently (found by `check-rules`).
     #[error("rule `{rule}` is unsound: {failure}")]
     Unsound {
@@ -113,15 +61,8 @@ pub enum SlimError {
         failure: String,
     },
     /// The slimmed model's outputs differ from the original's beyond float rounding.
-    #[error("verification failed: output `{output}` differs by {diff:e}, over the tolerance {tolerance:e}")]
-    Verification {
-        /// The first output that differs.
-        output: String,
-        /// Its largest absolute difference.
-        diff: f32,
-        /// The tolerance (relative to the output's magnitude).
-        tolerance: f32,
-    },
+    #[error(transparent)]
+    Verification(#[from] Mismatch),
 }
 
 impl SlimError {

@@ -39,6 +39,7 @@ mod model;
 mod pass;
 mod rules;
 mod tools;
+mod util;
 
 #[doc(hidden)]
 pub mod testing;
@@ -48,27 +49,31 @@ pub use egraph::extract::GraphCost;
 pub use error::{Result, SlimError};
 pub use pass::report::{flops, params, AttentionLayer, FfnLayer, Report, StageTimes};
 pub use pass::slimmer::{Observer, Slimmed, Slimmer, Stage};
-pub use rules::saturate::{Limits, SaturationReport};
+pub use rules::saturate::{Limits, SaturationReport, StopReason};
 pub use tools::transform::{ensure_linked, SlimTransform};
 
 // Model files.
 pub use io::import::{import_onnx, parse_set, symbol_values, ImportOptions, InputSpec};
-pub use io::nnef::{write_atomically, write_model, ArtifactCheck, Format};
+pub use io::nnef::{write_model, ArtifactCheck, Format};
 pub use io::onnx::proto::read_proto;
 pub use io::onnx::writeback::{initializer_params, write_pruned_onnx, write_slimmed_onnx, Cut};
+pub use io::onnx::EditError;
+pub use io::{IoError, IoResult};
+pub use util::files::write_atomically;
 
 // What the pass knows about models: groups of units, and running them.
 pub use model::cost::{Nominal, NOMINAL_DIM};
 pub use model::discover::{attention_blocks, groups, AttentionBlock, Group, Kind, Units};
 pub use model::verify::{
-    fidelity, max_abs_diff, random_inputs, run, verify, OutputDiff, OutputFidelity, Verification,
-    RELATIVE_TOLERANCE,
+    fidelity, max_abs_diff, random_inputs, run, verify, Mismatch, OutputDiff, OutputFidelity,
+    Verification, RELATIVE_TOLERANCE,
 };
 
 // Auto-slim.
 pub use autoslim::auto::{auto_slim, AutoOptions, AutoReport, AutoSlimmed, GroupOutcome};
 pub use autoslim::calibration::{load_npz, Calibration};
-pub use autoslim::prune::{choose, magnitude_scores, zero_units, Plan, PlanGroup, Targets};
+pub use autoslim::prune::{choose, magnitude_scores, Plan, PlanGroup, Targets};
+pub use model::stats::zero_units;
 
 // Rules, for rule authors.
 pub use rules::parser::{default_rules, load_dir, parse, Rule, RuleError};

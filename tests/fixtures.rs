@@ -9,8 +9,8 @@ use common::{
     Layer,
 };
 use model_slim::verify;
-use model_slim::Slimmer;
 use model_slim::{write_model, ArtifactCheck};
+use model_slim::{Slimmer, StopReason};
 use tract_core::internal::*;
 
 fn check_fixture(fixture: &Fixture) {
@@ -77,7 +77,11 @@ fn check_fixture(fixture: &Fixture) {
         report.cost_after.total() <= report.cost_before.total(),
         "{name}: cost grew"
     );
-    assert_eq!(report.saturation.stop_reason, "saturated", "{name}");
+    assert_eq!(
+        report.saturation.stop_reason,
+        StopReason::Saturated,
+        "{name}"
+    );
     assert_eq!(
         report.saturation.refused_instantiations, 0,
         "{name}: a rule produced an ill-typed node"

@@ -4,13 +4,12 @@
 //! discover groups → (calibrate) → score and choose, or take a saved plan → write zeros (and bias
 //! compensation) → the slimming pass → fidelity against the dense model.
 
-use crate::autoslim::calibration::{capture, Calibration};
-use crate::autoslim::prune::{
-    activation_stats, apply, choose, group_for, magnitude_scores, GroupStats, Plan, Pruned, Targets,
-};
+use crate::autoslim::calibration::Calibration;
+use crate::autoslim::prune::{apply, choose, group_for, magnitude_scores, Plan, Pruned, Targets};
 use crate::error::{Result, SlimError};
 use crate::io::onnx::writeback::Cut;
 use crate::model::discover::{groups, Group, Kind};
+use crate::model::stats::{activation_stats, capture, GroupStats};
 use crate::model::verify::{fidelity, random_inputs, verify, OutputFidelity};
 use crate::pass::report::Report;
 use crate::{Slimmed, Slimmer};
@@ -180,9 +179,9 @@ fn something_to_prune(groups: &[Group], targets: &Targets) -> Result<()> {
 /// Checks a saved plan against the model's groups.
 fn check_plan(plan: &Plan, groups: &[Group], origin: &str) -> Result<()> {
     for entry in &plan.groups {
-        group_for(groups, entry).map_err(|message| SlimError::Plan {
+        group_for(groups, entry).map_err(|mismatch| SlimError::Plan {
             path: origin.to_string(),
-            message,
+            message: mismatch.to_string(),
         })?;
     }
     Ok(())

@@ -7,6 +7,7 @@
 //! batch-1 samples along its first axis.
 
 use crate::error::{Result, SlimError};
+use crate::io::IoError;
 use ndarray_npy::NpzReader;
 use std::fs::File;
 use std::path::Path;
@@ -27,7 +28,7 @@ fn bad(path: &Path, message: impl Into<String>) -> SlimError {
 }
 
 /// Reads one array of whatever numeric type it holds.
-fn read_array(npz: &mut NpzReader<File>, name: &str) -> std::result::Result<Tensor, String> {
+fn read_array(npz: &mut NpzReader<File>, name: &str, path: &Path) -> Result<Tensor> {
     macro_rules! try_types {
         ($($t:ty),*) => {
             $(if let Ok(a) = npz.by_name::<tract_ndarray::OwnedRepr<$t>, tract_ndarray::IxDyn>(name) {
@@ -36,27 +37,31 @@ fn read_array(npz: &mut NpzReader<File>, name: &str) -> std::result::Result<Tens
         };
     }
     try_types!(f32, f64, i64, i32, i16, i8, u8, bool);
-    Err(format!("array `{name}` has an unsupported element type"))
+    Err(bad(
+        path,
+        format!("array `{name}` has an unsupported element type"),
+    ))
 }
 
-/// Splits an array into per-sample inputs of `fact`'s rank.
-fn split_samples(array: &Tensor, fact: &TypedFact) -> std::result::Result<Vec<Tensor>, String> {
+/// Splits array `name` of `path` into per-sample inputs of `fact`'s rank.
+fn split_samples(array: &Tensor, fact: &TypedFact, name: &str, path: &Path) -> Result<Vec<Tensor>> {
+    let bad = |message: String| bad(path, format!("`{name}`: {message}"));
     let rank = fact.rank();
     let per_entry = array.rank() == rank + 1;
     if !per_entry && array.rank() != rank {
-        return Err(format!(
+        return Err(bad(format!(
             "rank {} where the input has rank {rank} (expected samples × input, or batch-1 samples along the first axis)",
             array.rank()
-        ));
+        )));
     }
     let samples = array.shape().first().copied().unwrap_or(0);
     (0..samples)
         .map(|i| {
-            let sample = array.slice(0, i, i + 1).map_err(|e| e.to_string())?;
+            let sample = array.slice(0, i, i + 1).map_err(|e| bad(e.to_string()))?;
             let sample = if per_entry {
                 sample
                     .into_shape(&array.shape()[1..])
-                    .map_err(|e| e.to_string())?
+                    .map_err(|e| bad(e.to_string()))?
             } else {
                 sample
             };
@@ -66,26 +71,23 @@ fn split_samples(array: &Tensor, fact: &TypedFact) -> std::result::Result<Vec<Te
                 .zip(sample.shape())
                 .all(|(d, s)| d.to_usize().map(|d| d == *s).unwrap_or(true));
             if !concrete {
-                return Err(format!(
+                return Err(bad(format!(
                     "sample shape {:?} does not fit the input's {:?}",
                     sample.shape(),
                     fact.shape
-                ));
+                )));
             }
             sample
                 .cast_to_dt(fact.datum_type)
                 .map(|t| t.into_owned())
-                .map_err(|e| e.to_string())
+                .map_err(|e| bad(e.to_string()))
         })
         .collect()
 }
 
 /// Reads calibration samples for `model` from an `.npz` file.
 pub fn load_npz(path: &Path, model: &TypedModel) -> Result<Calibration> {
-    let file = File::open(path).map_err(|e| SlimError::Read {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    })?;
+    let file = File::open(path).map_err(|e| IoError::read(path, e))?;
     let mut npz = NpzReader::new(file).map_err(|e| bad(path, format!("not an .npz file ({e})")))?;
     let names = npz.names().map_err(|e| bad(path, e.to_string()))?;
     let mut per_input: Vec<Vec<Tensor>> = vec![];
@@ -103,12 +105,11 @@ pub fn load_npz(path: &Path, model: &TypedModel) -> Result<Calibration> {
                     format!("no array named `{input}` (it has: {})", names.join(", ")),
                 )
             })?;
-        let array = read_array(&mut npz, entry).map_err(|m| bad(path, m))?;
+        let array = read_array(&mut npz, entry, path)?;
         let fact = model
             .outlet_fact(*outlet)
             .map_err(|e| bad(path, e.to_string()))?;
-        let samples =
-            split_samples(&array, fact).map_err(|m| bad(path, format!("`{input}`: {m}")))?;
+        let samples = split_samples(&array, fact, input, path)?;
         per_input.push(samples);
     }
     let count = per_input.first().map(|s| s.len()).unwrap_or(0);
@@ -127,23 +128,4 @@ pub fn load_npz(path: &Path, model: &TypedModel) -> Result<Calibration> {
         })
         .collect();
     Ok(Calibration { samples })
-}
-
-/// Runs `model` on every sample and returns, per requested outlet, its value on each sample.
-pub fn capture(
-    model: &TypedModel,
-    outlets: &[OutletId],
-    samples: &[TVec<TValue>],
-) -> TractResult<Vec<Vec<Tensor>>> {
-    let mut probe = model.clone();
-    probe.select_output_outlets(outlets)?;
-    let plan = probe.into_optimized()?.into_runnable()?;
-    let mut captured: Vec<Vec<Tensor>> = vec![vec![]; outlets.len()];
-    for sample in samples {
-        let values = plan.run(sample.clone())?;
-        for (slot, value) in values.into_iter().enumerate() {
-            captured[slot].push(value.into_tensor());
-        }
-    }
-    Ok(captured)
 }

@@ -10,11 +10,11 @@
 //! mean contribution of the removed units is added to the consumer's bias, so the pruned model
 //! is right on average (as FLAP does).
 
-use crate::model::discover::{Group, Kind, Units};
+use crate::model::discover::{Group, Kind};
+use crate::model::stats::{compensation, unit_norms, weight_of, GroupStats};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use tract_core::internal::*;
-use tract_core::ops::einsum::EinSum;
 use tract_core::ops::konst::Const;
 use tract_core::ops::math::add;
 
@@ -68,38 +68,6 @@ impl Targets {
     }
 }
 
-/// The tensor of a constant node (a weight).
-pub fn weight_of(model: &TypedModel, node: usize) -> TractResult<Arc<Tensor>> {
-    Ok(model
-        .node(node)
-        .op_as::<Const>()
-        .context("weight is not a constant")?
-        .val()
-        .clone())
-}
-
-/// L2 norm of each unit's slices of a tensor.
-fn unit_norms(tensor: &Tensor, units: Units, count: usize) -> TractResult<Vec<f32>> {
-    let data = units.view(tensor)?;
-    let data = data.cast_to::<f32>()?;
-    let view = data.to_plain_array_view::<f32>()?;
-    Ok((0..count)
-        .map(|u| {
-            units
-                .slices(&[u])
-                .iter()
-                .map(|&i| {
-                    view.index_axis(tract_ndarray::Axis(units.axis), i)
-                        .iter()
-                        .map(|v| v * v)
-                        .sum::<f32>()
-                })
-                .sum::<f32>()
-                .sqrt()
-        })
-        .collect())
-}
-
 /// Magnitude scores of a group's units: consumer slice norm times producer slice norms.
 pub fn magnitude_scores(model: &TypedModel, group: &Group) -> TractResult<Vec<f32>> {
     let mut scores = unit_norms(
@@ -117,168 +85,6 @@ pub fn magnitude_scores(model: &TypedModel, group: &Group) -> TractResult<Vec<f3
             .for_each(|(u, s)| *s *= norms[u / shared]);
     }
     Ok(scores)
-}
-
-/// Units already all zero in the consumer's weight (already pruned: slimming removes them).
-pub fn zero_units(model: &TypedModel, group: &Group) -> TractResult<Vec<usize>> {
-    let norms = unit_norms(
-        &*weight_of(model, group.weight)?,
-        group.weight_units,
-        group.units,
-    )?;
-    Ok((0..group.units).filter(|&u| norms[u] == 0.0).collect())
-}
-
-/// What calibration data says about one group.
-#[derive(Clone, Debug)]
-pub struct GroupStats {
-    /// Activation-aware score of each unit.
-    pub scores: Vec<f32>,
-    /// The consumer's input averaged over tokens and samples (token axes kept, size 1).
-    pub mean: Tensor,
-}
-
-/// The consumer of a group, as an EinSum, with the slot of its weight.
-fn consumer_einsum(model: &TypedModel, group: &Group) -> TractResult<(EinSum, usize)> {
-    let node = model.node(group.consumer);
-    let einsum = node
-        .op_as::<EinSum>()
-        .context("consumer is not an EinSum")?
-        .clone();
-    let slot = node
-        .inputs
-        .iter()
-        .position(|i| i.node == group.weight)
-        .context("consumer does not read its weight")?;
-    Ok((einsum, slot))
-}
-
-/// Evaluates the consumer on an activation and a weight (in the consumer's operand order).
-fn contract(
-    einsum: &EinSum,
-    weight_slot: usize,
-    activation: Tensor,
-    weight: Tensor,
-) -> TractResult<Tensor> {
-    let mut inputs = [activation.into_tvalue(), weight.into_tvalue()];
-    if weight_slot == 0 {
-        inputs.reverse();
-    }
-    let mut out = einsum
-        .eval_out_of_plan(inputs.into_iter().collect())?
-        .context("no plain evaluation")?;
-    Ok(out.remove(0).into_tensor())
-}
-
-/// Axes of the activation the consumer carries to its output (tokens, batch), and axes of the
-/// output the weight carries (features).
-fn token_and_feature_axes(einsum: &EinSum, weight_slot: usize) -> (Vec<usize>, Vec<usize>) {
-    let input_slot = 1 - weight_slot;
-    let mut tokens = vec![];
-    let mut features = vec![];
-    for letter in einsum.axes.iter_all_axes() {
-        let Some(&out) = letter.outputs[0].first() else {
-            continue;
-        };
-        if let Some(&a) = letter.inputs[input_slot].first() {
-            tokens.push(a);
-        } else if !letter.inputs[weight_slot].is_empty() {
-            features.push(out);
-        }
-    }
-    (tokens, features)
-}
-
-/// Mean over the given axes (kept, size 1) of a tensor, as f32.
-fn mean_over(tensor: &Tensor, axes: &[usize]) -> TractResult<tract_ndarray::ArrayD<f32>> {
-    let data = tensor.cast_to::<f32>()?;
-    let mut view = data.to_plain_array_view::<f32>()?.to_owned();
-    for &axis in axes {
-        let mean = view
-            .mean_axis(tract_ndarray::Axis(axis))
-            .context("mean of an empty axis")?;
-        view = mean.insert_axis(tract_ndarray::Axis(axis));
-    }
-    Ok(view)
-}
-
-/// Mean L2 norm over tokens of a contribution: features are the `features` axes of `out`.
-fn mean_token_norm(out: &Tensor, features: &[usize]) -> TractResult<f32> {
-    let data = out.cast_to::<f32>()?;
-    let view = data.to_plain_array_view::<f32>()?;
-    let mut squares = view.mapv(|v| v * v);
-    let mut sorted = features.to_vec();
-    sorted.sort_unstable_by(|a, b| b.cmp(a));
-    for &axis in &sorted {
-        squares = squares.sum_axis(tract_ndarray::Axis(axis));
-    }
-    let norms = squares.mapv(f32::sqrt);
-    Ok(norms.mean().unwrap_or(0.0))
-}
-
-/// Activation statistics of every group on captured activations (one tensor per sample).
-pub fn activation_stats(
-    model: &TypedModel,
-    group: &Group,
-    activations: &[Tensor],
-) -> TractResult<GroupStats> {
-    let (einsum, weight_slot) = consumer_einsum(model, group)?;
-    let (tokens, features) = token_and_feature_axes(&einsum, weight_slot);
-    let weight = weight_of(model, group.weight)?;
-    let units = group.activation_units;
-    let mut mean_sum: Option<tract_ndarray::ArrayD<f32>> = None;
-    let mut scores = vec![0f32; group.units];
-    for activation in activations {
-        let mean = mean_over(activation, &tokens)?;
-        mean_sum = Some(match mean_sum {
-            Some(sum) => sum + mean,
-            None => mean,
-        });
-        match group.kind {
-            Kind::Ffn => {
-                // Mean |activation| per channel: average over tokens, then over the unit's slices.
-                let magnitude = activation
-                    .cast_to::<f32>()?
-                    .to_plain_array_view::<f32>()?
-                    .mapv(f32::abs);
-                let magnitude = mean_over(&magnitude.into_tensor(), &tokens)?;
-                for (u, score) in scores.iter_mut().enumerate() {
-                    let slices = units.slices(&[u]);
-                    let total: f32 = slices
-                        .iter()
-                        .map(|&i| {
-                            magnitude
-                                .index_axis(tract_ndarray::Axis(units.axis), i)
-                                .mean()
-                                .unwrap_or(0.0)
-                        })
-                        .sum();
-                    *score += total / slices.len() as f32;
-                }
-            }
-            Kind::Heads => {
-                for (u, score) in scores.iter_mut().enumerate() {
-                    let part = units.select(activation, &[u])?;
-                    let w = group.weight_units.select(&weight, &[u])?;
-                    *score +=
-                        mean_token_norm(&contract(&einsum, weight_slot, part, w)?, &features)?;
-                }
-            }
-        }
-    }
-    let samples = activations.len().max(1) as f32;
-    scores.iter_mut().for_each(|s| *s /= samples);
-    if group.kind == Kind::Ffn {
-        let norms = unit_norms(&weight, group.weight_units, group.units)?;
-        scores.iter_mut().zip(norms).for_each(|(s, n)| *s *= n);
-    }
-    let mean = mean_sum
-        .context("no calibration samples")?
-        .mapv(|v| v / samples);
-    Ok(GroupStats {
-        scores,
-        mean: mean.into_tensor(),
-    })
 }
 
 /// Rounds a kept width to a multiple of `m`, staying within `[min(m, n), n]`.
@@ -385,32 +191,76 @@ pub fn choose(groups: &[Group], scores: &[Vec<f32>], targets: &Targets) -> Plan 
     }
 }
 
-/// The discovered group a plan entry names; an error says what does not match.
-pub fn group_for<'a>(groups: &'a [Group], entry: &PlanGroup) -> Result<&'a Group, String> {
-    let kind = match entry.kind {
-        Kind::Ffn => "ffn",
-        Kind::Heads => "heads",
-    };
+/// How a plan entry does not match the model's groups.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanMismatch {
+    /// No group of that kind at that layer.
+    #[error("the model has no {kind} layer {layer}")]
+    NoLayer {
+        /// The entry's kind.
+        kind: Kind,
+        /// The entry's layer.
+        layer: usize,
+    },
+    /// The layer's group is another consumer or has another number of units.
+    #[error("{kind} layer {layer} is `{name}` with {units} units in the model, not `{planned}` with {planned_units}")]
+    OtherGroup {
+        /// The entry's kind.
+        kind: Kind,
+        /// The entry's layer.
+        layer: usize,
+        /// The model's consumer there.
+        name: String,
+        /// Its units.
+        units: usize,
+        /// The consumer the entry names.
+        planned: String,
+        /// The units the entry states.
+        planned_units: usize,
+    },
+    /// A removed unit that is out of range or listed twice.
+    #[error("{kind} layer {layer}: unit {unit} is out of range 0..{units} or listed twice")]
+    BadUnit {
+        /// The entry's kind.
+        kind: Kind,
+        /// The entry's layer.
+        layer: usize,
+        /// The unit.
+        unit: usize,
+        /// The group's units.
+        units: usize,
+    },
+}
+
+/// The discovered group a plan entry names.
+pub fn group_for<'a>(groups: &'a [Group], entry: &PlanGroup) -> Result<&'a Group, PlanMismatch> {
+    let (kind, layer) = (entry.kind, entry.layer);
     let group = groups
         .iter()
-        .find(|g| g.kind == entry.kind && g.layer == entry.layer)
-        .ok_or_else(|| format!("the model has no {kind} layer {}", entry.layer))?;
+        .find(|g| g.kind == kind && g.layer == layer)
+        .ok_or(PlanMismatch::NoLayer { kind, layer })?;
     if group.name != entry.name || group.units != entry.units {
-        return Err(format!(
-            "{kind} layer {} is `{}` with {} units in the model, not `{}` with {}",
-            entry.layer, group.name, group.units, entry.name, entry.units
-        ));
+        return Err(PlanMismatch::OtherGroup {
+            kind,
+            layer,
+            name: group.name.clone(),
+            units: group.units,
+            planned: entry.name.clone(),
+            planned_units: entry.units,
+        });
     }
     let mut seen = HashSet::new();
-    if let Some(bad) = entry
+    if let Some(&unit) = entry
         .removed
         .iter()
         .find(|&&u| u >= group.units || !seen.insert(u))
     {
-        return Err(format!(
-            "{kind} layer {}: unit {bad} is out of range 0..{} or listed twice",
-            entry.layer, group.units
-        ));
+        return Err(PlanMismatch::BadUnit {
+            kind,
+            layer,
+            unit,
+            units: group.units,
+        });
     }
     Ok(group)
 }
@@ -435,20 +285,6 @@ fn replace_const(
         model.add_edge(new, InletId::new(consumer, slot))?;
     }
     Ok(())
-}
-
-/// The mean contribution of a group's removed units to its consumer's output.
-pub fn compensation(
-    model: &TypedModel,
-    group: &Group,
-    stats: &GroupStats,
-    removed: &[usize],
-) -> TractResult<Tensor> {
-    let (einsum, weight_slot) = consumer_einsum(model, group)?;
-    let mean = group.activation_units.select(&stats.mean, removed)?;
-    let weight = weight_of(model, group.weight)?;
-    let w = group.weight_units.select(&weight, removed)?;
-    contract(&einsum, weight_slot, mean, w)
 }
 
 /// Adds `delta` to the consumer's bias, or adds a bias where it has none.

@@ -13,7 +13,7 @@ use model_slim::{groups, Kind};
 use model_slim::{write_atomically, write_model, ArtifactCheck, Format};
 use model_slim::{write_pruned_onnx, write_slimmed_onnx};
 use model_slim::{zero_units, Plan, Targets};
-use model_slim::{SlimError, Slimmed, Slimmer};
+use model_slim::{IoError, Mismatch, SlimError, Slimmed, Slimmer};
 use serde::Serialize;
 use std::path::Path;
 use std::time::Duration;
@@ -28,9 +28,21 @@ pub enum Failure {
 impl From<SlimError> for Failure {
     fn from(e: SlimError) -> Self {
         match e {
-            SlimError::Verification { .. } | SlimError::Unsound { .. } => Failure::VerifyFailed(e),
+            SlimError::Verification(_) | SlimError::Unsound { .. } => Failure::VerifyFailed(e),
             e => Failure::User(e),
         }
+    }
+}
+
+impl From<IoError> for Failure {
+    fn from(e: IoError) -> Self {
+        SlimError::from(e).into()
+    }
+}
+
+impl From<Mismatch> for Failure {
+    fn from(e: Mismatch) -> Self {
+        SlimError::from(e).into()
     }
 }
 
@@ -49,16 +61,9 @@ impl Context {
     }
 }
 
-fn write_error(path: &Path, e: impl std::fmt::Display) -> SlimError {
-    SlimError::Write {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    }
-}
-
-fn write_json(value: &impl Serialize, path: &Path) -> Result<(), SlimError> {
-    let json = serde_json::to_vec_pretty(value).map_err(|e| write_error(path, e))?;
-    write_atomically(path, &json).map_err(|e| write_error(path, e))
+fn write_json(value: &impl Serialize, path: &Path) -> Result<(), IoError> {
+    let json = serde_json::to_vec_pretty(value).map_err(|e| IoError::write(path, e))?;
+    write_atomically(path, &json).map_err(|e| IoError::write(path, e))
 }
 
 fn import(
@@ -142,7 +147,7 @@ fn write_nnef(
     model: &TypedModel,
     output: &Path,
     check: Option<ArtifactCheck>,
-) -> Result<Option<Verification>, SlimError> {
+) -> Result<Option<Verification>, IoError> {
     ctx.progress
         .during("writing the model and loading it back", |_| {
             write_model(model, output, check)
@@ -203,10 +208,7 @@ fn run_slim(
 }
 
 fn read_plan(path: &Path) -> Result<Plan, SlimError> {
-    let text = std::fs::read_to_string(path).map_err(|e| SlimError::Read {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    })?;
+    let text = std::fs::read_to_string(path).map_err(|e| IoError::read(path, e))?;
     serde_json::from_str(&text).map_err(|e| SlimError::Plan {
         path: path.display().to_string(),
         message: e.to_string(),
@@ -315,7 +317,7 @@ fn run_prune(ctx: &Context, args: &PruneArgs) -> Result<(), Failure> {
             check,
         )?;
         if let Some(error) = v.failure() {
-            return Err(Failure::VerifyFailed(error));
+            return Err(error.into());
         }
         ctx.say(&format!("wrote {}\n", path.display()));
     }
@@ -342,10 +344,7 @@ fn groups_table(model: &TypedModel, after: Option<&Report>) -> Result<String, Sl
         let zero = zero_units(model, g)
             .map_err(|e| SlimError::stage("discover", e))?
             .len();
-        let kind = match g.kind {
-            Kind::Ffn => "ffn",
-            Kind::Heads => "heads",
-        };
+        let kind = g.kind;
         let units = if g.kind == Kind::Heads && g.kv_heads != g.units {
             format!("{} (KV {})", g.units, g.kv_heads)
         } else {
@@ -400,7 +399,7 @@ fn run_show(
     if let Some(path) = dot {
         let text = to_dot(&[("before", &original), ("after", &slimmed.model)])
             .map_err(|e| SlimError::stage("dot", e))?;
-        write_atomically(path, text.as_bytes()).map_err(|e| write_error(path, e))?;
+        write_atomically(path, text.as_bytes()).map_err(|e| IoError::write(path, e))?;
         ctx.say(&format!("wrote {}\n", path.display()));
     }
     Ok(())

@@ -8,6 +8,7 @@
 use crate::egraph::consts::{kept_positions, ConstStore};
 use crate::egraph::known::{self, KnownSlices};
 use crate::egraph::lang::{Key, TensorLang};
+use crate::util::slices::ZeroSlices;
 use egg::{Analysis, DidMerge, EGraph, Id};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,9 +20,6 @@ use tract_core::ops::nn::{Reduce, RmsNorm, Softmax};
 
 /// The e-graph type of model-slim.
 pub type SlimGraph = EGraph<TensorLang, SlimAnalysis>;
-
-/// Indices of all-zero slices, per axis (sorted; empty when none is known).
-pub type ZeroSlices = Vec<Vec<usize>>;
 
 /// What the analysis knows of one e-class.
 #[derive(Debug, Clone)]

@@ -7,7 +7,7 @@
 //! type and zero slices are derived from the source's, and its data is copied only when asked
 //! for (by raising the chosen graph, or by a guard reading a few slices).
 
-use crate::egraph::analysis::ZeroSlices;
+use crate::util::slices::{all_finite, select_slices, zero_slices_of, ZeroSlices};
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use tract_core::internal::*;
@@ -184,99 +184,4 @@ fn materialize(source: &Tensor, selection: &Selection) -> TractResult<Tensor> {
         tensor = select_slices(&tensor, axis, indices)?;
     }
     Ok(tensor)
-}
-
-/// Selects `indices` along `axis` of a tensor (any datum type), copying only what is selected:
-/// for plain data, one contiguous run per (outer index, selected slice).
-pub fn select_slices(tensor: &Tensor, axis: usize, indices: &[usize]) -> TractResult<Tensor> {
-    let shape = tensor.shape();
-    ensure!(
-        axis < shape.len(),
-        "axis {axis} out of rank {}",
-        shape.len()
-    );
-    ensure!(
-        indices.iter().all(|&i| i < shape[axis]),
-        "slice index out of range {}",
-        shape[axis]
-    );
-    fn runs<T: Datum + Copy>(
-        tensor: &Tensor,
-        axis: usize,
-        indices: &[usize],
-    ) -> TractResult<Tensor> {
-        let shape = tensor.shape();
-        let data = tensor.try_as_plain_ram()?.as_slice::<T>()?;
-        let inner: usize = shape[axis + 1..].iter().product();
-        let outer: usize = shape[..axis].iter().product();
-        let mut new_shape = shape.to_vec();
-        new_shape[axis] = indices.len();
-        // SAFETY: every element is written below (the runs cover the whole new shape) before
-        // anything reads it; `T` is plain old data, so no drop sees uninitialized memory.
-        let mut selected = unsafe { Tensor::uninitialized::<T>(&new_shape)? };
-        let mut view = selected.try_as_plain_ram_mut()?;
-        let out = view.as_slice_mut::<T>()?;
-        let mut at = 0;
-        for o in 0..outer {
-            for &i in indices {
-                let start = (o * shape[axis] + i) * inner;
-                out[at..at + inner].copy_from_slice(&data[start..start + inner]);
-                at += inner;
-            }
-        }
-        debug_assert_eq!(at, out.len());
-        Ok(selected)
-    }
-    fn with_ndarray<T: Datum>(
-        tensor: &Tensor,
-        axis: usize,
-        indices: &[usize],
-    ) -> TractResult<Tensor> {
-        let view = tensor.to_plain_array_view::<T>()?;
-        Ok(view
-            .select(tract_ndarray::Axis(axis), indices)
-            .into_tensor())
-    }
-    let dt = tensor.datum_type();
-    if dt.is_copy() {
-        dispatch_copy!(runs(dt)(tensor, axis, indices))
-    } else {
-        dispatch_datum!(with_ndarray(dt)(tensor, axis, indices))
-    }
-}
-
-/// Whether a tensor holds no infinity or NaN (non-float data always).
-fn all_finite(tensor: &Tensor) -> bool {
-    if !tensor.datum_type().is_float() {
-        return true;
-    }
-    let Ok(data) = tensor.cast_to::<f32>() else {
-        return false;
-    };
-    data.try_as_plain_ram()
-        .and_then(|d| d.as_slice::<f32>().map(|s| s.iter().all(|v| v.is_finite())))
-        .unwrap_or(false)
-}
-
-/// All-zero slices of a constant, per axis. Only float data is inspected.
-pub fn zero_slices_of(tensor: &Tensor) -> ZeroSlices {
-    let rank = tensor.rank();
-    if !tensor.datum_type().is_float() {
-        return vec![vec![]; rank];
-    }
-    let Ok(data) = tensor.cast_to::<f32>() else {
-        return vec![vec![]; rank];
-    };
-    let Ok(view) = data.to_plain_array_view::<f32>() else {
-        return vec![vec![]; rank];
-    };
-    (0..rank)
-        .map(|axis| {
-            view.axis_iter(tract_ndarray::Axis(axis))
-                .enumerate()
-                .filter(|(_, slice)| slice.iter().all(|v| *v == 0.0))
-                .map(|(i, _)| i)
-                .collect()
-        })
-        .collect()
 }

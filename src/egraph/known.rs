@@ -13,8 +13,8 @@
 //! [`slice_value`] reads their slices directly.
 
 use crate::egraph::analysis::{const_of, SlimGraph};
-use crate::egraph::consts::select_slices;
 use crate::egraph::lang::TensorLang;
+use crate::util::slices::select_slices;
 use egg::Id;
 use std::sync::Arc;
 use tract_core::internal::*;

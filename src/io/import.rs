@@ -3,7 +3,7 @@
 //! Input facts come from `--input NAME:DIM,...,TYPE` and symbol values from `--set SYM=VALUE`,
 //! as in the tract command line; without them the model's own (possibly symbolic) shapes are used.
 
-use crate::error::{Result, SlimError};
+use crate::io::error::{IoError, IoResult};
 use std::path::Path;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
@@ -20,9 +20,9 @@ pub struct InputSpec {
 }
 
 impl std::str::FromStr for InputSpec {
-    type Err = SlimError;
-    fn from_str(spec: &str) -> Result<InputSpec> {
-        let bad = |message: &str| SlimError::InputSpec {
+    type Err = IoError;
+    fn from_str(spec: &str) -> IoResult<InputSpec> {
+        let bad = |message: &str| IoError::InputSpec {
             spec: spec.to_string(),
             message: message.to_string(),
         };
@@ -63,8 +63,8 @@ fn parse_datum_type(ty: &str) -> Option<DatumType> {
 }
 
 /// Parses `SYM=VALUE`.
-pub fn parse_set(spec: &str) -> Result<(String, i64)> {
-    let bad = || SlimError::SetSpec {
+pub fn parse_set(spec: &str) -> IoResult<(String, i64)> {
+    let bad = || IoError::SetSpec {
         spec: spec.to_string(),
     };
     let (sym, value) = spec.split_once('=').ok_or_else(bad)?;
@@ -92,9 +92,9 @@ pub fn symbol_values(model: &TypedModel, sets: &[(String, i64)]) -> SymbolValues
 }
 
 /// Reads, types and declutters an ONNX model.
-pub fn import_onnx(path: &Path, options: &ImportOptions) -> Result<TypedModel> {
+pub fn import_onnx(path: &Path, options: &ImportOptions) -> IoResult<TypedModel> {
     let shown = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|e| SlimError::Read {
+    let bytes = std::fs::read(path).map_err(|e| IoError::Read {
         path: shown.clone(),
         message: e.to_string(),
     })?;
@@ -102,32 +102,36 @@ pub fn import_onnx(path: &Path, options: &ImportOptions) -> Result<TypedModel> {
 }
 
 /// Types and declutters an ONNX model held in memory; `shown` names it in errors.
-pub fn import_onnx_bytes(bytes: &[u8], shown: &str, options: &ImportOptions) -> Result<TypedModel> {
+pub fn import_onnx_bytes(
+    bytes: &[u8],
+    shown: &str,
+    options: &ImportOptions,
+) -> IoResult<TypedModel> {
     let shown = shown.to_string();
     let onnx = tract_onnx::onnx()
         .with_ignore_output_shapes(true)
         .with_ignore_value_info(true);
     let proto = onnx
         .proto_model_for_read(&mut &bytes[..])
-        .map_err(|e| SlimError::NotOnnx {
+        .map_err(|e| IoError::NotOnnx {
             path: shown.clone(),
             message: format!("{e:#}"),
         })?;
     if proto.graph.as_ref().is_some_and(|g| g.output.is_empty()) {
-        return Err(SlimError::NotOnnx {
+        return Err(IoError::NotOnnx {
             path: shown,
             message: "the graph declares no outputs".into(),
         });
     }
     let mut model = onnx
         .model_for_proto_model(&proto)
-        .map_err(|e| SlimError::NotOnnx {
+        .map_err(|e| IoError::NotOnnx {
             path: shown.clone(),
             message: format!("{e:#}"),
         })?;
     apply_input_specs(&mut model, &shown, options)?;
     let declared = describe_inputs(&model);
-    let analysis_error = |e: TractError| SlimError::Analysis {
+    let analysis_error = |e: TractError| IoError::Analysis {
         path: shown.clone(),
         message: format!("{e:#}"),
         hint: concrete_input_hint(&declared, options),
@@ -183,18 +187,18 @@ pub fn tensor_shapes(
     proto: &tract_onnx::pb::ModelProto,
     shown: &str,
     options: &ImportOptions,
-) -> Result<std::collections::HashMap<String, TVec<TDim>>> {
+) -> IoResult<std::collections::HashMap<String, TVec<TDim>>> {
     let onnx = tract_onnx::onnx()
         .with_ignore_output_shapes(true)
         .with_ignore_value_info(true);
     let mut model = onnx
         .model_for_proto_model(proto)
-        .map_err(|e| SlimError::NotOnnx {
+        .map_err(|e| IoError::NotOnnx {
             path: shown.to_string(),
             message: format!("{e:#}"),
         })?;
     apply_input_specs(&mut model, shown, options)?;
-    model.analyse(false).map_err(|e| SlimError::Analysis {
+    model.analyse(false).map_err(|e| IoError::Analysis {
         path: shown.to_string(),
         message: format!("{e:#}"),
         hint: String::new(),
@@ -226,14 +230,14 @@ fn apply_input_specs(
     model: &mut InferenceModel,
     path: &str,
     options: &ImportOptions,
-) -> Result<()> {
+) -> IoResult<()> {
     let names = input_names(model);
     for spec in &options.inputs {
         let ix =
             names
                 .iter()
                 .position(|n| *n == spec.name)
-                .ok_or_else(|| SlimError::UnknownInput {
+                .ok_or_else(|| IoError::UnknownInput {
                     path: path.to_string(),
                     name: spec.name.clone(),
                     known: names.join(", "),
@@ -243,7 +247,7 @@ fn apply_input_specs(
             .iter()
             .map(|d| model.symbols.parse_tdim(d))
             .collect::<TractResult<TVec<TDim>>>()
-            .map_err(|e| SlimError::InputSpec {
+            .map_err(|e| IoError::InputSpec {
                 spec: spec.name.clone(),
                 message: format!("{e:#}"),
             })?;
@@ -259,7 +263,9 @@ fn apply_input_specs(
             }
             let fact = model
                 .input_fact(ix)
-                .map_err(|e| SlimError::stage("import", e))?
+                .map_err(|e| IoError::Import {
+                    message: format!("{e:#}"),
+                })?
                 .clone();
             if let (Some(dt), Some(shape)) = (fact.datum_type.concretize(), fact.shape.concretize())
             {
@@ -279,10 +285,12 @@ fn substitute(dims: &[TDim], model: &InferenceModel, sets: &[(String, i64)]) -> 
     dims.iter().map(|d| d.eval(&values)).collect()
 }
 
-fn set_input(model: &mut InferenceModel, ix: usize, dt: DatumType, dims: &[TDim]) -> Result<()> {
+fn set_input(model: &mut InferenceModel, ix: usize, dt: DatumType, dims: &[TDim]) -> IoResult<()> {
     model
         .set_input_fact(ix, InferenceFact::dt_shape(dt, dims))
-        .map_err(|e| SlimError::stage("import", e))
+        .map_err(|e| IoError::Import {
+            message: format!("{e:#}"),
+        })
 }
 
 /// An input as the model declares it: name, dimensions and type where known.

@@ -7,8 +7,9 @@
 //! them (and compared with the original when asked), and renamed into place only then, so an
 //! error never leaves a truncated, unloadable or wrong model where one was asked for.
 
-use crate::error::{Result, SlimError};
+use crate::io::error::{IoError, IoResult};
 use crate::model::verify::{verify, Verification};
+use crate::util::files::{persist, scratch_beside};
 use std::io::Write;
 use std::path::Path;
 use tract_core::internal::*;
@@ -29,8 +30,8 @@ pub enum Format {
 
 impl Format {
     /// The format a path asks for, or the error naming the path when its name says none.
-    pub fn required(path: &Path) -> Result<Format> {
-        Format::of(path).ok_or_else(|| SlimError::Write {
+    pub fn required(path: &Path) -> IoResult<Format> {
+        Format::of(path).ok_or_else(|| IoError::Write {
             path: path.display().to_string(),
             message: "unknown format: use a .onnx, .nnef.tgz or .nnef.tar file name".into(),
         })
@@ -109,13 +110,6 @@ fn nnef_bytes(model: &TypedModel, format: Format) -> TractResult<Vec<u8>> {
     })
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file in the same directory, then a rename.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut scratch = scratch_beside(path)?;
-    scratch.write_all(bytes)?;
-    persist(scratch, path)
-}
-
 /// What a written model is compared with once it is loaded back.
 #[derive(Clone, Copy)]
 pub struct ArtifactCheck<'a> {
@@ -130,15 +124,10 @@ pub struct ArtifactCheck<'a> {
 impl ArtifactCheck<'_> {
     /// Compares a model loaded from `file` with the reference: an error when it does not run or
     /// computes something else.
-    pub fn compare(&self, loaded: &TypedModel, file: &Path) -> Result<Verification> {
-        let shown = file.display().to_string();
-        let mut v = verify(self.reference, loaded, self.seed, self.values).map_err(|e| {
-            SlimError::Write {
-                path: shown.clone(),
-                message: format!("the written file does not run: {e:#}"),
-            }
-        })?;
-        v.artifact = Some(shown);
+    pub fn compare(&self, loaded: &TypedModel, file: &Path) -> IoResult<Verification> {
+        let mut v = verify(self.reference, loaded, self.seed, self.values)
+            .map_err(|e| IoError::write(file, format!("the written file does not run: {e:#}")))?;
+        v.artifact = Some(file.display().to_string());
         Ok(v)
     }
 }
@@ -152,45 +141,21 @@ pub fn write_model(
     model: &TypedModel,
     path: &Path,
     check: Option<ArtifactCheck>,
-) -> Result<Option<Verification>> {
-    let shown = path.display().to_string();
-    let fail = |message: String| SlimError::Write {
-        path: shown.clone(),
-        message,
-    };
+) -> IoResult<Option<Verification>> {
+    let fail = |e: &dyn std::fmt::Display| IoError::write(path, e);
     let format = Format::required(path)?;
-    let bytes = nnef_bytes(model, format).map_err(|e| fail(format!("{e:#}")))?;
-    let scratch = scratch_beside(path).map_err(|e| fail(e.to_string()))?;
-    std::fs::write(scratch.path(), &bytes).map_err(|e| fail(e.to_string()))?;
+    let bytes = nnef_bytes(model, format).map_err(|e| fail(&e))?;
+    let scratch = scratch_beside(path).map_err(|e| fail(&e))?;
+    std::fs::write(scratch.path(), &bytes).map_err(|e| fail(&e))?;
     let loaded = tract_nnef::nnef()
         .model_for_path(scratch.path())
         .and_then(|m| m.into_decluttered())
-        .map_err(|e| fail(format!("stock tract cannot load the written NNEF: {e:#}")))?;
+        .map_err(|e| fail(&format!("stock tract cannot load the written NNEF: {e:#}")))?;
     let verification = check.map(|c| c.compare(&loaded, path)).transpose()?;
     if verification.as_ref().is_some_and(|v| !v.passed) {
         // The caller reports the difference; the file is not kept.
         return Ok(verification);
     }
-    persist(scratch, path).map_err(|e| fail(e.to_string()))?;
+    persist(scratch, path).map_err(|e| fail(&e))?;
     Ok(verification)
-}
-
-/// A temporary file in the target's directory (so that renaming it into place is atomic).
-pub fn scratch_beside(path: &Path) -> std::io::Result<tempfile::NamedTempFile> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut builder = tempfile::Builder::new();
-    // A temporary file is private (0600); the model is an ordinary file (0644 before umask).
-    #[cfg(unix)]
-    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644));
-    builder.suffix(".partial").tempfile_in(dir)
-}
-
-/// Moves a finished temporary file to `path`.
-pub fn persist(scratch: tempfile::NamedTempFile, path: &Path) -> std::io::Result<()> {
-    scratch.as_file().sync_all()?;
-    scratch.persist(path).map_err(|e| e.error)?;
-    Ok(())
 }

@@ -17,6 +17,7 @@
 //!   splits the head axis so that V is read once per group). They are followed through axis
 //!   bookkeeping (the reshape merging heads × head_dim) to the output projection.
 
+use crate::util::slices::{around, fill_runs};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use tract_core::internal::*;
@@ -37,6 +38,17 @@ pub enum Kind {
     Ffn,
     /// Heads of an attention block.
     Heads,
+}
+
+/// As in plans and tables: `ffn` or `heads`.
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // `pad`, so that table columns (`{:<6}`) line up.
+        f.pad(match self {
+            Kind::Ffn => "ffn",
+            Kind::Heads => "heads",
+        })
+    }
 }
 
 /// Where units lie along a tensor: unit `u` is the slices `u·block .. (u+1)·block` of `axis`,
@@ -92,7 +104,7 @@ impl Units {
     /// EinSum pairing them with another selection of the same units contracts them unit by unit.
     pub fn select(&self, tensor: &Tensor, units: &[usize]) -> TractResult<Tensor> {
         let view = self.view(tensor)?;
-        let selected = crate::egraph::consts::select_slices(&view, self.axis, &self.slices(units))?;
+        let selected = crate::util::slices::select_slices(&view, self.axis, &self.slices(units))?;
         if self.merged == 1 {
             return Ok(selected);
         }
@@ -106,12 +118,11 @@ impl Units {
     /// The tensor with the given units' slices zeroed.
     pub fn zeroed(&self, tensor: &Tensor, units: &[usize]) -> TractResult<Tensor> {
         let mut view = self.view(tensor)?.cast_to::<f32>()?.into_owned();
+        let (outer, size, inner) = around(view.shape(), self.axis);
         {
-            let mut data = view.to_plain_array_view_mut::<f32>()?;
-            for i in self.slices(units) {
-                data.index_axis_mut(tract_ndarray::Axis(self.axis), i)
-                    .fill(0.0);
-            }
+            let mut plain = view.try_as_plain_ram_mut()?;
+            let data = plain.as_slice_mut::<f32>()?;
+            fill_runs(data, outer, size, inner, &self.slices(units), 0.0);
         }
         view.cast_to_dt(tensor.datum_type())?
             .into_owned()

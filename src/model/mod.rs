@@ -3,4 +3,5 @@
 
 pub(crate) mod cost;
 pub(crate) mod discover;
+pub(crate) mod stats;
 pub(crate) mod verify;

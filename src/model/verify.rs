@@ -44,15 +44,29 @@ pub struct Verification {
 }
 
 impl Verification {
-    /// The error of a failed comparison: the first output over the tolerance.
-    pub fn failure(&self) -> Option<crate::SlimError> {
+    /// The first output over the tolerance, if any.
+    pub fn failure(&self) -> Option<Mismatch> {
         let failed = self.outputs.iter().find(|o| !o.passed)?;
-        Some(crate::SlimError::Verification {
+        Some(Mismatch {
             output: failed.name.clone(),
             diff: failed.max_abs_diff,
             tolerance: RELATIVE_TOLERANCE * failed.max_magnitude,
         })
     }
+}
+
+/// A slimmed model whose outputs differ from the original's beyond float rounding.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error(
+    "verification failed: output `{output}` differs by {diff:e}, over the tolerance {tolerance:e}"
+)]
+pub struct Mismatch {
+    /// The first output that differs.
+    pub output: String,
+    /// Its largest absolute difference.
+    pub diff: f32,
+    /// The tolerance (relative to the output's magnitude).
+    pub tolerance: f32,
 }
 
 /// Concrete shape of an input fact: symbols take their `--set` value, else [`NOMINAL_DIM`].

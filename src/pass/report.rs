@@ -6,6 +6,7 @@
 //! matched by node name: slimming keeps names, adding `.kept`/`.slim` to nodes it rebuilds.
 
 use crate::egraph::extract::GraphCost;
+use crate::error::SlimError;
 use crate::model::cost::Nominal;
 use crate::model::discover::{attention_blocks, base_name, groups, Group, Kind};
 use crate::model::verify::Verification;
@@ -256,8 +257,8 @@ fn human(v: f64) -> String {
 
 impl Report {
     /// The error of a failed verification: the first output over the tolerance.
-    pub fn verification_error(&self) -> Option<crate::SlimError> {
-        self.verification.as_ref()?.failure()
+    pub fn verification_error(&self) -> Option<SlimError> {
+        Some(self.verification.as_ref()?.failure()?.into())
     }
 
     /// The human-readable summary printed by the CLI.

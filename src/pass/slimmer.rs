@@ -146,11 +146,7 @@ impl Slimmer {
             output_names,
             names,
         } = lowered;
-        let (egraph, report) =
-            saturate(egraph, &self.rules, &self.limits).map_err(|message| SlimError::Stage {
-                stage: "saturate",
-                message,
-            })?;
+        let (egraph, report) = saturate(egraph, &self.rules, &self.limits)?;
         Ok((
             Lowered {
                 egraph,

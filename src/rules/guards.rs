@@ -823,7 +823,7 @@ fn merged_weight(egraph: &SlimGraph, konst: u32, at: usize) -> Option<MergedWeig
     merged_shape.push(sizes[0] * sizes[1]);
     merged_shape.extend_from_slice(&shape[at + 2..]);
     let merged = (*tensor).clone().into_shape(&merged_shape).ok()?;
-    let zeros = crate::egraph::consts::zero_slices_of(&merged);
+    let zeros = crate::util::slices::zero_slices_of(&merged);
     let per_axis = consts.zeros(konst);
     let implied = |m: &usize| {
         per_axis[at].binary_search(&(m / sizes[1])).is_ok()

@@ -64,6 +64,16 @@ pub enum RuleError {
         /// What is wrong.
         message: String,
     },
+    /// egg refuses to build the rule (its right side uses what its left side does not bind).
+    #[error("{origin}: rule `{rule}`: {message}")]
+    Invalid {
+        /// Where the rule is defined.
+        origin: Origin,
+        /// The rule.
+        rule: String,
+        /// egg's reason.
+        message: String,
+    },
     /// A rules directory or file cannot be read.
     #[error("cannot read rules from {path}: {source}")]
     Io {

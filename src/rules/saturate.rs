@@ -3,10 +3,11 @@
 use crate::egraph::analysis::{SlimAnalysis, SlimGraph};
 use crate::egraph::lang::TensorLang;
 use crate::rules::apply::rewrite;
-use crate::rules::parser::Rule;
-use egg::{Runner, StopReason};
-use serde::Serialize;
+use crate::rules::parser::{Rule, RuleError};
+use egg::Runner;
+use serde::{Serialize, Serializer};
 use std::collections::BTreeMap;
+use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,11 +33,61 @@ impl Default for Limits {
     }
 }
 
+/// Why saturation stopped: egg's [`egg::StopReason`], or that the rules never ran.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StopReason {
+    /// No rule applies any more: every equivalent graph the rules reach is in the e-graph.
+    Saturated,
+    /// The iteration limit (the number run).
+    IterationLimit(usize),
+    /// The e-node limit (the number reached).
+    NodeLimit(usize),
+    /// The time limit (the seconds spent).
+    TimeLimit(f64),
+    /// Stopped by a hook, for the reason given.
+    Other(String),
+    /// The runner did not run.
+    NotRun,
+}
+
+impl StopReason {
+    fn of(reason: Option<&egg::StopReason>) -> StopReason {
+        match reason {
+            Some(egg::StopReason::Saturated) => StopReason::Saturated,
+            Some(egg::StopReason::IterationLimit(n)) => StopReason::IterationLimit(*n),
+            Some(egg::StopReason::NodeLimit(n)) => StopReason::NodeLimit(*n),
+            Some(egg::StopReason::TimeLimit(s)) => StopReason::TimeLimit(*s),
+            Some(egg::StopReason::Other(s)) => StopReason::Other(s.clone()),
+            None => StopReason::NotRun,
+        }
+    }
+}
+
+impl fmt::Display for StopReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StopReason::Saturated => write!(f, "saturated"),
+            StopReason::IterationLimit(n) => write!(f, "iteration limit ({n})"),
+            StopReason::NodeLimit(n) => write!(f, "node limit ({n})"),
+            StopReason::TimeLimit(s) => write!(f, "time limit ({s:.1}s)"),
+            StopReason::Other(s) => write!(f, "{s}"),
+            StopReason::NotRun => write!(f, "not run"),
+        }
+    }
+}
+
+/// Written as its one-line description (as in the report table).
+impl Serialize for StopReason {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 /// What saturation did.
 #[derive(Clone, Debug, Serialize)]
 pub struct SaturationReport {
-    /// `saturated`, or which limit stopped it.
-    pub stop_reason: String,
+    /// Why it stopped.
+    pub stop_reason: StopReason,
     /// Iterations run.
     pub iterations: usize,
     /// E-nodes at the end.
@@ -54,12 +105,16 @@ pub fn saturate(
     egraph: SlimGraph,
     rules: &[Rule],
     limits: &Limits,
-) -> Result<(SlimGraph, SaturationReport), String> {
+) -> Result<(SlimGraph, SaturationReport), RuleError> {
     let refused = Arc::new(AtomicUsize::new(0));
     let rewrites = rules
         .iter()
         .map(|r| {
-            rewrite(r, refused.clone()).map_err(|e| format!("{}: rule `{}`: {e}", r.origin, r.name))
+            rewrite(r, refused.clone()).map_err(|message| RuleError::Invalid {
+                origin: r.origin.clone(),
+                rule: r.name.clone(),
+                message,
+            })
         })
         .collect::<Result<Vec<_>, _>>()?;
     let runner: Runner<TensorLang, SlimAnalysis> = Runner::new(SlimAnalysis::default())
@@ -69,14 +124,7 @@ pub fn saturate(
         .with_time_limit(limits.time)
         .with_scheduler(egg::SimpleScheduler)
         .run(&rewrites);
-    let stop_reason = match runner.stop_reason.as_ref() {
-        Some(StopReason::Saturated) => "saturated".to_string(),
-        Some(StopReason::IterationLimit(n)) => format!("iteration limit ({n})"),
-        Some(StopReason::NodeLimit(n)) => format!("node limit ({n})"),
-        Some(StopReason::TimeLimit(s)) => format!("time limit ({s:.1}s)"),
-        Some(StopReason::Other(s)) => s.clone(),
-        None => "not run".to_string(),
-    };
+    let stop_reason = StopReason::of(runner.stop_reason.as_ref());
     let mut applied = BTreeMap::new();
     for iteration in &runner.iterations {
         for (rule, n) in &iteration.applied {

@@ -14,7 +14,7 @@
 //! # Ok(()) }
 //! ```
 
-use crate::Slimmer;
+use crate::pass::slimmer::Slimmer;
 use tract_core::internal::*;
 use tract_core::transform::ModelTransform;
 

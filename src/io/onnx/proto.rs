@@ -3,33 +3,40 @@
 //! initializer it multiplies by (possibly through a `Transpose`), float and integer data, and
 //! re-encoding an edited model so that everything not edited stays byte for byte as it was.
 
-use crate::error::{Result, SlimError};
+use crate::io::error::{IoError, IoResult};
+use crate::io::onnx::error::{EditError, EditResult};
 use prost::Message;
 use std::path::Path;
+use tract_onnx::pb::tensor_proto::DataType;
 use tract_onnx::pb::{GraphProto, ModelProto, NodeProto, TensorProto};
 
-fn bad(path: &Path, message: impl Into<String>) -> SlimError {
-    SlimError::NotOnnx {
-        path: path.display().to_string(),
-        message: message.into(),
-    }
+/// Field numbers of the ONNX protobuf schema (`onnx.proto`) that re-encoding walks.
+mod field {
+    /// `ModelProto.graph`.
+    pub const MODEL_GRAPH: u64 = 7;
+    /// `GraphProto.node`.
+    pub const GRAPH_NODE: u64 = 1;
+    /// `GraphProto.initializer`.
+    pub const GRAPH_INITIALIZER: u64 = 5;
+    /// `GraphProto.value_info`.
+    pub const GRAPH_VALUE_INFO: u64 = 13;
 }
 
 /// Reads a file's bytes.
-pub fn read_bytes(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| SlimError::Read {
+pub fn read_bytes(path: &Path) -> IoResult<Vec<u8>> {
+    std::fs::read(path).map_err(|e| IoError::read(path, e))
+}
+
+/// Decodes an ONNX model's protobuf (`path` names it in errors).
+pub fn decode(path: &Path, bytes: &[u8]) -> IoResult<ModelProto> {
+    ModelProto::decode(bytes).map_err(|e| IoError::NotOnnx {
         path: path.display().to_string(),
         message: e.to_string(),
     })
 }
 
-/// Decodes an ONNX model's protobuf (`path` names it in errors).
-pub fn decode(path: &Path, bytes: &[u8]) -> Result<ModelProto> {
-    ModelProto::decode(bytes).map_err(|e| bad(path, e.to_string()))
-}
-
 /// Reads an ONNX file's protobuf.
-pub fn read_proto(path: &Path) -> Result<ModelProto> {
+pub fn read_proto(path: &Path) -> IoResult<ModelProto> {
     decode(path, &read_bytes(path)?)
 }
 
@@ -126,9 +133,14 @@ pub(crate) fn linear_weight(proto: &ModelProto, node: usize) -> Option<Weight> {
     })
 }
 
-pub(crate) fn float_data(t: &TensorProto) -> std::result::Result<Vec<f32>, String> {
-    if t.data_type != 1 {
-        return Err(format!("initializer `{}` is not float32", t.name));
+/// Whether a tensor holds float32 values.
+pub(crate) fn is_float(t: &TensorProto) -> bool {
+    t.data_type == DataType::Float as i32
+}
+
+pub(crate) fn float_data(t: &TensorProto) -> EditResult<Vec<f32>> {
+    if !is_float(t) {
+        return Err(EditError::NotFloat(t.name.clone()));
     }
     if !t.raw_data.is_empty() {
         return Ok(t
@@ -138,10 +150,7 @@ pub(crate) fn float_data(t: &TensorProto) -> std::result::Result<Vec<f32>, Strin
             .collect());
     }
     if t.float_data.is_empty() && t.dims.iter().product::<i64>() > 0 {
-        return Err(format!(
-            "initializer `{}` keeps its data outside the file",
-            t.name
-        ));
+        return Err(EditError::ExternalData(t.name.clone()));
     }
     Ok(t.float_data.clone())
 }
@@ -149,18 +158,6 @@ pub(crate) fn float_data(t: &TensorProto) -> std::result::Result<Vec<f32>, Strin
 pub(crate) fn set_float_data(t: &mut TensorProto, data: &[f32]) {
     t.float_data.clear();
     t.raw_data = data.iter().flat_map(|v| v.to_le_bytes()).collect();
-}
-
-/// Zeroes the slices `indices` of `axis` of a row-major tensor.
-pub(crate) fn zero_slices(data: &mut [f32], dims: &[usize], axis: usize, indices: &[usize]) {
-    let inner: usize = dims[axis + 1..].iter().product();
-    let outer: usize = dims[..axis].iter().product();
-    for o in 0..outer {
-        for &i in indices {
-            let start = (o * dims[axis] + i) * inner;
-            data[start..start + inner].fill(0.0);
-        }
-    }
 }
 
 /// One protobuf field as written: its number and its whole encoding (tag included).
@@ -171,21 +168,23 @@ struct RawField<'a> {
     payload: &'a [u8],
 }
 
-fn varint(bytes: &[u8], at: &mut usize) -> std::result::Result<u64, String> {
+fn varint(bytes: &[u8], at: &mut usize) -> EditResult<u64> {
     let mut value = 0u64;
     for shift in (0..64).step_by(7) {
-        let byte = *bytes.get(*at).ok_or("truncated varint")?;
+        let byte = *bytes
+            .get(*at)
+            .ok_or(EditError::Protobuf("truncated varint"))?;
         *at += 1;
         value |= ((byte & 0x7f) as u64) << shift;
         if byte & 0x80 == 0 {
             return Ok(value);
         }
     }
-    Err("varint too long".into())
+    Err(EditError::Protobuf("varint too long"))
 }
 
 /// Splits a message into its fields, in order, without decoding them.
-fn raw_fields(bytes: &[u8]) -> std::result::Result<Vec<RawField<'_>>, String> {
+fn raw_fields(bytes: &[u8]) -> EditResult<Vec<RawField<'_>>> {
     let mut fields = vec![];
     let mut at = 0;
     while at < bytes.len() {
@@ -211,10 +210,10 @@ fn raw_fields(bytes: &[u8]) -> std::result::Result<Vec<RawField<'_>>, String> {
                 at += 4;
                 payload_start = at;
             }
-            _ => return Err(format!("unsupported protobuf wire type {wire}")),
+            _ => return Err(EditError::Protobuf("unsupported wire type")),
         }
         if at > bytes.len() {
-            return Err("truncated protobuf".into());
+            return Err(EditError::Protobuf("truncated field"));
         }
         let payload = if wire == 2 {
             &bytes[payload_start..at]
@@ -248,8 +247,8 @@ fn length_delimited(number: u64, payload: &[u8]) -> Vec<u8> {
 
 /// The fields of `raw` that prost's message type `M` does not know (newer ONNX fields such as
 /// `metadata_props`), as written.
-fn unknown_fields<M: Message + Default>(raw: &[u8]) -> std::result::Result<Vec<u8>, String> {
-    let decoded = M::decode(raw).map_err(|e| e.to_string())?;
+fn unknown_fields<M: Message + Default>(raw: &[u8]) -> EditResult<Vec<u8>> {
+    let decoded = M::decode(raw)?;
     let again = decoded.encode_to_vec();
     let known: std::collections::HashSet<u64> =
         raw_fields(&again)?.iter().map(|f| f.number).collect();
@@ -265,11 +264,11 @@ fn unknown_fields<M: Message + Default>(raw: &[u8]) -> std::result::Result<Vec<u
 fn encode_like<M: Message + Default + PartialEq>(
     message: &M,
     original: Option<&[u8]>,
-) -> std::result::Result<Vec<u8>, String> {
+) -> EditResult<Vec<u8>> {
     let Some(raw) = original else {
         return Ok(message.encode_to_vec());
     };
-    if M::decode(raw).map_err(|e| e.to_string())? == *message {
+    if M::decode(raw)? == *message {
         return Ok(raw.to_vec());
     }
     let mut bytes = message.encode_to_vec();
@@ -288,16 +287,13 @@ fn source_name(name: &str) -> &str {
 /// Encodes an edited model so that everything not edited stays byte for byte as it was in
 /// `original` — including fields tract's ONNX schema does not know, which a plain re-encoding
 /// would drop. Nodes are matched by first output, initializers by name.
-pub fn encode_preserving(
-    original: &[u8],
-    edited: &ModelProto,
-) -> std::result::Result<Vec<u8>, String> {
-    let graph = edited.graph.as_ref().ok_or("no graph")?;
+pub fn encode_preserving(original: &[u8], edited: &ModelProto) -> EditResult<Vec<u8>> {
+    let graph = edited.graph.as_ref().ok_or(EditError::NoGraph)?;
     let model_fields = raw_fields(original)?;
     let graph_raw = model_fields
         .iter()
-        .find(|f| f.number == 7)
-        .ok_or("no graph")?
+        .find(|f| f.number == field::MODEL_GRAPH)
+        .ok_or(EditError::NoGraph)?
         .payload;
     let graph_fields = raw_fields(graph_raw)?;
     let by_name = |number: u64,
@@ -316,44 +312,45 @@ pub fn encode_preserving(
             .and_then(|n| n.output.first().cloned())
     };
     let tensor_name = |b: &[u8]| TensorProto::decode(b).ok().map(|t| t.name);
-    let nodes = by_name(1, &node_name);
-    let initializers = by_name(5, &tensor_name);
+    let nodes = by_name(field::GRAPH_NODE, &node_name);
+    let initializers = by_name(field::GRAPH_INITIALIZER, &tensor_name);
     let mut graph_bytes = vec![];
     let (mut nodes_done, mut initializers_done) = (false, false);
-    for field in &graph_fields {
-        match field.number {
-            1 if !nodes_done => {
+    for raw in &graph_fields {
+        match raw.number {
+            field::GRAPH_NODE if !nodes_done => {
                 nodes_done = true;
                 for node in &graph.node {
                     let key = node.output.first().map(String::as_str).unwrap_or_default();
-                    let raw = nodes.get(source_name(key)).copied();
-                    graph_bytes.extend(length_delimited(1, &encode_like(node, raw)?));
+                    let original = nodes.get(source_name(key)).copied();
+                    let bytes = encode_like(node, original)?;
+                    graph_bytes.extend(length_delimited(field::GRAPH_NODE, &bytes));
                 }
             }
-            5 if !initializers_done => {
+            field::GRAPH_INITIALIZER if !initializers_done => {
                 initializers_done = true;
                 for t in &graph.initializer {
-                    let raw = initializers.get(source_name(&t.name)).copied();
-                    graph_bytes.extend(length_delimited(5, &encode_like(t, raw)?));
+                    let original = initializers.get(source_name(&t.name)).copied();
+                    let bytes = encode_like(t, original)?;
+                    graph_bytes.extend(length_delimited(field::GRAPH_INITIALIZER, &bytes));
                 }
             }
-            1 | 5 => {}
-            13 => {
-                let info = tract_onnx::pb::ValueInfoProto::decode(field.payload)
-                    .map_err(|e| e.to_string())?;
+            field::GRAPH_NODE | field::GRAPH_INITIALIZER => {}
+            field::GRAPH_VALUE_INFO => {
+                let info = tract_onnx::pb::ValueInfoProto::decode(raw.payload)?;
                 if graph.value_info.iter().any(|v| v.name == info.name) {
-                    graph_bytes.extend_from_slice(field.bytes);
+                    graph_bytes.extend_from_slice(raw.bytes);
                 }
             }
-            _ => graph_bytes.extend_from_slice(field.bytes),
+            _ => graph_bytes.extend_from_slice(raw.bytes),
         }
     }
     let mut out = vec![];
-    for field in &model_fields {
-        if field.number == 7 {
-            out.extend(length_delimited(7, &graph_bytes));
+    for raw in &model_fields {
+        if raw.number == field::MODEL_GRAPH {
+            out.extend(length_delimited(field::MODEL_GRAPH, &graph_bytes));
         } else {
-            out.extend_from_slice(field.bytes);
+            out.extend_from_slice(raw.bytes);
         }
     }
     Ok(out)

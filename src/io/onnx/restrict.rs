@@ -15,7 +15,9 @@
 //! only less small. Reshape targets, expand shapes and split sizes that hard-code a restricted
 //! size are edited, through the `Concat` of pieces exporters build them from.
 
-use crate::io::onnx::proto::{float_data, set_float_data, zero_slices};
+use crate::io::onnx::error::{EditError, EditResult};
+use crate::io::onnx::proto::{float_data, set_float_data};
+use crate::util::slices::{around, fill_runs, select_runs};
 use std::collections::{BTreeMap, HashMap};
 use tract_core::internal::*;
 use tract_onnx::pb::{
@@ -24,9 +26,6 @@ use tract_onnx::pb::{
 
 /// Slices kept along each restricted axis (axes absent are kept whole).
 pub type Need = BTreeMap<usize, Vec<usize>>;
-
-/// Why a restriction could not be written.
-pub type Failure = String;
 
 /// The graph being edited, with the shapes of its tensors (from tract's analysis of the file).
 pub struct OnnxGraph<'a> {
@@ -61,7 +60,7 @@ impl<'a> OnnxGraph<'a> {
         slot: usize,
         axis: usize,
         kept: &[usize],
-    ) -> Result<(), Failure> {
+    ) -> EditResult<()> {
         self.slice_constant(reader, slot, &Need::from([(axis, kept.to_vec())]))
     }
 
@@ -73,15 +72,16 @@ impl<'a> OnnxGraph<'a> {
         slot: usize,
         axis: usize,
         zeroed: &[usize],
-    ) -> Result<(), Failure> {
+    ) -> EditResult<()> {
         let name = self.own_input(reader, slot);
         let ix = self
             .initializer(&name)
-            .ok_or_else(|| format!("`{name}` is not an initializer"))?;
+            .ok_or_else(|| EditError::NotInitializer(name.clone()))?;
         let t = &mut self.graph_mut().initializer[ix];
         let dims: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
         let mut data = float_data(t)?;
-        zero_slices(&mut data, &dims, axis, zeroed);
+        let (outer, size, inner) = around(&dims, axis);
+        fill_runs(&mut data, outer, size, inner, zeroed, 0.0);
         set_float_data(t, &data);
         Ok(())
     }
@@ -89,7 +89,7 @@ impl<'a> OnnxGraph<'a> {
     /// Adds `delta` to the bias of linear node `linear`: Gemm's C, or the constant operand of
     /// the Add reading its output (through `Identity` nodes, which the TorchScript exporter puts
     /// in front of initializers it merged), in a copy of its own.
-    pub fn add_to_bias(&mut self, linear: usize, delta: &[f32]) -> Result<(), Failure> {
+    pub fn add_to_bias(&mut self, linear: usize, delta: &[f32]) -> EditResult<()> {
         let Some((mut reader, mut slot)) = self.bias_input(linear) else {
             return self.add_bias(linear, delta);
         };
@@ -99,7 +99,9 @@ impl<'a> OnnxGraph<'a> {
                 Some(p) if self.node(p).op_type == "Identity" => {
                     self.own_input(reader, slot);
                     let name = self.node(reader).input[slot].clone();
-                    reader = self.producer(&name).ok_or("identity copy")?;
+                    reader = self
+                        .producer(&name)
+                        .ok_or_else(|| EditError::NotInitializer(name.clone()))?;
                     slot = 0;
                 }
                 _ => break,
@@ -108,16 +110,15 @@ impl<'a> OnnxGraph<'a> {
         let name = self.own_input(reader, slot);
         let ix = self
             .initializer(&name)
-            .ok_or_else(|| format!("the bias `{name}` is not an initializer"))?;
+            .ok_or_else(|| EditError::NotInitializer(name.clone()))?;
         let t = &mut self.graph_mut().initializer[ix];
         let mut data = float_data(t)?;
         if data.len() != delta.len() {
-            return Err(format!(
-                "bias `{}` has {} values, the folded constants {}",
-                t.name,
-                data.len(),
-                delta.len()
-            ));
+            return Err(EditError::BiasLength {
+                bias: t.name.clone(),
+                has: data.len(),
+                folded: delta.len(),
+            });
         }
         data.iter_mut().zip(delta).for_each(|(d, x)| *d += x);
         set_float_data(t, &data);
@@ -126,12 +127,10 @@ impl<'a> OnnxGraph<'a> {
 
     /// Gives a linear node without bias one: an `Add` of `bias` after it, read where its output
     /// was.
-    fn add_bias(&mut self, linear: usize, bias: &[f32]) -> Result<(), Failure> {
+    fn add_bias(&mut self, linear: usize, bias: &[f32]) -> EditResult<()> {
         let output = self.node(linear).output[0].clone();
         if self.is_output(&output) {
-            return Err(format!(
-                "`{output}` is a model output and has no bias to fold constants into"
-            ));
+            return Err(EditError::OutputWithoutBias(output));
         }
         let readers = self.readers(&output);
         let name = self.fresh_name(&output, "bias");
@@ -299,7 +298,7 @@ impl<'a> OnnxGraph<'a> {
 
     /// Restricts tensor `name`, read by (`reader`, `slot`), to `need`; then carries the needs
     /// back through the graph as far as they go.
-    pub fn restrict(&mut self, reader: usize, slot: usize, need: Need) -> Result<(), Failure> {
+    pub fn restrict(&mut self, reader: usize, slot: usize, need: Need) -> EditResult<()> {
         let mut asks: Asks = HashMap::new();
         self.ask(&mut asks, reader, slot, need)?;
         let nodes = self.graph().node.len();
@@ -315,13 +314,7 @@ impl<'a> OnnxGraph<'a> {
 
     /// Records that (`reader`, `slot`) needs only `need` of its input; constants are sliced
     /// right away.
-    fn ask(
-        &mut self,
-        asks: &mut Asks,
-        reader: usize,
-        slot: usize,
-        need: Need,
-    ) -> Result<(), Failure> {
+    fn ask(&mut self, asks: &mut Asks, reader: usize, slot: usize, need: Need) -> EditResult<()> {
         let need: Need = need
             .into_iter()
             .filter(|(a, kept)| !self.keeps_all(reader, slot, *a, kept))
@@ -352,18 +345,19 @@ impl<'a> OnnxGraph<'a> {
     }
 
     /// Slices the constant read by (`reader`, `slot`) to `need`, in a copy of its own.
-    fn slice_constant(&mut self, reader: usize, slot: usize, need: &Need) -> Result<(), Failure> {
+    fn slice_constant(&mut self, reader: usize, slot: usize, need: &Need) -> EditResult<()> {
         let name = self.own_input(reader, slot);
         let tensor = if let Some(ix) = self.initializer(&name) {
             &mut self.graph_mut().initializer[ix]
         } else {
-            let p = self.producer(&name).ok_or("constant without producer")?;
+            let without_value = || EditError::ConstantWithoutValue(name.clone());
+            let p = self.producer(&name).ok_or_else(without_value)?;
             let attribute = self.graph_mut().node[p]
                 .attribute
                 .iter_mut()
                 .find(|a| a.name == "value")
-                .ok_or_else(|| format!("Constant `{name}` without a tensor value"))?;
-            attribute.t.as_mut().ok_or("Constant without a tensor")?
+                .ok_or_else(without_value)?;
+            attribute.t.as_mut().ok_or_else(without_value)?
         };
         for (&axis, kept) in need {
             select(tensor, axis, kept)?;
@@ -375,7 +369,7 @@ impl<'a> OnnxGraph<'a> {
 
     /// Handles node `ix` if its outputs are asked for: restricts it when every reader asks the
     /// same, else puts gathers in front of the readers that ask.
-    fn visit(&mut self, asks: &mut Asks, ix: usize) -> Result<(), Failure> {
+    fn visit(&mut self, asks: &mut Asks, ix: usize) -> EditResult<()> {
         let outputs = self.node(ix).output.clone();
         let mut needs: Vec<Option<Need>> = vec![None; outputs.len()];
         let mut any = false;
@@ -433,7 +427,7 @@ impl<'a> OnnxGraph<'a> {
     }
 
     /// Puts `Gather`s selecting each asked need in front of the readers asking it.
-    fn gather_for(&mut self, name: &str, asked: &[(usize, usize, Need)]) -> Result<(), Failure> {
+    fn gather_for(&mut self, name: &str, asked: &[(usize, usize, Need)]) -> EditResult<()> {
         let mut done: Vec<(Need, String)> = vec![];
         for (reader, slot, need) in asked {
             let gathered = match done.iter().find(|(n, _)| n == need) {
@@ -450,7 +444,7 @@ impl<'a> OnnxGraph<'a> {
     }
 
     /// Appends `Gather` nodes selecting `need` of tensor `name`; returns the result's name.
-    fn insert_gathers(&mut self, name: &str, need: &Need) -> Result<String, Failure> {
+    fn insert_gathers(&mut self, name: &str, need: &Need) -> EditResult<String> {
         let mut current = name.to_string();
         let mut dims = self.dims(name);
         for (&axis, kept) in need {
@@ -488,7 +482,7 @@ impl<'a> OnnxGraph<'a> {
         ix: usize,
         needs: &[Option<Need>],
         plan: Plan,
-    ) -> Result<(), Failure> {
+    ) -> EditResult<()> {
         for edit in plan.edits {
             self.edit(ix, edit)?;
         }
@@ -523,7 +517,7 @@ impl<'a> OnnxGraph<'a> {
         Ok(())
     }
 
-    fn edit(&mut self, ix: usize, edit: Edit) -> Result<(), Failure> {
+    fn edit(&mut self, ix: usize, edit: Edit) -> EditResult<()> {
         match edit {
             Edit::IntInput {
                 slot,
@@ -587,38 +581,37 @@ impl<'a> OnnxGraph<'a> {
         slot: usize,
         position: usize,
         value: i64,
-    ) -> Result<(), Failure> {
+    ) -> EditResult<()> {
+        let unreadable = |graph: &Self| EditError::UnreadableShape(graph.node(ix).name.clone());
         match self.int_entry(ix, slot, position) {
-            None => {
-                return Err(format!(
-                    "`{}`: cannot read its shape input",
-                    self.node(ix).name
-                ))
-            }
+            None => return Err(unreadable(self)),
             Some(None) => return Ok(()),
             Some(Some(_)) => {}
         }
+        // `int_entry` read the entry, so each step below finds what it found.
         let name = self.own_input(ix, slot);
         if let Some(i) = self.initializer(&name) {
             return set_int_at(&mut self.graph_mut().initializer[i], position, value);
         }
-        let p = self.producer(&name).ok_or("shape input without producer")?;
+        let p = self.producer(&name).ok_or_else(|| unreadable(self))?;
         match self.node(p).op_type.as_str() {
             "Constant" => {
                 let t = self.graph_mut().node[p]
                     .attribute
                     .iter_mut()
                     .find_map(|a| a.t.as_mut())
-                    .ok_or("Constant without tensor")?;
+                    .ok_or_else(|| EditError::ConstantWithoutValue(name.clone()))?;
                 set_int_at(t, position, value)
             }
             "Concat" => {
-                let (piece, at) = self.concat_piece(p, position).ok_or("Concat piece")?;
+                let (piece, at) = self
+                    .concat_piece(p, position)
+                    .ok_or_else(|| unreadable(self))?;
                 self.set_int_entry(p, piece, at, value)
             }
             _ => {
                 let (slot, at) =
-                    shape_source(self.node(p), position).ok_or("shape entry source")?;
+                    shape_source(self.node(p), position).ok_or_else(|| unreadable(self))?;
                 self.set_int_entry(p, slot, at, value)
             }
         }
@@ -671,7 +664,7 @@ enum Edit {
 impl OnnxGraph<'_> {
     /// The rule of a node's op: given what is needed of its outputs, what it needs of its
     /// inputs and how it changes. `None`: no rule (the caller gathers instead).
-    fn transfer(&self, ix: usize, needs: &[Option<Need>]) -> Result<Option<Plan>, Failure> {
+    fn transfer(&self, ix: usize, needs: &[Option<Need>]) -> EditResult<Option<Plan>> {
         let node = self.node(ix);
         let op = node.op_type.as_str();
         if op == "Split" {
@@ -1254,10 +1247,14 @@ pub fn int_values(t: &TensorProto) -> Option<Vec<i64>> {
     })
 }
 
-fn set_int_at(t: &mut TensorProto, position: usize, value: i64) -> Result<(), Failure> {
-    let mut values =
-        int_values(t).ok_or_else(|| format!("`{}` is not an integer tensor", t.name))?;
-    *values.get_mut(position).ok_or("shape entry out of range")? = value;
+fn set_int_at(t: &mut TensorProto, position: usize, value: i64) -> EditResult<()> {
+    let mut values = int_values(t).ok_or_else(|| EditError::NotInteger(t.name.clone()))?;
+    *values
+        .get_mut(position)
+        .ok_or_else(|| EditError::EntryOutOfRange {
+            tensor: t.name.clone(),
+            position,
+        })? = value;
     let int32 = t.data_type == DataType::Int32 as i32;
     t.int64_data.clear();
     t.int32_data.clear();
@@ -1284,58 +1281,38 @@ fn element_size(data_type: i32) -> Option<usize> {
 }
 
 /// Keeps `kept` slices of `axis` of a tensor, whatever its element type.
-pub fn select(t: &mut TensorProto, axis: usize, kept: &[usize]) -> Result<(), Failure> {
+pub fn select(t: &mut TensorProto, axis: usize, kept: &[usize]) -> EditResult<()> {
     let dims: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
     if axis >= dims.len() {
-        return Err(format!(
-            "`{}`: axis {axis} out of rank {}",
-            t.name,
-            dims.len()
-        ));
+        return Err(EditError::AxisOutOfRank {
+            tensor: t.name.clone(),
+            axis,
+            rank: dims.len(),
+        });
     }
     if kept.iter().any(|&i| i >= dims[axis]) {
-        return Err(format!("`{}`: slice out of range {}", t.name, dims[axis]));
+        return Err(EditError::SliceOutOfRange {
+            tensor: t.name.clone(),
+            size: dims[axis],
+        });
     }
-    let inner: usize = dims[axis + 1..].iter().product();
-    let outer: usize = dims[..axis].iter().product();
-    fn pick<T: Copy>(
-        data: &[T],
-        outer: usize,
-        size: usize,
-        inner: usize,
-        kept: &[usize],
-    ) -> Vec<T> {
-        let mut out = Vec::with_capacity(outer * kept.len() * inner);
-        for o in 0..outer {
-            for &i in kept {
-                let start = (o * size + i) * inner;
-                out.extend_from_slice(&data[start..start + inner]);
-            }
-        }
-        out
-    }
+    let (outer, size, inner) = around(&dims, axis);
     if !t.raw_data.is_empty() {
+        // Raw little-endian data: the same runs, `width` bytes an element.
         let width =
-            element_size(t.data_type).ok_or_else(|| format!("`{}`: unsupported type", t.name))?;
-        t.raw_data = pick(
-            &t.raw_data.chunks_exact(width).collect::<Vec<_>>(),
-            outer,
-            dims[axis],
-            inner,
-            kept,
-        )
-        .concat();
+            element_size(t.data_type).ok_or_else(|| EditError::UnsupportedType(t.name.clone()))?;
+        t.raw_data = select_runs(&t.raw_data, outer, size, inner * width, kept);
     } else if !t.float_data.is_empty() {
-        t.float_data = pick(&t.float_data, outer, dims[axis], inner, kept);
+        t.float_data = select_runs(&t.float_data, outer, size, inner, kept);
     } else if !t.int64_data.is_empty() {
-        t.int64_data = pick(&t.int64_data, outer, dims[axis], inner, kept);
+        t.int64_data = select_runs(&t.int64_data, outer, size, inner, kept);
     } else if !t.int32_data.is_empty() {
-        t.int32_data = pick(&t.int32_data, outer, dims[axis], inner, kept);
+        t.int32_data = select_runs(&t.int32_data, outer, size, inner, kept);
     } else if !t.double_data.is_empty() {
-        t.double_data = pick(&t.double_data, outer, dims[axis], inner, kept);
+        t.double_data = select_runs(&t.double_data, outer, size, inner, kept);
     } else if dims.iter().product::<usize>() > 0 {
         float_data(t)?;
-        return Err(format!("`{}` keeps its data outside the file", t.name));
+        return Err(EditError::ExternalData(t.name.clone()));
     }
     t.dims[axis] = kept.len() as i64;
     Ok(())

@@ -14,15 +14,19 @@
 //! which would state the old widths. The written file is imported again and must compute what the original computes;
 //! otherwise nothing is written.
 
-use crate::autoslim::prune::{activation_stats, compensation, weight_of, zero_units};
-use crate::error::{Result, SlimError};
+use crate::io::error::{IoError, IoResult};
 use crate::io::import::{import_onnx, tensor_shapes, ImportOptions};
-use crate::io::nnef::{persist, scratch_beside, ArtifactCheck};
-use crate::io::onnx::proto::{decode, encode_preserving, linear_weight, onnx_node, read_bytes};
+use crate::io::nnef::ArtifactCheck;
+use crate::io::onnx::error::{EditError, EditResult};
+use crate::io::onnx::proto::{
+    decode, encode_preserving, is_float, linear_weight, onnx_node, read_bytes,
+};
 use crate::io::onnx::restrict::{Need, OnnxGraph};
 use crate::model::discover::{base_name, groups, Group, Kind};
+use crate::model::stats::{activation_stats, capture, compensation, weight_of, zero_units};
 use crate::model::verify::random_inputs;
 use crate::model::verify::Verification;
+use crate::util::files::{persist, scratch_beside};
 use std::collections::HashMap;
 use std::path::Path;
 use tract_core::internal::*;
@@ -121,8 +125,7 @@ pub fn derive_cuts(
                 sample = Some(random_inputs(original, 0, values)?);
             }
             let inputs = sample.clone().context("no sample")?;
-            let activation =
-                crate::autoslim::calibration::capture(original, &[group.activation], &[inputs])?;
+            let activation = capture(original, &[group.activation], &[inputs])?;
             let stats = activation_stats(original, group, &activation[0])?;
             let delta = compensation(original, group, &stats, &constant)?;
             let delta = delta
@@ -152,9 +155,8 @@ pub fn derive_cuts(
 
 /// Where a cut's consumer is and how its units lie in its weight.
 struct Target {
-    /// The consumer's index and name.
+    /// The consumer's index.
     consumer: usize,
-    name: String,
     /// The node and slot reading the weight initializer, and its input-channel axis.
     weight_reader: (usize, usize),
     axis: usize,
@@ -173,32 +175,32 @@ impl Target {
     }
 }
 
-fn find_target(graph: &OnnxGraph, cut: &Cut) -> std::result::Result<Target, String> {
+fn find_target(graph: &OnnxGraph, cut: &Cut) -> EditResult<Target> {
     let proto = graph.proto();
     let name = onnx_node(proto, &cut.consumer)
-        .ok_or_else(|| format!("no ONNX node behind `{}`", cut.consumer))?
+        .ok_or_else(|| EditError::NoOnnxNode(cut.consumer.clone()))?
         .name
         .clone();
-    let nodes = &proto.graph.as_ref().ok_or("no graph")?.node;
+    let onnx_graph = proto.graph.as_ref().ok_or(EditError::NoGraph)?;
+    let nodes = &onnx_graph.node;
     let consumer = nodes
         .iter()
         .position(|n| n.name == name)
-        .ok_or("no consumer")?;
-    let weight = linear_weight(proto, consumer)
-        .ok_or_else(|| format!("cannot find the weight of ONNX node `{name}`"))?;
-    let rows = proto.graph.as_ref().ok_or("no graph")?.initializer[weight.initializer].dims
-        [weight.input_axis] as usize;
+        .ok_or_else(|| EditError::NoOnnxNode(cut.consumer.clone()))?;
+    let weight = linear_weight(proto, consumer).ok_or_else(|| EditError::NoWeight(name.clone()))?;
+    let rows = onnx_graph.initializer[weight.initializer].dims[weight.input_axis] as usize;
     if !rows.is_multiple_of(cut.units) {
-        return Err(format!(
-            "`{name}`: {} units do not divide {rows} rows",
-            cut.units
-        ));
+        return Err(EditError::UnitRows {
+            node: name,
+            units: cut.units,
+            rows,
+        });
     }
     let node = &nodes[consumer];
     let data_rank = graph
         .dims(&node.input[0])
         .map(|d| d.len())
-        .ok_or_else(|| format!("`{name}`: the shape of its input is unknown"))?;
+        .ok_or_else(|| EditError::UnknownShape(name.clone()))?;
     let trans_a = node.op_type == "Gemm"
         && node
             .attribute
@@ -207,7 +209,6 @@ fn find_target(graph: &OnnxGraph, cut: &Cut) -> std::result::Result<Target, Stri
     let data_axis = if trans_a { 0 } else { data_rank - 1 };
     Ok(Target {
         consumer,
-        name,
         weight_reader: (weight.reader, weight.slot),
         axis: weight.input_axis,
         block: rows / cut.units,
@@ -217,26 +218,20 @@ fn find_target(graph: &OnnxGraph, cut: &Cut) -> std::result::Result<Target, Stri
 
 /// The consumer's part of a cut: its rows of the units a block lost entirely are zeroed, and
 /// the folded constants go into its bias.
-fn edit_consumer(
-    graph: &mut OnnxGraph,
-    cut: &Cut,
-    target: &Target,
-) -> std::result::Result<(), String> {
+fn edit_consumer(graph: &mut OnnxGraph, cut: &Cut, target: &Target) -> EditResult<()> {
     let (reader, slot) = target.weight_reader;
     if !cut.zeroed.is_empty() {
         graph.zero_constant(reader, slot, target.axis, &target.slices(&cut.zeroed))?;
     }
     if let Some(delta) = &cut.bias_delta {
-        graph
-            .add_to_bias(target.consumer, delta)
-            .map_err(|e| format!("`{}`: {e}", target.name))?;
+        graph.add_to_bias(target.consumer, delta)?;
     }
     Ok(())
 }
 
 /// Applies one cut: the consumer keeps its rows of the kept units (see [`edit_consumer`]); then
 /// the restriction of its input travels back to the layers computing the units.
-fn apply_cut(graph: &mut OnnxGraph, cut: &Cut) -> std::result::Result<(), String> {
+fn apply_cut(graph: &mut OnnxGraph, cut: &Cut) -> EditResult<()> {
     let target = find_target(graph, cut)?;
     edit_consumer(graph, cut, &target)?;
     let kept = target.slices(&cut.kept);
@@ -250,15 +245,15 @@ pub fn apply_cuts(
     proto: &mut ModelProto,
     shapes: HashMap<String, TVec<TDim>>,
     cuts: &[Cut],
-) -> std::result::Result<(), String> {
+) -> EditResult<()> {
     if proto.graph.is_none() {
-        return Err("no graph".into());
+        return Err(EditError::NoGraph);
     }
     let mut graph = OnnxGraph::new(proto, shapes);
     for cut in cuts {
         apply_cut(&mut graph, cut)?;
     }
-    let graph = proto.graph.as_mut().ok_or("no graph")?;
+    let graph = proto.graph.as_mut().ok_or(EditError::NoGraph)?;
     if !cuts.is_empty() {
         // Shape annotations of intermediate tensors would state the old widths (ONNX Runtime
         // refuses a file whose annotations contradict its shapes); they are optional.
@@ -269,7 +264,7 @@ pub fn apply_cuts(
 
 /// Orders the nodes so that each comes after the producers of its inputs (as ONNX requires),
 /// keeping the original order where it already holds.
-fn sort_topologically(graph: &mut GraphProto) -> std::result::Result<(), String> {
+fn sort_topologically(graph: &mut GraphProto) -> EditResult<()> {
     let mut available: std::collections::HashSet<String> = graph
         .input
         .iter()
@@ -288,7 +283,7 @@ fn sort_topologically(graph: &mut GraphProto) -> std::result::Result<(), String>
             pending.push_back(node);
             stalled += 1;
             if stalled > pending.len() {
-                return Err("the edited graph has a cycle or a missing input".into());
+                return Err(EditError::Cycle);
             }
         }
     }
@@ -303,7 +298,7 @@ pub fn initializer_params(proto: &ModelProto) -> usize {
         .map(|g| {
             g.initializer
                 .iter()
-                .filter(|t| t.data_type == 1)
+                .filter(|t| is_float(t))
                 .map(|t| t.dims.iter().product::<i64>() as usize)
                 .sum()
         })
@@ -320,24 +315,28 @@ fn write_checked(
     output: &Path,
     import: &ImportOptions,
     check: ArtifactCheck,
-    shrunk: impl Fn(&TypedModel) -> std::result::Result<(), String>,
-) -> Result<Verification> {
-    let refuse = |message: String| SlimError::Write {
-        path: output.display().to_string(),
-        message,
-    };
-    let bytes = encode_preserving(source_bytes, proto).map_err(refuse)?;
-    let scratch = scratch_beside(output).map_err(|e| refuse(e.to_string()))?;
-    std::fs::write(scratch.path(), &bytes).map_err(|e| refuse(e.to_string()))?;
+    shrunk: impl Fn(&TypedModel) -> EditResult<()>,
+) -> IoResult<Verification> {
+    let refuse = |e: &dyn std::fmt::Display| IoError::write(output, e);
+    let bytes = encode_preserving(source_bytes, proto).map_err(|e| edit_error(output, e))?;
+    let scratch = scratch_beside(output).map_err(|e| refuse(&e))?;
+    std::fs::write(scratch.path(), &bytes).map_err(|e| refuse(&e))?;
     let reloaded = import_onnx(scratch.path(), import)
-        .map_err(|e| refuse(format!("the edited ONNX does not load: {e}")))?;
+        .map_err(|e| refuse(&format!("the edited ONNX does not load: {e}")))?;
     let verification = check.compare(&reloaded, output)?;
     if !verification.passed {
         return Ok(verification);
     }
-    shrunk(&reloaded).map_err(refuse)?;
-    persist(scratch, output).map_err(|e| refuse(e.to_string()))?;
+    shrunk(&reloaded).map_err(|e| edit_error(output, e))?;
+    persist(scratch, output).map_err(|e| refuse(&e))?;
     Ok(verification)
+}
+
+fn edit_error(output: &Path, source: EditError) -> IoError {
+    IoError::Edit {
+        path: output.display().to_string(),
+        source,
+    }
 }
 
 /// Writes the slimmed model as an edit of the ONNX file it came from (see the module docs),
@@ -351,7 +350,7 @@ pub fn write_slimmed_onnx(
     original: &TypedModel,
     slimmed: &TypedModel,
     check: ArtifactCheck,
-) -> Result<Verification> {
+) -> IoResult<Verification> {
     let source_bytes = read_bytes(source)?;
     let mut proto = decode(source, &source_bytes)?;
     let cuts = slim_proto(
@@ -377,22 +376,18 @@ fn slim_proto(
     original: &TypedModel,
     slimmed: &TypedModel,
     values: &SymbolValues,
-) -> Result<Vec<Cut>> {
-    let refuse = |message: String| SlimError::Write {
-        path: output.display().to_string(),
-        message,
-    };
-    let cuts = derive_cuts(original, slimmed, values).map_err(|e| refuse(format!("{e:#}")))?;
+) -> IoResult<Vec<Cut>> {
+    let cuts = derive_cuts(original, slimmed, values)
+        .map_err(|e| edit_error(output, EditError::Unmapped(format!("{e:#}"))))?;
     let shapes = tensor_shapes(proto, &source.display().to_string(), import)?;
-    apply_cuts(proto, shapes, &cuts)
-        .map_err(|m| refuse(format!("cannot map the slimming back to ONNX: {m}")))?;
+    apply_cuts(proto, shapes, &cuts).map_err(|e| edit_error(output, e))?;
     Ok(cuts)
 }
 
 /// Every cut consumer has the planned number of units in the reloaded model.
-fn shrunk_as_planned(reloaded: &TypedModel, cuts: &[Cut]) -> std::result::Result<(), String> {
+fn shrunk_as_planned(reloaded: &TypedModel, cuts: &[Cut]) -> EditResult<()> {
     let sizes: HashMap<String, usize> = groups(reloaded)
-        .map_err(|e| e.to_string())?
+        .map_err(|e| EditError::Unmapped(format!("{e:#}")))?
         .into_iter()
         .map(|g| (base_name(&g.name).to_string(), g.units))
         .collect();
@@ -401,7 +396,7 @@ fn shrunk_as_planned(reloaded: &TypedModel, cuts: &[Cut]) -> std::result::Result
         let size = sizes.get(base_name(&cut.consumer));
         let shrunk = size == Some(&cut.kept.len()) || (!cut.zeroed.is_empty() && size.is_none());
         if !shrunk {
-            return Err(format!("`{}` did not shrink as slimming did", cut.consumer));
+            return Err(EditError::NotShrunk(cut.consumer.clone()));
         }
     }
     Ok(())
@@ -418,22 +413,18 @@ pub fn write_pruned_onnx(
     pruned: &TypedModel,
     slimmed: Option<&TypedModel>,
     check: ArtifactCheck,
-) -> Result<Verification> {
-    let refuse = |message: String| SlimError::Write {
-        path: output.display().to_string(),
-        message,
-    };
+) -> IoResult<Verification> {
     let source_bytes = read_bytes(source)?;
     let mut proto = decode(source, &source_bytes)?;
     let shapes = tensor_shapes(&proto, &source.display().to_string(), import)?;
     if proto.graph.is_none() {
-        return Err(refuse("no graph".into()));
+        return Err(edit_error(output, EditError::NoGraph));
     }
     let mut graph = OnnxGraph::new(&mut proto, shapes);
     for cut in edits {
         find_target(&graph, cut)
             .and_then(|target| edit_consumer(&mut graph, cut, &target))
-            .map_err(refuse)?;
+            .map_err(|e| edit_error(output, e))?;
     }
     let cuts = match slimmed {
         Some(slimmed) => slim_proto(
