@@ -65,12 +65,14 @@ pub use util::files::write_atomically;
 pub use model::cost::{Nominal, NOMINAL_DIM};
 pub use model::discover::{attention_blocks, groups, AttentionBlock, Group, Kind, Units};
 pub use model::verify::{
-    fidelity, max_abs_diff, random_inputs, run, verify, Mismatch, OutputDiff, OutputFidelity,
-    Verification, RELATIVE_TOLERANCE,
+    compare_output, fidelity, max_abs_diff, random_inputs, run, verify, Mismatch, OutputDiff,
+    OutputFidelity, Verification, RELATIVE_TOLERANCE,
 };
 
 // Auto-slim.
-pub use autoslim::auto::{auto_slim, AutoOptions, AutoReport, AutoSlimmed, GroupOutcome};
+pub use autoslim::auto::{
+    auto_slim, AutoOptions, AutoReport, AutoSlimmed, FidelityInputs, GroupOutcome, Scoring,
+};
 pub use autoslim::calibration::{load_npz, Calibration};
 pub use autoslim::prune::{choose, magnitude_scores, Plan, PlanGroup, Targets};
 pub use model::stats::zero_units;

@@ -5,7 +5,7 @@
 mod common;
 
 use common::{graph_summary, manifest, Fixture};
-use model_slim::{auto_slim, AutoOptions, AutoSlimmed};
+use model_slim::{auto_slim, AutoOptions, AutoSlimmed, Scoring};
 use model_slim::{choose, magnitude_scores, Plan, Targets};
 use model_slim::{groups, Kind};
 use model_slim::{load_npz, Calibration};
@@ -99,7 +99,7 @@ fn per_layer_sparsity_is_achieved_on_every_dense_fixture() {
             };
             assert_eq!(kept, expected, "{}: {kind:?}", fixture.name);
         }
-        assert_eq!(result.report.scoring, "magnitude");
+        assert_eq!(result.report.scoring, Scoring::Magnitude);
         assert!(
             !result.report.warnings.is_empty(),
             "no warning without calibration data"
@@ -170,7 +170,7 @@ fn a_saved_plan_applies_again_identically() {
     let mut again = options(targets(0.0, 0.0), Some(calibration.clone()));
     again.plan = Some(saved);
     let second = slim(&model, &again);
-    assert_eq!(second.report.scoring, "plan");
+    assert_eq!(second.report.scoring, Scoring::Plan);
     assert_eq!(
         graph_summary(&first.slimmed),
         graph_summary(&second.slimmed)

@@ -5,15 +5,18 @@
 //! compensation) → the slimming pass → fidelity against the dense model.
 
 use crate::autoslim::calibration::Calibration;
-use crate::autoslim::prune::{apply, choose, group_for, magnitude_scores, Plan, Pruned, Targets};
+use crate::autoslim::prune::{
+    apply, choose, group_for, magnitude_scores, Plan, PlanGroup, Pruned, Targets,
+};
 use crate::error::{Result, SlimError};
 use crate::io::onnx::writeback::Cut;
 use crate::model::discover::{groups, Group, Kind};
 use crate::model::stats::{activation_stats, capture, GroupStats};
 use crate::model::verify::{fidelity, random_inputs, verify, OutputFidelity};
 use crate::pass::report::Report;
-use crate::{Slimmed, Slimmer};
-use serde::Serialize;
+use crate::pass::slimmer::{Slimmed, Slimmer};
+use serde::{Serialize, Serializer};
+use std::fmt;
 use tract_core::internal::*;
 
 /// What to do.
@@ -66,11 +69,70 @@ pub struct GroupOutcome {
     pub kept: usize,
 }
 
+/// How the removed units were chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scoring {
+    /// By weight magnitude (no calibration data).
+    Magnitude,
+    /// By activation-aware scores on calibration data.
+    Activation,
+    /// Taken from a saved plan.
+    Plan,
+}
+
+impl fmt::Display for Scoring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Scoring::Magnitude => "magnitude",
+            Scoring::Activation => "activation",
+            Scoring::Plan => "plan",
+        })
+    }
+}
+
+/// What fidelity to the dense model was measured on.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FidelityInputs {
+    /// The calibration samples.
+    Calibration {
+        /// How many.
+        samples: usize,
+    },
+    /// Seeded random inputs.
+    Random {
+        /// How many.
+        samples: usize,
+        /// The first seed.
+        seed: u64,
+    },
+}
+
+impl fmt::Display for FidelityInputs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FidelityInputs::Calibration { samples } => {
+                write!(f, "calibration data, {samples} samples")
+            }
+            FidelityInputs::Random { samples, seed } => {
+                write!(f, "{samples} seeded random inputs (seed {seed})")
+            }
+        }
+    }
+}
+
+/// Written as its one-line description (as in the report table).
+impl Serialize for FidelityInputs {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 /// What auto-slim did.
 #[derive(Clone, Debug, Serialize)]
 pub struct AutoReport {
-    /// `magnitude`, `activation` or `plan`.
-    pub scoring: String,
+    /// How the removed units were chosen.
+    pub scoring: Scoring,
     /// Whether removed units' mean contributions went into the biases.
     pub compensation: bool,
     /// Per group, how many units were kept.
@@ -78,7 +140,7 @@ pub struct AutoReport {
     /// Fidelity of the slimmed model to the dense one, per output.
     pub fidelity: Vec<OutputFidelity>,
     /// What fidelity was measured on.
-    pub fidelity_inputs: String,
+    pub fidelity_inputs: FidelityInputs,
     /// Things the user should know (e.g. scores without calibration data).
     pub warnings: Vec<String>,
     /// The slimming pass's report on the pruned model.
@@ -187,6 +249,61 @@ fn check_plan(plan: &Plan, groups: &[Group], origin: &str) -> Result<()> {
     Ok(())
 }
 
+/// The plan to apply: the saved one, checked against the model, or units chosen for the targets
+/// by activation-aware scores (with calibration statistics) or weight magnitudes. A warning
+/// goes to `warnings` when the scores are magnitudes.
+fn plan_for(
+    model: &TypedModel,
+    groups: &[Group],
+    stats: Option<&[GroupStats]>,
+    options: &AutoOptions,
+    warnings: &mut Vec<String>,
+) -> Result<(Plan, Scoring)> {
+    if let Some(plan) = &options.plan {
+        check_plan(plan, groups, &options.plan_origin)?;
+        return Ok((plan.clone(), Scoring::Plan));
+    }
+    let (scores, scoring) = match stats {
+        Some(stats) => (
+            stats.iter().map(|s| s.scores.clone()).collect(),
+            Scoring::Activation,
+        ),
+        None => {
+            warnings.push("no calibration data: units are chosen by weight magnitude, which is often no better than chance; give --calibration for activation-aware scores and bias compensation".to_string());
+            let scores = groups
+                .iter()
+                .map(|g| magnitude_scores(model, g))
+                .collect::<TractResult<Vec<_>>>()
+                .map_err(stage("scoring"))?;
+            (scores, Scoring::Magnitude)
+        }
+    };
+    Ok((choose(groups, &scores, &options.targets), scoring))
+}
+
+/// The inputs fidelity is measured on: the calibration samples, else seeded random inputs.
+fn fidelity_samples(
+    model: &TypedModel,
+    options: &AutoOptions,
+    values: &SymbolValues,
+) -> Result<(Vec<TVec<TValue>>, FidelityInputs)> {
+    if let Some(c) = &options.calibration {
+        let described = FidelityInputs::Calibration {
+            samples: c.samples.len(),
+        };
+        return Ok((c.samples.clone(), described));
+    }
+    let samples = (0..options.random_samples as u64)
+        .map(|i| random_inputs(model, options.seed + i, values))
+        .collect::<TractResult<Vec<_>>>()
+        .map_err(stage("fidelity"))?;
+    let described = FidelityInputs::Random {
+        samples: samples.len(),
+        seed: options.seed,
+    };
+    Ok((samples, described))
+}
+
 /// Runs auto-slim on a dense (or already partly pruned) model.
 pub fn auto_slim(
     model: &TypedModel,
@@ -204,30 +321,7 @@ pub fn auto_slim(
         .map(|c| calibrate(model, &groups, c))
         .transpose()
         .map_err(stage("calibration"))?;
-    let (plan, scoring) = match &options.plan {
-        Some(plan) => {
-            check_plan(plan, &groups, &options.plan_origin)?;
-            (plan.clone(), "plan")
-        }
-        None => {
-            let (scores, scoring) = match &stats {
-                Some(stats) => (
-                    stats.iter().map(|s| s.scores.clone()).collect(),
-                    "activation",
-                ),
-                None => {
-                    warnings.push("no calibration data: units are chosen by weight magnitude, which is often no better than chance; give --calibration for activation-aware scores and bias compensation".to_string());
-                    let scores = groups
-                        .iter()
-                        .map(|g| magnitude_scores(model, g))
-                        .collect::<TractResult<Vec<_>>>()
-                        .map_err(stage("scoring"))?;
-                    (scores, "magnitude")
-                }
-            };
-            (choose(&groups, &scores, &options.targets), scoring)
-        }
-    };
+    let (plan, scoring) = plan_for(model, &groups, stats.as_deref(), options, &mut warnings)?;
     let compensate = options.compensation && stats.is_some();
     let Pruned {
         model: pruned,
@@ -243,56 +337,40 @@ pub fn auto_slim(
         model: slimmed,
         report: mut slim,
     } = slimmer.slim(&pruned)?;
+    let values = &slimmer.nominal().values;
     // Slimming must not change the pruned model's outputs.
-    let exact = verify(&pruned, &slimmed, options.seed, &slimmer.nominal().values)
-        .map_err(stage("verify"))?;
+    let exact = verify(&pruned, &slimmed, options.seed, values).map_err(stage("verify"))?;
     slim.verification = Some(exact);
-
-    let (samples, fidelity_inputs) = match &options.calibration {
-        Some(c) => (
-            c.samples.clone(),
-            format!("calibration data, {} samples", c.samples.len()),
-        ),
-        None => {
-            let samples = (0..options.random_samples as u64)
-                .map(|i| random_inputs(model, options.seed + i, &slimmer.nominal().values))
-                .collect::<TractResult<Vec<_>>>()
-                .map_err(stage("fidelity"))?;
-            let described = format!(
-                "{} seeded random inputs (seed {})",
-                samples.len(),
-                options.seed
-            );
-            (samples, described)
-        }
-    };
+    let (samples, fidelity_inputs) = fidelity_samples(model, options, values)?;
     let fidelity = fidelity(model, &slimmed, &samples).map_err(stage("fidelity"))?;
-    let outcomes = plan
-        .groups
-        .iter()
-        .map(|p| GroupOutcome {
-            kind: p.kind,
-            layer: p.layer,
-            name: p.name.clone(),
-            units: p.units,
-            kept: p.units - p.removed.len(),
-        })
-        .collect();
+    let groups = plan.groups.iter().map(GroupOutcome::of).collect();
     Ok(AutoSlimmed {
         pruned,
         slimmed,
         plan,
         compensations,
         report: AutoReport {
-            scoring: scoring.to_string(),
+            scoring,
             compensation: compensate,
-            groups: outcomes,
+            groups,
             fidelity,
             fidelity_inputs,
             warnings,
             slim,
         },
     })
+}
+
+impl GroupOutcome {
+    fn of(entry: &PlanGroup) -> GroupOutcome {
+        GroupOutcome {
+            kind: entry.kind,
+            layer: entry.layer,
+            name: entry.name.clone(),
+            units: entry.units,
+            kept: entry.units - entry.removed.len(),
+        }
+    }
 }
 
 impl AutoReport {

@@ -8,15 +8,14 @@
 use crate::egraph::consts::{kept_positions, ConstStore};
 use crate::egraph::known::{self, KnownSlices};
 use crate::egraph::lang::{Key, TensorLang};
+use crate::model::ops;
 use crate::util::slices::ZeroSlices;
 use egg::{Analysis, DidMerge, EGraph, Id};
 use std::collections::HashMap;
 use std::sync::Arc;
 use tract_core::internal::*;
-use tract_core::ops::array::{Slice, TypedConcat};
-use tract_core::ops::element_wise::ElementWiseOp;
-use tract_core::ops::math::IsNan;
-use tract_core::ops::nn::{Reduce, RmsNorm, Softmax};
+use tract_core::ops::array::TypedConcat;
+use tract_core::ops::nn::Softmax;
 
 /// The e-graph type of model-slim.
 pub type SlimGraph = EGraph<TensorLang, SlimAnalysis>;
@@ -359,7 +358,7 @@ fn infer_op(egraph: &mut SlimGraph, node: &TensorLang) -> TractResult<TensorInfo
         TensorLang::Where([_, c, zero, p]) => nan_guarded_axes(egraph, *c, *zero, *p),
         _ => tvec!(),
     };
-    let finite = keeps_finite(node, op)
+    let finite = node.family().is_some_and(|f| ops::keeps_finite(f, op))
         && node.operands().iter().enumerate().all(|(slot, id)| {
             // A choice's condition is not a value of the output.
             (matches!(node, TensorLang::Where(_)) && slot == 0) || egraph[*id].data.finite
@@ -408,7 +407,7 @@ fn propagate_zeros(
     match node {
         TensorLang::Map(_) if zero_to_zero => operand_zeros[0].clone(),
         TensorLang::Bin(_) => {
-            let is_mul = op.name() == "Mul";
+            let is_mul = ops::is_mul(op);
             if !is_mul && !zero_to_zero {
                 return none;
             }
@@ -454,8 +453,8 @@ fn propagate_zeros(
                 })
                 .collect()
         }
-        TensorLang::Along(_) if along_preserves_zeros(op) => {
-            let own = along_axes(op);
+        TensorLang::Along(_) if ops::along_preserves_zeros(op) => {
+            let own = ops::along_axes(op);
             (0..rank)
                 .map(|axis| {
                     if own.contains(&axis) {
@@ -533,9 +532,7 @@ fn is_nan_of(egraph: &SlimGraph, condition: Id, p: Id) -> bool {
         TensorLang::Map([op, x]) => {
             egraph.find(*x) == egraph.find(p)
                 && op_of(egraph, *op).is_some_and(|k| {
-                    egraph.analysis.tables.ops[k as usize]
-                        .downcast_ref::<ElementWiseOp>()
-                        .is_some_and(|e| e.0.is::<IsNan>())
+                    ops::is_nan_test(egraph.analysis.tables.ops[k as usize].as_op())
                 })
         }
         _ => false,
@@ -597,58 +594,6 @@ fn check_reshape(op: &dyn TypedOp, inputs: &[TypedFact]) -> TractResult<()> {
     Ok(())
 }
 
-/// Whether an op computes finite values from finite operands (ignoring float overflow, as
-/// everywhere here): products and sums, choices, data movement, bounded functions, and the
-/// other ops a decluttered transformer holds (gathers, convolutions). Not division,
-/// reciprocals, roots, logarithms or exponentials, which make infinities of finite values.
-fn keeps_finite(node: &TensorLang, op: &dyn TypedOp) -> bool {
-    const ELEMENT_WISE: &[&str] = &[
-        "Neg",
-        "Abs",
-        "Erf",
-        "Tanh",
-        "Sigmoid",
-        "Silu",
-        "GeluExact",
-        "Cos",
-        "Sin",
-        "IsNan",
-        "Not",
-        "PowConst",
-        "Square",
-        "Round",
-        "Floor",
-        "Ceil",
-        "Sign",
-    ];
-    const BINARY: &[&str] = &[
-        "Add", "Sub", "Mul", "Max", "Min", "And", "Or", "Eq", "Less", "Greater",
-    ];
-    const OPAQUE: &[&str] = &[
-        "Gather",
-        "GatherNd",
-        "GatherElements",
-        "Conv",
-        "CumSum",
-        "Concat",
-    ];
-    let name = op.name();
-    match node {
-        TensorLang::EinSum(_)
-        | TensorLang::Where(_)
-        | TensorLang::Axis(_)
-        | TensorLang::Bcast(_)
-        | TensorLang::Concat(_)
-        | TensorLang::Along(_) => true,
-        TensorLang::Bin(_) => BINARY.contains(&name.as_ref()),
-        TensorLang::Map(_) => {
-            op.is::<tract_core::ops::cast::Cast>() || ELEMENT_WISE.contains(&name.as_ref())
-        }
-        TensorLang::Opaque(_) => OPAQUE.contains(&name.as_ref()),
-        _ => false,
-    }
-}
-
 /// Zero slices of a two-input concatenation: along the concatenated axis, each input's own at
 /// its offset; along the others, the slices zero in both.
 fn concat_zeros(
@@ -683,31 +628,6 @@ fn union(a: &[usize], b: &[usize]) -> Vec<usize> {
     u.sort_unstable();
     u.dedup();
     u
-}
-
-/// The axes an `along` op works along: slices across other axes are independent.
-pub fn along_axes(op: &dyn Op) -> TVec<usize> {
-    if let Some(s) = op.downcast_ref::<Softmax>() {
-        s.axes.clone()
-    } else if let Some(r) = op.downcast_ref::<Reduce>() {
-        r.axes.clone()
-    } else if let Some(n) = op.downcast_ref::<RmsNorm>() {
-        tvec!(n.axis)
-    } else if let Some(s) = op.downcast_ref::<Slice>() {
-        tvec!(s.axis)
-    } else {
-        tvec!()
-    }
-}
-
-/// Whether a tract op belongs to the `along` family.
-pub fn is_along(op: &dyn Op) -> bool {
-    op.is::<Softmax>() || op.is::<Reduce>() || op.is::<RmsNorm>() || op.is::<Slice>()
-}
-
-/// Softmax turns a zero slice into a uniform one; the others keep zero slices zero.
-fn along_preserves_zeros(op: &dyn Op) -> bool {
-    is_along(op) && !op.is::<Softmax>()
 }
 
 impl Analysis<TensorLang> for SlimAnalysis {

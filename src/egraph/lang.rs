@@ -17,6 +17,7 @@
 //! (opaque op slot x..)  any other op's output `slot`: rules never look through it
 //! ```
 
+use crate::model::ops::Family;
 use egg::{define_language, Id};
 use std::fmt;
 use std::str::FromStr;
@@ -97,6 +98,22 @@ impl TensorLang {
             TensorLang::Opaque(c) => &c[2..],
             TensorLang::Num(_) | TensorLang::Key(_) => &[],
         }
+    }
+
+    /// The family of tract ops an operation node stands for (`None`: `keep`, numbers, keys).
+    pub fn family(&self) -> Option<Family> {
+        Some(match self {
+            TensorLang::Map(_) => Family::Map,
+            TensorLang::Bin(_) => Family::Bin,
+            TensorLang::EinSum(_) => Family::EinSum,
+            TensorLang::Along(_) => Family::Along,
+            TensorLang::Axis(_) => Family::Axis,
+            TensorLang::Where(_) => Family::Where,
+            TensorLang::Bcast(_) => Family::Bcast,
+            TensorLang::Concat(_) => Family::Concat,
+            TensorLang::Opaque(_) => Family::Opaque,
+            TensorLang::Keep(_) | TensorLang::Num(_) | TensorLang::Key(_) => return None,
+        })
     }
 
     /// The op parameter of an operation node.

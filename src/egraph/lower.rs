@@ -3,18 +3,13 @@
 //! Ops the rules know get their family's node ([`TensorLang`]); every other op becomes an `opaque`
 //! node that keeps its original tract op, so an unknown op only limits what can be slimmed.
 
-use crate::egraph::analysis::{is_along, SlimAnalysis, SlimGraph, Tables};
+use crate::egraph::analysis::{SlimAnalysis, SlimGraph, Tables};
 use crate::egraph::lang::{Key, TensorLang};
+use crate::model::ops::{self, Family};
 use egg::Id;
 use std::collections::HashMap;
 use tract_core::internal::*;
-use tract_core::ops::array::{MultiBroadcastTo, TypedConcat};
-use tract_core::ops::binary::TypedBinOp;
-use tract_core::ops::cast::Cast;
-use tract_core::ops::einsum::EinSum;
-use tract_core::ops::element_wise::ElementWiseOp;
 use tract_core::ops::konst::Const;
-use tract_core::ops::logic::Iff;
 use tract_core::ops::source::TypedSource;
 
 /// A model in e-graph form, with what raising needs to rebuild a tract model.
@@ -122,17 +117,20 @@ fn lower_outlet(
             .chain(rest.iter().copied())
             .collect()
     };
-    let enode = match (single, inputs) {
-        (true, [x]) if op.is::<ElementWiseOp>() || op.is::<Cast>() => {
-            TensorLang::Map([op_leaf, *x])
-        }
-        (true, [a, b]) if op.is::<TypedBinOp>() => TensorLang::Bin([op_leaf, *a, *b]),
-        (true, [a, b]) if is_plain_einsum(op) => TensorLang::EinSum([op_leaf, *a, *b]),
-        (true, [x]) if is_along(op) => TensorLang::Along([op_leaf, *x]),
-        (true, [x]) if op.is::<AxisOp>() => TensorLang::Axis([op_leaf, *x]),
-        (true, [c, x, y]) if op.is::<Iff>() => TensorLang::Where([op_leaf, *c, *x, *y]),
-        (true, [x]) if op.is::<MultiBroadcastTo>() => TensorLang::Bcast([op_leaf, *x]),
-        (true, [x, y]) if op.is::<TypedConcat>() => TensorLang::Concat([op_leaf, *x, *y]),
+    let family = if single {
+        ops::family(op, inputs.len())
+    } else {
+        Family::Opaque
+    };
+    let enode = match (family, inputs) {
+        (Family::Map, &[x]) => TensorLang::Map([op_leaf, x]),
+        (Family::Bin, &[a, b]) => TensorLang::Bin([op_leaf, a, b]),
+        (Family::EinSum, &[a, b]) => TensorLang::EinSum([op_leaf, a, b]),
+        (Family::Along, &[x]) => TensorLang::Along([op_leaf, x]),
+        (Family::Axis, &[x]) => TensorLang::Axis([op_leaf, x]),
+        (Family::Where, &[c, x, y]) => TensorLang::Where([op_leaf, c, x, y]),
+        (Family::Bcast, &[x]) => TensorLang::Bcast([op_leaf, x]),
+        (Family::Concat, &[x, y]) => TensorLang::Concat([op_leaf, x, y]),
         _ => {
             let slot = egraph.add(TensorLang::Num(slot as i64));
             let mut children = with_op(&[slot]);
@@ -141,11 +139,6 @@ fn lower_outlet(
         }
     };
     Ok(enode)
-}
-
-fn is_plain_einsum(op: &dyn TypedOp) -> bool {
-    op.downcast_ref::<EinSum>()
-        .is_some_and(|e| e.q_params.is_none())
 }
 
 /// The e-graph must type every tensor exactly as tract did; anything else is a lowering bug.

@@ -17,6 +17,7 @@
 //!   splits the head axis so that V is read once per group). They are followed through axis
 //!   bookkeeping (the reshape merging heads × head_dim) to the output projection.
 
+use crate::model::ops;
 use crate::util::slices::{around, fill_runs};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -25,7 +26,6 @@ use tract_core::ops::array::{Gather, MultiBroadcastTo};
 use tract_core::ops::binary::TypedBinOp;
 use tract_core::ops::cast::Cast;
 use tract_core::ops::einsum::EinSum;
-use tract_core::ops::element_wise::ElementWiseOp;
 use tract_core::ops::konst::Const;
 use tract_core::ops::logic::Iff;
 use tract_core::ops::nn::Softmax;
@@ -287,8 +287,7 @@ fn ffn_group(model: &TypedModel, consumer: &TypedNode) -> Option<Group> {
             if let Some(u) = producer_units(model, node, units, 1) {
                 group.producers.push((weight, u));
             }
-        } else if node.op_is::<ElementWiseOp>()
-            || node.op_is::<Cast>()
+        } else if ops::is_map(node.op.as_op())
             || node.op_is::<TypedBinOp>()
             || node.op_is::<AxisOp>()
             || node.op_is::<Gather>()

@@ -5,6 +5,7 @@
 //! table; other integer inputs (masks, type ids) take 0 or 1; floats are uniform in [-1, 1).
 
 use crate::model::cost::NOMINAL_DIM;
+use crate::model::ops;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -12,7 +13,9 @@ use tract_core::internal::*;
 use tract_core::ops::array::Gather;
 use tract_core::ops::konst::Const;
 
-/// Relative tolerance: the max abs difference allowed, as a fraction of the output's magnitude.
+/// Relative tolerance: the max abs difference allowed, as a fraction of the output's magnitude
+/// (its largest absolute element). The one policy for "computes the same up to float rounding":
+/// verification of slimmed models and files, and the rule checker ([`compare_output`]).
 pub const RELATIVE_TOLERANCE: f32 = 1e-4;
 
 /// How one output compares.
@@ -104,7 +107,7 @@ fn index_bound(model: &TypedModel, input: OutletId) -> Option<usize> {
                         bound = Some(bound.map_or(n, |b| b.min(n)));
                     }
                 }
-            } else if node.op_is::<AxisOp>() || node.op.name() == "Cast" {
+            } else if node.op_is::<AxisOp>() || ops::is_cast(node.op.as_op()) {
                 frontier.push(OutletId::new(succ.node, 0));
             }
         }
@@ -259,6 +262,19 @@ pub fn fidelity(
         .collect()
 }
 
+/// Compares one output with the reference's under [`RELATIVE_TOLERANCE`].
+pub fn compare_output(name: String, expected: &Tensor, got: &Tensor) -> TractResult<OutputDiff> {
+    let max_magnitude = max_abs(expected)?;
+    let max_abs_diff = max_abs_diff(expected, got)?;
+    let passed = max_abs_diff <= RELATIVE_TOLERANCE * max_magnitude.max(f32::MIN_POSITIVE);
+    Ok(OutputDiff {
+        name,
+        max_abs_diff,
+        max_magnitude,
+        passed,
+    })
+}
+
 /// Compares the two models' outputs on seeded random inputs.
 pub fn verify(
     original: &TypedModel,
@@ -272,19 +288,12 @@ pub fn verify(
         "the original model does not run in tract at these shapes (give concrete ones with --input or --set)",
     )?;
     let got = run(slim, inputs).context("the slimmed model does not run")?;
-    let mut outputs = vec![];
-    for (ix, (e, g)) in expected.iter().zip(got.iter()).enumerate() {
-        let name = output_name(original, ix)?;
-        let max_magnitude = max_abs(e)?;
-        let max_abs_diff = max_abs_diff(e, g)?;
-        let passed = max_abs_diff <= RELATIVE_TOLERANCE * max_magnitude.max(f32::MIN_POSITIVE);
-        outputs.push(OutputDiff {
-            name,
-            max_abs_diff,
-            max_magnitude,
-            passed,
-        });
-    }
+    let outputs = expected
+        .iter()
+        .zip(got.iter())
+        .enumerate()
+        .map(|(ix, (e, g))| compare_output(output_name(original, ix)?, e, g))
+        .collect::<TractResult<Vec<_>>>()?;
     let passed = outputs.iter().all(|o| o.passed);
     Ok(Verification {
         seed,

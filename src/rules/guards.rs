@@ -40,11 +40,11 @@
 use crate::egraph::analysis::{const_of, infer, num_of, op_of, set_key_of, set_of, SlimGraph};
 use crate::egraph::known;
 use crate::egraph::lang::{Key, TensorLang};
+use crate::model::ops;
 use egg::Id;
 use std::sync::Arc;
 use tract_core::internal::*;
 use tract_core::ops::array::{MultiBroadcastTo, TypedConcat};
-use tract_core::ops::binary::TypedBinOp;
 use tract_core::ops::einsum::EinSum;
 use tract_core::ops::nn::Softmax;
 
@@ -505,8 +505,9 @@ fn all_zero(egraph: &mut SlimGraph, args: &[Arg]) -> Alternatives {
 fn addition(egraph: &mut SlimGraph, args: &[Arg]) -> Alternatives {
     let is_add = (|| {
         let key = op_of(egraph, class(args[0])?)?;
-        let op = egraph.analysis.tables.ops[key as usize].downcast_ref::<TypedBinOp>()?;
-        Some(op.0.name() == "Add")
+        Some(ops::is_add(
+            egraph.analysis.tables.ops[key as usize].as_op(),
+        ))
     })();
     holds(is_add == Some(true))
 }
@@ -538,10 +539,7 @@ fn free_axis(egraph: &mut SlimGraph, args: &[Arg]) -> Alternatives {
     let free = (|| {
         let key = op_of(egraph, class(args[0])?)?;
         let op = egraph.analysis.tables.ops[key as usize].as_op();
-        Some(
-            crate::egraph::analysis::is_along(op)
-                && !crate::egraph::analysis::along_axes(op).contains(&axis(egraph, args[1])?),
-        )
+        Some(ops::is_along(op) && !ops::along_axes(op).contains(&axis(egraph, args[1])?))
     })();
     holds(free == Some(true))
 }

@@ -20,21 +20,9 @@ use egg::{Pattern, PatternAst, Var};
 use std::fmt;
 use std::path::Path;
 
-/// The rule files shipped with model-slim (embedded at build time).
-pub const DEFAULT_RULES: &[(&str, &str)] = &[
-    ("rules/ffn.rules", include_str!("../../rules/ffn.rules")),
-    ("rules/keep.rules", include_str!("../../rules/keep.rules")),
-    ("rules/heads.rules", include_str!("../../rules/heads.rules")),
-    (
-        "rules/blocks.rules",
-        include_str!("../../rules/blocks.rules"),
-    ),
-    ("rules/fold.rules", include_str!("../../rules/fold.rules")),
-    (
-        "rules/repeat.rules",
-        include_str!("../../rules/repeat.rules"),
-    ),
-];
+/// The rule files shipped with model-slim: every `rules/*.rules` file, by name, embedded at
+/// build time (`build.rs`).
+pub const DEFAULT_RULES: &[(&str, &str)] = include!(concat!(env!("OUT_DIR"), "/default_rules.rs"));
 
 /// Where a piece of rule text came from.
 #[derive(Clone, Debug, PartialEq, Eq)]

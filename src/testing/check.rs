@@ -14,7 +14,7 @@ use crate::egraph::extract::extract_forcing;
 use crate::egraph::lower::lower;
 use crate::egraph::raise::{raise, Interface};
 use crate::model::cost::Nominal;
-use crate::model::verify::{max_abs_diff, random_inputs, run};
+use crate::model::verify::{compare_output, random_inputs, run};
 use crate::rules::parser::Rule;
 use crate::rules::saturate::{saturate, Limits};
 use crate::testing::random::{
@@ -147,18 +147,15 @@ pub fn check_alternatives(
     Ok((checked, failures))
 }
 
-/// How `got` differs from `expected` beyond float rounding (1e-5 of the output's magnitude).
+/// How `got` differs from `expected` beyond float rounding (see [`compare_output`]).
 fn outputs_differ(expected: &TVec<TValue>, got: &TVec<TValue>) -> TractResult<Option<String>> {
-    for (e, g) in expected.iter().zip(got.iter()) {
-        let scale = e
-            .cast_to::<f32>()?
-            .try_as_plain_ram()?
-            .as_slice::<f32>()?
-            .iter()
-            .fold(1.0f32, |m, v| m.max(v.abs()));
-        let diff = max_abs_diff(e, g)?;
-        if diff > 1e-5 * scale {
-            return Ok(Some(format!("differs by {diff}")));
+    for (ix, (e, g)) in expected.iter().zip(got.iter()).enumerate() {
+        let diff = compare_output(format!("output {ix}"), e, g)?;
+        if !diff.passed {
+            return Ok(Some(format!(
+                "{} differs by {}",
+                diff.name, diff.max_abs_diff
+            )));
         }
     }
     Ok(None)

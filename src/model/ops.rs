@@ -1,0 +1,223 @@
+//! What the pass knows about tract ops, in one place: the [`Family`] each op belongs to (how its
+//! output positions depend on its inputs' — lowering makes one e-node kind of each family), and
+//! the few facts about particular ops that the analysis, the guards and discovery rely on.
+//! Ops are told apart by type (downcasts), never by name.
+
+use tract_core::internal::*;
+use tract_core::ops::array::{
+    CumSum, Gather, GatherElements, GatherNd, MultiBroadcastTo, Slice, TypedConcat,
+};
+use tract_core::ops::binary::{BinMiniOp, TypedBinOp};
+use tract_core::ops::cast::Cast;
+use tract_core::ops::cnn::Conv;
+use tract_core::ops::einsum::EinSum;
+use tract_core::ops::element_wise::{ElementWiseMiniOp, ElementWiseOp};
+use tract_core::ops::logic::{And, CompEq, CompGT, CompGTE, CompLT, CompLTE, CompNE, Iff, Not, Or};
+use tract_core::ops::math::{
+    Abs, Add, Ceil, Cos, Erf, Floor, IsNan, Max, Min, Mul, Neg, PowConst, Round, Sign, Sin, Square,
+    Sub, Tanh,
+};
+use tract_core::ops::nn::{GeluExact, Reduce, RmsNorm, Sigmoid, Silu, Softmax};
+
+/// How an op's output positions depend on its inputs'.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// Position-wise on one input: `y[p] = f(x[p])` (element-wise functions, casts).
+    Map,
+    /// Position-wise on two broadcast inputs: `y[p] = f(a[p], b[p])`.
+    Bin,
+    /// A tensor contraction without quantization.
+    EinSum,
+    /// Works along some axes; slices across the others are independent (softmax, reductions,
+    /// norms, slices).
+    Along,
+    /// Moves positions without computing (reshapes, permutations, added or removed axes).
+    Axis,
+    /// A position-wise choice `where(c, x, y)`.
+    Where,
+    /// Broadcasts an input to a larger shape.
+    Bcast,
+    /// Concatenates two inputs.
+    Concat,
+    /// Anything else: the pass sees through it nothing.
+    Opaque,
+}
+
+/// The family of a single-output op applied to `inputs` operands.
+pub fn family(op: &dyn TypedOp, inputs: usize) -> Family {
+    match inputs {
+        1 if is_map(op) => Family::Map,
+        2 if op.is::<TypedBinOp>() => Family::Bin,
+        2 if is_plain_einsum(op) => Family::EinSum,
+        1 if is_along(op) => Family::Along,
+        1 if op.is::<AxisOp>() => Family::Axis,
+        3 if op.is::<Iff>() => Family::Where,
+        1 if op.is::<MultiBroadcastTo>() => Family::Bcast,
+        2 if op.is::<TypedConcat>() => Family::Concat,
+        _ => Family::Opaque,
+    }
+}
+
+/// Whether an op is position-wise on one input: an element-wise function or a cast.
+pub fn is_map(op: &dyn Op) -> bool {
+    op.is::<ElementWiseOp>() || op.is::<Cast>()
+}
+
+/// Whether an op is an EinSum without quantization parameters.
+pub fn is_plain_einsum(op: &dyn Op) -> bool {
+    op.downcast_ref::<EinSum>()
+        .is_some_and(|e| e.q_params.is_none())
+}
+
+/// Whether an op belongs to the [`Family::Along`] family.
+pub fn is_along(op: &dyn Op) -> bool {
+    op.is::<Softmax>() || op.is::<Reduce>() || op.is::<RmsNorm>() || op.is::<Slice>()
+}
+
+/// The axes an [`Family::Along`] op works along: slices across other axes are independent.
+pub fn along_axes(op: &dyn Op) -> TVec<usize> {
+    if let Some(s) = op.downcast_ref::<Softmax>() {
+        s.axes.clone()
+    } else if let Some(r) = op.downcast_ref::<Reduce>() {
+        r.axes.clone()
+    } else if let Some(n) = op.downcast_ref::<RmsNorm>() {
+        tvec!(n.axis)
+    } else if let Some(s) = op.downcast_ref::<Slice>() {
+        tvec!(s.axis)
+    } else {
+        tvec!()
+    }
+}
+
+/// Whether an [`Family::Along`] op keeps a zero slice (across its axes) zero: all but softmax,
+/// which turns it into a uniform one.
+pub fn along_preserves_zeros(op: &dyn Op) -> bool {
+    is_along(op) && !op.is::<Softmax>()
+}
+
+/// The binary mini-op of a [`Family::Bin`] op, if it is `T`.
+fn bin_is<T: BinMiniOp>(op: &dyn Op) -> bool {
+    op.downcast_ref::<TypedBinOp>()
+        .is_some_and(|b| b.0.is::<T>())
+}
+
+/// The element-wise mini-op of a [`Family::Map`] op, if it is `T`.
+fn map_is<T: ElementWiseMiniOp>(op: &dyn Op) -> bool {
+    op.downcast_ref::<ElementWiseOp>()
+        .is_some_and(|e| e.0.is::<T>())
+}
+
+/// Whether an op is the addition `a + b`.
+pub fn is_add(op: &dyn Op) -> bool {
+    bin_is::<Add>(op)
+}
+
+/// Whether an op is the product `a · b`.
+pub fn is_mul(op: &dyn Op) -> bool {
+    bin_is::<Mul>(op)
+}
+
+/// Whether an op is the test `isnan(x)`.
+pub fn is_nan_test(op: &dyn Op) -> bool {
+    map_is::<IsNan>(op)
+}
+
+/// Whether an op is a cast.
+pub fn is_cast(op: &dyn Op) -> bool {
+    op.is::<Cast>()
+}
+
+/// Whether an op of `family` computes finite values from finite operands (ignoring float
+/// overflow, as everywhere here): products and sums, comparisons and logic, choices, data
+/// movement, bounded functions, natural powers, and the opaque ops a decluttered
+/// transformer holds (gathers, convolutions). Not division, reciprocals, roots, logarithms,
+/// exponentials or other powers, which make infinities of finite values.
+pub fn keeps_finite(family: Family, op: &dyn Op) -> bool {
+    match family {
+        Family::EinSum
+        | Family::Where
+        | Family::Axis
+        | Family::Bcast
+        | Family::Concat
+        | Family::Along => true,
+        Family::Bin => bin_keeps_finite(op),
+        Family::Map => is_cast(op) || map_keeps_finite(op),
+        Family::Opaque => opaque_keeps_finite(op),
+    }
+}
+
+fn bin_keeps_finite(op: &dyn Op) -> bool {
+    bin_is::<Add>(op)
+        || bin_is::<Sub>(op)
+        || bin_is::<Mul>(op)
+        || bin_is::<Max>(op)
+        || bin_is::<Min>(op)
+        || bin_is::<And>(op)
+        || bin_is::<Or>(op)
+        || bin_is::<CompEq>(op)
+        || bin_is::<CompNE>(op)
+        || bin_is::<CompLT>(op)
+        || bin_is::<CompLTE>(op)
+        || bin_is::<CompGT>(op)
+        || bin_is::<CompGTE>(op)
+}
+
+fn map_keeps_finite(op: &dyn Op) -> bool {
+    // x^e is finite for every finite x only for natural e (x^-1 at 0, x^0.5 below 0 are not).
+    let natural_power = op
+        .downcast_ref::<ElementWiseOp>()
+        .and_then(|e| e.0.downcast_ref::<PowConst>())
+        .is_some_and(|p| p.exponent >= 0.0 && p.exponent.fract() == 0.0);
+    natural_power
+        || map_is::<Neg>(op)
+        || map_is::<Abs>(op)
+        || map_is::<Erf>(op)
+        || map_is::<Tanh>(op)
+        || map_is::<Sigmoid>(op)
+        || map_is::<Silu>(op)
+        || map_is::<GeluExact>(op)
+        || map_is::<Cos>(op)
+        || map_is::<Sin>(op)
+        || map_is::<IsNan>(op)
+        || map_is::<Not>(op)
+        || map_is::<Square>(op)
+        || map_is::<Round>(op)
+        || map_is::<Floor>(op)
+        || map_is::<Ceil>(op)
+        || map_is::<Sign>(op)
+}
+
+fn opaque_keeps_finite(op: &dyn Op) -> bool {
+    op.is::<Gather>()
+        || op.is::<GatherNd>()
+        || op.is::<GatherElements>()
+        || op.is::<Conv>()
+        || op.is::<TypedConcat>()
+        || op.is::<CumSum>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tract_core::ops::math::{add, div, exp, mul};
+
+    #[test]
+    fn finite_ops_by_type() {
+        assert!(keeps_finite(Family::Bin, &add()));
+        assert!(keeps_finite(Family::Bin, &mul()));
+        assert!(!keeps_finite(Family::Bin, &div()));
+        assert!(!keeps_finite(Family::Map, &exp()));
+        let power = |exponent| ElementWiseOp(Box::new(PowConst { exponent }), None);
+        assert!(keeps_finite(Family::Map, &power(3.0)));
+        assert!(!keeps_finite(Family::Map, &power(0.5)));
+        assert!(!keeps_finite(Family::Map, &power(-1.0)));
+    }
+
+    #[test]
+    fn families_of_ops() {
+        assert_eq!(family(&add(), 2), Family::Bin);
+        assert!(is_add(&add()) && !is_add(&mul()) && is_mul(&mul()));
+        assert_eq!(family(&AxisOp::Add(0), 1), Family::Axis);
+        assert_eq!(family(&Softmax::default(), 1), Family::Along);
+    }
+}
