@@ -1,7 +1,8 @@
 //! Differential testing of the whole pass: random models in the family it targets
 //! ([`model_slim::testing::random`]: FFNs, attention blocks with 1–8 heads, fused or separate QKV, masks,
 //! stacks with layer norms, residuals, shared weights, unknown ops; random zero structure) are
-//! slimmed and compared with the original on several random inputs.
+//! slimmed and compared with the original on several random inputs, and must have lost at least
+//! the weights the generator planted as removable (whole zero channels and heads of consumers).
 //!
 //! CI runs a bounded number. A long campaign:
 //! `MODEL_SLIM_DIFF_MODELS=20000 cargo test --release --test differential -- --nocapture`.
@@ -19,13 +20,21 @@ fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
-/// Slims the model of `seed` and compares outputs on three inputs; an error describes how the
-/// model failed.
+/// Slims the model of `seed`, checks that its planted zero units were cut and compares outputs
+/// on three inputs; an error describes how the model failed.
 fn check_seed(slimmer: &Slimmer, seed: u64) -> Result<(), String> {
-    let model = model_for_seed(seed);
+    let planted = model_for_seed(seed);
+    let model = planted.model;
     let slimmed = slimmer
         .slim(&model)
         .map_err(|e| format!("slimming failed: {e}"))?;
+    let removed = weights(&model).saturating_sub(weights(&slimmed.model));
+    if removed < planted.removable_weights && !EXTRACTION_DUPLICATES.contains(&seed) {
+        return Err(format!(
+            "{removed} weights removed, {} planted as removable",
+            planted.removable_weights
+        ));
+    }
     for input_seed in 0..3 {
         let v = verify(
             &model,
@@ -41,11 +50,28 @@ fn check_seed(slimmer: &Slimmer, seed: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// Seeds (of the first 2000) whose planted units are cut, but whose extraction computes the
+/// residual stream several times under different restrictions, each copy with its own sliced
+/// weights, so that fewer weights are removed in total than were planted: a limit of the greedy
+/// extractor (README, "Limits"). Their outputs are still compared.
+const EXTRACTION_DUPLICATES: &[u64] = &[75, 1091, 1775];
+
+/// Elements of a model's floating-point constants: its weights (not the index tables of gathers).
+fn weights(model: &TypedModel) -> usize {
+    model
+        .nodes()
+        .iter()
+        .filter_map(|n| n.op_as::<tract_core::ops::konst::Const>())
+        .filter(|c| c.val().datum_type().is_float())
+        .map(|c| c.val().len())
+        .sum()
+}
+
 fn save_reproducer(seed: u64) -> Option<PathBuf> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/differential-failures");
     std::fs::create_dir_all(&dir).ok()?;
     let path = dir.join(format!("seed-{seed}.nnef.tgz"));
-    write_model(&model_for_seed(seed), &path, None).ok()?;
+    write_model(&model_for_seed(seed).model, &path, None).ok()?;
     Some(path)
 }
 

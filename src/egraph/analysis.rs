@@ -1,20 +1,18 @@
-//! The e-class analysis: the type (datum type and shape) of every tensor e-class and which of its
-//! slices are provably all zero, plus the side tables that [`Key`] leaves point into.
-//!
-//! Zero slices come from constant data and are propagated through ops whose output slice is zero
-//! when the matching input slices are: EinSum products, element-wise ops with `f(0) = 0`,
-//! multiplications, and axis bookkeeping.
+//! The e-class analysis: what is known of every tensor e-class, one fact per module — its type
+//! (datum type and shape), its all-zero slices ([`crate::egraph::zeros`]), its slices of known
+//! constant values ([`crate::egraph::known`]), the axes it sums to one along, and whether it is
+//! provably finite — plus the side tables that [`Key`] leaves point into.
 
 use crate::egraph::consts::{kept_positions, ConstStore};
 use crate::egraph::known::{self, KnownSlices};
 use crate::egraph::lang::{Key, TensorLang};
+use crate::egraph::zeros::{self, union};
 use crate::model::ops;
 use crate::util::slices::ZeroSlices;
 use egg::{Analysis, DidMerge, EGraph, Id};
 use std::collections::HashMap;
 use std::sync::Arc;
 use tract_core::internal::*;
-use tract_core::ops::array::TypedConcat;
 use tract_core::ops::nn::Softmax;
 
 /// The e-graph type of model-slim.
@@ -65,7 +63,7 @@ impl TensorInfo {
 
     /// Whether the tensor is known to be all zero: every slice of some (concrete) axis is.
     pub fn is_all_zero(&self) -> bool {
-        (0..self.zeros.len()).any(|axis| self.dim(axis) == Some(self.zeros[axis].len()))
+        zeros::all_zero(&self.zeros, |axis| self.dim(axis))
     }
 
     /// Concrete size of `axis`, if known.
@@ -345,8 +343,29 @@ fn infer_op(egraph: &mut SlimGraph, node: &TensorLang) -> TractResult<TensorInfo
     let mut fact = outputs.remove(slot);
     fact.konst = None;
     fact.uniform = None;
-    let zeros = propagate_zeros(egraph, node, op_key, &inputs, &fact);
+    let zero_to_zero = match node {
+        TensorLang::Map(_) => egraph
+            .analysis
+            .tables
+            .maps_zero_to_zero(op_key, &inputs[0], 1),
+        TensorLang::Bin(_) => egraph
+            .analysis
+            .tables
+            .maps_zero_to_zero(op_key, &inputs[0], 2),
+        _ => false,
+    };
     let op = egraph.analysis.tables.ops[op_key as usize].as_ref();
+    let operands: Vec<zeros::Operand> = node
+        .operands()
+        .iter()
+        .zip(&inputs)
+        .map(|(id, fact)| zeros::Operand {
+            fact,
+            zeros: &egraph[*id].data.zeros,
+            finite: egraph[*id].data.finite,
+        })
+        .collect();
+    let zeros = zeros::propagate(node, op, zero_to_zero, &operands, &fact);
     let mut known = known::propagate(egraph, node, op, &fact);
     for (axis, slices) in known.iter_mut().enumerate() {
         slices.retain(|(i, _)| zeros[axis].binary_search(i).is_err());
@@ -369,133 +388,6 @@ fn infer_op(egraph: &mut SlimGraph, node: &TensorLang) -> TractResult<TensorInfo
     info.sums_to_one = sums_to_one;
     info.finite = finite;
     Ok(info)
-}
-
-fn propagate_zeros(
-    egraph: &mut SlimGraph,
-    node: &TensorLang,
-    op_key: u32,
-    inputs: &[TypedFact],
-    out: &TypedFact,
-) -> ZeroSlices {
-    let rank = out.rank();
-    let none = vec![vec![]; rank];
-    let operand_zeros: Vec<ZeroSlices> = node
-        .operands()
-        .iter()
-        .map(|id| egraph[*id].data.zeros.clone())
-        .collect();
-    let operand_all_zero: Vec<bool> = node
-        .operands()
-        .iter()
-        .map(|id| egraph[*id].data.is_all_zero())
-        .collect();
-    // A zero factor makes a zero product only when the other factor is finite (0 · NaN is NaN).
-    let finite: Vec<bool> = node
-        .operands()
-        .iter()
-        .map(|id| egraph[*id].data.finite)
-        .collect();
-    let other_finite = |slot: usize| finite.iter().enumerate().all(|(s, f)| s == slot || *f);
-    let tables = &mut egraph.analysis.tables;
-    let zero_to_zero = match node {
-        TensorLang::Map(_) => tables.maps_zero_to_zero(op_key, &inputs[0], 1),
-        TensorLang::Bin(_) => tables.maps_zero_to_zero(op_key, &inputs[0], 2),
-        _ => false,
-    };
-    let op = tables.ops[op_key as usize].as_op();
-    match node {
-        TensorLang::Map(_) if zero_to_zero => operand_zeros[0].clone(),
-        TensorLang::Bin(_) => {
-            let is_mul = ops::is_mul(op);
-            if !is_mul && !zero_to_zero {
-                return none;
-            }
-            (0..rank)
-                .map(|axis| {
-                    let a = broadcast_zeros(&operand_zeros[0][axis], &inputs[0], axis, out);
-                    let b = broadcast_zeros(&operand_zeros[1][axis], &inputs[1], axis, out);
-                    if is_mul {
-                        let keep =
-                            |z: Vec<usize>, slot| if other_finite(slot) { z } else { vec![] };
-                        union(&keep(a, 0), &keep(b, 1))
-                    } else {
-                        intersection(&a, &b)
-                    }
-                })
-                .collect()
-        }
-        TensorLang::EinSum(_) => {
-            let Some(einsum) = op.downcast_ref::<tract_core::ops::einsum::EinSum>() else {
-                return none;
-            };
-            // Every product has a factor from an all-zero operand.
-            if (0..operand_all_zero.len()).any(|s| operand_all_zero[s] && other_finite(s)) {
-                return (0..rank)
-                    .map(|axis| every_slice(out.shape[axis].to_usize().unwrap_or(0)))
-                    .collect();
-            }
-            (0..rank)
-                .map(|axis| {
-                    let mut acc = vec![];
-                    let Ok(letter) = einsum.axes.axis((InOut::Out(0), axis)) else {
-                        return acc;
-                    };
-                    for (slot, input) in inputs.iter().enumerate().filter(|(s, _)| other_finite(*s))
-                    {
-                        for &ia in &letter.inputs[slot] {
-                            if input.shape[ia] == out.shape[axis] {
-                                acc = union(&acc, &operand_zeros[slot][ia]);
-                            }
-                        }
-                    }
-                    acc
-                })
-                .collect()
-        }
-        TensorLang::Along(_) if ops::along_preserves_zeros(op) => {
-            let own = ops::along_axes(op);
-            (0..rank)
-                .map(|axis| {
-                    if own.contains(&axis) {
-                        vec![]
-                    } else {
-                        operand_zeros[0][axis].clone()
-                    }
-                })
-                .collect()
-        }
-        TensorLang::Where(_) => (0..rank)
-            .map(|axis| {
-                // Zero where both choices are zero, whatever the condition.
-                let a = broadcast_zeros(&operand_zeros[1][axis], &inputs[1], axis, out);
-                let b = broadcast_zeros(&operand_zeros[2][axis], &inputs[2], axis, out);
-                intersection(&a, &b)
-            })
-            .collect(),
-        TensorLang::Bcast(_) => (0..rank)
-            .map(|axis| broadcast_zeros(&operand_zeros[0][axis], &inputs[0], axis, out))
-            .collect(),
-        TensorLang::Concat(_) => {
-            let Some(concat) = op.downcast_ref::<TypedConcat>() else {
-                return none;
-            };
-            concat_zeros(&operand_zeros, inputs, concat.axis, rank)
-        }
-        TensorLang::Axis(_) => {
-            let Some(axis_op) = op.downcast_ref::<AxisOp>() else {
-                return none;
-            };
-            let mut zeros = none;
-            for (axis, z) in operand_zeros[0].iter().enumerate() {
-                if let Some(to) = axis_op.transform_axis(axis) {
-                    zeros[to] = z.clone();
-                }
-            }
-            zeros
-        }
-        _ => none,
-    }
 }
 
 /// `where(isnan(p), 0, p)`, the guard sdpa exports put after softmax so that fully masked rows
@@ -552,34 +444,6 @@ fn carried_axes(egraph: &SlimGraph, node: &TensorLang, op: &dyn TypedOp) -> TVec
         .collect()
 }
 
-/// Zero slices of an operand as seen in the broadcast output: a size-1 zero axis is zero everywhere.
-fn broadcast_zeros(zeros: &[usize], fact: &TypedFact, axis: usize, out: &TypedFact) -> Vec<usize> {
-    if fact.shape[axis] == out.shape[axis] {
-        return zeros.to_vec();
-    }
-    match (
-        fact.shape[axis].to_usize(),
-        out.shape[axis].to_usize(),
-        zeros.first(),
-    ) {
-        (Ok(1), Ok(n), Some(0)) => every_slice(n),
-        _ => vec![],
-    }
-}
-
-/// Axes longer than this have their zero slices listed only when a constant has them, so a
-/// model declaring absurd sizes cannot make the analysis allocate without bound.
-pub const MAX_LISTED_SLICES: usize = 1 << 20;
-
-/// Every slice index of an axis of `n` slices, or none beyond [`MAX_LISTED_SLICES`].
-fn every_slice(n: usize) -> Vec<usize> {
-    if n > MAX_LISTED_SLICES {
-        vec![]
-    } else {
-        (0..n).collect()
-    }
-}
-
 /// A reshape states the sizes it reshapes; tract's typing trusts them, so a reshape applied to
 /// other sizes (a rule restricting a tensor under it) is refused here.
 fn check_reshape(op: &dyn TypedOp, inputs: &[TypedFact]) -> TractResult<()> {
@@ -592,42 +456,6 @@ fn check_reshape(op: &dyn TypedOp, inputs: &[TypedFact]) -> TractResult<()> {
         );
     }
     Ok(())
-}
-
-/// Zero slices of a two-input concatenation: along the concatenated axis, each input's own at
-/// its offset; along the others, the slices zero in both.
-fn concat_zeros(
-    operands: &[ZeroSlices],
-    inputs: &[TypedFact],
-    axis: usize,
-    rank: usize,
-) -> ZeroSlices {
-    (0..rank)
-        .map(|a| {
-            if a != axis {
-                return intersection(&operands[0][a], &operands[1][a]);
-            }
-            let Ok(offset) = inputs[0].shape[axis].to_usize() else {
-                return vec![];
-            };
-            let shifted: Vec<usize> = operands[1][a].iter().map(|i| i + offset).collect();
-            union(&operands[0][a], &shifted)
-        })
-        .collect()
-}
-
-fn intersection(a: &[usize], b: &[usize]) -> Vec<usize> {
-    a.iter()
-        .copied()
-        .filter(|i| b.binary_search(i).is_ok())
-        .collect()
-}
-
-fn union(a: &[usize], b: &[usize]) -> Vec<usize> {
-    let mut u: Vec<usize> = a.iter().chain(b).copied().collect();
-    u.sort_unstable();
-    u.dedup();
-    u
 }
 
 impl Analysis<TensorLang> for SlimAnalysis {

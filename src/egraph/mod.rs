@@ -9,3 +9,4 @@ pub(crate) mod known;
 pub(crate) mod lang;
 pub(crate) mod lower;
 pub(crate) mod raise;
+pub(crate) mod zeros;

@@ -18,7 +18,7 @@ use crate::model::verify::{compare_output, random_inputs, run};
 use crate::rules::parser::Rule;
 use crate::rules::saturate::{saturate, Limits};
 use crate::testing::random::{
-    random_attention, random_ffn, random_grouped_attention, random_stack,
+    random_attention, random_ffn, random_grouped_attention, random_stack, Planted,
 };
 use egg::Id;
 use rand::rngs::StdRng;
@@ -43,20 +43,23 @@ pub struct CheckReport {
 }
 
 /// The random model of a seed: FFNs, attention blocks, grouped-query attention blocks and
-/// stacks in turn, half of them
-/// decluttered as the pass gets models from tract.
-pub fn model_for_seed(seed: u64) -> TypedModel {
+/// stacks in turn, half of them decluttered as the pass gets models from tract.
+pub fn model_for_seed(seed: u64) -> Planted {
     let mut rng = StdRng::seed_from_u64(seed);
-    let model = match seed % 4 {
+    let planted = match seed % 4 {
         0 => random_ffn(&mut rng),
         1 => random_attention(&mut rng),
         2 => random_grouped_attention(&mut rng),
         _ => random_stack(&mut rng),
     };
     if rng.gen_bool(0.5) {
-        model.clone().into_decluttered().unwrap_or(model)
+        let model = planted.model.clone().into_decluttered();
+        Planted {
+            model: model.unwrap_or(planted.model),
+            ..planted
+        }
     } else {
-        model
+        planted
     }
 }
 
@@ -70,7 +73,7 @@ pub fn check_rules(rules: &[Rule], models: usize, first_seed: u64) -> TractResul
 }
 
 fn check_model(rules: &[Rule], seed: u64, report: &mut CheckReport) -> TractResult<()> {
-    let model = model_for_seed(seed);
+    let model = model_for_seed(seed).model;
     let inputs = random_inputs(&model, seed, &SymbolValues::default())?;
     let expected = run(&model, inputs.clone())?;
     let lowered = lower(&model)?;

@@ -44,8 +44,34 @@ pub fn einsum(expr: &str) -> EinSum {
     EinSum::new(expr.parse().unwrap(), f32::datum_type())
 }
 
+/// A random model, and how much of it the pass must cut.
+pub struct Planted {
+    /// The model.
+    pub model: TypedModel,
+    /// Weight elements the pass must remove: the consumers' whole zero input slices (FFN
+    /// channels, heads of output projections) where the other operand is provably finite.
+    /// Partial zeros and zeros behind ops the rules do not know are not counted.
+    pub removable_weights: usize,
+}
+
+/// Elements of `t` in whole zero blocks of `width` consecutive slices of `axis`.
+pub fn zero_block_elements(t: &Tensor, axis: usize, width: usize) -> usize {
+    let view = t.to_plain_array_view::<f32>().unwrap();
+    let per_slice = t.len() / t.shape()[axis];
+    let zero_slice = |i: usize| {
+        view.index_axis(tract_ndarray::Axis(axis), i)
+            .iter()
+            .all(|v| *v == 0.0)
+    };
+    let blocks = t.shape()[axis] / width;
+    let zero_blocks = (0..blocks)
+        .filter(|b| (b * width..(b + 1) * width).all(zero_slice))
+        .count();
+    zero_blocks * width * per_slice
+}
+
 /// A random FFN-shaped model: producers → element-wise stuff → consumer with zero input slices.
-pub fn random_ffn(rng: &mut StdRng) -> TypedModel {
+pub fn random_ffn(rng: &mut StdRng) -> Planted {
     let (s, h, f, p) = (
         rng.gen_range(1..5),
         rng.gen_range(2..9),
@@ -127,6 +153,14 @@ pub fn random_ffn(rng: &mut StdRng) -> TypedModel {
     } else {
         zero_random_slices(rng, &mut w2, 0);
     }
+    // Every function between the linears keeps finite values finite: its zero rows go, and an
+    // all-zero block goes when a residual connection absorbs it (else it is the output).
+    let zero_rows = zero_block_elements(&w2, 0, 1);
+    let removable_weights = if zero_rows == w2.len() && !residual {
+        0
+    } else {
+        zero_rows
+    };
     let w2 = m.add_const("down.w", w2).unwrap();
     let mut y = m
         .wire_node("down", einsum("amn,np->amp"), &[a, w2])
@@ -142,7 +176,10 @@ pub fn random_ffn(rng: &mut StdRng) -> TypedModel {
         y = m.wire_node("residual", add(), &operands).unwrap()[0];
     }
     m.select_output_outlets(&[y]).unwrap();
-    m
+    Planted {
+        model: m,
+        removable_weights,
+    }
 }
 
 /// Zeroes whole heads (blocks of `head_dim` slices of `axis`) at random; returns how many.
@@ -172,7 +209,7 @@ pub fn zero_random_heads(
 /// split into heads, scaled scores, an optional additive mask, softmax over the keys, context,
 /// heads merged back, output projection. Random zeros: whole heads in the output projection's
 /// input (removable), whole heads of the V projection (constant heads, folded), and partial ones.
-pub fn random_attention(rng: &mut StdRng) -> TypedModel {
+pub fn random_attention(rng: &mut StdRng) -> Planted {
     let (s, hidden, heads, d) = (
         rng.gen_range(1..5),
         rng.gen_range(2..9),
@@ -225,6 +262,8 @@ pub fn random_attention(rng: &mut StdRng) -> TypedModel {
     if zero_random_heads(rng, &mut wo, 0, d, 0.4) == 0 && d > 1 {
         zero_random_slices(rng, &mut wo, 0);
     }
+    // Masks are finite, so every softmax row is: zero heads of the output projection go.
+    let removable_weights = zero_block_elements(&wo, 0, d);
     let wo = m.add_const("out.w", wo).unwrap();
     let out = m
         .wire_node("out", einsum("ami,io->amo"), &[merged, wo])
@@ -240,7 +279,10 @@ pub fn random_attention(rng: &mut StdRng) -> TypedModel {
     };
     let y = m.wire_node("residual", add(), &operands).unwrap()[0];
     m.select_output_outlets(&[y]).unwrap();
-    m
+    Planted {
+        model: m,
+        removable_weights,
+    }
 }
 
 /// A random attention block as default exports write it: grouped-query attention (1–2 KV
@@ -248,11 +290,11 @@ pub fn random_attention(rng: &mut StdRng) -> TypedModel {
 /// position embeddings (`rotate_half`: slices, a negation and a concatenation) on Q and K,
 /// sdpa's NaN guard after softmax, and a mask that is finite or -inf. Random zeros: query heads
 /// in the output projection (some groups whole, some partly), KV heads in V.
-pub fn random_grouped_attention(rng: &mut StdRng) -> TypedModel {
+pub fn random_grouped_attention(rng: &mut StdRng) -> Planted {
     random_grouped_attention_checked(rng).expect("a well-formed random attention block")
 }
 
-fn random_grouped_attention_checked(rng: &mut StdRng) -> TractResult<TypedModel> {
+fn random_grouped_attention_checked(rng: &mut StdRng) -> TractResult<Planted> {
     let (s, hidden) = (rng.gen_range(1..5), rng.gen_range(2..9));
     // Mostly several groups of several heads: the case where heads lie along two axes.
     let kv = if rng.gen_bool(0.75) { 2 } else { 1 };
@@ -298,8 +340,10 @@ fn random_grouped_attention_checked(rng: &mut StdRng) -> TractResult<TypedModel>
         let scale = m.add_const("scale", tensor4(&[[[[0.5f32]]]]))?;
         m.wire_node("scaled", mul(), &[scores, scale])?[0]
     };
+    let mut infinite_mask = false;
     if rng.gen_bool(0.6) {
-        let masked = if rng.gen_bool(0.5) {
+        infinite_mask = rng.gen_bool(0.5);
+        let masked = if infinite_mask {
             f32::NEG_INFINITY
         } else {
             -1e4
@@ -317,7 +361,8 @@ fn random_grouped_attention_checked(rng: &mut StdRng) -> TractResult<TypedModel>
         kind: SoftmaxKind::default(),
     };
     let mut probs = m.wire_node("softmax", softmax, &[scores])?[0];
-    if rng.gen_bool(0.7) {
+    let nan_guard = rng.gen_bool(0.7);
+    if nan_guard {
         // sdpa: rows that are all NaN (every key masked with -inf) become zeros.
         let nan = m.wire_node("isnan", tract_core::ops::math::is_nan(), &[probs])?[0];
         let zero = m.add_const("zero", tensor4(&[[[[0f32]]]]))?;
@@ -342,6 +387,12 @@ fn random_grouped_attention_checked(rng: &mut StdRng) -> TractResult<TypedModel>
         }
     }
     zero_random_heads(rng, &mut wo, 0, d, 0.4);
+    // A fully -inf-masked row is NaN without sdpa's guard, and 0 · NaN is not 0: those stay.
+    let removable_weights = if infinite_mask && !nan_guard {
+        0
+    } else {
+        zero_block_elements(&wo, 0, d)
+    };
     let wo = m.add_const("out.w", wo)?;
     let out = if swap {
         m.wire_node("out", einsum("io,ami->amo"), &[wo, merged])?[0]
@@ -352,7 +403,10 @@ fn random_grouped_attention_checked(rng: &mut StdRng) -> TractResult<TypedModel>
     let out = m.wire_node("out.bias", add(), &[out, bo])?[0];
     let y = m.wire_node("residual", add(), &[x, out])?[0];
     m.select_output_outlets(&[y])?;
-    Ok(m)
+    Ok(Planted {
+        model: m,
+        removable_weights,
+    })
 }
 
 /// Rotary embeddings on `[1, s, heads, d]`: `t·cos + rotate_half(t)·sin`, where `rotate_half`
@@ -520,15 +574,16 @@ fn layer_norm(
 /// attention (1–8 heads; separate or fused QKV, the fused one split by slices; optional mask),
 /// layer norms, residuals, a concatenation the rules do not know, and a weight shared by two
 /// layers.
-pub fn random_stack(rng: &mut StdRng) -> TypedModel {
+pub fn random_stack(rng: &mut StdRng) -> Planted {
     random_stack_checked(rng).expect("a well-formed random stack")
 }
 
-fn random_stack_checked(rng: &mut StdRng) -> TractResult<TypedModel> {
+fn random_stack_checked(rng: &mut StdRng) -> TractResult<Planted> {
     let (s, h) = (rng.gen_range(1..5), rng.gen_range(2..9));
     let mut m = TypedModel::default();
     let mut x = m.add_source("x", f32::fact([1, s, h]))?;
     let mut shared: Option<OutletId> = None;
+    let mut removable_weights = 0;
     for block in 0..rng.gen_range(1..4) {
         let name = |part: &str| format!("b{block}.{part}");
         let y = match rng.gen_range(0..4) {
@@ -542,10 +597,15 @@ fn random_stack_checked(rng: &mut StdRng) -> TractResult<TypedModel> {
                 }
                 let mut w = random_tensor(rng, &[f, h]);
                 zero_random_slices(rng, &mut w, 0);
+                removable_weights += zero_block_elements(&w, 0, 1);
                 let w = m.add_const(name("down.w"), w)?;
                 m.wire_node(name("down"), einsum("amk,kn->amn"), &[a, w])?[0]
             }
-            2 => attention(&mut m, rng, &name("attn"), x, h)?,
+            2 => {
+                let (out, removable) = attention(&mut m, rng, &name("attn"), x, h)?;
+                removable_weights += removable;
+                out
+            }
             _ => {
                 // An op the rules do not know, between two linear layers.
                 let concat = tract_core::ops::array::TypedConcat::new(2);
@@ -569,17 +629,21 @@ fn random_stack_checked(rng: &mut StdRng) -> TractResult<TypedModel> {
         }
     }
     m.select_output_outlets(&[x])?;
-    Ok(m)
+    Ok(Planted {
+        model: m,
+        removable_weights,
+    })
 }
 
-/// Multi-head attention on `x` [1, s, h], returning the output projection's result.
+/// Multi-head attention on `x` [1, s, h]: the output projection's result, and the weights of
+/// its zero heads (removable: masks are finite).
 fn attention(
     m: &mut TypedModel,
     rng: &mut StdRng,
     name: &str,
     x: OutletId,
     h: usize,
-) -> TractResult<OutletId> {
+) -> TractResult<(OutletId, usize)> {
     let (heads, d) = (rng.gen_range(1..9), rng.gen_range(1..4));
     let inner = heads * d;
     let s = m.outlet_fact(x)?.shape[1].to_usize()?;
@@ -635,7 +699,8 @@ fn attention(
     let merged = m.wire_node(format!("{name}.merged"), merge, &[context])?[0];
     let mut wo = random_tensor(rng, &[inner, h]);
     zero_random_heads(rng, &mut wo, 0, d, 0.4);
+    let removable = zero_block_elements(&wo, 0, d);
     let wo = m.add_const(format!("{name}.out.w"), wo)?;
-    m.wire_node(format!("{name}.out"), einsum("ami,io->amo"), &[merged, wo])
-        .map(|o| o[0])
+    let out = m.wire_node(format!("{name}.out"), einsum("ami,io->amo"), &[merged, wo])?[0];
+    Ok((out, removable))
 }
