@@ -78,6 +78,8 @@ pub use autoslim::prune::{choose, magnitude_scores, Plan, PlanGroup, Targets};
 pub use model::stats::zero_units;
 
 // Rules, for rule authors.
+pub use egraph::lang::Sort;
+pub use rules::guards::guards_markdown;
 pub use rules::parser::{default_rules, load_dir, parse, Rule, RuleError};
 
 // Tools.

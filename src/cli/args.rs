@@ -108,6 +108,8 @@ pub enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// List the guards rules may call, with the sorts of their arguments (Markdown).
+    Guards,
     /// Slim a small transformer built into the binary and verify it.
     #[command(after_help = "Example:\n  model-slim demo --report demo.json")]
     Demo {

@@ -116,6 +116,10 @@ pub fn run(ctx: &Context, command: Command) -> Result<(), Failure> {
         Command::CheckRules { dir, models, seed } => {
             run_check_rules(ctx, dir.as_deref(), models, seed)
         }
+        Command::Guards => {
+            print!("{}", model_slim::guards_markdown());
+            Ok(())
+        }
     }
 }
 
@@ -524,8 +528,8 @@ fn run_check_rules(
             )
             .map_err(|e| SlimError::stage("check-rules", e))?;
         let mut out = format!(
-            "{name}: {} models, {} alternatives compared\n",
-            report.models, report.alternatives
+            "{name}: {} models, {} alternatives compared, {} unextractable (cyclic, not compared)\n",
+            report.models, report.alternatives, report.unextractable
         );
         for rule in rules.iter().filter(|r| dir.is_none() || &r.name == name) {
             let fired = report.fired.get(&rule.name).copied().unwrap_or(0);

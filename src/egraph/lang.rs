@@ -64,6 +64,46 @@ impl FromStr for Key {
     }
 }
 
+/// What a position of a term holds, so that rules can be checked before they run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sort {
+    /// A tensor: an operation node, a constant or a model input.
+    Tensor,
+    /// A tract operator (`Key::Op`).
+    Op,
+    /// An axis number.
+    Axis,
+    /// A set of kept slices (`Key::Set`).
+    Set,
+    /// An integer literal (an operand position, an output slot).
+    Int,
+}
+
+impl Sort {
+    /// The sort's name with its article ("an op", "a tensor"), for messages.
+    pub fn a(self) -> &'static str {
+        match self {
+            Sort::Tensor => "a tensor",
+            Sort::Op => "an op",
+            Sort::Axis => "an axis",
+            Sort::Set => "a set",
+            Sort::Int => "an integer",
+        }
+    }
+}
+
+impl fmt::Display for Sort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Sort::Tensor => "tensor",
+            Sort::Op => "op",
+            Sort::Axis => "axis",
+            Sort::Set => "set",
+            Sort::Int => "integer",
+        })
+    }
+}
+
 define_language! {
     /// The tensor language model-slim's rules are written in; the module docs say what each
     /// term means (egg's macro takes no docs on variants).
@@ -85,6 +125,17 @@ define_language! {
 }
 
 impl TensorLang {
+    /// The sort of child `index` of a node with this operator.
+    pub fn child_sort(&self, index: usize) -> Sort {
+        match (self, index) {
+            (TensorLang::Keep(_), 0) => Sort::Axis,
+            (TensorLang::Keep(_), 1) => Sort::Set,
+            (TensorLang::Opaque(_), 1) => Sort::Int,
+            (_, 0) => Sort::Op,
+            _ => Sort::Tensor,
+        }
+    }
+
     /// The children that are tensors (not op/axis/set parameters), in operand order.
     pub fn operands(&self) -> &[Id] {
         match self {

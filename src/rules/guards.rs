@@ -9,37 +9,17 @@
 //! Every function is exact: it only states facts about the e-graph (shapes, constant data, op
 //! parameters) or builds parameters (axis numbers, index sets, sliced constants).
 //!
-//! | function | arguments | binds | meaning |
-//! |---|---|---|---|
-//! | `zero-contraction` | `?op ?x ?y` | axis in x, axis in y, kept set | for each axis the EinSum contracts, the slices where x or y is all zero are droppable: binds the axes and the non-zero slices (only when some can go) |
-//! | `constant-contraction` | `?op ?x ?y` | axis in x, axis in y, kept set, tensor, op | for each axis the EinSum contracts where one operand has known constant slices (see `known.rs`) and the other is a constant: the slices to keep, the dropped slices' contribution (their EinSum, computed) and the addition op to add it with |
-//! | `constant-sum` | `?a ?b` | tensor | the sum of two constants of one rank |
-//! | `einsum-axis` | `?op ?a K ?t` | axis | the axis of operand K (0 or 1, tensor ?t) that carries output axis ?a at full size |
-//! | `einsum-lacks` | `?op ?a K ?t` | — | operand K does not carry output axis ?a, or only with size 1 (broadcast) |
-//! | `all-zero` | `?t` | — | tensor ?t is known to be all zero (every slice of some axis is) |
-//! | `addition` | `?op` | — | ?op is element-wise addition |
-//! | `broadcasts-into` | `?t ?u` | — | ?t has ?u's rank and each of its axes has ?u's size or 1, so ?t ⊕ ?u has ?u's shape |
-//! | `full` | `?t ?a` | — | tensor ?t has size other than 1 on axis ?a |
-//! | `broadcast` | `?t ?a` | — | tensor ?t has size 1 on axis ?a |
-//! | `free-axis` | `?op ?a` | — | the `along` op does not work along axis ?a |
-//! | `axis-source` | `?op ?a` | axis | the input axis the axis op moves to output axis ?a unchanged |
-//! | `reshape-groups` | `?op ?a ?i` | axis, set, op | for a reshape that splits one axis into groups × rest (channels → heads × head_dim) or merges them back, and ?a its group (or merged) output axis: the input axis, the input slices restriction ?i needs, and the reshape of the restricted input (a merge only restricts to whole groups) |
-//! | `slice-const` | `?c ?a ?i` | tensor | the constant ?c restricted to slices ?i of axis ?a |
-//! | `compose` | `?outer ?inner` | set | keeping ?inner then ?outer keeps this set of the original |
-//! | `everything` | `?i ?t ?a` | — | set ?i holds every slice of axis ?a of ?t |
-//! | `canonical-axis-op` | `?op` | op | the simpler axis op a reshape amounts to (adding, removing or moving a size-1 axis), when it is one |
-//! | `inverse-axis-ops` | `?inner ?outer` | — | the axis op ?outer undoes ?inner (adds back the axis it removed, moves it back, reshapes back) |
-//! | `restricted` | `?t ?a ?i` | tensor | `(keep ?a ?i ?t)` when ?t has full size on axis ?a; ?t itself when it is broadcast there (size 1) |
-//! | `concat-other-axis` | `?op ?a` | — | ?op concatenates along an axis other than ?a |
-//! | `broadcast-restricted` | `?op ?a ?i` | op | the broadcast ?op with its target size on axis ?a reduced to the size of ?i |
-//! | `merged-zero-heads` | `?op ?x ?w K` | op, op, tensor | for two contracted letters adjacent in both operands (KV group × head within group) whose merged slices of the constant ?w (operand K) are zero where neither axis alone shows it: the EinSum over the merged letter, the reshape merging them in ?x, and ?w reshaped |
-//! | `unfolded-split-operand` | `?merge ?op ?split ?p ?y K` | op, op, op, op | for an EinSum whose operand K is attention probabilities ?p split in two axes (`?split`) that `?merge` merges again at the output, and whose other operand ?y has the outer axis only: the EinSum over the whole axis, and the add-axis, broadcast and merge that repeat ?y along the inner one |
-//! | `repeat-groups` | `?merge ?bc ?x ?a ?i` | set, op, op | for `(axis ?merge (bcast ?bc ?x))` repeating each slice of ?x's axis ?a over a new inner axis then merging both (grouped-query `repeat_kv`), and a restriction ?i keeping the same number of slices of every group it touches: the groups, and the smaller broadcast and merge |
-//! | `repeat-picks` | `?merge ?bc ?x ?a ?i` | set, op | the same repetition restricted to different numbers of slices per group (or one per group): the group of each kept slice (a selection with repeats) and the op removing the inner axis |
+//! Each guard declares the [`Sort`] of every argument and binding, and the parser checks them
+//! against the sorts the rule's pattern gives its variables: a rule passing a tensor where an op
+//! is expected is a parse error, not a rule that never fires.
+//!
+//! The guards, generated from [`GUARDS`] (`rules/GUARDS.md`, which a test keeps equal to it):
+//!
+#![doc = include_str!("../../rules/GUARDS.md")]
 
 use crate::egraph::analysis::{const_of, infer, num_of, op_of, set_key_of, set_of, SlimGraph};
 use crate::egraph::known;
-use crate::egraph::lang::{Key, TensorLang};
+use crate::egraph::lang::{Key, Sort, TensorLang};
 use crate::model::ops;
 use egg::Id;
 use std::sync::Arc;
@@ -47,6 +27,7 @@ use tract_core::internal::*;
 use tract_core::ops::array::{MultiBroadcastTo, TypedConcat};
 use tract_core::ops::einsum::EinSum;
 use tract_core::ops::nn::Softmax;
+use Sort as S;
 
 /// An argument of a guard call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,182 +45,217 @@ pub type Alternatives = Vec<Vec<Id>>;
 pub struct Guard {
     /// The name rules call it by.
     pub name: &'static str,
-    /// Argument names, for error messages and docs (`?x` for tensors, `K` for integers).
-    pub params: &'static [&'static str],
-    /// How many e-classes each alternative binds.
-    pub binds: usize,
-    /// One line saying what it answers.
+    /// Arguments: a name for messages and docs (`?x`, or `K` for an integer literal), and the
+    /// sort each must have.
+    pub params: &'static [(&'static str, Sort)],
+    /// The sort of each e-class an alternative binds, in order.
+    pub binds: &'static [Sort],
+    /// What it answers.
     pub doc: &'static str,
     /// The computation.
     pub run: fn(&mut SlimGraph, &[Arg]) -> Alternatives,
 }
 
-/// Every guard a rule may call.
+/// Every guard a rule may call: the one list that the rules README's table, these docs and
+/// the parser's checks come from.
 pub static GUARDS: &[Guard] = &[
     Guard {
         name: "zero-contraction",
-        params: &["?op", "?x", "?y"],
-        binds: 3,
-        doc: "Contracted EinSum axes with all-zero slices in either operand: (axis in x, axis in y, kept set).",
+        params: &[("?op", S::Op), ("?x", S::Tensor), ("?y", S::Tensor)],
+        binds: &[S::Axis, S::Axis, S::Set],
+        doc: "for each axis the EinSum contracts, the slices where x or y is all zero are droppable: binds the axes and the non-zero slices (only when some can go)",
         run: zero_contraction,
     },
     Guard {
         name: "constant-contraction",
-        params: &["?op", "?x", "?y"],
-        binds: 5,
-        doc: "Contracted EinSum axes where one operand has known constant slices and the other is a constant: (axis in x, axis in y, kept set, their contribution, addition).",
+        params: &[("?op", S::Op), ("?x", S::Tensor), ("?y", S::Tensor)],
+        binds: &[S::Axis, S::Axis, S::Set, S::Tensor, S::Op],
+        doc: "for each axis the EinSum contracts where one operand has known constant slices (see `known.rs`) and the other is a constant: the slices to keep, the dropped slices' contribution (their EinSum, computed) and the addition op to add it with",
         run: constant_contraction,
     },
     Guard {
         name: "constant-sum",
-        params: &["?a", "?b"],
-        binds: 1,
-        doc: "The sum of two constants of one rank (broadcasting).",
+        params: &[("?a", S::Tensor), ("?b", S::Tensor)],
+        binds: &[S::Tensor],
+        doc: "the sum of two constants of one rank",
         run: constant_sum,
     },
     Guard {
         name: "einsum-axis",
-        params: &["?op", "?a", "K", "?t"],
-        binds: 1,
-        doc: "Axis of EinSum operand K carrying output axis ?a at full size.",
+        params: &[("?op", S::Op), ("?a", S::Axis), ("K", S::Int), ("?t", S::Tensor)],
+        binds: &[S::Axis],
+        doc: "the axis of operand K (0 or 1, tensor ?t) that carries output axis ?a at full size",
         run: einsum_axis,
     },
     Guard {
         name: "einsum-lacks",
-        params: &["?op", "?a", "K", "?t"],
-        binds: 0,
-        doc: "EinSum operand K does not carry output axis ?a, or carries it with size 1.",
+        params: &[("?op", S::Op), ("?a", S::Axis), ("K", S::Int), ("?t", S::Tensor)],
+        binds: &[],
+        doc: "operand K does not carry output axis ?a, or only with size 1 (broadcast)",
         run: einsum_lacks,
     },
     Guard {
         name: "all-zero",
-        params: &["?t"],
-        binds: 0,
-        doc: "Tensor ?t is known to be all zero.",
+        params: &[("?t", S::Tensor)],
+        binds: &[],
+        doc: "tensor ?t is known to be all zero (every slice of some axis is)",
         run: all_zero,
     },
     Guard {
         name: "addition",
-        params: &["?op"],
-        binds: 0,
-        doc: "?op is element-wise addition.",
+        params: &[("?op", S::Op)],
+        binds: &[],
+        doc: "?op is element-wise addition",
         run: addition,
     },
     Guard {
         name: "broadcasts-into",
-        params: &["?t", "?u"],
-        binds: 0,
-        doc: "Tensor ?t has ?u's rank, and each axis of ?t has ?u's size or size 1.",
+        params: &[("?t", S::Tensor), ("?u", S::Tensor)],
+        binds: &[],
+        doc: "?t has ?u's rank and each of its axes has ?u's size or 1, so ?t ⊕ ?u has ?u's shape",
         run: broadcasts_into,
     },
-    Guard { name: "full", params: &["?t", "?a"], binds: 0, doc: "Axis ?a of ?t has size other than 1.", run: full },
-    Guard { name: "broadcast", params: &["?t", "?a"], binds: 0, doc: "Axis ?a of ?t has size 1.", run: broadcast },
+    Guard {
+        name: "full",
+        params: &[("?t", S::Tensor), ("?a", S::Axis)],
+        binds: &[],
+        doc: "tensor ?t has size other than 1 on axis ?a",
+        run: full,
+    },
+    Guard {
+        name: "broadcast",
+        params: &[("?t", S::Tensor), ("?a", S::Axis)],
+        binds: &[],
+        doc: "tensor ?t has size 1 on axis ?a",
+        run: broadcast,
+    },
     Guard {
         name: "free-axis",
-        params: &["?op", "?a"],
-        binds: 0,
-        doc: "The along-op ?op does not work along axis ?a.",
+        params: &[("?op", S::Op), ("?a", S::Axis)],
+        binds: &[],
+        doc: "the `along` op does not work along axis ?a",
         run: free_axis,
     },
     Guard {
         name: "axis-source",
-        params: &["?op", "?a"],
-        binds: 1,
-        doc: "Input axis that the axis op carries unchanged to output axis ?a.",
+        params: &[("?op", S::Op), ("?a", S::Axis)],
+        binds: &[S::Axis],
+        doc: "the input axis the axis op moves to output axis ?a unchanged",
         run: axis_source,
     },
     Guard {
         name: "reshape-groups",
-        params: &["?op", "?a", "?i"],
-        binds: 3,
-        doc: "Reshape splitting an axis into groups (or merging groups) at output axis ?a: input axis, input slices restriction ?i needs, and the restricted reshape.",
+        params: &[("?op", S::Op), ("?a", S::Axis), ("?i", S::Set)],
+        binds: &[S::Axis, S::Set, S::Op],
+        doc: "for a reshape that splits one axis into groups × rest (channels → heads × head_dim) or merges them back, and ?a its group (or merged) output axis: the input axis, the input slices restriction ?i needs, and the reshape of the restricted input (a merge only restricts to whole groups)",
         run: reshape_groups,
     },
     Guard {
         name: "slice-const",
-        params: &["?c", "?a", "?i"],
-        binds: 1,
-        doc: "The constant ?c restricted to slices ?i of axis ?a.",
+        params: &[("?c", S::Tensor), ("?a", S::Axis), ("?i", S::Set)],
+        binds: &[S::Tensor],
+        doc: "the constant ?c restricted to slices ?i of axis ?a",
         run: slice_const,
     },
     Guard {
         name: "compose",
-        params: &["?outer", "?inner"],
-        binds: 1,
-        doc: "The set kept by keeping ?inner, then ?outer.",
+        params: &[("?outer", S::Set), ("?inner", S::Set)],
+        binds: &[S::Set],
+        doc: "keeping ?inner then ?outer keeps this set of the original",
         run: compose,
     },
     Guard {
         name: "canonical-axis-op",
-        params: &["?op"],
-        binds: 1,
-        doc: "The add, remove or move of a size-1 axis a reshape ?op amounts to, when it is one.",
+        params: &[("?op", S::Op)],
+        binds: &[S::Op],
+        doc: "the simpler axis op a reshape amounts to (adding, removing or moving a size-1 axis), when it is one",
         run: canonical_axis_op,
     },
     Guard {
         name: "inverse-axis-ops",
-        params: &["?inner", "?outer"],
-        binds: 0,
-        doc: "The axis op ?outer undoes the axis op ?inner.",
+        params: &[("?inner", S::Op), ("?outer", S::Op)],
+        binds: &[],
+        doc: "the axis op ?outer undoes ?inner (adds back the axis it removed, moves it back, reshapes back)",
         run: inverse_axis_ops,
     },
     Guard {
         name: "restricted",
-        params: &["?t", "?a", "?i"],
-        binds: 1,
-        doc: "?t restricted to slices ?i of axis ?a, or ?t itself where it is broadcast (size 1) on ?a.",
+        params: &[("?t", S::Tensor), ("?a", S::Axis), ("?i", S::Set)],
+        binds: &[S::Tensor],
+        doc: "`(keep ?a ?i ?t)` when ?t has full size on axis ?a; ?t itself when it is broadcast there (size 1)",
         run: restricted,
     },
     Guard {
         name: "concat-other-axis",
-        params: &["?op", "?a"],
-        binds: 0,
-        doc: "The concatenation ?op joins along an axis other than ?a.",
+        params: &[("?op", S::Op), ("?a", S::Axis)],
+        binds: &[],
+        doc: "?op concatenates along an axis other than ?a",
         run: concat_other_axis,
     },
     Guard {
         name: "broadcast-restricted",
-        params: &["?op", "?a", "?i"],
-        binds: 1,
-        doc: "The broadcast ?op with its target size on axis ?a reduced to the size of set ?i.",
+        params: &[("?op", S::Op), ("?a", S::Axis), ("?i", S::Set)],
+        binds: &[S::Op],
+        doc: "the broadcast ?op with its target size on axis ?a reduced to the size of ?i",
         run: broadcast_restricted,
     },
     Guard {
         name: "merged-zero-heads",
-        params: &["?op", "?x", "?w", "K"],
-        binds: 3,
-        doc: "Adjacent contracted letters whose merged slices of constant ?w (operand K) are zero where neither alone shows it: (merged EinSum, merge of ?x, merged ?w).",
+        params: &[("?op", S::Op), ("?x", S::Tensor), ("?w", S::Tensor), ("K", S::Int)],
+        binds: &[S::Op, S::Op, S::Tensor],
+        doc: "for two contracted letters adjacent in both operands (KV group × head within group) whose merged slices of the constant ?w (operand K) are zero where neither axis alone shows it: the EinSum over the merged letter, the reshape merging them in ?x, and ?w reshaped",
         run: merged_zero_heads,
     },
     Guard {
         name: "unfolded-split-operand",
-        params: &["?merge", "?op", "?split", "?p", "?y", "K"],
-        binds: 4,
-        doc: "EinSum whose operand K, attention probabilities ?p, is split in two axes that ?merge merges back at the output, ?y having the outer one only: (EinSum over the whole axis, add-axis, broadcast, merge repeating ?y).",
+        params: &[("?merge", S::Op), ("?op", S::Op), ("?split", S::Op), ("?p", S::Tensor), ("?y", S::Tensor), ("K", S::Int)],
+        binds: &[S::Op, S::Op, S::Op, S::Op],
+        doc: "for an EinSum whose operand K is attention probabilities ?p split in two axes (`?split`) that `?merge` merges again at the output, and whose other operand ?y has the outer axis only: the EinSum over the whole axis, and the add-axis, broadcast and merge that repeat ?y along the inner one",
         run: unfolded_split_operand,
     },
     Guard {
         name: "repeat-groups",
-        params: &["?merge", "?bc", "?x", "?a", "?i"],
-        binds: 3,
-        doc: "A repetition of ?x's groups (broadcast then merge) restricted to equal counts (two or more) per kept group: (kept groups, smaller broadcast, smaller merge).",
+        params: &[("?merge", S::Op), ("?bc", S::Op), ("?x", S::Tensor), ("?a", S::Axis), ("?i", S::Set)],
+        binds: &[S::Set, S::Op, S::Op],
+        doc: "for `(axis ?merge (bcast ?bc ?x))` repeating each slice of ?x's axis ?a over a new inner axis then merging both (grouped-query `repeat_kv`), and a restriction ?i keeping the same number of slices of every group it touches: the groups, and the smaller broadcast and merge",
         run: repeat_groups,
     },
     Guard {
         name: "repeat-picks",
-        params: &["?merge", "?bc", "?x", "?a", "?i"],
-        binds: 2,
-        doc: "A repetition of ?x's groups restricted to unequal counts per group, or one per group: (the group of each kept slice, removal of the inner axis).",
+        params: &[("?merge", S::Op), ("?bc", S::Op), ("?x", S::Tensor), ("?a", S::Axis), ("?i", S::Set)],
+        binds: &[S::Set, S::Op],
+        doc: "the same repetition restricted to different numbers of slices per group (or one per group): the group of each kept slice (a selection with repeats) and the op removing the inner axis",
         run: repeat_picks,
     },
     Guard {
         name: "everything",
-        params: &["?i", "?t", "?a"],
-        binds: 0,
-        doc: "Set ?i holds every slice of axis ?a of ?t.",
+        params: &[("?i", S::Set), ("?t", S::Tensor), ("?a", S::Axis)],
+        binds: &[],
+        doc: "set ?i holds every slice of axis ?a of ?t",
         run: everything,
     },
 ];
+
+/// The guard table of `rules/GUARDS.md`, from [`GUARDS`].
+pub fn guards_markdown() -> String {
+    let mut md = String::from("| guard | arguments | binds | meaning |\n|---|---|---|---|\n");
+    for g in GUARDS {
+        let params: Vec<String> = g.params.iter().map(|(n, s)| format!("`{n}` {s}")).collect();
+        let binds: Vec<String> = g.binds.iter().map(Sort::to_string).collect();
+        let binds = if binds.is_empty() {
+            "—".to_string()
+        } else {
+            binds.join(", ")
+        };
+        md += &format!(
+            "| `{}` | {} | {binds} | {} |\n",
+            g.name,
+            params.join(", "),
+            g.doc
+        );
+    }
+    md
+}
 
 /// Looks a guard up by name.
 pub fn guard(name: &str) -> Option<&'static Guard> {
@@ -1040,4 +1056,35 @@ fn holds_probabilities(egraph: &SlimGraph, id: Id, depth: usize) -> bool {
         TensorLang::Where([_, _, _, p]) if depth > 0 => holds_probabilities(egraph, *p, depth - 1),
         _ => false,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_guard_table_is_generated_from_the_registry() {
+        let expected = guards_markdown();
+        let written = include_str!("../../rules/GUARDS.md");
+        assert!(
+            written == expected,
+            "rules/GUARDS.md differs from the registry; write this:\n{expected}"
+        );
+        let readme = include_str!("../../rules/README.md");
+        assert!(
+            readme.contains("(GUARDS.md)"),
+            "rules/README.md must link GUARDS.md"
+        );
+    }
+
+    #[test]
+    fn guard_names_are_unique() {
+        for (i, g) in GUARDS.iter().enumerate() {
+            assert!(
+                GUARDS[..i].iter().all(|h| h.name != g.name),
+                "{} twice",
+                g.name
+            );
+        }
+    }
 }

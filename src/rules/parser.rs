@@ -4,6 +4,7 @@
 //! # Free comments say why a group of rules is sound.
 //!
 //! ## One-line doc comment of the rule (required).
+//! #= f(x)[I] = f(x[I]) for an element-wise f      (the identity that makes it sound)
 //! rule keep-through-map
 //!   match (keep ?a ?i (map ?f ?x))
 //!   let ?b = some-guard(?f, ?a)      # zero or more `let`/`if` clauses, in order
@@ -11,12 +12,15 @@
 //!   => (map ?f (keep ?a ?i ?x))
 //! ```
 //!
-//! The guards a clause may call are listed in [`crate::rules::guards`]. The default rules are embedded
-//! in the binary; [`load_dir`] adds a user's own.
+//! The guards a clause may call are listed in [`crate::rules::guards`]. Every variable has a
+//! [`Sort`] (tensor, op, axis, set), given by its position in the `match` pattern or by the guard
+//! that binds it; a guard argument or a right-hand-side position of another sort is a parse
+//! error. The default rules are embedded in the binary; [`load_dir`] adds a user's own.
 
-use crate::egraph::lang::TensorLang;
-use crate::rules::guards::{guard, Guard};
-use egg::{Pattern, PatternAst, Var};
+use crate::egraph::lang::{Sort, TensorLang};
+use crate::rules::guards::{guard, Guard, GUARDS};
+use egg::{ENodeOrVar, Language, Pattern, PatternAst, Var};
+use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 
@@ -99,6 +103,8 @@ pub struct Rule {
     pub name: String,
     /// Its `##` doc comment.
     pub doc: String,
+    /// Its `#=` line: the identity that makes it sound.
+    pub identity: Option<String>,
     /// The left-hand side.
     pub lhs: Pattern<TensorLang>,
     /// `let` and `if` clauses, in order.
@@ -145,132 +151,204 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Rule>, RuleError> {
 struct Draft {
     name: String,
     doc: String,
+    identity: Option<String>,
     origin: Origin,
     lhs: Option<Pattern<TensorLang>>,
     clauses: Vec<Clause>,
     rhs: Option<PatternAst<TensorLang>>,
-    bound: Vec<Var>,
+    /// The sort of every variable bound so far (by `match` or a `let`).
+    sorts: HashMap<Var, Sort>,
+}
+
+/// A rule file being read line by line.
+struct FileParser<'a> {
+    file: &'a str,
+    rules: Vec<Rule>,
+    /// The `##` doc comment waiting for its rule.
+    doc: Option<String>,
+    /// The `#=` identity waiting for its rule.
+    identity: Option<String>,
+    draft: Option<Draft>,
 }
 
 /// Parses one rule file.
 pub fn parse(file: &str, text: &str) -> Result<Vec<Rule>, RuleError> {
-    let mut rules = vec![];
-    let mut doc: Option<String> = None;
-    let mut draft: Option<Draft> = None;
+    let mut parser = FileParser {
+        file,
+        rules: vec![],
+        doc: None,
+        identity: None,
+        draft: None,
+    };
     for (index, raw) in text.lines().enumerate() {
-        let line = index + 1;
-        let at = |col: usize, message: String| RuleError::Syntax {
-            origin: Origin {
-                file: file.to_string(),
-                line,
-                col,
-            },
-            message,
-        };
-        let indent = raw.len() - raw.trim_start().len();
+        parser.line(index + 1, raw)?;
+    }
+    parser.close_rule()?;
+    Ok(parser.rules)
+}
+
+impl FileParser<'_> {
+    fn origin(&self, line: usize, col: usize) -> Origin {
+        origin(self.file, line, col)
+    }
+
+    fn line(&mut self, line: usize, raw: &str) -> Result<(), RuleError> {
+        let col = raw.len() - raw.trim_start().len() + 1;
         let trimmed = raw.trim();
-        if let Some(text) = trimmed.strip_prefix("##") {
-            if let Some(d) = draft.take() {
-                rules.push(finish(d)?);
-            }
-            doc = Some(text.trim().to_string());
-            continue;
+        if let Some(doc) = trimmed.strip_prefix("##") {
+            self.close_rule()?;
+            self.doc = Some(doc.trim().to_string());
+            return Ok(());
+        }
+        if let Some(identity) = trimmed.strip_prefix("#=") {
+            self.close_rule()?;
+            self.identity = Some(identity.trim().to_string());
+            return Ok(());
         }
         let content = strip_comment(trimmed);
         if content.is_empty() {
-            continue;
+            return Ok(());
         }
-        let col = indent + 1;
-        if let Some(name) =
-            content
-                .strip_prefix("rule ")
-                .or(if content == "rule" { Some("") } else { None })
-        {
-            if let Some(d) = draft.take() {
-                rules.push(finish(d)?);
-            }
-            let name = name.trim();
-            if name.is_empty() || name.contains(char::is_whitespace) {
-                return Err(at(col, "expected `rule NAME` with a one-word name".into()));
-            }
-            if rules.iter().any(|r: &Rule| r.name == name) {
-                return Err(at(
-                    col,
-                    format!("rule `{name}` is defined twice in this file"),
-                ));
-            }
-            let Some(doc) = doc.take() else {
-                return Err(at(
-                    col,
-                    format!("rule `{name}` needs a `## doc comment` line above it"),
-                ));
-            };
-            let origin = Origin {
-                file: file.to_string(),
-                line,
-                col,
-            };
-            draft = Some(Draft {
-                name: name.into(),
-                doc,
-                origin,
-                lhs: None,
-                clauses: vec![],
-                rhs: None,
-                bound: vec![],
-            });
-            continue;
+        let file = self.file;
+        let at = |col: usize, message: String| RuleError::Syntax {
+            origin: origin(file, line, col),
+            message,
+        };
+        if content == "rule" || content.starts_with("rule ") {
+            return self.start_rule(content["rule".len()..].trim(), line, col);
         }
-        let Some(d) = draft.as_mut() else {
+        let Some(draft) = self.draft.as_mut() else {
             return Err(at(col, format!("expected `rule NAME`, found `{content}`")));
         };
+        draft
+            .clause(content, col)
+            .map_err(|(c, message)| at(c, message))
+    }
+
+    fn start_rule(&mut self, name: &str, line: usize, col: usize) -> Result<(), RuleError> {
+        self.close_rule()?;
+        let file = self.file;
+        let at = |message: String| RuleError::Syntax {
+            origin: origin(file, line, col),
+            message,
+        };
+        if name.is_empty() || name.contains(char::is_whitespace) {
+            return Err(at("expected `rule NAME` with a one-word name".into()));
+        }
+        if self.rules.iter().any(|r| r.name == name) {
+            return Err(at(format!("rule `{name}` is defined twice in this file")));
+        }
+        let Some(doc) = self.doc.take() else {
+            return Err(at(format!(
+                "rule `{name}` needs a `## doc comment` line above it"
+            )));
+        };
+        self.draft = Some(Draft {
+            name: name.into(),
+            doc,
+            identity: self.identity.take(),
+            origin: self.origin(line, col),
+            lhs: None,
+            clauses: vec![],
+            rhs: None,
+            sorts: HashMap::new(),
+        });
+        Ok(())
+    }
+
+    fn close_rule(&mut self) -> Result<(), RuleError> {
+        if let Some(draft) = self.draft.take() {
+            self.rules.push(draft.finish()?);
+        }
+        Ok(())
+    }
+}
+
+fn origin(file: &str, line: usize, col: usize) -> Origin {
+    Origin {
+        file: file.to_string(),
+        line,
+        col,
+    }
+}
+
+/// A clause's problem: the column it is at, and what is wrong.
+type ClauseError = (usize, String);
+
+impl Draft {
+    /// Adds one `match`, `let`, `if` or `=>` clause starting at column `col`.
+    fn clause(&mut self, content: &str, col: usize) -> Result<(), ClauseError> {
         if let Some(pattern) = content.strip_prefix("match ") {
-            if d.lhs.is_some() {
-                return Err(at(col, "a rule has one `match` clause".into()));
+            if self.lhs.is_some() {
+                return Err((col, "a rule has one `match` clause".into()));
             }
             let pattern: Pattern<TensorLang> = pattern
                 .trim()
                 .parse()
-                .map_err(|e| at(col + 6, format!("bad pattern: {e}")))?;
-            d.bound = pattern.vars();
-            d.lhs = Some(pattern);
-        } else if let Some(call) = content.strip_prefix("let ") {
-            expect_after_match(d, &at, col)?;
+                .map_err(|e| (col + 6, format!("bad pattern: {e}")))?;
+            bind_pattern_sorts(&pattern.ast, &mut self.sorts).map_err(|m| (col + 6, m))?;
+            self.lhs = Some(pattern);
+            return Ok(());
+        }
+        self.expect_between_match_and_rhs(col)?;
+        if let Some(call) = content.strip_prefix("let ") {
             let (vars, call) = call
                 .split_once('=')
-                .ok_or_else(|| at(col, "expected `let ?v.. = guard(args)`".into()))?;
-            let binds = parse_vars(vars).map_err(|m| at(col + 4, m))?;
-            let clause = parse_call(call.trim(), binds, &d.bound).map_err(|m| at(col, m))?;
-            d.bound.extend(clause.binds.iter().copied());
-            d.clauses.push(clause);
+                .ok_or_else(|| (col, "expected `let ?v.. = guard(args)`".to_string()))?;
+            let binds = parse_vars(vars).map_err(|m| (col + 4, m))?;
+            let clause = parse_call(call.trim(), binds, &self.sorts).map_err(|m| (col, m))?;
+            for (var, sort) in clause.binds.iter().zip(clause.guard.binds) {
+                if self.sorts.insert(*var, *sort).is_some() {
+                    return Err((col + 4, format!("`{var}` is already bound")));
+                }
+            }
+            self.clauses.push(clause);
         } else if let Some(call) = content.strip_prefix("if ") {
-            expect_after_match(d, &at, col)?;
-            let clause = parse_call(call.trim(), vec![], &d.bound).map_err(|m| at(col + 3, m))?;
-            d.clauses.push(clause);
+            let clause = parse_call(call.trim(), vec![], &self.sorts).map_err(|m| (col + 3, m))?;
+            self.clauses.push(clause);
         } else if let Some(pattern) = content.strip_prefix("=>") {
-            expect_after_match(d, &at, col)?;
             let ast: PatternAst<TensorLang> = pattern
                 .trim()
                 .parse()
-                .map_err(|e| at(col + 3, format!("bad pattern: {e}")))?;
-            if let Some(var) = unbound_var(&ast, &d.bound) {
-                return Err(at(
-                    col + 3,
-                    format!("`{var}` is not bound by `match` or a `let`"),
-                ));
-            }
-            d.rhs = Some(ast);
+                .map_err(|e| (col + 3, format!("bad pattern: {e}")))?;
+            check_pattern_sorts(&ast, &self.sorts).map_err(|m| (col + 3, m))?;
+            self.rhs = Some(ast);
         } else {
-            return Err(at(
+            return Err((
                 col,
                 format!("expected `match`, `let`, `if` or `=>`, found `{content}`"),
             ));
         }
+        Ok(())
     }
-    if let Some(d) = draft.take() {
-        rules.push(finish(d)?);
+
+    fn expect_between_match_and_rhs(&self, col: usize) -> Result<(), ClauseError> {
+        if self.lhs.is_none() {
+            return Err((col, "the `match` clause comes first".into()));
+        }
+        if self.rhs.is_some() {
+            return Err((col, "`=>` is the rule's last clause".into()));
+        }
+        Ok(())
     }
-    Ok(rules)
+
+    fn finish(self) -> Result<Rule, RuleError> {
+        let missing = |what: &str| RuleError::Syntax {
+            origin: self.origin.clone(),
+            message: format!("rule `{}` has no `{what}` clause", self.name),
+        };
+        let lhs = self.lhs.clone().ok_or_else(|| missing("match"))?;
+        let rhs = self.rhs.clone().ok_or_else(|| missing("=>"))?;
+        Ok(Rule {
+            name: self.name,
+            doc: self.doc,
+            identity: self.identity,
+            lhs,
+            clauses: self.clauses,
+            rhs,
+            origin: self.origin,
+        })
+    }
 }
 
 fn strip_comment(line: &str) -> &str {
@@ -280,35 +358,85 @@ fn strip_comment(line: &str) -> &str {
         .trim()
 }
 
-fn expect_after_match(
-    d: &Draft,
-    at: &impl Fn(usize, String) -> RuleError,
-    col: usize,
-) -> Result<(), RuleError> {
-    if d.lhs.is_none() {
-        return Err(at(col, "the `match` clause comes first".into()));
+/// Each position of a pattern with the sort it must have: the root is a tensor, and every
+/// child has the sort its operator gives that position.
+fn positions(ast: &PatternAst<TensorLang>) -> Vec<(usize, Sort)> {
+    let nodes = ast.as_ref();
+    let mut found = vec![];
+    let mut stack = vec![(nodes.len() - 1, Sort::Tensor)];
+    while let Some((index, sort)) = stack.pop() {
+        found.push((index, sort));
+        if let ENodeOrVar::ENode(node) = &nodes[index] {
+            for (k, child) in node.children().iter().enumerate() {
+                stack.push((usize::from(*child), node.child_sort(k)));
+            }
+        }
     }
-    if d.rhs.is_some() {
-        return Err(at(col, "`=>` is the rule's last clause".into()));
+    found
+}
+
+/// What sits at a position of a pattern, when it is not a variable: an operation is a tensor,
+/// a number an axis or integer; other leaves are not checked.
+fn leaf_fits(node: &TensorLang, sort: Sort) -> bool {
+    match node {
+        TensorLang::Num(_) => matches!(sort, Sort::Axis | Sort::Int),
+        TensorLang::Key(_) => true,
+        _ => sort == Sort::Tensor,
+    }
+}
+
+/// Gives the variables of a `match` pattern their sorts; a variable used at two sorts is an
+/// error.
+fn bind_pattern_sorts(
+    ast: &PatternAst<TensorLang>,
+    sorts: &mut HashMap<Var, Sort>,
+) -> Result<(), String> {
+    for (index, sort) in positions(ast) {
+        match &ast.as_ref()[index] {
+            ENodeOrVar::Var(var) => match sorts.insert(*var, sort) {
+                Some(other) if other != sort => {
+                    return Err(format!(
+                        "`{var}` is used as {} and as {}",
+                        other.a(),
+                        sort.a()
+                    ))
+                }
+                _ => {}
+            },
+            ENodeOrVar::ENode(node) if !leaf_fits(node, sort) => {
+                return Err(format!("`{node}` is not {}", sort.a()))
+            }
+            ENodeOrVar::ENode(_) => {}
+        }
     }
     Ok(())
 }
 
-fn finish(d: Draft) -> Result<Rule, RuleError> {
-    let missing = |what: &str| RuleError::Syntax {
-        origin: d.origin.clone(),
-        message: format!("rule `{}` has no `{what}` clause", d.name),
-    };
-    let lhs = d.lhs.clone().ok_or_else(|| missing("match"))?;
-    let rhs = d.rhs.clone().ok_or_else(|| missing("=>"))?;
-    Ok(Rule {
-        name: d.name,
-        doc: d.doc,
-        lhs,
-        clauses: d.clauses,
-        rhs,
-        origin: d.origin,
-    })
+/// Checks a right-hand side: every variable is bound, and at a position of its sort.
+fn check_pattern_sorts(
+    ast: &PatternAst<TensorLang>,
+    sorts: &HashMap<Var, Sort>,
+) -> Result<(), String> {
+    for (index, sort) in positions(ast) {
+        match &ast.as_ref()[index] {
+            ENodeOrVar::Var(var) => match sorts.get(var) {
+                None => return Err(format!("`{var}` is not bound by `match` or a `let`")),
+                Some(bound) if *bound != sort => {
+                    return Err(format!(
+                        "`{var}` is {}, used where {} goes",
+                        bound.a(),
+                        sort.a()
+                    ))
+                }
+                Some(_) => {}
+            },
+            ENodeOrVar::ENode(node) if !leaf_fits(node, sort) => {
+                return Err(format!("`{node}` is not {}", sort.a()))
+            }
+            ENodeOrVar::ENode(_) => {}
+        }
+    }
+    Ok(())
 }
 
 fn parse_vars(text: &str) -> Result<Vec<Var>, String> {
@@ -325,7 +453,7 @@ fn parse_vars(text: &str) -> Result<Vec<Var>, String> {
         .collect()
 }
 
-fn parse_call(text: &str, binds: Vec<Var>, bound: &[Var]) -> Result<Clause, String> {
+fn parse_call(text: &str, binds: Vec<Var>, sorts: &HashMap<Var, Sort>) -> Result<Clause, String> {
     let (name, rest) = text
         .split_once('(')
         .ok_or_else(|| format!("expected `guard(args)`, found `{text}`"))?;
@@ -334,59 +462,69 @@ fn parse_call(text: &str, binds: Vec<Var>, bound: &[Var]) -> Result<Clause, Stri
         .ok_or_else(|| format!("missing `)` in `{text}`"))?;
     let name = name.trim();
     let guard = guard(name).ok_or_else(|| {
-        let known: Vec<_> = crate::rules::guards::GUARDS
-            .iter()
-            .map(|g| g.name)
-            .collect();
+        let known: Vec<_> = GUARDS.iter().map(|g| g.name).collect();
         format!("unknown guard `{name}` (known: {})", known.join(", "))
     })?;
-    let args: Vec<ArgSpec> = args
+    let args: Vec<&str> = args
         .split(',')
         .map(str::trim)
         .filter(|a| !a.is_empty())
-        .map(|a| parse_arg(a, bound))
-        .collect::<Result<_, _>>()?;
+        .collect();
     if args.len() != guard.params.len() {
+        let params: Vec<String> = guard
+            .params
+            .iter()
+            .map(|(n, s)| format!("{n} {s}"))
+            .collect();
         return Err(format!(
             "`{name}` takes {} arguments ({}), got {}",
             guard.params.len(),
-            guard.params.join(", "),
+            params.join(", "),
             args.len()
         ));
     }
-    if binds.len() != guard.binds {
+    if binds.len() != guard.binds.len() {
         return Err(format!(
             "`{name}` binds {} variables, the clause names {}",
-            guard.binds,
+            guard.binds.len(),
             binds.len()
         ));
     }
+    let args = args
+        .iter()
+        .zip(guard.params)
+        .map(|(arg, (param, sort))| {
+            parse_arg(arg, *sort, sorts).map_err(|m| format!("`{name}` argument {param}: {m}"))
+        })
+        .collect::<Result<_, _>>()?;
     Ok(Clause { binds, guard, args })
 }
 
-fn parse_arg(arg: &str, bound: &[Var]) -> Result<ArgSpec, String> {
+/// One argument, which must have `sort`.
+fn parse_arg(arg: &str, sort: Sort, sorts: &HashMap<Var, Sort>) -> Result<ArgSpec, String> {
     if arg.starts_with('?') {
         let var: Var = arg
             .parse()
             .map_err(|e| format!("bad variable `{arg}`: {e}"))?;
-        if !bound.contains(&var) {
-            return Err(format!(
+        match sorts.get(&var) {
+            None => Err(format!(
                 "`{arg}` is not bound by `match` or an earlier `let`"
-            ));
+            )),
+            Some(bound) if *bound != sort => {
+                Err(format!("`{arg}` is {}, not {}", bound.a(), sort.a()))
+            }
+            Some(_) => Ok(ArgSpec::Var(var)),
         }
-        Ok(ArgSpec::Var(var))
-    } else {
+    } else if matches!(sort, Sort::Int | Sort::Axis) {
         arg.parse()
             .map(ArgSpec::Int)
             .map_err(|_| format!("`{arg}` is neither a variable nor an integer"))
+    } else {
+        Err(format!(
+            "`{arg}` is not a variable ({} is expected)",
+            sort.a()
+        ))
     }
-}
-
-fn unbound_var(ast: &PatternAst<TensorLang>, bound: &[Var]) -> Option<Var> {
-    ast.as_ref().iter().find_map(|n| match n {
-        egg::ENodeOrVar::Var(v) if !bound.contains(v) => Some(*v),
-        _ => None,
-    })
 }
 
 #[cfg(test)]
@@ -418,9 +556,52 @@ rule keep-through-map
     }
 
     #[test]
-    fn default_rules_parse() {
+    fn default_rules_parse_and_state_their_identity() {
         let rules = default_rules().unwrap();
         assert!(rules.len() >= 5, "only {} default rules", rules.len());
+        for rule in &rules {
+            assert!(
+                rule.identity.is_some(),
+                "{}: `{}` has no `#=` identity",
+                rule.origin,
+                rule.name
+            );
+        }
+    }
+
+    #[test]
+    fn arguments_and_positions_are_checked_by_sort() {
+        let op_for_tensor = "## d\nrule r\n  match (map ?f ?x)\n  if all-zero(?f)\n  => ?x\n";
+        assert!(
+            error_of(op_for_tensor).contains("`all-zero` argument ?t: `?f` is an op, not a tensor"),
+            "{}",
+            error_of(op_for_tensor)
+        );
+        let tensor_as_op = "## d\nrule r\n  match (map ?f ?x)\n  => (map ?x ?x)\n";
+        assert!(
+            error_of(tensor_as_op).contains("`?x` is a tensor, used where an op goes"),
+            "{}",
+            error_of(tensor_as_op)
+        );
+        let two_sorts = "## d\nrule r\n  match (bin ?f ?f ?x)\n  => ?x\n";
+        assert!(
+            error_of(two_sorts).contains("`?f` is used as a"),
+            "{}",
+            error_of(two_sorts)
+        );
+        let literal_for_tensor = "## d\nrule r\n  match (map ?f ?x)\n  if all-zero(3)\n  => ?x\n";
+        assert!(
+            error_of(literal_for_tensor).contains("`3` is not a variable (a tensor is expected)"),
+            "{}",
+            error_of(literal_for_tensor)
+        );
+        let rebound =
+            "## d\nrule r\n  match (map ?f ?x)\n  let ?x = canonical-axis-op(?f)\n  => ?x\n";
+        assert!(
+            error_of(rebound).contains("`?x` is already bound"),
+            "{}",
+            error_of(rebound)
+        );
     }
 
     #[test]

@@ -34,6 +34,10 @@ pub struct CheckReport {
     pub models: usize,
     /// Alternatives extracted, rebuilt and compared.
     pub alternatives: usize,
+    /// Alternatives that no extraction can use, because choosing them makes an output depend on
+    /// itself (`x = keep(everything, x)` holds, but `x` cannot be computed from itself): they
+    /// are counted, not checked.
+    pub unextractable: usize,
     /// How often each rule fired over all models.
     pub fired: BTreeMap<String, usize>,
     /// Alternatives that compute something else, described with the model's seed.
@@ -97,30 +101,41 @@ fn check_model(rules: &[Rule], seed: u64, report: &mut CheckReport) -> TractResu
         names: &names,
         symbols: &model.symbols,
     };
-    let (alternatives, failures) = check_alternatives(
+    let checked = check_alternatives(
         &egraph,
         &interface,
         &inputs,
         &expected,
         &format!("model of seed {seed}"),
     )?;
-    report.alternatives += alternatives;
-    report.failures.extend(failures);
+    report.alternatives += checked.compared;
+    report.unextractable += checked.unextractable;
+    report.failures.extend(checked.failures);
     Ok(())
 }
 
+/// What [`check_alternatives`] found on one e-graph.
+#[derive(Debug, Default)]
+pub struct Checked {
+    /// Alternatives extracted, rebuilt and compared.
+    pub compared: usize,
+    /// Alternatives no extraction can use (a cycle through them).
+    pub unextractable: usize,
+    /// A description of each alternative that computes something else.
+    pub failures: Vec<String>,
+}
+
 /// Extracts each node of each e-class in turn (where the outputs need it), rebuilds and runs
-/// the model, and compares with `expected`: how many alternatives were checked, and a
-/// description (starting with `label`) of each that differs.
+/// the model, and compares with `expected`; failures are described starting with `label`.
 pub fn check_alternatives(
     egraph: &SlimGraph,
     interface: &Interface,
     inputs: &TVec<TValue>,
     expected: &TVec<TValue>,
     label: &str,
-) -> TractResult<(usize, Vec<String>)> {
+) -> TractResult<Checked> {
     let nominal = Nominal::default();
-    let (mut checked, mut failures) = (0, vec![]);
+    let mut checked = Checked::default();
     for class in egraph.classes() {
         if class.nodes.len() < 2 || class.data.fact.is_none() {
             continue;
@@ -128,26 +143,27 @@ pub fn check_alternatives(
         for node in &class.nodes {
             let forced = HashMap::from([(class.id, node.clone())]);
             let Some(choice) = extract_forcing(egraph, interface.outputs, &nominal, &forced) else {
+                checked.unextractable += 1;
                 continue;
             };
             if !choice.nodes.contains_key(&class.id) {
                 continue; // not needed by the outputs
             }
-            checked += 1;
+            checked.compared += 1;
             let got = raise(egraph, &choice, interface).and_then(|m| run(&m, inputs.clone()));
             let differs = match got {
                 Ok(got) => outputs_differ(expected, &got)?,
                 Err(e) => Some(format!("does not run: {e:#}")),
             };
             if let Some(how) = differs {
-                failures.push(format!(
+                checked.failures.push(format!(
                     "{label}: the alternative {node:?} of e-class {} {how}",
                     class.id
                 ));
             }
         }
     }
-    Ok((checked, failures))
+    Ok(checked)
 }
 
 /// How `got` differs from `expected` beyond float rounding (see [`compare_output`]).
