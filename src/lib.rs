@@ -21,15 +21,24 @@
 //!
 //! ## Layers
 //!
-//! The crate is built in layers, each using only those below it:
-//! `tensor` (slicing, files) → `model` (tract-level facts: cost, groups of units, running
-//! models) → `io` (ONNX in; NNEF and ONNX out, checked) → `egraph` (language, analysis,
-//! constants, lower / extract / raise) → `rules` (parser, guard library, applier, saturation)
-//! → `pass` ([`Slimmer`], [`Report`]) → `autoslim` ([`auto_slim`]) → `tools` (bench, dot,
-//! transform, demo). The modules are private; everything a tract deployment, a rule author
-//! or the command line needs is re-exported below.
+//! The crate is built in layers, each using only those before it in [`LAYERS`]:
+//! `util` (slicing, strided copies, atomic files) → `model` (tract-level facts: op families,
+//! cost, groups of units, running and comparing models) → `io` (ONNX in; NNEF and ONNX out,
+//! checked on the written file) → `egraph` (language, analysis, constants, lower / extract /
+//! raise) → `rules` (parser with sort checks, guard registry, applier, saturation) → `error`
+//! (every layer's typed error converted into [`SlimError`]) → `pass` ([`Slimmer`], [`Report`])
+//! → `autoslim` ([`auto_slim`]) → `tools` (bench, dot, transform, demo); `testing` (random
+//! models, the rule checker) uses any of them. The modules are private; everything a tract
+//! deployment, a rule author or the command line needs is re-exported below, and the command
+//! line uses nothing else.
 
 #![warn(missing_docs)]
+
+/// The crate's top-level modules in layer order: each may use only those before it
+/// (`tests/layers.rs` checks every `crate::` path against this list).
+pub const LAYERS: &[&str] = &[
+    "util", "model", "io", "egraph", "rules", "error", "pass", "autoslim", "tools", "testing",
+];
 
 mod autoslim;
 mod egraph;
@@ -81,6 +90,7 @@ pub use model::stats::zero_units;
 pub use egraph::lang::Sort;
 pub use rules::guards::guards_markdown;
 pub use rules::parser::{default_rules, load_dir, parse, Rule, RuleError};
+pub use testing::check::{check_rules, CheckReport};
 
 // Tools.
 pub use tools::bench::{compare_latency, Latency};

@@ -235,31 +235,8 @@ fn run_prune(ctx: &Context, args: &PruneArgs) -> Result<(), Failure> {
     check_fraction("--floor", args.floor)?;
     model_slim::Format::required(&args.output)?;
     let (original, sets) = import(ctx, &args.import, &args.model)?;
-    let calibration = args
-        .calibration
-        .as_deref()
-        .map(|path| model_slim::load_npz(path, &original))
-        .transpose()?;
-    let plan = args.plan.as_deref().map(read_plan).transpose()?;
     let slimmer = Slimmer::new()?.with_symbol_values(symbol_values(&original, &sets));
-    let targets = Targets {
-        global: args.global,
-        floor: args.floor,
-        multiple_of: args.multiple_of.max(1),
-        ..Targets::per_layer(args.ffn_sparsity, args.mha_sparsity)
-    };
-    let options = AutoOptions {
-        plan,
-        plan_origin: args
-            .plan
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default(),
-        calibration,
-        compensation: !args.no_compensation,
-        seed: args.seed,
-        ..AutoOptions::new(targets)
-    };
+    let options = auto_options(args, &original)?;
     let mut result = ctx.progress.during("pruning and slimming", |_| {
         auto_slim(&original, &slimmer, &options)
     })?;
@@ -326,6 +303,34 @@ fn run_prune(ctx: &Context, args: &PruneArgs) -> Result<(), Failure> {
         ctx.say(&format!("wrote {}\n", path.display()));
     }
     Ok(())
+}
+
+/// Auto-slim's options from the command line: targets, a saved plan, calibration samples.
+fn auto_options(args: &PruneArgs, original: &TypedModel) -> Result<AutoOptions, Failure> {
+    let calibration = args
+        .calibration
+        .as_deref()
+        .map(|path| model_slim::load_npz(path, original))
+        .transpose()?;
+    let plan = args.plan.as_deref().map(read_plan).transpose()?;
+    let targets = Targets {
+        global: args.global,
+        floor: args.floor,
+        multiple_of: args.multiple_of.max(1),
+        ..Targets::per_layer(args.ffn_sparsity, args.mha_sparsity)
+    };
+    Ok(AutoOptions {
+        plan,
+        plan_origin: args
+            .plan
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        calibration,
+        compensation: !args.no_compensation,
+        seed: args.seed,
+        ..AutoOptions::new(targets)
+    })
 }
 
 /// The groups table: kind, layer, consumer, units, and zero units (already removable); with a
@@ -524,7 +529,7 @@ fn run_check_rules(
             .progress
             .during(
                 &format!("checking {name} on {models} random models"),
-                |_| model_slim::testing::check::check_rules(rules, models, seed),
+                |_| model_slim::check_rules(rules, models, seed),
             )
             .map_err(|e| SlimError::stage("check-rules", e))?;
         let mut out = format!(

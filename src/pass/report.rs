@@ -263,45 +263,8 @@ impl Report {
 
     /// The human-readable summary printed by the CLI.
     pub fn table(&self) -> String {
-        let mut out = String::new();
-        if !self.attention_layers.is_empty() {
-            out += &format!(
-                "{:<6} {:<48} {:>16}\n",
-                "layer", "attention (softmax · V node)", "heads"
-            );
-            for l in &self.attention_layers {
-                let kv = if l.kv_heads_before == l.heads_before {
-                    String::new()
-                } else {
-                    format!(" (KV {} → {})", l.kv_heads_before, l.kv_heads_after)
-                };
-                out += &format!(
-                    "{:<6} {:<48} {:>16}{kv}\n",
-                    l.layer,
-                    shorten(&l.name),
-                    format!("{} → {}", l.heads_before, l.heads_after)
-                );
-            }
-        }
-        out += &format!(
-            "{:<6} {:<48} {:>16} {:>20} {:>20}\n",
-            "layer", "FFN (consumer node)", "channels", "params", "FLOPs"
-        );
-        for l in &self.ffn_layers {
-            let name = shorten(&l.name);
-            out += &format!(
-                "{:<6} {:<48} {:>16} {:>20} {:>20}\n",
-                l.layer,
-                name,
-                format!("{} → {}", l.channels_before, l.channels_after),
-                format!(
-                    "{} → {}",
-                    human(l.params_before as f64),
-                    human(l.params_after as f64)
-                ),
-                format!("{} → {}", human(l.flops_before), human(l.flops_after)),
-            );
-        }
+        let mut out = self.attention_table();
+        out += &self.ffn_table();
         out += &format!(
             "model: params {} → {} ({:.1}% removed), FLOPs {} → {} ({:.1}% removed)\n",
             human(self.params_before as f64),
@@ -324,28 +287,80 @@ impl Report {
             self.times.raise_ms
         );
         if let Some(v) = &self.verification {
-            out += &match &v.artifact {
-                Some(file) => format!(
-                    "verify: {file} as written, loaded back and run on seed {}\n",
-                    v.seed
-                ),
-                None => format!(
-                    "verify: the slimmed model in memory, run on seed {}\n",
-                    v.seed
-                ),
-            };
-            for o in &v.outputs {
-                out += &format!(
-                    "verify {}: max |diff| {:.3e} (output magnitude {:.3e}) {}\n",
-                    o.name,
-                    o.max_abs_diff,
-                    o.max_magnitude,
-                    if o.passed { "ok" } else { "FAILED" }
-                );
-            }
+            out += &verification_lines(v);
         }
         out
     }
+
+    fn attention_table(&self) -> String {
+        if self.attention_layers.is_empty() {
+            return String::new();
+        }
+        let mut out = format!(
+            "{:<6} {:<48} {:>16}\n",
+            "layer", "attention (softmax · V node)", "heads"
+        );
+        for l in &self.attention_layers {
+            let kv = if l.kv_heads_before == l.heads_before {
+                String::new()
+            } else {
+                format!(" (KV {} → {})", l.kv_heads_before, l.kv_heads_after)
+            };
+            out += &format!(
+                "{:<6} {:<48} {:>16}{kv}\n",
+                l.layer,
+                shorten(&l.name),
+                format!("{} → {}", l.heads_before, l.heads_after)
+            );
+        }
+        out
+    }
+
+    fn ffn_table(&self) -> String {
+        let mut out = format!(
+            "{:<6} {:<48} {:>16} {:>20} {:>20}\n",
+            "layer", "FFN (consumer node)", "channels", "params", "FLOPs"
+        );
+        for l in &self.ffn_layers {
+            out += &format!(
+                "{:<6} {:<48} {:>16} {:>20} {:>20}\n",
+                l.layer,
+                shorten(&l.name),
+                format!("{} → {}", l.channels_before, l.channels_after),
+                format!(
+                    "{} → {}",
+                    human(l.params_before as f64),
+                    human(l.params_after as f64)
+                ),
+                format!("{} → {}", human(l.flops_before), human(l.flops_after)),
+            );
+        }
+        out
+    }
+}
+
+/// What the verification compared, and how each output came out.
+fn verification_lines(v: &Verification) -> String {
+    let mut out = match &v.artifact {
+        Some(file) => format!(
+            "verify: {file} as written, loaded back and run on seed {}\n",
+            v.seed
+        ),
+        None => format!(
+            "verify: the slimmed model in memory, run on seed {}\n",
+            v.seed
+        ),
+    };
+    for o in &v.outputs {
+        out += &format!(
+            "verify {}: max |diff| {:.3e} (output magnitude {:.3e}) {}\n",
+            o.name,
+            o.max_abs_diff,
+            o.max_magnitude,
+            if o.passed { "ok" } else { "FAILED" }
+        );
+    }
+    out
 }
 
 /// A node name cut to the table's column width (keeping its end, the informative part).

@@ -70,41 +70,42 @@ pub fn zero_block_elements(t: &Tensor, axis: usize, width: usize) -> usize {
     zero_blocks * width * per_slice
 }
 
-/// A random FFN-shaped model: producers → element-wise stuff → consumer with zero input slices.
-pub fn random_ffn(rng: &mut StdRng) -> Planted {
-    let (s, h, f, p) = (
-        rng.gen_range(1..5),
-        rng.gen_range(2..9),
-        rng.gen_range(2..13),
-        rng.gen_range(1..7),
-    );
-    let mut m = TypedModel::default();
-    let x = m.add_source("x", f32::fact([1, s, h])).unwrap();
-    let producer = |m: &mut TypedModel, name: &str, rng: &mut StdRng| -> OutletId {
-        let mut w = random_tensor(rng, &[h, f]);
-        if rng.gen_bool(0.3) {
-            zero_random_slices(rng, &mut w, 1);
-        }
-        let y = if rng.gen_bool(0.5) {
-            let w = m.add_const(format!("{name}.w"), w).unwrap();
-            m.wire_node(name, einsum("amk,kn->amn"), &[x, w]).unwrap()[0]
-        } else {
-            let w = m
-                .add_const(format!("{name}.w"), w.permute_axes(&[1, 0]).unwrap())
-                .unwrap();
-            m.wire_node(name, einsum("nk,amk->amn"), &[w, x]).unwrap()[0]
-        };
-        let mut b = random_tensor(rng, &[1, 1, f]);
-        if rng.gen_bool(0.3) {
-            zero_random_slices(rng, &mut b, 2);
-        }
-        let b = m.add_const(format!("{name}.b"), b).unwrap();
-        let operands = if rng.gen_bool(0.5) { [y, b] } else { [b, y] };
-        m.wire_node(format!("{name}.bias"), add(), &operands)
-            .unwrap()[0]
+/// A producer of `f` channels from `x` (`[1, s, h]`): an EinSum with its weight on either side,
+/// plus a bias on either side, with random zero channels in both.
+fn ffn_producer(
+    m: &mut TypedModel,
+    rng: &mut StdRng,
+    name: &str,
+    x: OutletId,
+    f: usize,
+) -> OutletId {
+    let h = m.outlet_fact(x).unwrap().shape[2].to_usize().unwrap();
+    let mut w = random_tensor(rng, &[h, f]);
+    if rng.gen_bool(0.3) {
+        zero_random_slices(rng, &mut w, 1);
+    }
+    let y = if rng.gen_bool(0.5) {
+        let w = m.add_const(format!("{name}.w"), w).unwrap();
+        m.wire_node(name, einsum("amk,kn->amn"), &[x, w]).unwrap()[0]
+    } else {
+        let w = m
+            .add_const(format!("{name}.w"), w.permute_axes(&[1, 0]).unwrap())
+            .unwrap();
+        m.wire_node(name, einsum("nk,amk->amn"), &[w, x]).unwrap()[0]
     };
-    let mut a = producer(&mut m, "up", rng);
-    a = match rng.gen_range(0..5) {
+    let mut b = random_tensor(rng, &[1, 1, f]);
+    if rng.gen_bool(0.3) {
+        zero_random_slices(rng, &mut b, 2);
+    }
+    let b = m.add_const(format!("{name}.b"), b).unwrap();
+    let operands = if rng.gen_bool(0.5) { [y, b] } else { [b, y] };
+    m.wire_node(format!("{name}.bias"), add(), &operands)
+        .unwrap()[0]
+}
+
+/// GELU, tanh, sigmoid, ReLU (as `max` with zero on either side) or nothing, on `a`.
+fn ffn_activation(m: &mut TypedModel, rng: &mut StdRng, a: OutletId) -> OutletId {
+    match rng.gen_range(0..5) {
         0 => m
             .wire_node("gelu", tract_core::ops::nn::gelu_exact::gelu_exact(), &[a])
             .unwrap()[0],
@@ -122,7 +123,21 @@ pub fn random_ffn(rng: &mut StdRng) -> Planted {
             m.wire_node("relu", max(), &operands).unwrap()[0]
         }
         _ => a,
-    };
+    }
+}
+
+/// A random FFN-shaped model: producers → element-wise stuff → consumer with zero input slices.
+pub fn random_ffn(rng: &mut StdRng) -> Planted {
+    let (s, h, f, p) = (
+        rng.gen_range(1..5),
+        rng.gen_range(2..9),
+        rng.gen_range(2..13),
+        rng.gen_range(1..7),
+    );
+    let mut m = TypedModel::default();
+    let x = m.add_source("x", f32::fact([1, s, h])).unwrap();
+    let mut a = ffn_producer(&mut m, rng, "up", x, f);
+    a = ffn_activation(&mut m, rng, a);
     // A gate: an element-wise product, written as `Mul` or as a Hadamard EinSum.
     let gate: Option<Box<dyn TypedOp>> = match rng.gen_range(0..3) {
         0 => Some(Box::new(mul())),
@@ -130,7 +145,7 @@ pub fn random_ffn(rng: &mut StdRng) -> Planted {
         _ => None,
     };
     if let Some(gate) = gate {
-        let g = producer(&mut m, "gate", rng);
+        let g = ffn_producer(&mut m, rng, "gate", x, f);
         a = m.wire_node("gated", gate, &[a, g]).unwrap()[0];
     }
     if rng.gen_bool(0.4) {
@@ -326,8 +341,61 @@ fn random_grouped_attention_checked(rng: &mut StdRng) -> TractResult<Planted> {
         q = rotary(&mut m, rng, "q.rope", q, s, d)?;
         k = rotary(&mut m, rng, "k.rope", k, s, d)?;
     }
-    let mut k = repeat_kv(&mut m, "k.repeat", k, s, kv, per_kv, d)?;
+    let k = repeat_kv(&mut m, "k.repeat", k, s, kv, per_kv, d)?;
     let v = repeat_kv(&mut m, "v.repeat", v, s, kv, per_kv, d)?;
+    let (probs, finite_rows) = sdpa_probabilities(&mut m, rng, q, k, s)?;
+    // Operands in either order, as exporters and tract's rewrites leave them.
+    let swap = rng.gen_bool(0.5);
+    let context = if swap {
+        m.wire_node("context", einsum("athd,ahst->ashd"), &[v, probs])?[0]
+    } else {
+        m.wire_node("context", einsum("ahst,athd->ashd"), &[probs, v])?[0]
+    };
+    let merge = AxisOp::Reshape(2, tvec!(heads.into(), d.into()), tvec!((heads * d).into()));
+    let merged = m.wire_node("merged", merge, &[context])?[0];
+    let mut wo = random_tensor(rng, &[heads * d, hidden]);
+    if rng.gen_bool(0.3) {
+        // A whole KV group's query heads.
+        let group = rng.gen_range(0..kv);
+        let mut view = wo.to_plain_array_view_mut::<f32>()?;
+        for row in group * per_kv * d..(group + 1) * per_kv * d {
+            view.index_axis_mut(tract_ndarray::Axis(0), row).fill(0.0);
+        }
+    }
+    zero_random_heads(rng, &mut wo, 0, d, 0.4);
+    // A fully -inf-masked row is NaN without sdpa's guard, and 0 · NaN is not 0: those stay.
+    let removable_weights = if finite_rows {
+        zero_block_elements(&wo, 0, d)
+    } else {
+        0
+    };
+    let wo = m.add_const("out.w", wo)?;
+    let out = if swap {
+        m.wire_node("out", einsum("io,ami->amo"), &[wo, merged])?[0]
+    } else {
+        m.wire_node("out", einsum("ami,io->amo"), &[merged, wo])?[0]
+    };
+    let bo = m.add_const("out.b", random_tensor(rng, &[1, 1, hidden]))?;
+    let out = m.wire_node("out.bias", add(), &[out, bo])?[0];
+    let y = m.wire_node("residual", add(), &[x, out])?[0];
+    m.select_output_outlets(&[y])?;
+    Ok(Planted {
+        model: m,
+        removable_weights,
+    })
+}
+
+/// Attention probabilities as sdpa exports compute them from `q` and `k` (`[1, s, heads, d]`):
+/// scores scaled (by the scale, or q and k each by its square root), an optional finite or
+/// -inf mask, softmax over the keys, and often sdpa's NaN guard. Also whether every row is
+/// provably finite (not when a -inf mask meets no guard).
+fn sdpa_probabilities(
+    m: &mut TypedModel,
+    rng: &mut StdRng,
+    mut q: OutletId,
+    mut k: OutletId,
+    s: usize,
+) -> TractResult<(OutletId, bool)> {
     let mut scores = if rng.gen_bool(0.6) {
         // sdpa: q and k each scaled by the square root of the scale.
         let root = m.add_const("scale.root", tensor4(&[[[[0.7f32]]]]))?;
@@ -368,45 +436,7 @@ fn random_grouped_attention_checked(rng: &mut StdRng) -> TractResult<Planted> {
         let zero = m.add_const("zero", tensor4(&[[[[0f32]]]]))?;
         probs = m.wire_node("guarded", tract_core::ops::logic::Iff, &[nan, zero, probs])?[0];
     }
-    // Operands in either order, as exporters and tract's rewrites leave them.
-    let swap = rng.gen_bool(0.5);
-    let context = if swap {
-        m.wire_node("context", einsum("athd,ahst->ashd"), &[v, probs])?[0]
-    } else {
-        m.wire_node("context", einsum("ahst,athd->ashd"), &[probs, v])?[0]
-    };
-    let merge = AxisOp::Reshape(2, tvec!(heads.into(), d.into()), tvec!((heads * d).into()));
-    let merged = m.wire_node("merged", merge, &[context])?[0];
-    let mut wo = random_tensor(rng, &[heads * d, hidden]);
-    if rng.gen_bool(0.3) {
-        // A whole KV group's query heads.
-        let group = rng.gen_range(0..kv);
-        let mut view = wo.to_plain_array_view_mut::<f32>()?;
-        for row in group * per_kv * d..(group + 1) * per_kv * d {
-            view.index_axis_mut(tract_ndarray::Axis(0), row).fill(0.0);
-        }
-    }
-    zero_random_heads(rng, &mut wo, 0, d, 0.4);
-    // A fully -inf-masked row is NaN without sdpa's guard, and 0 · NaN is not 0: those stay.
-    let removable_weights = if infinite_mask && !nan_guard {
-        0
-    } else {
-        zero_block_elements(&wo, 0, d)
-    };
-    let wo = m.add_const("out.w", wo)?;
-    let out = if swap {
-        m.wire_node("out", einsum("io,ami->amo"), &[wo, merged])?[0]
-    } else {
-        m.wire_node("out", einsum("ami,io->amo"), &[merged, wo])?[0]
-    };
-    let bo = m.add_const("out.b", random_tensor(rng, &[1, 1, hidden]))?;
-    let out = m.wire_node("out.bias", add(), &[out, bo])?[0];
-    let y = m.wire_node("residual", add(), &[x, out])?[0];
-    m.select_output_outlets(&[y])?;
-    Ok(Planted {
-        model: m,
-        removable_weights,
-    })
+    Ok((probs, !infinite_mask || nan_guard))
 }
 
 /// Rotary embeddings on `[1, s, heads, d]`: `t·cos + rotate_half(t)·sin`, where `rotate_half`
