@@ -236,7 +236,8 @@ pub static GUARDS: &[Guard] = &[
     },
 ];
 
-/// The guard table of `rules/GUARDS.md`, from [`GUARDS`].
+/// The guard table of `rules/GUARDS.md`: every guard a rule may call, with the sorts of its
+/// arguments and bindings, and what it answers.
 pub fn guards_markdown() -> String {
     let mut md = String::from("| guard | arguments | binds | meaning |\n|---|---|---|---|\n");
     for g in GUARDS {
