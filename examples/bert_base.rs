@@ -87,11 +87,12 @@ fn auto(runs: usize) -> Result<(), Box<dyn std::error::Error>> {
     let held_out: Vec<_> = (100..108)
         .map(|s| random_inputs(&model, s, &SymbolValues::default()))
         .collect::<TractResult<_>>()?;
-    let calibration = Calibration {
-        samples: (0..16)
+    let calibration = Calibration::new(
+        &model,
+        (0..16)
             .map(|s| random_inputs(&model, s, &SymbolValues::default()))
             .collect::<TractResult<_>>()?,
-    };
+    );
     for (label, calibration) in [
         ("magnitude, no calibration", None),
         ("calibration (16 samples) + compensation", Some(calibration)),
@@ -104,7 +105,7 @@ fn auto(runs: usize) -> Result<(), Box<dyn std::error::Error>> {
         };
         let result = auto_slim(&model, &slimmer, &options)?;
         let seconds = clock.elapsed().as_secs_f64();
-        let fidelity = model_slim::fidelity(&model, &result.slimmed, &held_out)?;
+        let fidelity = model_slim::fidelity(&model, &result.slimmed, &held_out, None)?;
         println!("== {label}: auto-slim took {seconds:.1} s");
         println!(
             "{}",

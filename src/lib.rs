@@ -82,8 +82,9 @@ pub use model::verify::{
 pub use autoslim::auto::{
     auto_slim, AutoOptions, AutoReport, AutoSlimmed, FidelityInputs, GroupOutcome, Scoring,
 };
+pub use autoslim::calibrated::Criterion;
 pub use autoslim::calibration::{load_npz, Calibration};
-pub use autoslim::prune::{choose, magnitude_scores, Plan, PlanGroup, Targets};
+pub use autoslim::prune::{choose, magnitude_scores, Plan, PlanGroup, Repair, Targets};
 pub use model::stats::zero_units;
 
 // Rules, for rule authors.

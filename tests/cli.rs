@@ -342,7 +342,9 @@ fn prune_writes_slimmed_model_plan_report_and_pruned_onnx() {
     ]);
     let stdout = assert_success(&out);
     assert!(
-        stdout.contains("scores: activation; bias compensation: on"),
+        stdout.contains(
+            "scores: removal cost; repair: bias compensation; calibration statistics over"
+        ),
         "{stdout}"
     );
     let ffn = layers_of("gpt2_dense_dynamo")[0].ffn_width;

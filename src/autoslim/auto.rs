@@ -1,17 +1,20 @@
 //! Auto-slim end to end: from a dense model and target sparsities to a slimmed model, with its
 //! plan and a report of how close it stays to the dense model.
 //!
-//! discover groups → (calibrate) → score and choose, or take a saved plan → write zeros (and bias
-//! compensation) → the slimming pass → fidelity against the dense model.
+//! discover groups → (calibrate over real tokens) → score and choose, or take a saved plan →
+//! write zeros and repair the consumers (bias compensation or a least-squares refit) → the
+//! slimming pass → fidelity against the dense model (on held-out data when given).
 
+use crate::autoslim::calibrated::{calibrate, Calibrated, Criterion};
 use crate::autoslim::calibration::Calibration;
 use crate::autoslim::prune::{
-    apply, choose, group_for, magnitude_scores, Plan, PlanGroup, Pruned, Targets,
+    apply, choose, group_for, magnitude_scores, Plan, PlanGroup, Pruned, Repair, Targets,
 };
+use crate::autoslim::refit::{cross_validated_ridge, greedy_removal_order};
 use crate::error::{Result, SlimError};
 use crate::io::onnx::writeback::Cut;
 use crate::model::discover::{groups, Group, Kind};
-use crate::model::stats::{activation_stats, capture, GroupStats};
+use crate::model::stats::weight_of;
 use crate::model::verify::{fidelity, random_inputs, verify, OutputFidelity};
 use crate::pass::report::Report;
 use crate::pass::slimmer::{Slimmed, Slimmer};
@@ -28,10 +31,14 @@ pub struct AutoOptions {
     pub plan: Option<Plan>,
     /// Where a saved plan came from (for errors).
     pub plan_origin: String,
-    /// Calibration inputs: activation-aware scores and bias compensation.
+    /// Calibration inputs: activation-aware scores and the consumers' repair.
     pub calibration: Option<Calibration>,
-    /// Add the removed units' mean contribution to the consumers' biases (needs calibration).
-    pub compensation: bool,
+    /// Samples fidelity is measured on, not used for calibration.
+    pub heldout: Option<Calibration>,
+    /// How calibrated scores rank units.
+    pub criterion: Criterion,
+    /// How the consumers of removed units are repaired (needs calibration).
+    pub repair: Repair,
     /// Seed of the random inputs fidelity is measured on without calibration data.
     pub seed: u64,
     /// How many random samples to measure fidelity on without calibration data.
@@ -47,7 +54,9 @@ impl AutoOptions {
             plan: None,
             plan_origin: String::new(),
             calibration: None,
-            compensation: true,
+            heldout: None,
+            criterion: Criterion::RemovalCost,
+            repair: Repair::LeastSquares,
             seed: 0,
             random_samples: 4,
         }
@@ -67,16 +76,22 @@ pub struct GroupOutcome {
     pub units: usize,
     /// Units kept.
     pub kept: usize,
+    /// The relative ridge cross-validation chose for a least-squares refit.
+    pub ridge: Option<f64>,
 }
 
 /// How the removed units were chosen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Scoring {
     /// By weight magnitude (no calibration data).
     Magnitude,
     /// By activation-aware scores on calibration data.
     Activation,
+    /// By the variance of each unit's contribution on calibration data (FLAP).
+    Fluctuation,
+    /// By greedy least-squares removal on calibration data.
+    RemovalCost,
     /// Taken from a saved plan.
     Plan,
 }
@@ -86,6 +101,8 @@ impl fmt::Display for Scoring {
         f.write_str(match self {
             Scoring::Magnitude => "magnitude",
             Scoring::Activation => "activation",
+            Scoring::Fluctuation => "fluctuation",
+            Scoring::RemovalCost => "removal cost",
             Scoring::Plan => "plan",
         })
     }
@@ -96,6 +113,11 @@ impl fmt::Display for Scoring {
 pub enum FidelityInputs {
     /// The calibration samples.
     Calibration {
+        /// How many.
+        samples: usize,
+    },
+    /// Held-out samples, not used for calibration.
+    Heldout {
         /// How many.
         samples: usize,
     },
@@ -113,6 +135,9 @@ impl fmt::Display for FidelityInputs {
         match self {
             FidelityInputs::Calibration { samples } => {
                 write!(f, "calibration data, {samples} samples")
+            }
+            FidelityInputs::Heldout { samples } => {
+                write!(f, "held-out data, {samples} samples")
             }
             FidelityInputs::Random { samples, seed } => {
                 write!(f, "{samples} seeded random inputs (seed {seed})")
@@ -133,8 +158,10 @@ impl Serialize for FidelityInputs {
 pub struct AutoReport {
     /// How the removed units were chosen.
     pub scoring: Scoring,
-    /// Whether removed units' mean contributions went into the biases.
-    pub compensation: bool,
+    /// How the consumers of removed units were repaired.
+    pub repair: Repair,
+    /// Real (unpadded) tokens the calibration statistics were taken over.
+    pub calibration_tokens: Option<usize>,
     /// Per group, how many units were kept.
     pub groups: Vec<GroupOutcome>,
     /// Fidelity of the slimmed model to the dense one, per output.
@@ -155,8 +182,10 @@ pub struct AutoSlimmed {
     pub slimmed: TypedModel,
     /// The units removed from each group.
     pub plan: Plan,
-    /// Per plan entry, what bias compensation added to the consumer's bias.
+    /// Per plan entry, what the repair added to the consumer's bias.
     pub compensations: Vec<Option<Tensor>>,
+    /// Per plan entry, the ridge of a least-squares refit (the consumer's weights changed).
+    pub ridges: Vec<Option<f64>>,
     /// What was done and how close the result stays to the dense model.
     pub report: AutoReport,
 }
@@ -165,6 +194,10 @@ impl AutoSlimmed {
     /// The plan as cuts of the source ONNX file that remove nothing: every unit kept, the
     /// removed ones zeroed in their consumer, compensation in its bias.
     pub fn onnx_edits(&self) -> TractResult<Vec<Cut>> {
+        ensure!(
+            self.ridges.iter().all(Option::is_none),
+            "least-squares refits change the consumers' weights, which the ONNX writer does not write into the source file yet: use bias compensation (--repair compensation) for ONNX output"
+        );
         self.plan
             .groups
             .iter()
@@ -197,21 +230,6 @@ impl AutoSlimmed {
 
 fn stage(stage: &'static str) -> impl Fn(TractError) -> SlimError {
     move |e| SlimError::stage(stage, e)
-}
-
-/// Calibration statistics of every group, from one run of the model over the samples.
-fn calibrate(
-    model: &TypedModel,
-    groups: &[Group],
-    calibration: &Calibration,
-) -> TractResult<Vec<GroupStats>> {
-    let outlets: Vec<OutletId> = groups.iter().map(|g| g.activation).collect();
-    let captured = capture(model, &outlets, &calibration.samples)?;
-    groups
-        .iter()
-        .zip(&captured)
-        .map(|(g, activations)| activation_stats(model, g, activations))
-        .collect()
 }
 
 /// A sparsity asked of a kind of unit the model has no group of is an error: nothing would be
@@ -255,7 +273,7 @@ fn check_plan(plan: &Plan, groups: &[Group], origin: &str) -> Result<()> {
 fn plan_for(
     model: &TypedModel,
     groups: &[Group],
-    stats: Option<&[GroupStats]>,
+    stats: Option<&[Calibrated]>,
     options: &AutoOptions,
     warnings: &mut Vec<String>,
 ) -> Result<(Plan, Scoring)> {
@@ -265,8 +283,12 @@ fn plan_for(
     }
     let (scores, scoring) = match stats {
         Some(stats) => (
-            stats.iter().map(|s| s.scores.clone()).collect(),
-            Scoring::Activation,
+            calibrated_scores(model, groups, stats, options.criterion).map_err(stage("scoring"))?,
+            match options.criterion {
+                Criterion::Activation => Scoring::Activation,
+                Criterion::Fluctuation => Scoring::Fluctuation,
+                Criterion::RemovalCost => Scoring::RemovalCost,
+            },
         ),
         None => {
             warnings.push("no calibration data: units are chosen by weight magnitude, which is often no better than chance; give --calibration for activation-aware scores and bias compensation".to_string());
@@ -278,15 +300,67 @@ fn plan_for(
             (scores, Scoring::Magnitude)
         }
     };
-    Ok((choose(groups, &scores, &options.targets), scoring))
+    let mut plan = choose(groups, &scores, &options.targets);
+    if let (Some(stats), Criterion::RemovalCost) = (stats, options.criterion) {
+        greedy_choice(model, groups, stats, &mut plan).map_err(stage("scoring"))?;
+    }
+    Ok((plan, scoring))
 }
 
-/// The inputs fidelity is measured on: the calibration samples, else seeded random inputs.
+/// Re-chooses each group's removed units, as many as the plan removes, by greedy
+/// least-squares removal.
+fn greedy_choice(
+    model: &TypedModel,
+    groups: &[Group],
+    stats: &[Calibrated],
+    plan: &mut Plan,
+) -> TractResult<()> {
+    for entry in plan.groups.iter_mut().filter(|e| !e.removed.is_empty()) {
+        let index = groups
+            .iter()
+            .position(|g| g.kind == entry.kind && g.layer == entry.layer)
+            .context("plan entry without a group")?;
+        let w = weight_of(model, groups[index].weight)?;
+        let w = stats[index].form.weight_matrix(&w)?;
+        let ridge = cross_validated_ridge(&stats[index], &w, &entry.removed)?;
+        let mut order = greedy_removal_order(&stats[index], &w, entry.removed.len(), ridge)?;
+        order.sort_unstable();
+        entry.removed = order;
+    }
+    Ok(())
+}
+
+/// The calibrated scores of every group's units.
+fn calibrated_scores(
+    model: &TypedModel,
+    groups: &[Group],
+    stats: &[Calibrated],
+    criterion: Criterion,
+) -> TractResult<Vec<Vec<f32>>> {
+    groups
+        .iter()
+        .zip(stats)
+        .map(|(g, s)| {
+            let w = weight_of(model, g.weight)?;
+            let w = s.form.weight_matrix(&w)?;
+            Ok(s.scores(g, &w, criterion))
+        })
+        .collect()
+}
+
+/// The inputs fidelity is measured on: held-out samples, else the calibration samples, else
+/// seeded random inputs.
 fn fidelity_samples(
     model: &TypedModel,
     options: &AutoOptions,
     values: &SymbolValues,
 ) -> Result<(Vec<TVec<TValue>>, FidelityInputs)> {
+    if let Some(h) = &options.heldout {
+        let described = FidelityInputs::Heldout {
+            samples: h.samples.len(),
+        };
+        return Ok((h.samples.clone(), described));
+    }
     if let Some(c) = &options.calibration {
         let described = FidelityInputs::Calibration {
             samples: c.samples.len(),
@@ -321,18 +395,21 @@ pub fn auto_slim(
         .map(|c| calibrate(model, &groups, c))
         .transpose()
         .map_err(stage("calibration"))?;
+    let calibration_tokens = stats
+        .as_ref()
+        .and_then(|s| s.first())
+        .map(|s| s.tokens as usize);
     let (plan, scoring) = plan_for(model, &groups, stats.as_deref(), options, &mut warnings)?;
-    let compensate = options.compensation && stats.is_some();
+    let repair = if stats.is_some() {
+        options.repair
+    } else {
+        Repair::None
+    };
     let Pruned {
         model: pruned,
         compensations,
-    } = apply(
-        model,
-        &groups,
-        &plan,
-        stats.as_deref().filter(|_| compensate),
-    )
-    .map_err(stage("prune"))?;
+        ridges,
+    } = apply(model, &groups, &plan, stats.as_deref(), repair).map_err(stage("prune"))?;
     let Slimmed {
         model: slimmed,
         report: mut slim,
@@ -342,16 +419,28 @@ pub fn auto_slim(
     let exact = verify(&pruned, &slimmed, options.seed, values).map_err(stage("verify"))?;
     slim.verification = Some(exact);
     let (samples, fidelity_inputs) = fidelity_samples(model, options, values)?;
-    let fidelity = fidelity(model, &slimmed, &samples).map_err(stage("fidelity"))?;
-    let groups = plan.groups.iter().map(GroupOutcome::of).collect();
+    let mask = options
+        .heldout
+        .as_ref()
+        .or(options.calibration.as_ref())
+        .and_then(|c| c.mask);
+    let fidelity = fidelity(model, &slimmed, &samples, mask).map_err(stage("fidelity"))?;
+    let groups = plan
+        .groups
+        .iter()
+        .zip(&ridges)
+        .map(|(entry, ridge)| GroupOutcome::of(entry, *ridge))
+        .collect();
     Ok(AutoSlimmed {
         pruned,
         slimmed,
         plan,
         compensations,
+        ridges,
         report: AutoReport {
             scoring,
-            compensation: compensate,
+            repair,
+            calibration_tokens,
             groups,
             fidelity,
             fidelity_inputs,
@@ -362,13 +451,14 @@ pub fn auto_slim(
 }
 
 impl GroupOutcome {
-    fn of(entry: &PlanGroup) -> GroupOutcome {
+    fn of(entry: &PlanGroup, ridge: Option<f64>) -> GroupOutcome {
         GroupOutcome {
             kind: entry.kind,
             layer: entry.layer,
             name: entry.name.clone(),
             units: entry.units,
             kept: entry.units - entry.removed.len(),
+            ridge,
         }
     }
 }
@@ -380,17 +470,21 @@ impl AutoReport {
         for w in &self.warnings {
             out += &format!("warning: {w}\n");
         }
-        out += &format!(
-            "scores: {}; bias compensation: {}\n",
-            self.scoring,
-            if self.compensation { "on" } else { "off" }
-        );
+        out += &format!("scores: {}; repair: {}", self.scoring, self.repair);
+        if let Some(tokens) = self.calibration_tokens {
+            out += &format!("; calibration statistics over {tokens} real tokens");
+        }
+        out += "\n";
         out += &self.slim.table();
         for f in &self.fidelity {
             out += &format!(
-                "fidelity {} vs dense ({}): cosine {:.4}, relative L2 error {:.4}\n",
+                "fidelity {} vs dense ({}): cosine {:.4}, relative L2 error {:.4}",
                 f.name, self.fidelity_inputs, f.cosine, f.relative_l2
             );
+            if let Some(pooled) = f.pooled_cosine {
+                out += &format!(", pooled-embedding cosine {pooled:.4}");
+            }
+            out += "\n";
         }
         out
     }

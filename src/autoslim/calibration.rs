@@ -18,6 +18,22 @@ use tract_core::internal::*;
 pub struct Calibration {
     /// One entry per sample, holding a value for each model input in order.
     pub samples: Vec<TVec<TValue>>,
+    /// The input that marks real tokens (1) and padding (0), if the model has one: statistics
+    /// are taken over real tokens only.
+    pub mask: Option<usize>,
+}
+
+impl Calibration {
+    /// Samples for `model`, with its attention mask found by name (an input whose name
+    /// contains `mask`).
+    pub fn new(model: &TypedModel, samples: Vec<TVec<TValue>>) -> Calibration {
+        let mask = model.input_outlets().ok().and_then(|inputs| {
+            inputs
+                .iter()
+                .position(|o| model.node(o.node).name.to_lowercase().contains("mask"))
+        });
+        Calibration { samples, mask }
+    }
 }
 
 fn bad(path: &Path, message: impl Into<String>) -> SlimError {
@@ -127,5 +143,5 @@ pub fn load_npz(path: &Path, model: &TypedModel) -> Result<Calibration> {
                 .collect()
         })
         .collect();
-    Ok(Calibration { samples })
+    Ok(Calibration::new(model, samples))
 }

@@ -2,5 +2,7 @@
 //! write them into the model as zeros, and run the pass.
 
 pub(crate) mod auto;
+pub(crate) mod calibrated;
 pub(crate) mod calibration;
 pub(crate) mod prune;
+pub(crate) mod refit;

@@ -10,8 +10,10 @@
 //! mean contribution of the removed units is added to the consumer's bias, so the pruned model
 //! is right on average (as FLAP does).
 
+use crate::autoslim::calibrated::Calibrated;
+use crate::autoslim::refit::refit;
 use crate::model::discover::{Group, Kind};
-use crate::model::stats::{compensation, unit_norms, weight_of, GroupStats};
+use crate::model::stats::{unit_norms, weight_of};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use tract_core::internal::*;
@@ -309,27 +311,75 @@ fn add_to_bias(model: &mut TypedModel, group: &Group, delta: Tensor) -> TractRes
     patch.apply(model)
 }
 
+/// How the consumer of removed units is repaired, from calibration statistics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Repair {
+    /// Only zeros: the removed units' contribution is lost.
+    None,
+    /// Their mean contribution over real calibration tokens is added to the consumer's bias.
+    Compensation,
+    /// The consumer's kept weights and bias are refit by ridge least squares to reproduce its
+    /// dense output on the calibration tokens ([`crate::autoslim::refit`]).
+    LeastSquares,
+}
+
+impl std::fmt::Display for Repair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            Repair::None => "none",
+            Repair::Compensation => "bias compensation",
+            Repair::LeastSquares => "least-squares refit",
+        })
+    }
+}
+
 /// A model with a plan written into it.
 pub struct Pruned {
     /// The model with the plan written in.
     pub model: TypedModel,
-    /// Per plan entry, what was added to the consumer's bias (with compensation).
+    /// Per plan entry, what was added to the consumer's bias.
     pub compensations: Vec<Option<Tensor>>,
+    /// Per plan entry, the relative ridge of a least-squares refit.
+    pub ridges: Vec<Option<f64>>,
+}
+
+/// The consumer's bias as one value per output feature (zeros without a bias).
+fn bias_vector(model: &TypedModel, group: &Group, outputs: usize) -> TractResult<Vec<f32>> {
+    let Some((add_node, slot)) = group.bias else {
+        return Ok(vec![0.0; outputs]);
+    };
+    let bias = weight_of(model, model.node(add_node).inputs[slot].node)?;
+    let bias = bias.cast_to::<f32>()?;
+    let values = bias.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
+    match values.len() {
+        n if n == outputs => Ok(values),
+        1 => Ok(vec![values[0]; outputs]),
+        n => bail!(
+            "bias of `{}` has {n} values for {outputs} outputs",
+            group.name
+        ),
+    }
 }
 
 /// Writes a plan into a copy of `model`: zeros in the consumers' weights for the removed units,
-/// and with `stats` (one per group) their mean contribution added to the consumers' biases.
+/// and with `stats` (one per group) the consumers repaired as `repair` says.
 pub fn apply(
     model: &TypedModel,
     groups: &[Group],
     plan: &Plan,
-    stats: Option<&[GroupStats]>,
+    stats: Option<&[Calibrated]>,
+    repair: Repair,
 ) -> TractResult<Pruned> {
-    let mut pruned = model.clone();
-    let mut compensations = vec![];
+    let mut pruned = Pruned {
+        model: model.clone(),
+        compensations: vec![],
+        ridges: vec![],
+    };
     for entry in &plan.groups {
         if entry.removed.is_empty() {
-            compensations.push(None);
+            pruned.compensations.push(None);
+            pruned.ridges.push(None);
             continue;
         }
         let index = groups
@@ -337,25 +387,48 @@ pub fn apply(
             .position(|g| g.kind == entry.kind && g.layer == entry.layer)
             .context("plan entry without a group")?;
         let group = &groups[index];
-        let delta = stats
-            .map(|stats| compensation(model, group, &stats[index], &entry.removed))
-            .transpose()?;
-        if let Some(delta) = &delta {
-            add_to_bias(&mut pruned, group, delta.clone())?;
-        }
-        compensations.push(delta);
         let weight = weight_of(model, group.weight)?;
-        let zeroed = group.weight_units.zeroed(&weight, &entry.removed)?;
         let slot = pruned
+            .model
             .node(group.consumer)
             .inputs
             .iter()
             .position(|i| i.node == group.weight)
             .context("consumer does not read its weight")?;
-        replace_const(&mut pruned, group.consumer, slot, zeroed)?;
+        let (new_weight, delta, ridge) = match stats.map(|s| &s[index]) {
+            Some(stats) if repair == Repair::LeastSquares => {
+                let w = stats.form.weight_matrix(&weight)?;
+                let bias = bias_vector(model, group, stats.form.outputs)?;
+                let fit = refit(stats, &w, Some(&bias), &entry.removed)
+                    .with_context(|| format!("refitting `{}`", group.name))?;
+                let delta = tract_ndarray::ArrayD::from_shape_vec(
+                    stats.form.bias_shape.clone(),
+                    fit.bias_delta.clone(),
+                )?
+                .into_tensor();
+                let new = stats
+                    .form
+                    .weight_tensor(fit.weight.view(), weight.datum_type())?;
+                (new, Some(delta), Some(fit.ridge))
+            }
+            Some(stats) if repair == Repair::Compensation => {
+                let w = stats.form.weight_matrix(&weight)?;
+                let delta = stats.mean_contribution(&w, &entry.removed)?;
+                let zeroed = group.weight_units.zeroed(&weight, &entry.removed)?;
+                (zeroed, Some(delta), None)
+            }
+            _ => (
+                group.weight_units.zeroed(&weight, &entry.removed)?,
+                None,
+                None,
+            ),
+        };
+        if let Some(delta) = &delta {
+            add_to_bias(&mut pruned.model, group, delta.clone())?;
+        }
+        replace_const(&mut pruned.model, group.consumer, slot, new_weight)?;
+        pruned.compensations.push(delta);
+        pruned.ridges.push(ridge);
     }
-    Ok(Pruned {
-        model: pruned,
-        compensations,
-    })
+    Ok(pruned)
 }

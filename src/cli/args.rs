@@ -205,10 +205,25 @@ pub struct PruneArgs {
     /// Round each kept FFN width to a multiple of N.
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub multiple_of: usize,
-    /// Calibration inputs (.npz): activation-aware scores and bias compensation.
+    /// Calibration inputs (.npz): activation-aware scores and the consumers' repair, over the
+    /// real tokens the model's attention mask marks.
     #[arg(long)]
     pub calibration: Option<PathBuf>,
-    /// Do not add the removed units' mean contribution to the biases.
+    /// Inputs (.npz) to measure fidelity on, not used for calibration.
+    #[arg(long)]
+    pub heldout: Option<PathBuf>,
+    /// How calibrated data chooses units: greedy least-squares removal (each unit removed is the
+    /// one whose loss, with the consumer refit on the rest, costs least), the variance of each
+    /// unit's contribution (FLAP's fluctuation), or its mean size (|activation| × weight norm for
+    /// channels, contribution norm for heads).
+    #[arg(long, value_enum, default_value_t = ScoreArg::RemovalCost)]
+    pub score: ScoreArg,
+    /// How the consumers of removed units are repaired with calibration data: a ridge
+    /// least-squares refit of their kept weights and bias (default for NNEF output), their mean
+    /// contribution added to the bias (default for ONNX output), or nothing.
+    #[arg(long, value_enum)]
+    pub repair: Option<RepairArg>,
+    /// Same as --repair none.
     #[arg(long)]
     pub no_compensation: bool,
     /// Apply this saved plan (JSON) instead of choosing.
@@ -228,4 +243,26 @@ pub struct PruneArgs {
     /// Write the report as JSON.
     #[arg(long)]
     pub report: Option<PathBuf>,
+}
+
+/// `--score`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ScoreArg {
+    /// Mean |activation| times the consumer row's norm (heads: contribution norm).
+    Activation,
+    /// Variance of the channel's contribution to the consumer's output.
+    Fluctuation,
+    /// Greedy least-squares removal: each unit removed is the cheapest with the rest refit.
+    RemovalCost,
+}
+
+/// `--repair`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RepairArg {
+    /// Refit the consumer's kept weights and bias by ridge least squares.
+    LeastSquares,
+    /// Add the removed units' mean contribution to the consumer's bias.
+    Compensation,
+    /// Zeros only.
+    None,
 }

@@ -1,6 +1,6 @@
 //! What each subcommand does.
 
-use super::args::{Command, ImportArgs, PassOptions, PruneArgs};
+use super::args::{Command, ImportArgs, PassOptions, PruneArgs, RepairArg, ScoreArg};
 use super::progress::Progress;
 use model_slim::compare_latency;
 use model_slim::symbol_values;
@@ -12,7 +12,7 @@ use model_slim::{auto_slim, AutoOptions};
 use model_slim::{groups, Kind};
 use model_slim::{write_atomically, write_model, ArtifactCheck, Format};
 use model_slim::{write_pruned_onnx, write_slimmed_onnx};
-use model_slim::{zero_units, Plan, Targets};
+use model_slim::{zero_units, Criterion, Plan, Repair, Targets};
 use model_slim::{IoError, Mismatch, SlimError, Slimmed, Slimmer};
 use serde::Serialize;
 use std::path::Path;
@@ -250,9 +250,14 @@ fn run_prune(ctx: &Context, args: &PruneArgs) -> Result<(), Failure> {
         values: &values,
         seed: args.seed,
     };
-    let edits = result
-        .onnx_edits()
-        .map_err(|e| SlimError::stage("pruned ONNX", e))?;
+    let writes_onnx = Format::of(&args.output) == Some(Format::Onnx) || args.emit_pruned.is_some();
+    let edits = if writes_onnx {
+        result
+            .onnx_edits()
+            .map_err(|e| SlimError::stage("pruned ONNX", e))?
+    } else {
+        vec![]
+    };
     let import_options = args.import.options()?;
     let written = if Format::of(&args.output) == Some(Format::Onnx) {
         let v = ctx
@@ -312,6 +317,11 @@ fn auto_options(args: &PruneArgs, original: &TypedModel) -> Result<AutoOptions, 
         .as_deref()
         .map(|path| model_slim::load_npz(path, original))
         .transpose()?;
+    let heldout = args
+        .heldout
+        .as_deref()
+        .map(|path| model_slim::load_npz(path, original))
+        .transpose()?;
     let plan = args.plan.as_deref().map(read_plan).transpose()?;
     let targets = Targets {
         global: args.global,
@@ -327,10 +337,29 @@ fn auto_options(args: &PruneArgs, original: &TypedModel) -> Result<AutoOptions, 
             .map(|p| p.display().to_string())
             .unwrap_or_default(),
         calibration,
-        compensation: !args.no_compensation,
+        heldout,
+        criterion: match args.score {
+            ScoreArg::Activation => Criterion::Activation,
+            ScoreArg::Fluctuation => Criterion::Fluctuation,
+            ScoreArg::RemovalCost => Criterion::RemovalCost,
+        },
+        repair: repair_of(args),
         seed: args.seed,
         ..AutoOptions::new(targets)
     })
+}
+
+/// The repair asked for: least squares by default, but bias compensation for ONNX files (the
+/// ONNX writer edits zeros and biases, not refit weights).
+fn repair_of(args: &PruneArgs) -> Repair {
+    let onnx = Format::of(&args.output) == Some(Format::Onnx) || args.emit_pruned.is_some();
+    match (args.repair, args.no_compensation) {
+        (_, true) | (Some(RepairArg::None), _) => Repair::None,
+        (Some(RepairArg::Compensation), _) => Repair::Compensation,
+        (Some(RepairArg::LeastSquares), _) => Repair::LeastSquares,
+        (None, false) if onnx => Repair::Compensation,
+        (None, false) => Repair::LeastSquares,
+    }
 }
 
 /// The groups table: kind, layer, consumer, units, and zero units (already removable); with a

@@ -1,9 +1,9 @@
-//! What the weights and calibration data say about the units of a group: which are zero in the
-//! consumer, their norms, their mean activations and contributions, and what removing some
-//! adds on average to the consumer's output (bias compensation, and the constants folded when
-//! writing ONNX).
+//! What the weights say about the units of a group (which are zero in the consumer, their
+//! norms), and the mean contribution of some units to the consumer's output on a few runs (the
+//! constant units folded into a bias when writing ONNX). Calibration statistics for auto-slim
+//! are in `autoslim::calibrated`.
 
-use crate::model::discover::{Group, Kind, Units};
+use crate::model::discover::{Group, Units};
 use tract_core::internal::*;
 use tract_core::ops::einsum::EinSum;
 use tract_core::ops::konst::Const;
@@ -50,11 +50,9 @@ pub fn zero_units(model: &TypedModel, group: &Group) -> TractResult<Vec<usize>> 
     Ok((0..group.units).filter(|&u| norms[u] == 0.0).collect())
 }
 
-/// What calibration data says about one group.
+/// The mean input of a group's consumer on some runs (for constant units: their value).
 #[derive(Clone, Debug)]
 pub struct GroupStats {
-    /// Activation-aware score of each unit.
-    pub scores: Vec<f32>,
     /// The consumer's input averaged over tokens and samples (token axes kept, size 1).
     pub mean: Tensor,
 }
@@ -91,23 +89,15 @@ fn contract(
     Ok(out.remove(0).into_tensor())
 }
 
-/// Axes of the activation the consumer carries to its output (tokens, batch), and axes of the
-/// output the weight carries (features).
-fn token_and_feature_axes(einsum: &EinSum, weight_slot: usize) -> (Vec<usize>, Vec<usize>) {
+/// Axes of the activation the consumer carries to its output (tokens, batch).
+fn token_axes(einsum: &EinSum, weight_slot: usize) -> Vec<usize> {
     let input_slot = 1 - weight_slot;
-    let mut tokens = vec![];
-    let mut features = vec![];
-    for letter in einsum.axes.iter_all_axes() {
-        let Some(&out) = letter.outputs[0].first() else {
-            continue;
-        };
-        if let Some(&a) = letter.inputs[input_slot].first() {
-            tokens.push(a);
-        } else if !letter.inputs[weight_slot].is_empty() {
-            features.push(out);
-        }
-    }
-    (tokens, features)
+    einsum
+        .axes
+        .iter_all_axes()
+        .filter(|letter| !letter.outputs[0].is_empty())
+        .filter_map(|letter| letter.inputs[input_slot].first().copied())
+        .collect()
 }
 
 /// Mean over the given axes (kept, size 1) of a tensor, as f32.
@@ -123,81 +113,25 @@ fn mean_over(tensor: &Tensor, axes: &[usize]) -> TractResult<tract_ndarray::Arra
     Ok(view)
 }
 
-/// Mean L2 norm over tokens of a contribution: features are the `features` axes of `out`.
-fn mean_token_norm(out: &Tensor, features: &[usize]) -> TractResult<f32> {
-    let data = out.cast_to::<f32>()?;
-    let view = data.to_plain_array_view::<f32>()?;
-    let mut squares = view.mapv(|v| v * v);
-    let mut sorted = features.to_vec();
-    sorted.sort_unstable_by(|a, b| b.cmp(a));
-    for &axis in &sorted {
-        squares = squares.sum_axis(tract_ndarray::Axis(axis));
-    }
-    let norms = squares.mapv(f32::sqrt);
-    Ok(norms.mean().unwrap_or(0.0))
-}
-
-/// Activation statistics of every group on captured activations (one tensor per sample).
+/// The consumer's mean input over the captured activations (one tensor per run).
 pub fn activation_stats(
     model: &TypedModel,
     group: &Group,
     activations: &[Tensor],
 ) -> TractResult<GroupStats> {
     let (einsum, weight_slot) = consumer_einsum(model, group)?;
-    let (tokens, features) = token_and_feature_axes(&einsum, weight_slot);
-    let weight = weight_of(model, group.weight)?;
-    let units = group.activation_units;
-    let mut mean_sum: Option<tract_ndarray::ArrayD<f32>> = None;
-    let mut scores = vec![0f32; group.units];
+    let tokens = token_axes(&einsum, weight_slot);
+    let mut sum: Option<tract_ndarray::ArrayD<f32>> = None;
     for activation in activations {
         let mean = mean_over(activation, &tokens)?;
-        mean_sum = Some(match mean_sum {
+        sum = Some(match sum {
             Some(sum) => sum + mean,
             None => mean,
         });
-        match group.kind {
-            Kind::Ffn => {
-                // Mean |activation| per channel: average over tokens, then over the unit's slices.
-                let magnitude = activation
-                    .cast_to::<f32>()?
-                    .to_plain_array_view::<f32>()?
-                    .mapv(f32::abs);
-                let magnitude = mean_over(&magnitude.into_tensor(), &tokens)?;
-                for (u, score) in scores.iter_mut().enumerate() {
-                    let slices = units.slices(&[u]);
-                    let total: f32 = slices
-                        .iter()
-                        .map(|&i| {
-                            magnitude
-                                .index_axis(tract_ndarray::Axis(units.axis), i)
-                                .mean()
-                                .unwrap_or(0.0)
-                        })
-                        .sum();
-                    *score += total / slices.len() as f32;
-                }
-            }
-            Kind::Heads => {
-                for (u, score) in scores.iter_mut().enumerate() {
-                    let part = units.select(activation, &[u])?;
-                    let w = group.weight_units.select(&weight, &[u])?;
-                    *score +=
-                        mean_token_norm(&contract(&einsum, weight_slot, part, w)?, &features)?;
-                }
-            }
-        }
     }
-    let samples = activations.len().max(1) as f32;
-    scores.iter_mut().for_each(|s| *s /= samples);
-    if group.kind == Kind::Ffn {
-        let norms = unit_norms(&weight, group.weight_units, group.units)?;
-        scores.iter_mut().zip(norms).for_each(|(s, n)| *s *= n);
-    }
-    let mean = mean_sum
-        .context("no calibration samples")?
-        .mapv(|v| v / samples);
+    let runs = activations.len().max(1) as f32;
+    let mean = sum.context("no runs")?.mapv(|v| v / runs);
     Ok(GroupStats {
-        scores,
         mean: mean.into_tensor(),
     })
 }

@@ -217,13 +217,58 @@ pub struct OutputFidelity {
     pub cosine: f64,
     /// ‖approximation − reference‖ / ‖reference‖.
     pub relative_l2: f64,
+    /// For a `[1, tokens, features]` output and inputs with a token mask: the cosine between
+    /// the mean-pooled real tokens of both, averaged over samples (sentence embeddings).
+    pub pooled_cosine: Option<f64>,
 }
 
-/// Fidelity of `approximation` to `reference` on the given input samples, per output.
+/// Mean of the rows of a `tokens × features` output whose `mask` is positive.
+fn pooled(values: &[f32], mask: &[f32], features: usize) -> Vec<f64> {
+    let mut sum = vec![0f64; features];
+    let mut count = 0f64;
+    for (row, m) in values.chunks(features).zip(mask) {
+        if *m > 0.0 {
+            count += 1.0;
+            sum.iter_mut().zip(row).for_each(|(s, v)| *s += *v as f64);
+        }
+    }
+    sum.iter().map(|s| s / count.max(1.0)).collect()
+}
+
+fn cosine(a: &[f64], b: &[f64]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    dot / (norm(a) * norm(b)).max(f64::MIN_POSITIVE)
+}
+
+/// The pooled-embedding cosine of one sample's output, when it is `[1, tokens, features]` and
+/// the mask has one value per token.
+fn pooled_cosine(r: &Tensor, a: &Tensor, mask: Option<&Tensor>) -> TractResult<Option<f64>> {
+    let Some(mask) = mask else { return Ok(None) };
+    let shape = r.shape();
+    if shape.len() != 3 || shape[0] != 1 || mask.len() != shape[1] {
+        return Ok(None);
+    }
+    let mask = mask.cast_to::<f32>()?;
+    let mask = mask.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
+    let (r, a) = (r.cast_to::<f32>()?, a.cast_to::<f32>()?);
+    let (r, a) = (
+        r.try_as_plain_ram()?.as_slice::<f32>()?.to_vec(),
+        a.try_as_plain_ram()?.as_slice::<f32>()?.to_vec(),
+    );
+    Ok(Some(cosine(
+        &pooled(&r, &mask, shape[2]),
+        &pooled(&a, &mask, shape[2]),
+    )))
+}
+
+/// Fidelity of `approximation` to `reference` on the given input samples, per output; `mask`
+/// is the input marking real tokens, for pooled-embedding cosines.
 pub fn fidelity(
     reference: &TypedModel,
     approximation: &TypedModel,
     samples: &[TVec<TValue>],
+    mask: Option<usize>,
 ) -> TractResult<Vec<OutputFidelity>> {
     let plans = [reference, approximation]
         .map(|m| m.clone().into_optimized().and_then(|m| m.into_runnable()));
@@ -232,10 +277,15 @@ pub fn fidelity(
     let outputs = reference.output_outlets()?.len();
     // Per output: Σ r·a, Σ r², Σ a², Σ (a − r)².
     let mut sums = vec![[0f64; 4]; outputs];
+    let mut pooled: Vec<Vec<f64>> = vec![vec![]; outputs];
     for sample in samples {
         let r = reference_plan.run(sample.clone())?;
         let a = approximation_plan.run(sample.clone())?;
+        let token_mask = mask.map(|m| sample[m].clone().into_tensor());
         for (ix, sum) in sums.iter_mut().enumerate() {
+            if let Some(c) = pooled_cosine(&r[ix], &a[ix], token_mask.as_ref())? {
+                pooled[ix].push(c);
+            }
             let (r, a) = (r[ix].cast_to::<f32>()?, a[ix].cast_to::<f32>()?);
             let (r, a) = (
                 r.try_as_plain_ram()?.as_slice::<f32>()?,
@@ -257,6 +307,8 @@ pub fn fidelity(
                 name: output_name(reference, ix)?,
                 cosine: ra / (rr.sqrt() * aa.sqrt()).max(f64::MIN_POSITIVE),
                 relative_l2: (dd / rr.max(f64::MIN_POSITIVE)).sqrt(),
+                pooled_cosine: (pooled[ix].len() == samples.len() && !samples.is_empty())
+                    .then(|| pooled[ix].iter().sum::<f64>() / samples.len() as f64),
             })
         })
         .collect()

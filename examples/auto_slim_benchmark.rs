@@ -1,0 +1,70 @@
+//! Auto-slim's fidelity on a real model, judged on held-out sentences: the table in README.
+//!
+//! Make the data with `python tests/fixtures/make_minilm_benchmark.py target/minilm` (the real
+//! all-MiniLM-L6-v2 and sentences from a fixed public text), then
+//! `cargo run --release --example auto_slim_benchmark -- target/minilm`.
+//!
+//! For each target (FFN channels and heads removed in every layer) and each method it prints
+//! the mean cosine between the mean-pooled real-token embeddings of the pruned and the dense
+//! model on the held-out sentences, and the time `auto_slim` took.
+
+use model_slim::{auto_slim, load_npz, AutoOptions, Criterion, Repair, Slimmer, Targets};
+use model_slim::{import_onnx, ImportOptions};
+use std::path::PathBuf;
+use std::time::Instant;
+
+const TARGETS: &[(f64, f64)] = &[(0.1, 0.0), (0.3, 0.0), (0.5, 0.0), (0.3, 0.25), (0.5, 0.5)];
+
+const METHODS: &[(&str, Criterion, Repair)] = &[
+    (
+        "activation + compensation",
+        Criterion::Activation,
+        Repair::Compensation,
+    ),
+    (
+        "fluctuation + compensation",
+        Criterion::Fluctuation,
+        Repair::Compensation,
+    ),
+    (
+        "fluctuation + least squares",
+        Criterion::Fluctuation,
+        Repair::LeastSquares,
+    ),
+    (
+        "greedy removal + least squares (default)",
+        Criterion::RemovalCost,
+        Repair::LeastSquares,
+    ),
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = PathBuf::from(std::env::args().nth(1).unwrap_or("target/minilm".into()));
+    let model = import_onnx(&dir.join("minilm.onnx"), &ImportOptions::default())?;
+    let calibration = load_npz(&dir.join("calibration.npz"), &model)?;
+    let heldout = load_npz(&dir.join("heldout.npz"), &model)?;
+    let slimmer = Slimmer::new()?;
+    print!("| FFN removed | heads removed |");
+    for (name, _, _) in METHODS {
+        print!(" {name} |");
+    }
+    println!("\n|---|---|{}", "---|".repeat(METHODS.len()));
+    for (ffn, heads) in TARGETS {
+        print!("| {:.0}% | {:.0}% |", ffn * 100.0, heads * 100.0);
+        for (_, criterion, repair) in METHODS {
+            let options = AutoOptions {
+                calibration: Some(calibration.clone()),
+                heldout: Some(heldout.clone()),
+                criterion: *criterion,
+                repair: *repair,
+                ..AutoOptions::new(Targets::per_layer(*ffn, *heads))
+            };
+            let clock = Instant::now();
+            let result = auto_slim(&model, &slimmer, &options)?;
+            let pooled = result.report.fidelity[0].pooled_cosine.unwrap_or(f64::NAN);
+            print!(" {pooled:.3} ({:.0} s) |", clock.elapsed().as_secs_f64());
+        }
+        println!();
+    }
+    Ok(())
+}

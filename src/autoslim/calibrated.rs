@@ -1,0 +1,573 @@
+//! What calibration data says about each group, over real tokens only.
+//!
+//! Calibration sentences are padded: most positions of a 128-token sample are padding, and
+//! their activations describe nothing a user will see. Every statistic here is weighted by the
+//! model's attention mask (a model input whose name contains `mask`), flattened over the
+//! consumer's token axes; without such an input, or when its shape does not line up with the
+//! token axes, every position counts.
+//!
+//! The consumer of a group is seen as a matrix product `X · W (+ b)`: `X` has one row per token
+//! and one column per contracted input position (a channel, or one element of a head), `W` one
+//! row per input position and one column per output feature ([`MatrixForm`]). From one pass
+//! over the samples this gathers, per group: per-column means and variances, the units' scores,
+//! and the Gram matrix of `[X, 1]` split into folds for the least-squares refit
+//! ([`crate::autoslim::refit`]).
+
+use crate::autoslim::calibration::Calibration;
+use crate::model::discover::{Group, Kind, Units};
+use crate::model::stats::weight_of;
+use faer::Mat;
+use tract_core::internal::*;
+use tract_core::ops::einsum::EinSum;
+use tract_ndarray::{Array2, ArrayView2, Axis as NdAxis};
+
+/// Folds of the Gram matrices, by sample (sample `i` goes to fold `i % FOLDS`).
+pub const FOLDS: usize = 3;
+
+/// A consumer EinSum as a matrix product between its computed input and its weight.
+#[derive(Clone, Debug)]
+pub struct MatrixForm {
+    /// The activation's axes: token axes (carried to the output) then contracted ones.
+    activation_order: Vec<usize>,
+    /// How many leading axes of `activation_order` are token axes.
+    token_axes: usize,
+    /// The weight's axes: contracted ones (in the activation's order) then output features.
+    weight_order: Vec<usize>,
+    /// The weight's shape.
+    weight_shape: Vec<usize>,
+    /// Rows of the matrix form (contracted positions).
+    pub inputs: usize,
+    /// Columns of the weight matrix (output features).
+    pub outputs: usize,
+    /// The rows of each unit.
+    pub unit_rows: Vec<Vec<usize>>,
+    /// The consumer's output shape with every axis but the features set to 1: the shape of a
+    /// bias term in the output's layout.
+    pub bias_shape: Vec<usize>,
+}
+
+impl MatrixForm {
+    /// The matrix form of a group's consumer, when its EinSum is a plain product: every letter
+    /// in the activation is a token (kept in the output, absent from the weight) or contracted
+    /// with the weight once; every other weight letter is an output feature.
+    pub fn of(model: &TypedModel, group: &Group) -> TractResult<MatrixForm> {
+        let node = model.node(group.consumer);
+        let einsum = node
+            .op_as::<EinSum>()
+            .context("consumer is not an EinSum")?;
+        let weight_slot = node
+            .inputs
+            .iter()
+            .position(|i| i.node == group.weight)
+            .context("consumer does not read its weight")?;
+        let input_slot = 1 - weight_slot;
+        let activation_fact = model.outlet_fact(node.inputs[input_slot])?;
+        let activation_shape: Vec<usize> = activation_fact
+            .shape
+            .iter()
+            .map(|d| d.to_usize().map_err(|e| format_err!("{e:?}")))
+            .collect::<TractResult<_>>()?;
+        let weight_shape = weight_of(model, group.weight)?.shape().to_vec();
+        let (mut tokens, mut contracted, mut features) = (vec![], vec![], vec![]);
+        for letter in einsum.axes.iter_all_axes() {
+            let (a, w, o) = (
+                &letter.inputs[input_slot],
+                &letter.inputs[weight_slot],
+                &letter.outputs[0],
+            );
+            match (a.len(), w.len(), o.len()) {
+                (1, 0, 1) => tokens.push(a[0]),
+                (1, 1, 0) => contracted.push((a[0], w[0])),
+                (0, 1, 1) => features.push(w[0]),
+                (0, 0, _) => {}
+                _ => bail!(
+                    "consumer `{}` is not a plain matrix product (axis {})",
+                    node.name,
+                    letter.repr
+                ),
+            }
+        }
+        tokens.sort_unstable();
+        contracted.sort_unstable();
+        features.sort_unstable();
+        let output_shape = &model.outlet_fact(OutletId::new(group.consumer, 0))?.shape;
+        let mut bias_shape = vec![1; output_shape.len()];
+        let mut last_position = None;
+        for w in &features {
+            let letter = einsum
+                .axes
+                .axis((InOut::In(weight_slot), *w))
+                .context("weight axis without a letter")?;
+            let position = letter.outputs[0][0];
+            ensure!(
+                last_position.is_none_or(|p| p < position),
+                "consumer `{}` reorders its weight's features",
+                node.name
+            );
+            last_position = Some(position);
+            bias_shape[position] = output_shape[position]
+                .to_usize()
+                .map_err(|e| format_err!("{e:?}"))?;
+        }
+        let mut activation_order = tokens.clone();
+        activation_order.extend(contracted.iter().map(|(a, _)| *a));
+        let mut weight_order: Vec<usize> = contracted.iter().map(|(_, w)| *w).collect();
+        weight_order.extend(&features);
+        let inputs = contracted
+            .iter()
+            .map(|(a, _)| activation_shape[*a])
+            .product();
+        let outputs = features.iter().map(|w| weight_shape[*w]).product();
+        let contracted_axes: Vec<usize> = contracted.iter().map(|(a, _)| *a).collect();
+        let unit_rows = unit_rows(
+            &activation_shape,
+            &contracted_axes,
+            group.activation_units,
+            group.units,
+        )?;
+        Ok(MatrixForm {
+            activation_order,
+            token_axes: tokens.len(),
+            weight_order,
+            weight_shape,
+            inputs,
+            outputs,
+            unit_rows,
+            bias_shape,
+        })
+    }
+
+    /// The activation as a `tokens × inputs` matrix.
+    pub fn activation_matrix(&self, activation: &Tensor) -> TractResult<Array2<f32>> {
+        let data = activation.cast_to::<f32>()?;
+        let view = data.to_plain_array_view::<f32>()?;
+        let permuted = view.permuted_axes(self.activation_order.clone());
+        let tokens: usize = permuted.shape()[..self.token_axes].iter().product();
+        Ok(permuted
+            .as_standard_layout()
+            .into_owned()
+            .into_shape_with_order((tokens, self.inputs))?)
+    }
+
+    /// The weight as an `inputs × outputs` matrix.
+    pub fn weight_matrix(&self, weight: &Tensor) -> TractResult<Array2<f32>> {
+        let data = weight.cast_to::<f32>()?;
+        let view = data.to_plain_array_view::<f32>()?;
+        Ok(view
+            .permuted_axes(self.weight_order.clone())
+            .as_standard_layout()
+            .into_owned()
+            .into_shape_with_order((self.inputs, self.outputs))?)
+    }
+
+    /// A weight matrix back in the weight's own layout and type.
+    pub fn weight_tensor(&self, matrix: ArrayView2<f32>, dt: DatumType) -> TractResult<Tensor> {
+        let permuted_shape: Vec<usize> = self
+            .weight_order
+            .iter()
+            .map(|a| self.weight_shape[*a])
+            .collect();
+        let permuted = matrix
+            .as_standard_layout()
+            .into_owned()
+            .into_shape_with_order(permuted_shape)?;
+        let mut inverse = vec![0; self.weight_order.len()];
+        for (position, axis) in self.weight_order.iter().enumerate() {
+            inverse[*axis] = position;
+        }
+        let back = permuted
+            .permuted_axes(inverse)
+            .as_standard_layout()
+            .into_owned();
+        Ok(back.into_tensor().cast_to_dt(dt)?.into_owned())
+    }
+}
+
+/// The flattened contracted positions of each unit.
+fn unit_rows(
+    shape: &[usize],
+    contracted: &[usize],
+    units: Units,
+    count: usize,
+) -> TractResult<Vec<Vec<usize>>> {
+    let unit_axes: Vec<usize> = (units.axis..units.axis + units.merged).collect();
+    ensure!(
+        unit_axes.iter().all(|a| contracted.contains(a)),
+        "the units do not lie along contracted axes"
+    );
+    let sizes: Vec<usize> = contracted.iter().map(|a| shape[*a]).collect();
+    let total: usize = sizes.iter().product();
+    let mut rows = vec![vec![]; count];
+    for flat in 0..total {
+        // The multi-index of `flat` over the contracted axes, row-major.
+        let mut rest = flat;
+        let mut index = vec![0; sizes.len()];
+        for (k, size) in sizes.iter().enumerate().rev() {
+            index[k] = rest % size;
+            rest /= size;
+        }
+        let mut merged = 0;
+        for axis in &unit_axes {
+            let k = contracted.iter().position(|a| a == axis).unwrap_or(0);
+            merged = merged * sizes[k] + index[k];
+        }
+        let unit = merged / units.block.max(1);
+        ensure!(unit < count, "position {flat} beyond the group's units");
+        rows[unit].push(flat);
+    }
+    Ok(rows)
+}
+
+/// Per-token weights of a sample (1 for a real token, 0 for padding) in the order of the
+/// activation matrix's rows, or `None` when every position counts.
+fn token_weights(mask: Option<&Tensor>, tokens: usize) -> TractResult<Option<Vec<f64>>> {
+    let Some(mask) = mask else {
+        return Ok(None);
+    };
+    if mask.len() != tokens {
+        return Ok(None);
+    }
+    let mask = mask.cast_to::<f32>()?;
+    let weights: Vec<f64> = mask
+        .try_as_plain_ram()?
+        .as_slice::<f32>()?
+        .iter()
+        .map(|m| if *m > 0.0 { 1.0 } else { 0.0 })
+        .collect();
+    Ok(Some(weights))
+}
+
+/// What calibration data says about one group.
+#[derive(Clone, Debug)]
+pub struct Calibrated {
+    /// The consumer as a matrix product.
+    pub form: MatrixForm,
+    /// Real tokens seen.
+    pub tokens: f64,
+    /// Mean of each input column over real tokens.
+    pub mean: Vec<f64>,
+    /// Variance of each input column over real tokens.
+    pub variance: Vec<f64>,
+    /// Mean |x| of each input column over real tokens.
+    pub magnitude: Vec<f64>,
+    /// Heads: each head's mean contribution norm to the output over real tokens.
+    pub head_contribution: Vec<f64>,
+    /// Per fold, the Gram matrix of `[X, 1]` over its real tokens (`inputs + 1` square).
+    pub grams: Vec<Mat<f64>>,
+}
+
+impl Calibrated {
+    fn new(form: MatrixForm, units: usize) -> Calibrated {
+        let n = form.inputs;
+        Calibrated {
+            form,
+            tokens: 0.0,
+            mean: vec![0.0; n],
+            variance: vec![0.0; n],
+            magnitude: vec![0.0; n],
+            head_contribution: vec![0.0; units],
+            grams: (0..FOLDS).map(|_| Mat::zeros(n + 1, n + 1)).collect(),
+        }
+    }
+
+    /// Adds one sample's activation matrix (`tokens × inputs`) with its token weights.
+    fn add(
+        &mut self,
+        x: &Array2<f32>,
+        weights: Option<&[f64]>,
+        fold: usize,
+        group: &Group,
+        w: &Array2<f32>,
+    ) {
+        let n = self.form.inputs;
+        let rows: Vec<usize> = (0..x.nrows())
+            .filter(|t| weights.is_none_or(|w| w[*t] > 0.0))
+            .collect();
+        let mut xt = Mat::<f64>::zeros(rows.len(), n + 1);
+        for (r, t) in rows.iter().enumerate() {
+            for j in 0..n {
+                let v = x[(*t, j)] as f64;
+                xt[(r, j)] = v;
+                self.mean[j] += v;
+                self.variance[j] += v * v;
+                self.magnitude[j] += v.abs();
+            }
+            xt[(r, n)] = 1.0;
+        }
+        self.tokens += rows.len() as f64;
+        let gram = &mut self.grams[fold];
+        faer::linalg::matmul::matmul(
+            gram.as_mut(),
+            faer::Accum::Add,
+            xt.transpose(),
+            xt.as_ref(),
+            1.0,
+            faer::Par::rayon(0),
+        );
+        if group.kind == Kind::Heads {
+            self.add_head_contributions(x, &rows, w);
+        }
+    }
+
+    /// Σ over real tokens of ‖x_head · W_head‖ for every head.
+    fn add_head_contributions(&mut self, x: &Array2<f32>, rows: &[usize], w: &Array2<f32>) {
+        for (u, unit_rows) in self.form.unit_rows.iter().enumerate() {
+            let xs = x.select(NdAxis(0), rows).select(NdAxis(1), unit_rows);
+            let ws = w.select(NdAxis(0), unit_rows);
+            let out = xs.dot(&ws);
+            self.head_contribution[u] += out
+                .rows()
+                .into_iter()
+                .map(|r| r.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt())
+                .sum::<f64>();
+        }
+    }
+
+    /// Turns sums into means and variances.
+    fn finish(&mut self) {
+        let count = self.tokens.max(1.0);
+        for j in 0..self.mean.len() {
+            let mean = self.mean[j] / count;
+            self.mean[j] = mean;
+            self.variance[j] = (self.variance[j] / count - mean * mean).max(0.0);
+            self.magnitude[j] /= count;
+        }
+        self.head_contribution.iter_mut().for_each(|c| *c /= count);
+    }
+
+    /// The Gram matrix over every fold.
+    pub fn gram(&self) -> Mat<f64> {
+        let mut total = self.grams[0].clone();
+        for g in &self.grams[1..] {
+            total += g;
+        }
+        total
+    }
+}
+
+/// Runs the model once over the calibration samples and gathers every group's statistics.
+pub fn calibrate(
+    model: &TypedModel,
+    groups: &[Group],
+    calibration: &Calibration,
+) -> TractResult<Vec<Calibrated>> {
+    let forms: Vec<MatrixForm> = groups
+        .iter()
+        .map(|g| MatrixForm::of(model, g).with_context(|| format!("group `{}`", g.name)))
+        .collect::<TractResult<_>>()?;
+    let weights: Vec<Array2<f32>> = groups
+        .iter()
+        .zip(&forms)
+        .map(|(g, f)| {
+            let w = weight_of(model, g.weight)?;
+            f.weight_matrix(&w)
+        })
+        .collect::<TractResult<_>>()?;
+    let mut stats: Vec<Calibrated> = forms
+        .into_iter()
+        .zip(groups)
+        .map(|(f, g)| Calibrated::new(f, g.units))
+        .collect();
+    let mut probe = model.clone();
+    probe.select_output_outlets(&groups.iter().map(|g| g.activation).collect::<Vec<_>>())?;
+    let plan = probe.into_optimized()?.into_runnable()?;
+    for (index, sample) in calibration.samples.iter().enumerate() {
+        let mask = calibration.mask.map(|m| sample[m].clone().into_tensor());
+        let values = plan.run(sample.clone())?;
+        for ((value, stat), (group, w)) in values
+            .iter()
+            .zip(&mut stats)
+            .zip(groups.iter().zip(&weights))
+        {
+            let x = stat.form.activation_matrix(value)?;
+            let token_weights = token_weights(mask.as_ref(), x.nrows())?;
+            stat.add(&x, token_weights.as_deref(), index % FOLDS, group, w);
+        }
+    }
+    stats.iter_mut().for_each(Calibrated::finish);
+    Ok(stats)
+}
+
+/// The view of an `inputs × outputs` array as a faer matrix (copied, in f64).
+pub fn to_faer(a: ArrayView2<f32>) -> Mat<f64> {
+    Mat::from_fn(a.nrows(), a.ncols(), |i, j| a[(i, j)] as f64)
+}
+
+/// A faer matrix as an ndarray matrix of f32.
+pub fn from_faer(m: &Mat<f64>) -> Array2<f32> {
+    Array2::from_shape_fn((m.nrows(), m.ncols()), |(i, j)| m[(i, j)] as f32)
+}
+
+/// How calibrated scores rank a group's units (higher: more important).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Criterion {
+    /// FFN channels: mean |activation| times the consumer row's norm. Heads: mean norm of the
+    /// head's contribution to the output projection.
+    Activation,
+    /// The variance of the unit's contribution to the consumer's output over real tokens (FLAP's
+    /// fluctuation): what no bias can restore. FFN channels: `Var(x_j) · ‖W_j‖²`; heads:
+    /// `tr(W_hᵀ Cov_h W_h)`.
+    Fluctuation,
+    /// Greedy least-squares removal (ZipLM / SlimGPT): the widths come from the fluctuation
+    /// ranking, then units go one at a time, each the one whose removal — with the consumer
+    /// refit on the rest — costs least on the calibration tokens
+    /// ([`crate::autoslim::refit::greedy_removal_order`]).
+    RemovalCost,
+}
+
+impl Calibrated {
+    /// The score of every unit of `group`, whose consumer weight matrix is `w`.
+    pub fn scores(&self, group: &Group, w: &Array2<f32>, criterion: Criterion) -> Vec<f32> {
+        let row_norm2 = |r: usize| w.row(r).iter().map(|v| (*v as f64).powi(2)).sum::<f64>();
+        self.form
+            .unit_rows
+            .iter()
+            .enumerate()
+            .map(|(u, rows)| {
+                let score = match (group.kind, criterion) {
+                    (Kind::Heads, Criterion::Activation) => self.head_contribution[u],
+                    (Kind::Heads, _) => self.contribution_variance(rows, w),
+                    (Kind::Ffn, Criterion::Activation) => {
+                        let magnitude = rows.iter().map(|r| self.magnitude[*r]).sum::<f64>()
+                            / rows.len().max(1) as f64;
+                        magnitude * rows.iter().map(|r| row_norm2(*r)).sum::<f64>().sqrt()
+                    }
+                    (Kind::Ffn, _) => rows
+                        .iter()
+                        .map(|r| self.variance[*r] * row_norm2(*r))
+                        .sum::<f64>(),
+                };
+                score as f32
+            })
+            .collect()
+    }
+
+    /// The variance over real tokens of the contribution `x_rows · W_rows` of some rows to the
+    /// output, summed over outputs: `tr(W_rowsᵀ Cov_rows W_rows)`, from the Gram matrix.
+    fn contribution_variance(&self, rows: &[usize], w: &Array2<f32>) -> f64 {
+        let gram = self.gram();
+        let count = self.tokens.max(1.0);
+        let mut total = 0.0;
+        for j in 0..w.ncols() {
+            for &a in rows {
+                for &b in rows {
+                    let covariance = gram[(a, b)] / count - self.mean[a] * self.mean[b];
+                    total += w[(a, j)] as f64 * covariance * w[(b, j)] as f64;
+                }
+            }
+        }
+        total
+    }
+
+    /// The mean contribution of the `removed` units to the consumer's output, in the output's
+    /// layout ([`MatrixForm::bias_shape`]): what bias compensation adds to the bias.
+    pub fn mean_contribution(&self, w: &Array2<f32>, removed: &[usize]) -> TractResult<Tensor> {
+        let mut delta = vec![0f32; self.form.outputs];
+        for u in removed {
+            for r in &self.form.unit_rows[*u] {
+                for (j, d) in delta.iter_mut().enumerate() {
+                    *d += (self.mean[*r] * w[(*r, j)] as f64) as f32;
+                }
+            }
+        }
+        tract_ndarray::ArrayD::from_shape_vec(self.form.bias_shape.clone(), delta)
+            .map(|a| a.into_tensor())
+            .map_err(|e| format_err!("{e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::import::{import_onnx, ImportOptions};
+    use crate::model::discover::groups;
+    use rand::{Rng, SeedableRng};
+
+    /// BERT with `samples` padded sentences: the first `real` tokens are real; `padding` gives
+    /// the padded positions' token ids.
+    pub(crate) fn padded_bert(
+        samples: usize,
+        padding: impl Fn(&mut rand::rngs::StdRng) -> i64,
+    ) -> (TypedModel, Calibration) {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/bert_dense_torchscript.onnx");
+        let options = ImportOptions {
+            inputs: [
+                "input_ids:1,16,i64",
+                "attention_mask:1,16,i64",
+                "token_type_ids:1,16,i64",
+            ]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect(),
+            sets: vec![],
+        };
+        let model = import_onnx(&path, &options).unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        // Padding draws from its own generator, so the real tokens are the same either way.
+        let mut padding_rng = rand::rngs::StdRng::seed_from_u64(8);
+        let inputs = (0..samples)
+            .map(|_| {
+                let real = rng.gen_range(3..12);
+                let ids: Vec<i64> = (0..16)
+                    .map(|t| {
+                        if t < real {
+                            rng.gen_range(0..10)
+                        } else {
+                            padding(&mut padding_rng)
+                        }
+                    })
+                    .collect();
+                let mask: Vec<i64> = (0..16).map(|t| (t < real) as i64).collect();
+                let tensor = |v: Vec<i64>| {
+                    tract_ndarray::Array2::from_shape_vec((1, 16), v)
+                        .unwrap()
+                        .into_tensor()
+                        .into_tvalue()
+                };
+                tvec![tensor(ids), tensor(mask), tensor(vec![0; 16])]
+            })
+            .collect();
+        let calibration = Calibration::new(&model, inputs);
+        (model, calibration)
+    }
+
+    fn means(model: &TypedModel, calibration: &Calibration) -> Vec<Vec<f64>> {
+        let groups = groups(model).unwrap();
+        calibrate(model, &groups, calibration)
+            .unwrap()
+            .into_iter()
+            .map(|s| s.mean)
+            .collect()
+    }
+
+    #[test]
+    fn statistics_ignore_padded_positions() {
+        let (model, quiet) = padded_bert(6, |_| 0);
+        let (_, extreme) = padded_bert(6, |rng| rng.gen_range(1..10));
+        assert_eq!(quiet.mask, Some(1), "the attention mask is found by name");
+        let (a, b) = (means(&model, &quiet), means(&model, &extreme));
+        for (x, y) in a.iter().flatten().zip(b.iter().flatten()) {
+            assert!((x - y).abs() <= 1e-5 * (1.0 + x.abs()), "{x} vs {y}");
+        }
+        // Without the mask the padded positions count, and the statistics differ.
+        let unmasked = |c: &Calibration| Calibration {
+            mask: None,
+            ..c.clone()
+        };
+        let (a, b) = (
+            means(&model, &unmasked(&quiet)),
+            means(&model, &unmasked(&extreme)),
+        );
+        let differ = a
+            .iter()
+            .flatten()
+            .zip(b.iter().flatten())
+            .any(|(x, y)| (x - y).abs() > 1e-3);
+        assert!(
+            differ,
+            "padding changed nothing: the test does not test the mask"
+        );
+    }
+}

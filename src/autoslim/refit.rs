@@ -1,0 +1,403 @@
+//! Least-squares reconstruction of a consumer on its kept units.
+//!
+//! With `X̃ = [X, 1]` the consumer's input on the calibration tokens (a ones column for the
+//! bias) and `W̃ = [W; b]` its weight and bias, removing units `P` and keeping `S` is best
+//! repaired by the weights `Ŵ` on `S̃ = S ∪ {1}` minimising `‖X̃_S̃ Ŵ − X̃ W̃‖² + λ‖Ŵ_S − W_S‖²`:
+//! `(G_S̃S̃ + λD) Ŵ = G_S̃· W̃ + λD W̃_S̃` with `G = X̃ᵀX̃` (the bias row is not penalised). The
+//! ridge pulls towards the dense weights, so removing units that contribute nothing changes
+//! nothing. A small `λ`
+//! overfits the calibration tokens (a few thousand tokens for over a thousand unknowns per
+//! output), so `λ = α · mean(diag G_SS)` is chosen among [`RIDGES`] by cross-validation over the
+//! [`FOLDS`](crate::autoslim::calibrated::FOLDS) folds of calibration samples: fit on the other
+//! folds, measure `‖X̃_f (Ŵ − W̃)‖²` on the held-out one, all from Gram matrices.
+
+use crate::autoslim::calibrated::{from_faer, to_faer, Calibrated};
+use faer::linalg::solvers::SolveCore;
+use faer::{Mat, Side};
+use tract_core::internal::*;
+use tract_ndarray::Array2;
+
+/// Ridge strengths tried, relative to the mean diagonal of the kept inputs' Gram matrix.
+pub const RIDGES: &[f64] = &[1e-3, 1e-2, 1e-1, 1.0];
+
+/// A consumer refit on its kept units.
+#[derive(Clone, Debug)]
+pub struct Refit {
+    /// The new weight matrix (`inputs × outputs`), zero on the removed units' rows.
+    pub weight: Array2<f32>,
+    /// What to add to the consumer's bias (per output).
+    pub bias_delta: Vec<f32>,
+    /// The relative ridge strength cross-validation chose.
+    pub ridge: f64,
+}
+
+/// The normal equations of one refit: the kept rows (then the ones column), `W̃`, the Gram
+/// matrix over every fold and the ridge's scale.
+struct Problem {
+    dropped: Vec<bool>,
+    kept: Vec<usize>,
+    full: Mat<f64>,
+    total: Mat<f64>,
+    scale: f64,
+}
+
+impl Problem {
+    fn new(
+        stats: &Calibrated,
+        w: &Array2<f32>,
+        bias: Option<&[f32]>,
+        removed: &[usize],
+    ) -> Problem {
+        let n = stats.form.inputs;
+        let mut dropped = vec![false; n];
+        for u in removed {
+            for r in &stats.form.unit_rows[*u] {
+                dropped[*r] = true;
+            }
+        }
+        let mut kept: Vec<usize> = (0..n).filter(|r| !dropped[*r]).collect();
+        kept.push(n);
+        let mut full = Mat::<f64>::zeros(n + 1, w.ncols());
+        full.as_mut()
+            .submatrix_mut(0, 0, n, w.ncols())
+            .copy_from(to_faer(w.view()));
+        if let Some(b) = bias {
+            for (j, v) in b.iter().enumerate() {
+                full[(n, j)] = *v as f64;
+            }
+        }
+        let total = stats.gram();
+        let scale = kept[..kept.len() - 1]
+            .iter()
+            .map(|r| total[(*r, *r)])
+            .sum::<f64>()
+            / (kept.len() - 1).max(1) as f64;
+        Problem {
+            dropped,
+            kept,
+            full,
+            total,
+            scale,
+        }
+    }
+}
+
+/// The ridge cross-validation chooses for refitting without `removed`.
+pub fn cross_validated_ridge(
+    stats: &Calibrated,
+    w: &Array2<f32>,
+    removed: &[usize],
+) -> TractResult<f64> {
+    let p = Problem::new(stats, w, None, removed);
+    choose_ridge(stats, &p.total, &p.full, &p.kept, p.scale)
+}
+
+/// Refits the consumer described by `stats`, of weight `w` and bias `bias`, without `removed`.
+pub fn refit(
+    stats: &Calibrated,
+    w: &Array2<f32>,
+    bias: Option<&[f32]>,
+    removed: &[usize],
+) -> TractResult<Refit> {
+    let n = stats.form.inputs;
+    let p = Problem::new(stats, w, bias, removed);
+    let ridge = choose_ridge(stats, &p.total, &p.full, &p.kept, p.scale)?;
+    let solved = solve(&p.total, &p.full, &p.kept, ridge * p.scale)?;
+    let padded = pad(&solved, &p.kept, n + 1);
+    let mut weight = from_faer(&padded.as_ref().submatrix(0, 0, n, w.ncols()).to_owned());
+    for r in (0..n).filter(|r| p.dropped[*r]) {
+        weight.row_mut(r).fill(0.0);
+    }
+    let bias_delta = (0..w.ncols())
+        .map(|j| (padded[(n, j)] - p.full[(n, j)]) as f32)
+        .collect();
+    Ok(Refit {
+        weight,
+        bias_delta,
+        ridge,
+    })
+}
+
+/// The ridge of [`RIDGES`] with the least held-out error over the folds (the second smallest
+/// when there are too few samples to hold any out). The held-out error of a fit `Ŵ` on fold `f`
+/// is `‖X̃_f,k Ŵ − X̃_f W̃‖² = tr(Ŵᵀ G_f,kk Ŵ) − 2 tr(Ŵᵀ (G_f W̃)_k) + tr(W̃ᵀ G_f W̃)`.
+fn choose_ridge(
+    stats: &Calibrated,
+    total: &Mat<f64>,
+    full: &Mat<f64>,
+    kept: &[usize],
+    scale: f64,
+) -> TractResult<f64> {
+    let last = total.nrows() - 1;
+    let folds: Vec<&Mat<f64>> = stats
+        .grams
+        .iter()
+        .filter(|g| g[(last, last)] > 0.0)
+        .collect();
+    if folds.len() < 2 {
+        return Ok(RIDGES[1]);
+    }
+    let mut errors = vec![0.0; RIDGES.len()];
+    for fold in folds {
+        let train = total - fold;
+        let rhs = rows_of(&train, kept) * full;
+        let fold_full = fold * full;
+        let fold_kept =
+            Mat::<f64>::from_fn(kept.len(), kept.len(), |i, j| fold[(kept[i], kept[j])]);
+        let constant = trace_of_product(full, &fold_full);
+        for (ridge, error) in RIDGES.iter().zip(&mut errors) {
+            let solved = solve_normal(&train, full, kept, rhs.clone(), ridge * scale)?;
+            let fold_solved = &fold_kept * &solved;
+            let cross =
+                Mat::<f64>::from_fn(kept.len(), full.ncols(), |i, j| fold_full[(kept[i], j)]);
+            *error += trace_of_product(&solved, &fold_solved)
+                - 2.0 * trace_of_product(&solved, &cross)
+                + constant;
+        }
+    }
+    let best = (0..RIDGES.len())
+        .min_by(|a, b| errors[*a].total_cmp(&errors[*b]))
+        .unwrap_or(1);
+    Ok(RIDGES[best])
+}
+
+/// `tr(aᵀ b)` for two matrices of one shape.
+fn trace_of_product(a: &Mat<f64>, b: &Mat<f64>) -> f64 {
+    (0..a.ncols())
+        .map(|j| (0..a.nrows()).map(|i| a[(i, j)] * b[(i, j)]).sum::<f64>())
+        .sum()
+}
+
+/// The rows `kept` of a Gram matrix.
+fn rows_of(gram: &Mat<f64>, kept: &[usize]) -> Mat<f64> {
+    Mat::<f64>::from_fn(kept.len(), gram.ncols(), |i, j| gram[(kept[i], j)])
+}
+
+/// Solves `(G_kk + λD) Ŵ = G_k· W̃` for the kept rows `k` (the last being the unpenalised ones
+/// column).
+fn solve(gram: &Mat<f64>, full: &Mat<f64>, kept: &[usize], lambda: f64) -> TractResult<Mat<f64>> {
+    solve_normal(gram, full, kept, rows_of(gram, kept) * full, lambda)
+}
+
+/// Solves `(G_kk + λD) Ŵ = rhs + λD W̃_k`: the ridge pulls the kept weights towards their
+/// dense values, not towards zero, so that units whose removal changes nothing leave the
+/// consumer exactly as it was.
+fn solve_normal(
+    gram: &Mat<f64>,
+    full: &Mat<f64>,
+    kept: &[usize],
+    mut rhs: Mat<f64>,
+    lambda: f64,
+) -> TractResult<Mat<f64>> {
+    for (i, r) in kept[..kept.len() - 1].iter().enumerate() {
+        for j in 0..full.ncols() {
+            rhs[(i, j)] += lambda * full[(*r, j)];
+        }
+    }
+    let m = kept.len();
+    let mut a = Mat::<f64>::from_fn(m, m, |i, j| gram[(kept[i], kept[j])]);
+    for i in 0..m - 1 {
+        a[(i, i)] += lambda;
+    }
+    // A tiny term on the bias keeps the system definite when a fold has no tokens.
+    a[(m - 1, m - 1)] += 1e-9 * (1.0 + lambda);
+    let llt = a.llt(Side::Lower).map_err(|e| {
+        format_err!("the refit's normal equations are not positive definite: {e:?}")
+    })?;
+    llt.solve_in_place_with_conj(faer::Conj::No, rhs.as_mut());
+    Ok(rhs)
+}
+
+/// The kept rows of `solved` placed among `rows` rows, zeros elsewhere.
+fn pad(solved: &Mat<f64>, kept: &[usize], rows: usize) -> Mat<f64> {
+    let mut padded = Mat::<f64>::zeros(rows, solved.ncols());
+    for (i, r) in kept.iter().enumerate() {
+        for j in 0..solved.ncols() {
+            padded[(*r, j)] = solved[(i, j)];
+        }
+    }
+    padded
+}
+
+/// The order in which greedy least-squares removal takes `count` units away (ZipLM / SlimGPT
+/// style, with the ridge `ridge` of [`RIDGES`]). From the ridge fit `Ŵ = H⁻¹ G W̃` on every
+/// unit (`H = G + λD`), each step removes the unit whose removal, with the consumer's remaining
+/// weights and bias refit, adds least to the regularised calibration error —
+/// `tr(Ŵ_Uᵀ [H⁻¹]_UU⁻¹ Ŵ_U)` — and updates `H⁻¹` and `Ŵ`
+/// (`Ŵ ← Ŵ − H⁻¹_·U [H⁻¹]_UU⁻¹ Ŵ_U`, `H⁻¹ ← H⁻¹ − H⁻¹_·U [H⁻¹]_UU⁻¹ H⁻¹_U·`).
+pub fn greedy_removal_order(
+    stats: &Calibrated,
+    w: &Array2<f32>,
+    count: usize,
+    ridge: f64,
+) -> TractResult<Vec<usize>> {
+    let n = stats.form.inputs;
+    let mut h = stats.gram();
+    let scale = (0..n).map(|r| h[(r, r)]).sum::<f64>() / n.max(1) as f64;
+    for r in 0..n {
+        h[(r, r)] += ridge * scale;
+    }
+    h[(n, n)] += 1e-9 * (1.0 + ridge * scale);
+    let llt = h
+        .llt(Side::Lower)
+        .map_err(|e| format_err!("the Gram matrix is not positive definite: {e:?}"))?;
+    let mut inverse = Mat::<f64>::identity(n + 1, n + 1);
+    llt.solve_in_place_with_conj(faer::Conj::No, inverse.as_mut());
+    // Start from the ridge fit on every unit, where the removal costs are exact: a unit whose
+    // inputs are always zero has no weight there, and costs nothing.
+    let mut dense = Mat::<f64>::zeros(n + 1, w.ncols());
+    dense
+        .as_mut()
+        .submatrix_mut(0, 0, n, w.ncols())
+        .copy_from(to_faer(w.view()));
+    let mut weights = &inverse * (&stats.gram() * &dense);
+    let mut alive: Vec<usize> = (0..stats.form.unit_rows.len()).collect();
+    let mut order = vec![];
+    if stats.form.unit_rows.iter().all(|rows| rows.len() == 1) {
+        while order.len() < count && alive.len() > 1 {
+            let row = |u: usize| stats.form.unit_rows[u][0];
+            // ‖w_r‖² / [H⁻¹]_rr for every row at once (columns are contiguous).
+            let mut norms = vec![0f64; n + 1];
+            for j in 0..weights.ncols() {
+                norms
+                    .iter_mut()
+                    .zip(weights.col_as_slice(j))
+                    .for_each(|(s, w)| *s += w * w);
+            }
+            let cost = |u: usize| norms[row(u)] / inverse[(row(u), row(u))].max(f64::MIN_POSITIVE);
+            let best = (0..alive.len())
+                .min_by(|a, b| cost(alive[*a]).total_cmp(&cost(alive[*b])))
+                .unwrap_or(0);
+            let unit = alive.remove(best);
+            remove_row(&mut inverse, &mut weights, row(unit));
+            order.push(unit);
+        }
+        return Ok(order);
+    }
+    while order.len() < count && alive.len() > 1 {
+        let costs: Vec<(f64, Mat<f64>)> = alive
+            .iter()
+            .map(|u| block_cost(&inverse, &weights, &stats.form.unit_rows[*u]))
+            .collect::<TractResult<_>>()?;
+        let best = (0..alive.len())
+            .min_by(|a, b| costs[*a].0.total_cmp(&costs[*b].0))
+            .unwrap_or(0);
+        let unit = alive.remove(best);
+        remove_block(
+            &mut inverse,
+            &mut weights,
+            &stats.form.unit_rows[unit],
+            &costs[best].1,
+        );
+        order.push(unit);
+    }
+    Ok(order)
+}
+
+/// [`remove_block`] for one row, in place.
+fn remove_row(inverse: &mut Mat<f64>, weights: &mut Mat<f64>, r: usize) {
+    let pivot = inverse[(r, r)].max(f64::MIN_POSITIVE);
+    let column: Vec<f64> = (0..inverse.nrows())
+        .map(|i| inverse[(i, r)] / pivot)
+        .collect();
+    let subtract = |target: &mut [f64]| {
+        let scale = target[r];
+        target
+            .iter_mut()
+            .zip(&column)
+            .for_each(|(t, c)| *t -= c * scale);
+    };
+    (0..weights.ncols()).for_each(|j| subtract(weights.col_as_slice_mut(j)));
+    (0..inverse.ncols()).for_each(|j| subtract(inverse.col_as_slice_mut(j)));
+}
+
+/// The removal cost of the rows `rows` and `[H⁻¹]_rows,rows⁻¹`.
+fn block_cost(
+    inverse: &Mat<f64>,
+    weights: &Mat<f64>,
+    rows: &[usize],
+) -> TractResult<(f64, Mat<f64>)> {
+    let k = rows.len();
+    let block = Mat::<f64>::from_fn(k, k, |i, j| inverse[(rows[i], rows[j])]);
+    let block_inverse = if k == 1 {
+        Mat::<f64>::from_fn(1, 1, |_, _| 1.0 / block[(0, 0)].max(f64::MIN_POSITIVE))
+    } else {
+        let llt = block.llt(Side::Lower).map_err(|e| {
+            format_err!("a unit's inverse Hessian block is not positive definite: {e:?}")
+        })?;
+        let mut identity = Mat::<f64>::identity(k, k);
+        llt.solve_in_place_with_conj(faer::Conj::No, identity.as_mut());
+        identity
+    };
+    let w_rows = Mat::<f64>::from_fn(k, weights.ncols(), |i, j| weights[(rows[i], j)]);
+    let cost = trace_of_product(&w_rows, &(&block_inverse * &w_rows));
+    Ok((cost, block_inverse))
+}
+
+/// Removes the rows `rows` (with `[H⁻¹]_rows,rows⁻¹` = `block_inverse`): refits the weights and
+/// downdates the inverse.
+fn remove_block(
+    inverse: &mut Mat<f64>,
+    weights: &mut Mat<f64>,
+    rows: &[usize],
+    block_inverse: &Mat<f64>,
+) {
+    let k = rows.len();
+    let columns = Mat::<f64>::from_fn(inverse.nrows(), k, |i, j| inverse[(i, rows[j])]);
+    let w_rows = Mat::<f64>::from_fn(k, weights.ncols(), |i, j| weights[(rows[i], j)]);
+    let step = &columns * block_inverse;
+    *weights -= &step * &w_rows;
+    let downdate = &step * columns.transpose();
+    *inverse -= &downdate;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::autoslim::calibrated::calibrate;
+    use crate::autoslim::calibration::Calibration;
+    use crate::model::discover::{groups, Kind};
+    use crate::model::stats::weight_of;
+    use crate::model::verify::random_inputs;
+
+    /// The ridge chosen for BERT's first FFN layer with half its channels removed, calibrated
+    /// on `samples` random sentences.
+    fn ridge_with(samples: u64) -> f64 {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/bert_dense_torchscript.onnx");
+        let options = crate::io::import::ImportOptions {
+            inputs: [
+                "input_ids:1,16,i64",
+                "attention_mask:1,16,i64",
+                "token_type_ids:1,16,i64",
+            ]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect(),
+            sets: vec![],
+        };
+        let model = crate::io::import::import_onnx(&path, &options).unwrap();
+        let found: Vec<_> = groups(&model)
+            .unwrap()
+            .into_iter()
+            .filter(|g| g.kind == Kind::Ffn)
+            .take(1)
+            .collect();
+        let inputs = (0..samples)
+            .map(|s| random_inputs(&model, s, &SymbolValues::default()).unwrap())
+            .collect();
+        let stats = calibrate(&model, &found, &Calibration::new(&model, inputs)).unwrap();
+        let w = stats[0]
+            .form
+            .weight_matrix(&weight_of(&model, found[0].weight).unwrap())
+            .unwrap();
+        let removed: Vec<usize> = (0..found[0].units / 2).collect();
+        refit(&stats[0], &w, None, &removed).unwrap().ridge
+    }
+
+    #[test]
+    fn cross_validation_picks_a_larger_ridge_when_tokens_are_few() {
+        let (few, many) = (ridge_with(3), ridge_with(60));
+        assert!(few > many, "ridge {few} with 3 samples, {many} with 60");
+    }
+}
