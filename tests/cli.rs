@@ -158,6 +158,24 @@ fn bad_inputs_fail_cleanly() {
         &output,
     );
 
+    // A repair asked for without calibration data would silently not happen.
+    let repair = model_slim(&[
+        "prune",
+        &fixture("llama_mlp_dense_torchscript.onnx"),
+        "--ffn-sparsity",
+        "0.5",
+        "--repair",
+        "least-squares",
+        "-o",
+        out_arg,
+    ]);
+    assert_clean_failure(
+        &repair,
+        1,
+        "--repair and --score need --calibration",
+        &output,
+    );
+
     let unknown = model_slim(&[
         "slim",
         &fixture("llama_mlp_ffn_torchscript.onnx"),

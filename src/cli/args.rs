@@ -212,12 +212,12 @@ pub struct PruneArgs {
     /// Inputs (.npz) to measure fidelity on, not used for calibration.
     #[arg(long)]
     pub heldout: Option<PathBuf>,
-    /// How calibrated data chooses units: greedy least-squares removal (each unit removed is the
+    /// How calibrated data chooses units (default: removal-cost): greedy least-squares removal (each unit removed is the
     /// one whose loss, with the consumer refit on the rest, costs least), the variance of each
     /// unit's contribution (FLAP's fluctuation), or its mean size (|activation| × weight norm for
     /// channels, contribution norm for heads).
-    #[arg(long, value_enum, default_value_t = ScoreArg::RemovalCost)]
-    pub score: ScoreArg,
+    #[arg(long, value_enum)]
+    pub score: Option<ScoreArg>,
     /// How the consumers of removed units are repaired with calibration data: a ridge
     /// least-squares refit of their kept weights and bias (default for NNEF output), their mean
     /// contribution added to the bias (default for ONNX output), or nothing.

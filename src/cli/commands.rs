@@ -312,6 +312,18 @@ fn run_prune(ctx: &Context, args: &PruneArgs) -> Result<(), Failure> {
 
 /// Auto-slim's options from the command line: targets, a saved plan, calibration samples.
 fn auto_options(args: &PruneArgs, original: &TypedModel) -> Result<AutoOptions, Failure> {
+    // Repairs and calibrated scores need calibration data: asked for without it, they would
+    // silently not happen.
+    let asks_repair = matches!(
+        args.repair,
+        Some(RepairArg::LeastSquares | RepairArg::Compensation)
+    );
+    if args.calibration.is_none() && (asks_repair || args.score.is_some()) {
+        return Err(SlimError::Usage(
+            "--repair and --score need --calibration FILE.npz (without it units are chosen by weight magnitude and nothing is repaired)".into(),
+        )
+        .into());
+    }
     let calibration = args
         .calibration
         .as_deref()
@@ -338,7 +350,7 @@ fn auto_options(args: &PruneArgs, original: &TypedModel) -> Result<AutoOptions, 
             .unwrap_or_default(),
         calibration,
         heldout,
-        criterion: match args.score {
+        criterion: match args.score.unwrap_or(ScoreArg::RemovalCost) {
             ScoreArg::Activation => Criterion::Activation,
             ScoreArg::Fluctuation => Criterion::Fluctuation,
             ScoreArg::RemovalCost => Criterion::RemovalCost,
