@@ -412,7 +412,7 @@ pub enum Criterion {
     /// Greedy least-squares removal (ZipLM / SlimGPT): the widths come from the fluctuation
     /// ranking, then units go one at a time, each the one whose removal — with the consumer
     /// refit on the rest — costs least on the calibration tokens
-    /// ([`crate::autoslim::refit::greedy_removal_order`]).
+    /// (greedy removal with the same Hessian as the least-squares refit).
     RemovalCost,
 }
 

@@ -320,7 +320,7 @@ pub enum Repair {
     /// Their mean contribution over real calibration tokens is added to the consumer's bias.
     Compensation,
     /// The consumer's kept weights and bias are refit by ridge least squares to reproduce its
-    /// dense output on the calibration tokens ([`crate::autoslim::refit`]).
+    /// dense output on the calibration tokens, with a cross-validated ridge.
     LeastSquares,
 }
 
