@@ -68,47 +68,15 @@ impl MatrixForm {
             .map(|d| d.to_usize().map_err(|e| format_err!("{e:?}")))
             .collect::<TractResult<_>>()?;
         let weight_shape = weight_of(model, group.weight)?.shape().to_vec();
-        let (mut tokens, mut contracted, mut features) = (vec![], vec![], vec![]);
-        for letter in einsum.axes.iter_all_axes() {
-            let (a, w, o) = (
-                &letter.inputs[input_slot],
-                &letter.inputs[weight_slot],
-                &letter.outputs[0],
-            );
-            match (a.len(), w.len(), o.len()) {
-                (1, 0, 1) => tokens.push(a[0]),
-                (1, 1, 0) => contracted.push((a[0], w[0])),
-                (0, 1, 1) => features.push(w[0]),
-                (0, 0, _) => {}
-                _ => bail!(
-                    "consumer `{}` is not a plain matrix product (axis {})",
-                    node.name,
-                    letter.repr
-                ),
-            }
-        }
-        tokens.sort_unstable();
-        contracted.sort_unstable();
-        features.sort_unstable();
+        let Letters {
+            tokens,
+            contracted,
+            features,
+        } = letters(einsum, input_slot, weight_slot)
+            .with_context(|| format!("consumer `{}`", node.name))?;
         let output_shape = &model.outlet_fact(OutletId::new(group.consumer, 0))?.shape;
-        let mut bias_shape = vec![1; output_shape.len()];
-        let mut last_position = None;
-        for w in &features {
-            let letter = einsum
-                .axes
-                .axis((InOut::In(weight_slot), *w))
-                .context("weight axis without a letter")?;
-            let position = letter.outputs[0][0];
-            ensure!(
-                last_position.is_none_or(|p| p < position),
-                "consumer `{}` reorders its weight's features",
-                node.name
-            );
-            last_position = Some(position);
-            bias_shape[position] = output_shape[position]
-                .to_usize()
-                .map_err(|e| format_err!("{e:?}"))?;
-        }
+        let bias_shape = bias_layout(einsum, weight_slot, &features, output_shape)
+            .with_context(|| format!("consumer `{}`", node.name))?;
         let mut activation_order = tokens.clone();
         activation_order.extend(contracted.iter().map(|(a, _)| *a));
         let mut weight_order: Vec<usize> = contracted.iter().map(|(_, w)| *w).collect();
@@ -181,6 +149,71 @@ impl MatrixForm {
             .into_owned();
         Ok(back.into_tensor().cast_to_dt(dt)?.into_owned())
     }
+}
+
+/// The axes of a consumer seen as a matrix product, each list sorted.
+struct Letters {
+    /// The activation's token axes (kept in the output).
+    tokens: Vec<usize>,
+    /// The (activation, weight) axis pairs it contracts.
+    contracted: Vec<(usize, usize)>,
+    /// The weight's feature axes (kept in the output).
+    features: Vec<usize>,
+}
+
+/// The consumer's [`Letters`]; an EinSum of another shape is not a matrix product.
+fn letters(einsum: &EinSum, input_slot: usize, weight_slot: usize) -> TractResult<Letters> {
+    let (mut tokens, mut contracted, mut features) = (vec![], vec![], vec![]);
+    for letter in einsum.axes.iter_all_axes() {
+        let (a, w, o) = (
+            &letter.inputs[input_slot],
+            &letter.inputs[weight_slot],
+            &letter.outputs[0],
+        );
+        match (a.len(), w.len(), o.len()) {
+            (1, 0, 1) => tokens.push(a[0]),
+            (1, 1, 0) => contracted.push((a[0], w[0])),
+            (0, 1, 1) => features.push(w[0]),
+            (0, 0, _) => {}
+            _ => bail!("not a plain matrix product (axis {})", letter.repr),
+        }
+    }
+    tokens.sort_unstable();
+    contracted.sort_unstable();
+    features.sort_unstable();
+    Ok(Letters {
+        tokens,
+        contracted,
+        features,
+    })
+}
+
+/// The output's shape with every axis but the weight's features set to 1; the features must
+/// come in the weight's order, so that a vector over them reshapes into it.
+fn bias_layout(
+    einsum: &EinSum,
+    weight_slot: usize,
+    features: &[usize],
+    output_shape: &ShapeFact,
+) -> TractResult<Vec<usize>> {
+    let mut bias_shape = vec![1; output_shape.len()];
+    let mut last_position = None;
+    for w in features {
+        let letter = einsum
+            .axes
+            .axis((InOut::In(weight_slot), *w))
+            .context("weight axis without a letter")?;
+        let position = letter.outputs[0][0];
+        ensure!(
+            last_position.is_none_or(|p| p < position),
+            "the output reorders the weight's features"
+        );
+        last_position = Some(position);
+        bias_shape[position] = output_shape[position]
+            .to_usize()
+            .map_err(|e| format_err!("{e:?}"))?;
+    }
+    Ok(bias_shape)
 }
 
 /// The flattened contracted positions of each unit.
