@@ -511,18 +511,14 @@ impl Calibrated {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::io::import::{import_onnx, ImportOptions};
     use crate::model::discover::groups;
     use rand::{Rng, SeedableRng};
 
-    /// BERT with `samples` padded sentences: the first `real` tokens are real; `padding` gives
-    /// the padded positions' token ids.
-    pub(crate) fn padded_bert(
-        samples: usize,
-        padding: impl Fn(&mut rand::rngs::StdRng) -> i64,
-    ) -> (TypedModel, Calibration) {
+    /// The BERT fixture (TorchScript, default attention) at its fixture shapes.
+    pub(crate) fn bert() -> TypedModel {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/fixtures/bert_dense_torchscript.onnx");
         let options = ImportOptions {
@@ -536,7 +532,16 @@ mod tests {
             .collect(),
             sets: vec![],
         };
-        let model = import_onnx(&path, &options).unwrap();
+        import_onnx(&path, &options).unwrap()
+    }
+
+    /// [`bert`] with `samples` padded sentences: the first tokens of each are real; `padding`
+    /// gives the padded positions' token ids.
+    fn padded_bert(
+        samples: usize,
+        padding: impl Fn(&mut rand::rngs::StdRng) -> i64,
+    ) -> (TypedModel, Calibration) {
+        let model = bert();
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         // Padding draws from its own generator, so the real tokens are the same either way.
         let mut padding_rng = rand::rngs::StdRng::seed_from_u64(8);

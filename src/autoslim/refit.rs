@@ -363,20 +363,7 @@ mod tests {
     /// The ridge chosen for BERT's first FFN layer with half its channels removed, calibrated
     /// on `samples` random sentences.
     fn ridge_with(samples: u64) -> f64 {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/bert_dense_torchscript.onnx");
-        let options = crate::io::import::ImportOptions {
-            inputs: [
-                "input_ids:1,16,i64",
-                "attention_mask:1,16,i64",
-                "token_type_ids:1,16,i64",
-            ]
-            .iter()
-            .map(|s| s.parse().unwrap())
-            .collect(),
-            sets: vec![],
-        };
-        let model = crate::io::import::import_onnx(&path, &options).unwrap();
+        let model = crate::autoslim::calibrated::tests::bert();
         let found: Vec<_> = groups(&model)
             .unwrap()
             .into_iter()
