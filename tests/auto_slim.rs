@@ -370,6 +370,16 @@ fn activation_scores_remove_large_channels_that_never_fire() {
         &options(sparsity, Some(Calibration::new(&model, samples))),
     );
     assert_eq!(result.plan.groups[0].removed, (0..dead).collect::<Vec<_>>());
+    // The model has no token mask: the report says every position counted.
+    assert!(
+        result
+            .report
+            .warnings
+            .iter()
+            .any(|w| w.contains("no model input is a token mask")),
+        "{:?}",
+        result.report.warnings
+    );
     // Dead channels contribute nothing: removing them is exact.
     for f in &result.report.fidelity {
         assert!(f.relative_l2 < 1e-6, "{f:?}");

@@ -175,6 +175,25 @@ fn bad_inputs_fail_cleanly() {
         "--repair and --score need --calibration",
         &output,
     );
+    // A score with a saved plan would choose nothing.
+    let plan_and_score = model_slim(&[
+        "prune",
+        &fixture("llama_mlp_dense_torchscript.onnx"),
+        "--plan",
+        "plan.json",
+        "--score",
+        "fluctuation",
+        "--calibration",
+        "calibration.npz",
+        "-o",
+        out_arg,
+    ]);
+    assert_clean_failure(
+        &plan_and_score,
+        1,
+        "--score chooses the units and --plan gives them",
+        &output,
+    );
 
     let unknown = model_slim(&[
         "slim",

@@ -160,7 +160,7 @@ pub struct AutoReport {
     pub scoring: Scoring,
     /// How the consumers of removed units were repaired.
     pub repair: Repair,
-    /// Real (unpadded) tokens the calibration statistics were taken over.
+    /// Tokens the calibration statistics were taken over (real ones only, with a token mask).
     pub calibration_tokens: Option<usize>,
     /// Per group, how many units were kept.
     pub groups: Vec<GroupOutcome>,
@@ -330,6 +330,35 @@ fn greedy_choice(
     Ok(())
 }
 
+/// What the user must know about the token mask: that there is none (every position of the
+/// padded samples counts), or that it does not line up with a group's token axes.
+fn mask_warnings(
+    model: &TypedModel,
+    groups: &[Group],
+    stats: &[Calibrated],
+    calibration: &Calibration,
+) -> Vec<String> {
+    let Some(mask) = calibration.mask else {
+        return vec!["no model input is a token mask (a name containing `mask`): calibration statistics count every position, padding included".to_string()];
+    };
+    let name = model
+        .input_outlets()
+        .ok()
+        .and_then(|inputs| inputs.get(mask).map(|o| model.node(o.node).name.clone()))
+        .unwrap_or_default();
+    groups
+        .iter()
+        .zip(stats)
+        .filter(|(_, s)| s.unmasked_samples > 0)
+        .map(|(g, s)| {
+            format!(
+                "the token mask `{name}` does not line up with the tokens of `{}`: every position of {} samples counted there",
+                g.name, s.unmasked_samples
+            )
+        })
+        .collect()
+}
+
 /// The calibrated scores of every group's units.
 fn calibrated_scores(
     model: &TypedModel,
@@ -399,6 +428,9 @@ pub fn auto_slim(
         .as_ref()
         .and_then(|s| s.first())
         .map(|s| s.tokens as usize);
+    if let (Some(stats), Some(c)) = (&stats, &options.calibration) {
+        warnings.extend(mask_warnings(model, &groups, stats, c));
+    }
     let (plan, scoring) = plan_for(model, &groups, stats.as_deref(), options, &mut warnings)?;
     let repair = if stats.is_some() {
         options.repair
@@ -472,7 +504,7 @@ impl AutoReport {
         }
         out += &format!("scores: {}; repair: {}", self.scoring, self.repair);
         if let Some(tokens) = self.calibration_tokens {
-            out += &format!("; calibration statistics over {tokens} real tokens");
+            out += &format!("; calibration statistics over {tokens} tokens");
         }
         out += "\n";
         out += &self.slim.table();

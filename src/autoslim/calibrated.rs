@@ -277,6 +277,9 @@ pub struct Calibrated {
     pub form: MatrixForm,
     /// Real tokens seen.
     pub tokens: f64,
+    /// Samples whose token mask did not line up with the consumer's token axes, so every
+    /// position of them counted.
+    pub unmasked_samples: usize,
     /// Mean of each input column over real tokens.
     pub mean: Vec<f64>,
     /// Variance of each input column over real tokens.
@@ -295,6 +298,7 @@ impl Calibrated {
         Calibrated {
             form,
             tokens: 0.0,
+            unmasked_samples: 0,
             mean: vec![0.0; n],
             variance: vec![0.0; n],
             magnitude: vec![0.0; n],
@@ -414,6 +418,9 @@ pub fn calibrate(
         {
             let x = stat.form.activation_matrix(value)?;
             let token_weights = token_weights(mask.as_ref(), x.nrows())?;
+            if mask.is_some() && token_weights.is_none() {
+                stat.unmasked_samples += 1;
+            }
             stat.add(&x, token_weights.as_deref(), index % FOLDS, group, w);
         }
     }

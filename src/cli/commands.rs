@@ -312,8 +312,14 @@ fn run_prune(ctx: &Context, args: &PruneArgs) -> Result<(), Failure> {
 
 /// Auto-slim's options from the command line: targets, a saved plan, calibration samples.
 fn auto_options(args: &PruneArgs, original: &TypedModel) -> Result<AutoOptions, Failure> {
-    // Repairs and calibrated scores need calibration data: asked for without it, they would
+    // A score with a saved plan, or repairs and scores without calibration data, would
     // silently not happen.
+    if args.plan.is_some() && args.score.is_some() {
+        return Err(SlimError::Usage(
+            "--score chooses the units and --plan gives them: use one of the two".into(),
+        )
+        .into());
+    }
     let asks_repair = matches!(
         args.repair,
         Some(RepairArg::LeastSquares | RepairArg::Compensation)

@@ -385,24 +385,15 @@ fn leaf_fits(node: &TensorLang, sort: Sort) -> bool {
     }
 }
 
-/// Gives the variables of a `match` pattern their sorts; a variable used at two sorts is an
-/// error.
-fn bind_pattern_sorts(
+/// Walks a pattern's positions: an operation or number must fit its position's sort, and
+/// `variable` is told the sort of each variable's position.
+fn walk_sorts(
     ast: &PatternAst<TensorLang>,
-    sorts: &mut HashMap<Var, Sort>,
+    mut variable: impl FnMut(Var, Sort) -> Result<(), String>,
 ) -> Result<(), String> {
     for (index, sort) in positions(ast) {
         match &ast.as_ref()[index] {
-            ENodeOrVar::Var(var) => match sorts.insert(*var, sort) {
-                Some(other) if other != sort => {
-                    return Err(format!(
-                        "`{var}` is used as {} and as {}",
-                        other.a(),
-                        sort.a()
-                    ))
-                }
-                _ => {}
-            },
+            ENodeOrVar::Var(var) => variable(*var, sort)?,
             ENodeOrVar::ENode(node) if !leaf_fits(node, sort) => {
                 return Err(format!("`{node}` is not {}", sort.a()))
             }
@@ -412,31 +403,36 @@ fn bind_pattern_sorts(
     Ok(())
 }
 
+/// Gives the variables of a `match` pattern their sorts; a variable used at two sorts is an
+/// error.
+fn bind_pattern_sorts(
+    ast: &PatternAst<TensorLang>,
+    sorts: &mut HashMap<Var, Sort>,
+) -> Result<(), String> {
+    walk_sorts(ast, |var, sort| match sorts.insert(var, sort) {
+        Some(other) if other != sort => Err(format!(
+            "`{var}` is used as {} and as {}",
+            other.a(),
+            sort.a()
+        )),
+        _ => Ok(()),
+    })
+}
+
 /// Checks a right-hand side: every variable is bound, and at a position of its sort.
 fn check_pattern_sorts(
     ast: &PatternAst<TensorLang>,
     sorts: &HashMap<Var, Sort>,
 ) -> Result<(), String> {
-    for (index, sort) in positions(ast) {
-        match &ast.as_ref()[index] {
-            ENodeOrVar::Var(var) => match sorts.get(var) {
-                None => return Err(format!("`{var}` is not bound by `match` or a `let`")),
-                Some(bound) if *bound != sort => {
-                    return Err(format!(
-                        "`{var}` is {}, used where {} goes",
-                        bound.a(),
-                        sort.a()
-                    ))
-                }
-                Some(_) => {}
-            },
-            ENodeOrVar::ENode(node) if !leaf_fits(node, sort) => {
-                return Err(format!("`{node}` is not {}", sort.a()))
-            }
-            ENodeOrVar::ENode(_) => {}
-        }
-    }
-    Ok(())
+    walk_sorts(ast, |var, sort| match sorts.get(&var) {
+        None => Err(format!("`{var}` is not bound by `match` or a `let`")),
+        Some(bound) if *bound != sort => Err(format!(
+            "`{var}` is {}, used where {} goes",
+            bound.a(),
+            sort.a()
+        )),
+        Some(_) => Ok(()),
+    })
 }
 
 fn parse_vars(text: &str) -> Result<Vec<Var>, String> {
