@@ -15,26 +15,40 @@ use std::time::Instant;
 
 const TARGETS: &[(f64, f64)] = &[(0.1, 0.0), (0.3, 0.0), (0.5, 0.0), (0.3, 0.25), (0.5, 0.5)];
 
-const METHODS: &[(&str, Criterion, Repair)] = &[
-    (
+/// A method: its name, how units are scored, how consumers are repaired, and whether the
+/// sparsity is one budget across layers.
+struct Method(&'static str, Criterion, Repair, bool);
+
+const METHODS: &[Method] = &[
+    Method(
         "activation + compensation",
         Criterion::Activation,
         Repair::Compensation,
+        false,
     ),
-    (
+    Method(
         "fluctuation + compensation",
         Criterion::Fluctuation,
         Repair::Compensation,
+        false,
     ),
-    (
+    Method(
         "fluctuation + least squares",
         Criterion::Fluctuation,
         Repair::LeastSquares,
+        false,
     ),
-    (
+    Method(
         "greedy removal + least squares (default)",
         Criterion::RemovalCost,
         Repair::LeastSquares,
+        false,
+    ),
+    Method(
+        "greedy removal + least squares, global budget (`--global`)",
+        Criterion::RemovalCost,
+        Repair::LeastSquares,
+        true,
     ),
 ];
 
@@ -45,24 +59,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let heldout = load_npz(&dir.join("heldout.npz"), &model)?;
     let slimmer = Slimmer::new()?;
     print!("| FFN removed | heads removed |");
-    for (name, _, _) in METHODS {
+    for Method(name, ..) in METHODS {
         print!(" {name} |");
     }
     println!("\n|---|---|{}", "---|".repeat(METHODS.len()));
     for (ffn, heads) in TARGETS {
         print!("| {:.0}% | {:.0}% |", ffn * 100.0, heads * 100.0);
-        for (_, criterion, repair) in METHODS {
+        for Method(_, criterion, repair, global) in METHODS {
+            let targets = Targets {
+                global: *global,
+                ..Targets::per_layer(*ffn, *heads)
+            };
             let options = AutoOptions {
                 calibration: Some(calibration.clone()),
                 heldout: Some(heldout.clone()),
                 criterion: *criterion,
                 repair: *repair,
-                ..AutoOptions::new(Targets::per_layer(*ffn, *heads))
+                ..AutoOptions::new(targets)
             };
             let clock = Instant::now();
             let result = auto_slim(&model, &slimmer, &options)?;
             let pooled = result.report.fidelity[0].pooled_cosine.unwrap_or(f64::NAN);
-            print!(" {pooled:.3} ({:.0} s) |", clock.elapsed().as_secs_f64());
+            print!(" {pooled:.3} ({:.1} s) |", clock.elapsed().as_secs_f64());
         }
         println!();
     }

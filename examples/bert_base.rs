@@ -76,13 +76,7 @@ fn auto(runs: usize) -> Result<(), Box<dyn std::error::Error>> {
     };
     let model = spec.build()?;
     let slimmer = Slimmer::new()?;
-    let targets = Targets {
-        ffn: 0.5,
-        heads: 0.5,
-        global: false,
-        floor: 0.1,
-        multiple_of: 1,
-    };
+    let targets = Targets::per_layer(0.5, 0.5);
     // Held-out inputs for fidelity, and a separate calibration set.
     let held_out: Vec<_> = (100..108)
         .map(|s| random_inputs(&model, s, &SymbolValues::default()))

@@ -80,11 +80,13 @@ pub use model::verify::{
 
 // Auto-slim.
 pub use autoslim::auto::{
-    auto_slim, AutoOptions, AutoReport, AutoSlimmed, FidelityInputs, GroupOutcome, Scoring,
+    auto_slim, AutoObserver, AutoOptions, AutoReport, AutoSlimmed, AutoStage, FidelityInputs,
+    GroupOutcome, Scoring, StageTime,
 };
 pub use autoslim::calibrated::Criterion;
 pub use autoslim::calibration::{load_npz, Calibration};
-pub use autoslim::prune::{choose, magnitude_scores, Plan, PlanGroup, Repair, Targets};
+pub use autoslim::choice::{choose, KvLayout};
+pub use autoslim::prune::{magnitude_scores, Plan, PlanGroup, Repair, Targets};
 pub use model::stats::zero_units;
 
 // Rules, for rule authors.

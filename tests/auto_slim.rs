@@ -6,7 +6,7 @@ mod common;
 
 use common::{graph_summary, manifest, Fixture};
 use model_slim::{auto_slim, AutoOptions, AutoSlimmed, Repair, Scoring};
-use model_slim::{choose, magnitude_scores, Plan, Targets};
+use model_slim::{choose, magnitude_scores, KvLayout, Plan, Targets};
 use model_slim::{groups, Kind};
 use model_slim::{load_npz, Calibration};
 use model_slim::{max_abs_diff, run};
@@ -39,6 +39,14 @@ fn dense_fixtures() -> Vec<Fixture> {
         .into_iter()
         .filter(|f| f.variant == "dense")
         .collect()
+}
+
+/// The dense fixture of that name.
+fn dense_fixture(name: &str) -> Fixture {
+    dense_fixtures()
+        .into_iter()
+        .find(|f| f.name == name)
+        .unwrap()
 }
 
 fn calibration_for(fixture: &Fixture, model: &TypedModel) -> Calibration {
@@ -156,10 +164,7 @@ fn global_sparsity_and_multiples_are_achieved() {
 
 #[test]
 fn a_saved_plan_applies_again_identically() {
-    let fixture = dense_fixtures()
-        .into_iter()
-        .find(|f| f.name == "bert_dense_dynamo")
-        .unwrap();
+    let fixture = dense_fixture("bert_dense_dynamo");
     let model = fixture.load();
     let calibration = calibration_for(&fixture, &model);
     let first = slim(
@@ -186,12 +191,91 @@ fn a_saved_plan_applies_again_identically() {
     }
 }
 
+/// The removed query heads of each KV group of every heads plan entry.
+fn removed_per_kv_group(result: &AutoSlimmed, per_kv: usize) -> Vec<Vec<usize>> {
+    result
+        .plan
+        .groups
+        .iter()
+        .filter(|g| g.kind == Kind::Heads)
+        .map(|g| {
+            (0..g.units / per_kv)
+                .map(|kv| g.removed.iter().filter(|h| **h / per_kv == kv).count())
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn gqa_pruning_keeps_equal_query_heads_per_group_and_the_plan_round_trips() {
+    // Qwen2's fixture: 6 query heads sharing 2 KV heads (3 per group).
+    let fixture = dense_fixture("qwen2_dense_torchscript");
+    let model = fixture.load();
+    // Scores whose two lowest heads share a KV group: chosen freely, both go; kept equal, the
+    // second comes from the other group.
+    let found = groups(&model).unwrap();
+    let scores: Vec<Vec<f32>> = found
+        .iter()
+        .map(|g| match g.kind {
+            Kind::Heads => vec![0.0, 1.0, 5.0, 5.0, 4.0, 5.0],
+            Kind::Ffn => vec![1.0; g.units],
+        })
+        .collect();
+    for (layout, expected) in [(KvLayout::Any, vec![0, 1]), (KvLayout::Equal, vec![0, 4])] {
+        let layout_targets = Targets {
+            kv_layout: layout,
+            ..targets(0.0, 1.0 / 3.0)
+        };
+        let plan = choose(&model, &found, &scores, &layout_targets).unwrap();
+        for entry in plan.groups.iter().filter(|g| g.kind == Kind::Heads) {
+            assert_eq!(entry.removed, expected, "{layout}");
+        }
+    }
+
+    let calibration = calibration_for(&fixture, &model);
+    for calibration in [None, Some(calibration)] {
+        let equal = slim(
+            &model,
+            &options(targets(0.0, 1.0 / 3.0), calibration.clone()),
+        );
+        for per_group in removed_per_kv_group(&equal, 3) {
+            assert_eq!(per_group, vec![1, 1], "{:?}", equal.plan);
+        }
+        for layer in &equal.report.slim.attention_layers {
+            assert_eq!((layer.heads_after, layer.kv_heads_after), (4, 2));
+        }
+
+        let whole_targets = Targets {
+            kv_layout: KvLayout::Whole,
+            ..targets(0.0, 0.5)
+        };
+        let whole = slim(&model, &options(whole_targets, calibration.clone()));
+        for per_group in removed_per_kv_group(&whole, 3) {
+            let mut sorted = per_group.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, vec![0, 3], "{:?}", whole.plan);
+        }
+        for layer in &whole.report.slim.attention_layers {
+            assert_eq!((layer.heads_after, layer.kv_heads_after), (3, 1));
+        }
+
+        let saved: Plan =
+            serde_json::from_str(&serde_json::to_string(&equal.plan).unwrap()).unwrap();
+        assert_eq!(saved, equal.plan);
+        let mut again = options(targets(0.0, 0.0), calibration.clone());
+        again.plan = Some(saved);
+        let replayed = slim(&model, &again);
+        assert_eq!(replayed.plan, equal.plan);
+        assert_eq!(
+            graph_summary(&replayed.slimmed),
+            graph_summary(&equal.slimmed)
+        );
+    }
+}
+
 #[test]
 fn a_plan_that_does_not_fit_the_model_is_a_clear_error() {
-    let fixture = dense_fixtures()
-        .into_iter()
-        .find(|f| f.name == "gpt2_dense_torchscript")
-        .unwrap();
+    let fixture = dense_fixture("gpt2_dense_torchscript");
     let model = fixture.load();
     let first = slim(&model, &options(targets(0.5, 0.5), None));
     type Breakage = fn(&mut Plan);
@@ -222,10 +306,7 @@ fn a_plan_that_does_not_fit_the_model_is_a_clear_error() {
 fn a_sparsity_of_units_the_model_has_not_is_an_error() {
     // The gated MLP stack has FFNs but no attention: asking for heads must not silently do
     // nothing.
-    let fixture = dense_fixtures()
-        .into_iter()
-        .find(|f| f.name == "llama_mlp_dense_torchscript")
-        .unwrap();
+    let fixture = dense_fixture("llama_mlp_dense_torchscript");
     let model = fixture.load();
     let result = auto_slim(
         &model,
@@ -355,7 +436,7 @@ fn activation_scores_remove_large_channels_that_never_fire() {
     };
 
     let magnitude = vec![magnitude_scores(&model, &found[0]).unwrap()];
-    let by_magnitude = choose(&found, &magnitude, &sparsity);
+    let by_magnitude = choose(&model, &found, &magnitude, &sparsity).unwrap();
     assert!(
         by_magnitude.groups[0].removed.iter().all(|&c| c >= dead),
         "magnitude keeps the large dead channels: {:?}",

@@ -7,10 +7,11 @@
 
 use crate::autoslim::calibrated::{calibrate, Calibrated, Criterion};
 use crate::autoslim::calibration::Calibration;
+use crate::autoslim::choice::{choose, order_by_scores, plan_of, uniform_level, units_of, Choice};
 use crate::autoslim::prune::{
-    apply, choose, group_for, magnitude_scores, Plan, PlanGroup, Pruned, Repair, Targets,
+    apply, group_for, magnitude_scores, Plan, PlanGroup, Pruned, Repair, Targets,
 };
-use crate::autoslim::refit::{cross_validated_ridge, greedy_removal_order};
+use crate::autoslim::refit::{cross_validated_ridge, greedy_removal};
 use crate::error::{Result, SlimError};
 use crate::io::onnx::writeback::Cut;
 use crate::model::discover::{groups, Group, Kind};
@@ -18,12 +19,14 @@ use crate::model::stats::weight_of;
 use crate::model::verify::{fidelity, random_inputs, verify, OutputFidelity};
 use crate::pass::report::Report;
 use crate::pass::slimmer::{Slimmed, Slimmer};
+use crate::util::parallel::in_parallel;
 use serde::{Serialize, Serializer};
 use std::fmt;
+use std::time::Instant;
 use tract_core::internal::*;
 
 /// What to do.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct AutoOptions {
     /// How much to remove, when no plan is given.
     pub targets: Targets,
@@ -43,6 +46,101 @@ pub struct AutoOptions {
     pub seed: u64,
     /// How many random samples to measure fidelity on without calibration data.
     pub random_samples: usize,
+    /// Told as work advances (progress display).
+    pub observer: Option<AutoObserver>,
+}
+
+/// A stage of auto-slim, as announced to an [`AutoObserver`] and timed in the report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AutoStage {
+    /// One run of the model over the calibration samples, gathering every group's statistics.
+    Calibrate,
+    /// Scoring units and choosing which go (greedy removal per group).
+    Choose,
+    /// Writing zeros and repairing the consumers (a refit per group).
+    Repair,
+    /// The slimming pass and its check on the pruned model.
+    Slim,
+    /// Dense and slimmed models run on the fidelity samples.
+    Fidelity,
+}
+
+impl fmt::Display for AutoStage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AutoStage::Calibrate => "calibration",
+            AutoStage::Choose => "choice",
+            AutoStage::Repair => "repair",
+            AutoStage::Slim => "slimming",
+            AutoStage::Fidelity => "fidelity",
+        })
+    }
+}
+
+/// Called as auto-slim advances: the stage, the items done and the items in all (samples or
+/// groups; 0 of 0 when a stage is not counted).
+pub type AutoObserver = Arc<dyn Fn(AutoStage, usize, usize) + Send + Sync>;
+
+/// How long a stage took.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct StageTime {
+    /// The stage.
+    pub stage: AutoStage,
+    /// Wall-clock milliseconds.
+    pub ms: u64,
+}
+
+/// Announces progress and times the stages.
+struct Stages<'a> {
+    observer: Option<&'a AutoObserver>,
+    times: Vec<StageTime>,
+    started: Instant,
+    current: Option<AutoStage>,
+}
+
+impl<'a> Stages<'a> {
+    fn new(observer: Option<&'a AutoObserver>) -> Stages<'a> {
+        Stages {
+            observer,
+            times: vec![],
+            started: Instant::now(),
+            current: None,
+        }
+    }
+
+    /// Ends the current stage, if any, and starts `stage`.
+    fn start(&mut self, stage: AutoStage) {
+        self.finish();
+        self.current = Some(stage);
+        self.started = Instant::now();
+        self.tell(stage, 0, 0);
+    }
+
+    /// Ends the current stage.
+    fn finish(&mut self) {
+        if let Some(stage) = self.current.take() {
+            let ms = self.started.elapsed().as_millis() as u64;
+            tracing::info!("auto-slim {stage}: {ms} ms");
+            self.times.push(StageTime { stage, ms });
+        }
+    }
+
+    fn tell(&self, stage: AutoStage, done: usize, total: usize) {
+        if let Some(observer) = self.observer {
+            observer(stage, done, total);
+        }
+    }
+
+    /// A counter for the current stage.
+    fn counter(&self) -> impl Fn(usize, usize) + Sync + '_ {
+        let stage = self.current;
+        move |done, total| {
+            if let Some(stage) = stage {
+                self.tell(stage, done, total);
+            }
+        }
+    }
 }
 
 impl AutoOptions {
@@ -59,6 +157,7 @@ impl AutoOptions {
             repair: Repair::LeastSquares,
             seed: 0,
             random_samples: 4,
+            observer: None,
         }
     }
 }
@@ -172,6 +271,8 @@ pub struct AutoReport {
     pub warnings: Vec<String>,
     /// The slimming pass's report on the pruned model.
     pub slim: Report,
+    /// How long each stage took.
+    pub stage_times: Vec<StageTime>,
 }
 
 /// The result: the pruned full-size model, the slimmed one, the plan and the report.
@@ -276,6 +377,7 @@ fn plan_for(
     stats: Option<&[Calibrated]>,
     options: &AutoOptions,
     warnings: &mut Vec<String>,
+    progress: &(dyn Fn(usize, usize) + Sync),
 ) -> Result<(Plan, Scoring)> {
     if let Some(plan) = &options.plan {
         check_plan(plan, groups, &options.plan_origin)?;
@@ -300,34 +402,42 @@ fn plan_for(
             (scores, Scoring::Magnitude)
         }
     };
-    let mut plan = choose(groups, &scores, &options.targets);
-    if let (Some(stats), Criterion::RemovalCost) = (stats, options.criterion) {
-        greedy_choice(model, groups, stats, &mut plan).map_err(stage("scoring"))?;
+    let plan = match (stats, options.criterion) {
+        (Some(stats), Criterion::RemovalCost) => {
+            greedy_plan(model, groups, stats, &scores, &options.targets, progress)
+        }
+        _ => choose(model, groups, &scores, &options.targets),
     }
+    .map_err(stage("scoring"))?;
     Ok((plan, scoring))
 }
 
-/// Re-chooses each group's removed units, as many as the plan removes, by greedy
-/// least-squares removal.
-fn greedy_choice(
+/// The plan by greedy least-squares removal: each group's order by removal cost, with the ridge
+/// cross-validated for removing its uniform share by `scores` (fluctuation).
+fn greedy_plan(
     model: &TypedModel,
     groups: &[Group],
     stats: &[Calibrated],
-    plan: &mut Plan,
-) -> TractResult<()> {
-    for entry in plan.groups.iter_mut().filter(|e| !e.removed.is_empty()) {
-        let index = groups
-            .iter()
-            .position(|g| g.kind == entry.kind && g.layer == entry.layer)
-            .context("plan entry without a group")?;
-        let w = weight_of(model, groups[index].weight)?;
-        let w = stats[index].form.weight_matrix(&w)?;
-        let ridge = cross_validated_ridge(&stats[index], &w, &entry.removed)?;
-        let mut order = greedy_removal_order(&stats[index], &w, entry.removed.len(), ridge)?;
-        order.sort_unstable();
-        entry.removed = order;
-    }
-    Ok(())
+    scores: &[Vec<f32>],
+    targets: &Targets,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> TractResult<Plan> {
+    let choose_group = |i: usize| {
+        let g = &groups[i];
+        Choice::new(model, g, targets, |candidates, levels, steps| {
+            if steps == 0 {
+                return Ok((vec![], None));
+            }
+            let w = stats[i].form.weight_matrix(&*weight_of(model, g.weight)?)?;
+            let share = uniform_level(g, candidates, levels, targets).max(1);
+            let by_scores = order_by_scores(candidates, &scores[i], share);
+            let ridge = cross_validated_ridge(&stats[i], &w, &units_of(candidates, &by_scores))?;
+            let order = greedy_removal(&stats[i], &w, ridge, candidates, steps)?;
+            Ok((order, Some(ridge)))
+        })
+    };
+    let choices = in_parallel(groups.len(), choose_group, progress)?;
+    Ok(plan_of(groups, &choices, targets))
 }
 
 /// What the user must know about the token mask: that there is none (every position of the
@@ -418,10 +528,14 @@ pub fn auto_slim(
         something_to_prune(&groups, &options.targets)?;
     }
     let mut warnings = vec![];
+    let mut stages = Stages::new(options.observer.as_ref());
+    if options.calibration.is_some() {
+        stages.start(AutoStage::Calibrate);
+    }
     let stats = options
         .calibration
         .as_ref()
-        .map(|c| calibrate(model, &groups, c))
+        .map(|c| calibrate(model, &groups, c, &stages.counter()))
         .transpose()
         .map_err(stage("calibration"))?;
     let calibration_tokens = stats
@@ -431,17 +545,35 @@ pub fn auto_slim(
     if let (Some(stats), Some(c)) = (&stats, &options.calibration) {
         warnings.extend(mask_warnings(model, &groups, stats, c));
     }
-    let (plan, scoring) = plan_for(model, &groups, stats.as_deref(), options, &mut warnings)?;
+    stages.start(AutoStage::Choose);
+    let (plan, scoring) = plan_for(
+        model,
+        &groups,
+        stats.as_deref(),
+        options,
+        &mut warnings,
+        &stages.counter(),
+    )?;
     let repair = if stats.is_some() {
         options.repair
     } else {
         Repair::None
     };
+    stages.start(AutoStage::Repair);
     let Pruned {
         model: pruned,
         compensations,
         ridges,
-    } = apply(model, &groups, &plan, stats.as_deref(), repair).map_err(stage("prune"))?;
+    } = apply(
+        model,
+        &groups,
+        &plan,
+        stats.as_deref(),
+        repair,
+        &stages.counter(),
+    )
+    .map_err(stage("prune"))?;
+    stages.start(AutoStage::Slim);
     let Slimmed {
         model: slimmed,
         report: mut slim,
@@ -450,6 +582,7 @@ pub fn auto_slim(
     // Slimming must not change the pruned model's outputs.
     let exact = verify(&pruned, &slimmed, options.seed, values).map_err(stage("verify"))?;
     slim.verification = Some(exact);
+    stages.start(AutoStage::Fidelity);
     let (samples, fidelity_inputs) = fidelity_samples(model, options, values)?;
     let mask = options
         .heldout
@@ -457,6 +590,7 @@ pub fn auto_slim(
         .or(options.calibration.as_ref())
         .and_then(|c| c.mask);
     let fidelity = fidelity(model, &slimmed, &samples, mask).map_err(stage("fidelity"))?;
+    stages.finish();
     let groups = plan
         .groups
         .iter()
@@ -478,6 +612,7 @@ pub fn auto_slim(
             fidelity_inputs,
             warnings,
             slim,
+            stage_times: stages.times,
         },
     })
 }
@@ -496,6 +631,29 @@ impl GroupOutcome {
 }
 
 impl AutoReport {
+    /// The kept widths per layer, one line per kind that lost units: `kept FFN channels per
+    /// layer: 1075 1075 … (of 1536)`.
+    fn widths(&self) -> String {
+        let mut out = String::new();
+        for (kind, what) in [(Kind::Ffn, "FFN channels"), (Kind::Heads, "heads")] {
+            let of_kind: Vec<&GroupOutcome> =
+                self.groups.iter().filter(|g| g.kind == kind).collect();
+            if of_kind.iter().all(|g| g.kept == g.units) {
+                continue;
+            }
+            let kept: Vec<String> = of_kind.iter().map(|g| g.kept.to_string()).collect();
+            let mut units: Vec<usize> = of_kind.iter().map(|g| g.units).collect();
+            units.dedup();
+            let units: Vec<String> = units.iter().map(usize::to_string).collect();
+            out += &format!(
+                "kept {what} per layer: {} (of {})\n",
+                kept.join(" "),
+                units.join("/")
+            );
+        }
+        out
+    }
+
     /// The human-readable summary printed by the CLI.
     pub fn table(&self) -> String {
         let mut out = String::new();
@@ -507,6 +665,13 @@ impl AutoReport {
             out += &format!("; calibration statistics over {tokens} tokens");
         }
         out += "\n";
+        out += &self.widths();
+        let times: Vec<String> = self
+            .stage_times
+            .iter()
+            .map(|t| format!("{} {:.1} s", t.stage, t.ms as f64 / 1000.0))
+            .collect();
+        out += &format!("auto-slim time: {}\n", times.join(", "));
         out += &self.slim.table();
         for f in &self.fidelity {
             out += &format!(

@@ -16,6 +16,8 @@
 use crate::autoslim::calibration::Calibration;
 use crate::model::discover::{Group, Kind, Units};
 use crate::model::stats::weight_of;
+use crate::util::parallel::in_parallel;
+use faer::linalg::matmul::triangular::{self, BlockStructure};
 use faer::Mat;
 use tract_core::internal::*;
 use tract_core::ops::einsum::EinSum;
@@ -251,6 +253,18 @@ fn unit_rows(
     Ok(rows)
 }
 
+/// Samples run together: their real tokens go into each Gram matrix in one product.
+const CHUNK: usize = 16;
+
+/// The rows of `x` whose token weight is positive (all of them without weights).
+fn real_tokens(x: Array2<f32>, weights: Option<&[f64]>) -> Array2<f32> {
+    let Some(weights) = weights else {
+        return x;
+    };
+    let rows: Vec<usize> = (0..x.nrows()).filter(|t| weights[*t] > 0.0).collect();
+    x.select(NdAxis(0), &rows)
+}
+
 /// Per-token weights of a sample (1 for a real token, 0 for padding) in the order of the
 /// activation matrix's rows, or `None` when every position counts.
 fn token_weights(mask: Option<&Tensor>, tokens: usize) -> TractResult<Option<Vec<f64>>> {
@@ -307,49 +321,58 @@ impl Calibrated {
         }
     }
 
-    /// Adds one sample's activation matrix (`tokens × inputs`) with its token weights.
-    fn add(
-        &mut self,
-        x: &Array2<f32>,
-        weights: Option<&[f64]>,
-        fold: usize,
-        group: &Group,
-        w: &Array2<f32>,
-    ) {
-        let n = self.form.inputs;
-        let rows: Vec<usize> = (0..x.nrows())
-            .filter(|t| weights.is_none_or(|w| w[*t] > 0.0))
-            .collect();
-        let mut xt = Mat::<f64>::zeros(rows.len(), n + 1);
-        for (r, t) in rows.iter().enumerate() {
-            for j in 0..n {
-                let v = x[(*t, j)] as f64;
-                xt[(r, j)] = v;
+    /// Adds one sample's real tokens (`tokens × inputs`) to the moments.
+    fn add_moments(&mut self, x: &Array2<f32>, group: &Group, w: &Array2<f32>) {
+        for row in x.rows() {
+            for (j, v) in row.iter().enumerate() {
+                let v = *v as f64;
                 self.mean[j] += v;
                 self.variance[j] += v * v;
                 self.magnitude[j] += v.abs();
             }
-            xt[(r, n)] = 1.0;
         }
-        self.tokens += rows.len() as f64;
-        let gram = &mut self.grams[fold];
-        faer::linalg::matmul::matmul(
-            gram.as_mut(),
-            faer::Accum::Add,
-            xt.transpose(),
-            xt.as_ref(),
-            1.0,
-            faer::Par::rayon(0),
-        );
+        self.tokens += x.nrows() as f64;
         if group.kind == Kind::Heads {
-            self.add_head_contributions(x, &rows, w);
+            self.add_head_contributions(x, w);
         }
     }
 
+    /// Adds the real tokens of some samples of one fold to its Gram matrix, in one product
+    /// (its lower triangle: [`Calibrated::finish`] mirrors it).
+    fn add_gram(&mut self, fold: usize, xs: &[&Array2<f32>]) {
+        let n = self.form.inputs;
+        let rows: usize = xs.iter().map(|x| x.nrows()).sum();
+        if rows == 0 {
+            return;
+        }
+        let mut stacked = Mat::<f64>::zeros(rows, n + 1);
+        let mut r = 0;
+        for x in xs {
+            for row in x.rows() {
+                for (j, v) in row.iter().enumerate() {
+                    stacked[(r, j)] = *v as f64;
+                }
+                stacked[(r, n)] = 1.0;
+                r += 1;
+            }
+        }
+        triangular::matmul(
+            self.grams[fold].as_mut(),
+            BlockStructure::TriangularLower,
+            faer::Accum::Add,
+            stacked.transpose(),
+            BlockStructure::Rectangular,
+            stacked.as_ref(),
+            BlockStructure::Rectangular,
+            1.0,
+            faer::Par::rayon(0),
+        );
+    }
+
     /// Σ over real tokens of ‖x_head · W_head‖ for every head.
-    fn add_head_contributions(&mut self, x: &Array2<f32>, rows: &[usize], w: &Array2<f32>) {
+    fn add_head_contributions(&mut self, x: &Array2<f32>, w: &Array2<f32>) {
         for (u, unit_rows) in self.form.unit_rows.iter().enumerate() {
-            let xs = x.select(NdAxis(0), rows).select(NdAxis(1), unit_rows);
+            let xs = x.select(NdAxis(1), unit_rows);
             let ws = w.select(NdAxis(0), unit_rows);
             let out = xs.dot(&ws);
             self.head_contribution[u] += out
@@ -360,8 +383,15 @@ impl Calibrated {
         }
     }
 
-    /// Turns sums into means and variances.
+    /// Turns sums into means and variances, and mirrors the Gram matrices' lower triangles.
     fn finish(&mut self) {
+        for gram in &mut self.grams {
+            for j in 0..gram.ncols() {
+                for i in 0..j {
+                    gram[(i, j)] = gram[(j, i)];
+                }
+            }
+        }
         let count = self.tokens.max(1.0);
         for j in 0..self.mean.len() {
             let mean = self.mean[j] / count;
@@ -387,6 +417,7 @@ pub fn calibrate(
     model: &TypedModel,
     groups: &[Group],
     calibration: &Calibration,
+    progress: &(dyn Fn(usize, usize) + Sync),
 ) -> TractResult<Vec<Calibrated>> {
     let forms: Vec<MatrixForm> = groups
         .iter()
@@ -408,20 +439,47 @@ pub fn calibrate(
     let mut probe = model.clone();
     probe.select_output_outlets(&groups.iter().map(|g| g.activation).collect::<Vec<_>>())?;
     let plan = probe.into_optimized()?.into_runnable()?;
-    for (index, sample) in calibration.samples.iter().enumerate() {
-        let mask = calibration.mask.map(|m| sample[m].clone().into_tensor());
-        let values = plan.run(sample.clone())?;
-        for ((value, stat), (group, w)) in values
-            .iter()
-            .zip(&mut stats)
+    let samples = &calibration.samples;
+    for (chunk, first) in samples.chunks(CHUNK).zip((0..).step_by(CHUNK)) {
+        progress(first, samples.len());
+        // Each sample's real tokens per group (and whether its mask lined up), run in parallel.
+        let runs = in_parallel(
+            chunk.len(),
+            |k| {
+                let sample = &chunk[k];
+                let mask = calibration.mask.map(|m| sample[m].clone().into_tensor());
+                let values = plan.run(sample.clone())?;
+                values
+                    .iter()
+                    .zip(&stats)
+                    .map(|(value, stat)| {
+                        let x = stat.form.activation_matrix(value)?;
+                        let weights = token_weights(mask.as_ref(), x.nrows())?;
+                        let unmasked = mask.is_some() && weights.is_none();
+                        Ok((real_tokens(x, weights.as_deref()), unmasked))
+                    })
+                    .collect::<TractResult<Vec<_>>>()
+            },
+            &|_, _| (),
+        )?;
+        for (g, (stat, (group, w))) in stats
+            .iter_mut()
             .zip(groups.iter().zip(&weights))
+            .enumerate()
         {
-            let x = stat.form.activation_matrix(value)?;
-            let token_weights = token_weights(mask.as_ref(), x.nrows())?;
-            if mask.is_some() && token_weights.is_none() {
-                stat.unmasked_samples += 1;
+            for (x, unmasked) in runs.iter().map(|run| &run[g]) {
+                stat.add_moments(x, group, w);
+                stat.unmasked_samples += *unmasked as usize;
             }
-            stat.add(&x, token_weights.as_deref(), index % FOLDS, group, w);
+            for fold in 0..FOLDS {
+                let xs: Vec<&Array2<f32>> = runs
+                    .iter()
+                    .enumerate()
+                    .filter(|(k, _)| (first + k) % FOLDS == fold)
+                    .map(|(_, run)| &run[g].0)
+                    .collect();
+                stat.add_gram(fold, &xs);
+            }
         }
     }
     stats.iter_mut().for_each(Calibrated::finish);
@@ -580,7 +638,7 @@ pub(crate) mod tests {
 
     fn means(model: &TypedModel, calibration: &Calibration) -> Vec<Vec<f64>> {
         let groups = groups(model).unwrap();
-        calibrate(model, &groups, calibration)
+        calibrate(model, &groups, calibration, &|_, _| ())
             .unwrap()
             .into_iter()
             .map(|s| s.mean)

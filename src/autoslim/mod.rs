@@ -4,5 +4,6 @@
 pub(crate) mod auto;
 pub(crate) mod calibrated;
 pub(crate) mod calibration;
+pub(crate) mod choice;
 pub(crate) mod prune;
 pub(crate) mod refit;

@@ -11,6 +11,7 @@
 //! is right on average (as FLAP does).
 
 use crate::autoslim::calibrated::Calibrated;
+use crate::autoslim::choice::KvLayout;
 use crate::autoslim::refit::refit;
 use crate::model::discover::{Group, Kind};
 use crate::model::stats::{unit_norms, weight_of};
@@ -40,6 +41,10 @@ pub struct PlanGroup {
     pub units: usize,
     /// The units to remove.
     pub removed: Vec<usize>,
+    /// The relative ridge of the consumer's least-squares refit, when the choice
+    /// cross-validated one (else the refit cross-validates it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ridge: Option<f64>,
 }
 
 /// How much to remove.
@@ -49,16 +54,22 @@ pub struct Targets {
     pub ffn: f64,
     /// Fraction of heads to remove.
     pub heads: f64,
-    /// Rank units across layers (scores normalised per layer) instead of per layer.
+    /// Spend each kind's fraction as one budget across layers, where removal costs least,
+    /// instead of the same fraction in every layer.
     pub global: bool,
     /// With `global`: the fraction of each layer's units that stays at least.
     pub floor: f64,
     /// Round kept FFN widths to a multiple of this.
     pub multiple_of: usize,
+    /// Round kept query heads (per KV group with grouped-query attention) to a multiple of this.
+    pub heads_multiple_of: usize,
+    /// How grouped-query attention loses query heads.
+    pub kv_layout: KvLayout,
 }
 
 impl Targets {
-    /// The same fraction removed in every layer, kept widths not rounded.
+    /// The same fraction removed in every layer, kept widths not rounded, as many query heads
+    /// from every KV group.
     pub fn per_layer(ffn: f64, heads: f64) -> Targets {
         Targets {
             ffn,
@@ -66,6 +77,16 @@ impl Targets {
             global: false,
             floor: 0.1,
             multiple_of: 1,
+            heads_multiple_of: 1,
+            kv_layout: KvLayout::Equal,
+        }
+    }
+
+    /// The fraction of `kind`'s units to remove.
+    pub fn of(&self, kind: Kind) -> f64 {
+        match kind {
+            Kind::Ffn => self.ffn,
+            Kind::Heads => self.heads,
         }
     }
 }
@@ -87,110 +108,6 @@ pub fn magnitude_scores(model: &TypedModel, group: &Group) -> TractResult<Vec<f3
             .for_each(|(u, s)| *s *= norms[u / shared]);
     }
     Ok(scores)
-}
-
-/// Rounds a kept width to a multiple of `m`, staying within `[min(m, n), n]`.
-fn round_kept(kept: usize, n: usize, m: usize) -> usize {
-    if m <= 1 {
-        return kept;
-    }
-    let rounded = (kept + m / 2) / m * m;
-    rounded.clamp(m.min(n), n)
-}
-
-/// The `count` lowest-scored units (ties broken by index), sorted.
-fn lowest(scores: &[f32], count: usize) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..scores.len()).collect();
-    order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]).then(a.cmp(&b)));
-    let mut chosen: Vec<usize> = order.into_iter().take(count).collect();
-    chosen.sort_unstable();
-    chosen
-}
-
-fn target_of(targets: &Targets, kind: Kind) -> f64 {
-    match kind {
-        Kind::Ffn => targets.ffn,
-        Kind::Heads => targets.heads,
-    }
-}
-
-/// How many units of each group to remove.
-fn removal_counts(groups: &[Group], scores: &[Vec<f32>], targets: &Targets) -> Vec<usize> {
-    let mut counts: Vec<usize> = groups
-        .iter()
-        .map(|g| (target_of(targets, g.kind) * g.units as f64).round() as usize)
-        .collect();
-    if targets.global {
-        for kind in [Kind::Ffn, Kind::Heads] {
-            global_counts(groups, scores, targets, kind, &mut counts);
-        }
-    }
-    for (g, count) in groups.iter().zip(counts.iter_mut()) {
-        if g.kind == Kind::Ffn {
-            *count = g.units
-                - round_kept(
-                    g.units - (*count).min(g.units),
-                    g.units,
-                    targets.multiple_of,
-                );
-        }
-    }
-    counts
-}
-
-/// Global ranking of one kind: the lowest normalised scores across groups go, each group keeping
-/// at least its floor.
-fn global_counts(
-    groups: &[Group],
-    scores: &[Vec<f32>],
-    targets: &Targets,
-    kind: Kind,
-    counts: &mut [usize],
-) {
-    let members: Vec<usize> = (0..groups.len())
-        .filter(|&i| groups[i].kind == kind)
-        .collect();
-    let total: usize = members.iter().map(|&i| groups[i].units).sum();
-    let wanted = (target_of(targets, kind) * total as f64).round() as usize;
-    let mut ranked: Vec<(f32, usize, usize)> = vec![];
-    for &i in &members {
-        let mean = scores[i].iter().sum::<f32>() / scores[i].len().max(1) as f32;
-        let scale = if mean > 0.0 { mean } else { 1.0 };
-        ranked.extend(scores[i].iter().enumerate().map(|(u, s)| (s / scale, i, u)));
-        counts[i] = 0;
-    }
-    ranked.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
-    let mut taken = 0;
-    for (_, i, _) in ranked {
-        if taken == wanted {
-            break;
-        }
-        let n = groups[i].units;
-        let floor = ((targets.floor * n as f64).ceil() as usize).max(1).min(n);
-        if counts[i] < n - floor {
-            counts[i] += 1;
-            taken += 1;
-        }
-    }
-}
-
-/// Chooses the units to remove: per group the lowest-scored ones, as many as the targets ask.
-pub fn choose(groups: &[Group], scores: &[Vec<f32>], targets: &Targets) -> Plan {
-    let counts = removal_counts(groups, scores, targets);
-    Plan {
-        groups: groups
-            .iter()
-            .zip(scores)
-            .zip(counts)
-            .map(|((g, s), count)| PlanGroup {
-                kind: g.kind,
-                layer: g.layer,
-                name: g.name.clone(),
-                units: g.units,
-                removed: lowest(s, count),
-            })
-            .collect(),
-    }
 }
 
 /// How a plan entry does not match the model's groups.
@@ -370,13 +287,15 @@ pub fn apply(
     plan: &Plan,
     stats: Option<&[Calibrated]>,
     repair: Repair,
+    progress: &(dyn Fn(usize, usize) + Sync),
 ) -> TractResult<Pruned> {
     let mut pruned = Pruned {
         model: model.clone(),
         compensations: vec![],
         ridges: vec![],
     };
-    for entry in &plan.groups {
+    for (done, entry) in plan.groups.iter().enumerate() {
+        progress(done, plan.groups.len());
         if entry.removed.is_empty() {
             pruned.compensations.push(None);
             pruned.ridges.push(None);
@@ -399,7 +318,7 @@ pub fn apply(
             Some(stats) if repair == Repair::LeastSquares => {
                 let w = stats.form.weight_matrix(&weight)?;
                 let bias = bias_vector(model, group, stats.form.outputs)?;
-                let fit = refit(stats, &w, Some(&bias), &entry.removed)
+                let fit = refit(stats, &w, Some(&bias), &entry.removed, entry.ridge)
                     .with_context(|| format!("refitting `{}`", group.name))?;
                 let delta = tract_ndarray::ArrayD::from_shape_vec(
                     stats.form.bias_shape.clone(),

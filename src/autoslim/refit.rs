@@ -12,7 +12,8 @@
 //! folds, measure `‖X̃_f (Ŵ − W̃)‖²` on the held-out one, all from Gram matrices.
 
 use crate::autoslim::calibrated::{from_faer, to_faer, Calibrated};
-use faer::linalg::solvers::SolveCore;
+use crate::autoslim::choice::{Candidates, Selection, Step};
+use faer::linalg::solvers::{DenseSolveCore, SolveCore};
 use faer::{Mat, Side};
 use tract_core::internal::*;
 use tract_ndarray::Array2;
@@ -92,16 +93,21 @@ pub fn cross_validated_ridge(
     choose_ridge(stats, &p.total, &p.full, &p.kept, p.scale)
 }
 
-/// Refits the consumer described by `stats`, of weight `w` and bias `bias`, without `removed`.
+/// Refits the consumer described by `stats`, of weight `w` and bias `bias`, without `removed`,
+/// with the relative `ridge` given or else cross-validated.
 pub fn refit(
     stats: &Calibrated,
     w: &Array2<f32>,
     bias: Option<&[f32]>,
     removed: &[usize],
+    ridge: Option<f64>,
 ) -> TractResult<Refit> {
     let n = stats.form.inputs;
     let p = Problem::new(stats, w, bias, removed);
-    let ridge = choose_ridge(stats, &p.total, &p.full, &p.kept, p.scale)?;
+    let ridge = match ridge {
+        Some(ridge) => ridge,
+        None => choose_ridge(stats, &p.total, &p.full, &p.kept, p.scale)?,
+    };
     let solved = solve(&p.total, &p.full, &p.kept, ridge * p.scale)?;
     let padded = pad(&solved, &p.kept, n + 1);
     let mut weight = from_faer(&padded.as_ref().submatrix(0, 0, n, w.ncols()).to_owned());
@@ -118,9 +124,22 @@ pub fn refit(
     })
 }
 
+/// Outputs cross-validation measures the error on, at most: the ridge is one number per
+/// layer, and an evenly spread sample of the outputs traces its error curve as all of them do,
+/// at a fraction of the cost.
+pub const CV_OUTPUTS: usize = 128;
+
+/// Every k-th column of `full`, at most [`CV_OUTPUTS`] of them.
+fn output_sample(full: &Mat<f64>) -> Mat<f64> {
+    let step = full.ncols().div_ceil(CV_OUTPUTS).max(1);
+    let columns = full.ncols().div_ceil(step);
+    Mat::<f64>::from_fn(full.nrows(), columns, |i, j| full[(i, j * step)])
+}
+
 /// The ridge of [`RIDGES`] with the least held-out error over the folds (the second smallest
-/// when there are too few samples to hold any out). The held-out error of a fit `Ŵ` on fold `f`
-/// is `‖X̃_f,k Ŵ − X̃_f W̃‖² = tr(Ŵᵀ G_f,kk Ŵ) − 2 tr(Ŵᵀ (G_f W̃)_k) + tr(W̃ᵀ G_f W̃)`.
+/// when there are too few samples to hold any out), measured on [`CV_OUTPUTS`] outputs at most.
+/// The held-out error of a fit `Ŵ` on fold `f` is
+/// `‖X̃_f,k Ŵ − X̃_f W̃‖² = tr(Ŵᵀ G_f,kk Ŵ) − 2 tr(Ŵᵀ (G_f W̃)_k) + tr(W̃ᵀ G_f W̃)`.
 fn choose_ridge(
     stats: &Calibrated,
     total: &Mat<f64>,
@@ -128,6 +147,7 @@ fn choose_ridge(
     kept: &[usize],
     scale: f64,
 ) -> TractResult<f64> {
+    let full = &output_sample(full);
     let last = total.nrows() - 1;
     let folds: Vec<&Mat<f64>> = stats
         .grams
@@ -219,20 +239,24 @@ fn pad(solved: &Mat<f64>, kept: &[usize], rows: usize) -> Mat<f64> {
     padded
 }
 
-/// The order in which greedy least-squares removal takes `count` units away (ZipLM / SlimGPT
-/// style, with the ridge `ridge` of [`RIDGES`]). From the ridge fit `Ŵ = H⁻¹ G W̃` on every
-/// unit (`H = G + λD`), each step removes the unit whose removal, with the consumer's remaining
-/// weights and bias refit, adds least to the regularised calibration error —
-/// `tr(Ŵ_Uᵀ [H⁻¹]_UU⁻¹ Ŵ_U)` — and updates `H⁻¹` and `Ŵ`
-/// (`Ŵ ← Ŵ − H⁻¹_·U [H⁻¹]_UU⁻¹ Ŵ_U`, `H⁻¹ ← H⁻¹ − H⁻¹_·U [H⁻¹]_UU⁻¹ H⁻¹_U·`).
-pub fn greedy_removal_order(
+/// The first `steps` of the greedy least-squares removal order over `candidates` (ZipLM /
+/// SlimGPT style, with the ridge `ridge` of [`RIDGES`]). From the ridge fit `Ŵ = H⁻¹ G W̃` on
+/// every unit (`H = G + λD`), each step removes the eligible candidate whose removal, with the
+/// consumer's remaining weights and bias refit, adds least to the regularised calibration error
+/// — `tr(Ŵ_Uᵀ [H⁻¹]_UU⁻¹ Ŵ_U)` over its rows `U` — and updates `H⁻¹` and `Ŵ`
+/// (`Ŵ ← Ŵ − H⁻¹_·U [H⁻¹]_UU⁻¹ Ŵ_U`, `H⁻¹ ← H⁻¹ − H⁻¹_·U [H⁻¹]_UU⁻¹ H⁻¹_U·`). A step's cost is
+/// that error relative to the dense output's energy `tr(W̃ᵀ G W̃)`, so that costs compare across
+/// layers.
+pub fn greedy_removal(
     stats: &Calibrated,
     w: &Array2<f32>,
-    count: usize,
     ridge: f64,
-) -> TractResult<Vec<usize>> {
+    candidates: &Candidates,
+    steps: usize,
+) -> TractResult<Vec<Step>> {
     let n = stats.form.inputs;
-    let mut h = stats.gram();
+    let gram = stats.gram();
+    let mut h = gram.clone();
     let scale = (0..n).map(|r| h[(r, r)]).sum::<f64>() / n.max(1) as f64;
     for r in 0..n {
         h[(r, r)] += ridge * scale;
@@ -241,8 +265,7 @@ pub fn greedy_removal_order(
     let llt = h
         .llt(Side::Lower)
         .map_err(|e| format_err!("the Gram matrix is not positive definite: {e:?}"))?;
-    let mut inverse = Mat::<f64>::identity(n + 1, n + 1);
-    llt.solve_in_place_with_conj(faer::Conj::No, inverse.as_mut());
+    let inverse = llt.inverse();
     // Start from the ridge fit on every unit, where the removal costs are exact: a unit whose
     // inputs are always zero has no weight there, and costs nothing.
     let mut dense = Mat::<f64>::zeros(n + 1, w.ncols());
@@ -250,65 +273,118 @@ pub fn greedy_removal_order(
         .as_mut()
         .submatrix_mut(0, 0, n, w.ncols())
         .copy_from(to_faer(w.view()));
-    let mut weights = &inverse * (&stats.gram() * &dense);
-    let mut alive: Vec<usize> = (0..stats.form.unit_rows.len()).collect();
-    let mut order = vec![];
-    if stats.form.unit_rows.iter().all(|rows| rows.len() == 1) {
-        while order.len() < count && alive.len() > 1 {
-            let row = |u: usize| stats.form.unit_rows[u][0];
-            // ‖w_r‖² / [H⁻¹]_rr for every row at once (columns are contiguous).
-            let mut norms = vec![0f64; n + 1];
-            for j in 0..weights.ncols() {
-                norms
-                    .iter_mut()
-                    .zip(weights.col_as_slice(j))
-                    .for_each(|(s, w)| *s += w * w);
-            }
-            let cost = |u: usize| norms[row(u)] / inverse[(row(u), row(u))].max(f64::MIN_POSITIVE);
-            let best = (0..alive.len())
-                .min_by(|a, b| cost(alive[*a]).total_cmp(&cost(alive[*b])))
-                .unwrap_or(0);
-            let unit = alive.remove(best);
-            remove_row(&mut inverse, &mut weights, row(unit));
-            order.push(unit);
-        }
-        return Ok(order);
-    }
-    while order.len() < count && alive.len() > 1 {
-        let costs: Vec<(f64, Mat<f64>)> = alive
-            .iter()
-            .map(|u| block_cost(&inverse, &weights, &stats.form.unit_rows[*u]))
-            .collect::<TractResult<_>>()?;
-        let best = (0..alive.len())
-            .min_by(|a, b| costs[*a].0.total_cmp(&costs[*b].0))
-            .unwrap_or(0);
-        let unit = alive.remove(best);
-        remove_block(
-            &mut inverse,
-            &mut weights,
-            &stats.form.unit_rows[unit],
-            &costs[best].1,
-        );
-        order.push(unit);
-    }
-    Ok(order)
+    let gram_dense = &gram * &dense;
+    let energy = trace_of_product(&dense, &gram_dense).max(f64::MIN_POSITIVE);
+    let weights = &inverse * &gram_dense;
+    let rows: Vec<Vec<usize>> = candidates
+        .units
+        .iter()
+        .map(|units| {
+            units
+                .iter()
+                .flat_map(|u| stats.form.unit_rows[*u].iter().copied())
+                .collect()
+        })
+        .collect();
+    let selection = Selection::new(candidates);
+    let order = if rows.iter().all(|r| r.len() == 1) {
+        let rows: Vec<usize> = rows.iter().map(|r| r[0]).collect();
+        greedy_rows(&inverse, weights, &rows, selection, steps)
+    } else {
+        greedy_blocks(inverse, weights, &rows, selection, steps)?
+    };
+    Ok(order
+        .into_iter()
+        .map(|(candidate, cost)| Step {
+            candidate,
+            cost: cost / energy,
+        })
+        .collect())
 }
 
-/// [`remove_block`] for one row, in place.
-fn remove_row(inverse: &mut Mat<f64>, weights: &mut Mat<f64>, r: usize) {
-    let pivot = inverse[(r, r)].max(f64::MIN_POSITIVE);
-    let column: Vec<f64> = (0..inverse.nrows())
-        .map(|i| inverse[(i, r)] / pivot)
-        .collect();
-    let subtract = |target: &mut [f64]| {
-        let scale = target[r];
-        target
+/// Greedy removal when every candidate is one row, with the inverse downdated lazily: the
+/// current `H⁻¹` is `H₀⁻¹ − Σ_s u_s u_sᵀ` with `u_s = H⁻¹_·r / √[H⁻¹]_rr` of each removed
+/// row `r`, so a step needs one column of it (`O(n · steps)`) and its diagonal, not all of it
+/// (`O(n²)`, and memory-bound).
+fn greedy_rows(
+    initial: &Mat<f64>,
+    mut weights: Mat<f64>,
+    rows: &[usize],
+    mut selection: Selection,
+    steps: usize,
+) -> Vec<(usize, f64)> {
+    let size = initial.nrows();
+    let mut diagonal: Vec<f64> = (0..size).map(|i| initial[(i, i)]).collect();
+    let mut updates: Vec<Vec<f64>> = vec![];
+    let mut order = vec![];
+    while order.len() < steps {
+        // ‖w_r‖² / [H⁻¹]_rr for every row at once (columns are contiguous).
+        let mut norms = vec![0f64; size];
+        for j in 0..weights.ncols() {
+            norms
+                .iter_mut()
+                .zip(weights.col_as_slice(j))
+                .for_each(|(s, w)| *s += w * w);
+        }
+        let cost = |c: usize| norms[rows[c]] / diagonal[rows[c]].max(f64::MIN_POSITIVE);
+        let Some(c) = selection.cheapest(cost) else {
+            break;
+        };
+        order.push((c, cost(c)));
+        selection.take(c);
+        let r = rows[c];
+        let mut column = initial.col_as_slice(r).to_vec();
+        for u in &updates {
+            let scale = u[r];
+            column.iter_mut().zip(u).for_each(|(x, v)| *x -= v * scale);
+        }
+        let root = column[r].max(f64::MIN_POSITIVE).sqrt();
+        column.iter_mut().for_each(|x| *x /= root);
+        for j in 0..weights.ncols() {
+            let col = weights.col_as_slice_mut(j);
+            let scale = col[r] / root;
+            col.iter_mut()
+                .zip(&column)
+                .for_each(|(w, u)| *w -= u * scale);
+        }
+        diagonal
             .iter_mut()
             .zip(&column)
-            .for_each(|(t, c)| *t -= c * scale);
-    };
-    (0..weights.ncols()).for_each(|j| subtract(weights.col_as_slice_mut(j)));
-    (0..inverse.ncols()).for_each(|j| subtract(inverse.col_as_slice_mut(j)));
+            .for_each(|(d, u)| *d -= u * u);
+        updates.push(column);
+    }
+    order
+}
+
+/// Greedy removal of candidates of several rows each: block costs, and the inverse downdated
+/// in full at each step.
+fn greedy_blocks(
+    mut inverse: Mat<f64>,
+    mut weights: Mat<f64>,
+    rows: &[Vec<usize>],
+    mut selection: Selection,
+    steps: usize,
+) -> TractResult<Vec<(usize, f64)>> {
+    let mut order = vec![];
+    while order.len() < steps {
+        let costs: Vec<Option<(f64, Mat<f64>)>> = (0..rows.len())
+            .map(|c| {
+                selection
+                    .eligible(c)
+                    .then(|| block_cost(&inverse, &weights, &rows[c]))
+                    .transpose()
+            })
+            .collect::<TractResult<_>>()?;
+        let cost = |c: usize| costs[c].as_ref().map_or(f64::INFINITY, |(cost, _)| *cost);
+        let Some(c) = selection.cheapest(cost) else {
+            break;
+        };
+        let (cost, block_inverse) = costs[c].as_ref().context("an eligible candidate")?;
+        remove_block(&mut inverse, &mut weights, &rows[c], block_inverse);
+        selection.take(c);
+        order.push((c, *cost));
+    }
+    Ok(order)
 }
 
 /// The removal cost of the rows `rows` and `[H⁻¹]_rows,rows⁻¹`.
@@ -373,13 +449,19 @@ mod tests {
         let inputs = (0..samples)
             .map(|s| random_inputs(&model, s, &SymbolValues::default()).unwrap())
             .collect();
-        let stats = calibrate(&model, &found, &Calibration::new(&model, inputs)).unwrap();
+        let stats = calibrate(
+            &model,
+            &found,
+            &Calibration::new(&model, inputs),
+            &|_, _| (),
+        )
+        .unwrap();
         let w = stats[0]
             .form
             .weight_matrix(&weight_of(&model, found[0].weight).unwrap())
             .unwrap();
         let removed: Vec<usize> = (0..found[0].units / 2).collect();
-        refit(&stats[0], &w, None, &removed).unwrap().ridge
+        refit(&stats[0], &w, None, &removed, None).unwrap().ridge
     }
 
     #[test]

@@ -196,7 +196,9 @@ pub struct PruneArgs {
     /// Fraction of attention heads to remove (per layer, or overall with --global).
     #[arg(long, default_value_t = 0.0)]
     pub mha_sparsity: f64,
-    /// Rank channels and heads across layers instead of within each layer.
+    /// Spend each sparsity as one budget of weights across layers, where removing costs least
+    /// (removal cost by default, normalised scores with another --score or without calibration),
+    /// instead of the same fraction in every layer. A layer loses at most twice the fraction.
     #[arg(long)]
     pub global: bool,
     /// With --global: the fraction of each layer's channels and heads kept at least.
@@ -205,6 +207,13 @@ pub struct PruneArgs {
     /// Round each kept FFN width to a multiple of N.
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub multiple_of: usize,
+    /// Round kept query heads to a multiple of N (per KV group with grouped-query attention).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub heads_multiple_of: usize,
+    /// How grouped-query attention loses query heads: as many from every KV group (the layout
+    /// every loader accepts), whole KV groups (their query heads and KV head), or any.
+    #[arg(long, value_enum, default_value_t = KvLayoutArg::Equal)]
+    pub kv_layout: KvLayoutArg,
     /// Calibration inputs (.npz): activation-aware scores and the consumers' repair, over the
     /// real tokens the model's attention mask marks.
     #[arg(long)]
@@ -254,6 +263,17 @@ pub enum ScoreArg {
     Fluctuation,
     /// Greedy least-squares removal: each unit removed is the cheapest with the rest refit.
     RemovalCost,
+}
+
+/// `--kv-layout`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum KvLayoutArg {
+    /// As many query heads from every KV group.
+    Equal,
+    /// Whole KV groups.
+    Whole,
+    /// Any query heads.
+    Any,
 }
 
 /// `--repair`.

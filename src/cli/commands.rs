@@ -1,6 +1,6 @@
 //! What each subcommand does.
 
-use super::args::{Command, ImportArgs, PassOptions, PruneArgs, RepairArg, ScoreArg};
+use super::args::{Command, ImportArgs, KvLayoutArg, PassOptions, PruneArgs, RepairArg, ScoreArg};
 use super::progress::Progress;
 use model_slim::compare_latency;
 use model_slim::symbol_values;
@@ -12,7 +12,7 @@ use model_slim::{auto_slim, AutoOptions};
 use model_slim::{groups, Kind};
 use model_slim::{write_atomically, write_model, ArtifactCheck, Format};
 use model_slim::{write_pruned_onnx, write_slimmed_onnx};
-use model_slim::{zero_units, Criterion, Plan, Repair, Targets};
+use model_slim::{zero_units, Criterion, KvLayout, Plan, Repair, Targets};
 use model_slim::{IoError, Mismatch, SlimError, Slimmed, Slimmer};
 use serde::Serialize;
 use std::path::Path;
@@ -237,7 +237,11 @@ fn run_prune(ctx: &Context, args: &PruneArgs) -> Result<(), Failure> {
     let (original, sets) = import(ctx, &args.import, &args.model)?;
     let slimmer = Slimmer::new()?.with_symbol_values(symbol_values(&original, &sets));
     let options = auto_options(args, &original)?;
-    let mut result = ctx.progress.during("pruning and slimming", |_| {
+    let mut result = ctx.progress.during("pruning and slimming", |bar| {
+        let options = AutoOptions {
+            observer: Some(Progress::auto_stages(bar)),
+            ..options
+        };
         auto_slim(&original, &slimmer, &options)
     })?;
     for warning in &result.report.warnings {
@@ -345,6 +349,12 @@ fn auto_options(args: &PruneArgs, original: &TypedModel) -> Result<AutoOptions, 
         global: args.global,
         floor: args.floor,
         multiple_of: args.multiple_of.max(1),
+        heads_multiple_of: args.heads_multiple_of.max(1),
+        kv_layout: match args.kv_layout {
+            KvLayoutArg::Equal => KvLayout::Equal,
+            KvLayoutArg::Whole => KvLayout::Whole,
+            KvLayoutArg::Any => KvLayout::Any,
+        },
         ..Targets::per_layer(args.ffn_sparsity, args.mha_sparsity)
     };
     Ok(AutoOptions {

@@ -2,7 +2,7 @@
 //! log lines (through `tracing`) at the chosen verbosity.
 
 use indicatif::{ProgressBar, ProgressStyle};
-use model_slim::{Observer, Stage};
+use model_slim::{AutoObserver, AutoStage, Observer, Stage};
 use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,6 +69,30 @@ impl Progress {
                 Stage::Verify => "verifying outputs",
             };
             bar.set_message(format!("slimming: {name}"));
+        })
+    }
+
+    /// An observer showing auto-slim's stage on `bar`, with a count where it has one.
+    pub fn auto_stages(bar: &ProgressBar) -> AutoObserver {
+        let bar = bar.clone();
+        Arc::new(move |stage: AutoStage, done: usize, total: usize| {
+            let name = match stage {
+                AutoStage::Calibrate => "calibrating: running the model",
+                AutoStage::Choose => "choosing units",
+                AutoStage::Repair => "repairing the consumers",
+                AutoStage::Slim => "slimming",
+                AutoStage::Fidelity => "measuring fidelity",
+            };
+            let unit = if stage == AutoStage::Calibrate {
+                "sample"
+            } else {
+                "group"
+            };
+            if total > 0 {
+                bar.set_message(format!("{name} ({unit} {} of {total})", done + 1));
+            } else {
+                bar.set_message(name.to_string());
+            }
         })
     }
 }

@@ -6,6 +6,7 @@
 
 use crate::model::cost::NOMINAL_DIM;
 use crate::model::ops;
+use crate::util::parallel::in_parallel;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -275,29 +276,32 @@ pub fn fidelity(
     let [reference_plan, approximation_plan] = plans;
     let (reference_plan, approximation_plan) = (reference_plan?, approximation_plan?);
     let outputs = reference.output_outlets()?.len();
-    // Per output: Σ r·a, Σ r², Σ a², Σ (a − r)².
+    // Per sample and output: [Σ r·a, Σ r², Σ a², Σ (a − r)²] and the pooled cosine.
+    let per_sample = in_parallel(
+        samples.len(),
+        |k| {
+            let sample = &samples[k];
+            let r = reference_plan.run(sample.clone())?;
+            let a = approximation_plan.run(sample.clone())?;
+            let token_mask = mask.map(|m| sample[m].clone().into_tensor());
+            (0..outputs)
+                .map(|ix| {
+                    let pooled = pooled_cosine(&r[ix], &a[ix], token_mask.as_ref())?;
+                    Ok((element_sums(&r[ix], &a[ix])?, pooled))
+                })
+                .collect::<TractResult<Vec<_>>>()
+        },
+        &|_, _| (),
+    )?;
     let mut sums = vec![[0f64; 4]; outputs];
     let mut pooled: Vec<Vec<f64>> = vec![vec![]; outputs];
-    for sample in samples {
-        let r = reference_plan.run(sample.clone())?;
-        let a = approximation_plan.run(sample.clone())?;
-        let token_mask = mask.map(|m| sample[m].clone().into_tensor());
-        for (ix, sum) in sums.iter_mut().enumerate() {
-            if let Some(c) = pooled_cosine(&r[ix], &a[ix], token_mask.as_ref())? {
-                pooled[ix].push(c);
-            }
-            let (r, a) = (r[ix].cast_to::<f32>()?, a[ix].cast_to::<f32>()?);
-            let (r, a) = (
-                r.try_as_plain_ram()?.as_slice::<f32>()?,
-                a.try_as_plain_ram()?.as_slice::<f32>()?,
-            );
-            for (x, y) in r.iter().zip(a) {
-                let (x, y) = (*x as f64, *y as f64);
-                sum[0] += x * y;
-                sum[1] += x * x;
-                sum[2] += y * y;
-                sum[3] += (y - x) * (y - x);
-            }
+    for sample in &per_sample {
+        for (ix, (sample_sums, sample_pooled)) in sample.iter().enumerate() {
+            sums[ix]
+                .iter_mut()
+                .zip(sample_sums)
+                .for_each(|(s, x)| *s += x);
+            pooled[ix].extend(sample_pooled);
         }
     }
     sums.iter()
@@ -312,6 +316,24 @@ pub fn fidelity(
             })
         })
         .collect()
+}
+
+/// `[Σ r·a, Σ r², Σ a², Σ (a − r)²]` over the elements of two tensors of one shape.
+fn element_sums(r: &TValue, a: &TValue) -> TractResult<[f64; 4]> {
+    let (r, a) = (r.cast_to::<f32>()?, a.cast_to::<f32>()?);
+    let (r, a) = (
+        r.try_as_plain_ram()?.as_slice::<f32>()?,
+        a.try_as_plain_ram()?.as_slice::<f32>()?,
+    );
+    let mut sums = [0f64; 4];
+    for (x, y) in r.iter().zip(a) {
+        let (x, y) = (*x as f64, *y as f64);
+        sums[0] += x * y;
+        sums[1] += x * x;
+        sums[2] += y * y;
+        sums[3] += (y - x) * (y - x);
+    }
+    Ok(sums)
 }
 
 /// Compares one output with the reference's under [`RELATIVE_TOLERANCE`].

@@ -1,4 +1,6 @@
-//! The bottom layer: slices of tensors along an axis, and files written atomically.
+//! The bottom layer: slices of tensors along an axis, files written atomically, work spread
+//! over the cores.
 
 pub(crate) mod files;
+pub(crate) mod parallel;
 pub(crate) mod slices;
