@@ -74,8 +74,9 @@ pub use util::files::write_atomically;
 pub use model::cost::{Nominal, NOMINAL_DIM};
 pub use model::discover::{attention_blocks, groups, AttentionBlock, Group, Kind, Units};
 pub use model::verify::{
-    compare_output, fidelity, max_abs_diff, random_inputs, run, verify, Mismatch, OutputDiff,
-    OutputFidelity, Verification, RELATIVE_TOLERANCE,
+    compare_output, fidelity, max_abs_diff, random_inputs, relative_tolerance, run, verify,
+    Mismatch, OutputDiff, OutputFidelity, Verification, HALF_RELATIVE_TOLERANCE,
+    RELATIVE_TOLERANCE,
 };
 
 // Auto-slim.

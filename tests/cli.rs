@@ -3,8 +3,9 @@
 
 mod common;
 
+use common::{assert_success, model_slim};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 /// A fixture's layers as its manifest describes them.
 fn layers_of(name: &str) -> Vec<common::Layer> {
@@ -16,29 +17,12 @@ fn layers_of(name: &str) -> Vec<common::Layer> {
         .layers
 }
 
-fn model_slim(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_model-slim"))
-        .args(args)
-        .output()
-        .expect("binary runs")
-}
-
 fn fixture(name: &str) -> String {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(name)
         .display()
         .to_string()
-}
-
-/// Asserts a successful run and returns its standard output.
-fn assert_success(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Asserts a failed run: the exit code, one `model-slim: error:` line naming `needle`, and no output file.

@@ -22,6 +22,16 @@ pub enum IoError {
         /// Why.
         message: String,
     },
+    /// The model holds tensors of a type tract cannot run.
+    #[error("{path}: {what} is {onnx_type}, which tract cannot run (it has no such type); convert the model to float16 or float32 first, e.g. `model.half()` before exporting")]
+    UnsupportedType {
+        /// The file.
+        path: String,
+        /// The first tensor of that type.
+        what: String,
+        /// The ONNX type's name.
+        onnx_type: String,
+    },
     /// A malformed `--input`.
     #[error(
         "bad --input `{spec}`: {message} (expected NAME:DIM,...,TYPE such as input_ids:1,128,i64)"

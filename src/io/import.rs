@@ -98,13 +98,20 @@ pub fn import_onnx(path: &Path, options: &ImportOptions) -> IoResult<TypedModel>
         path: shown.clone(),
         message: e.to_string(),
     })?;
-    import_onnx_bytes(&bytes, &shown, options)
+    // External data files are found relative to the model's directory.
+    let model_dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_str(),
+        _ => Some("."),
+    };
+    import_proto_bytes(&bytes, &shown, model_dir, options)
 }
 
-/// Types and declutters an ONNX model held in memory; `shown` names it in errors.
-pub fn import_onnx_bytes(
+/// Types and declutters an ONNX model held in memory; `shown` names it in errors, external
+/// data is read from `model_dir`.
+fn import_proto_bytes(
     bytes: &[u8],
     shown: &str,
+    model_dir: Option<&str>,
     options: &ImportOptions,
 ) -> IoResult<TypedModel> {
     let shown = shown.to_string();
@@ -117,18 +124,33 @@ pub fn import_onnx_bytes(
             path: shown.clone(),
             message: format!("{e:#}"),
         })?;
+    if let Some((what, onnx_type)) = proto.graph.as_ref().and_then(unsupported_type) {
+        return Err(IoError::UnsupportedType {
+            path: shown,
+            what,
+            onnx_type,
+        });
+    }
     if proto.graph.as_ref().is_some_and(|g| g.output.is_empty()) {
         return Err(IoError::NotOnnx {
             path: shown,
             message: "the graph declares no outputs".into(),
         });
     }
-    let mut model = onnx
-        .model_for_proto_model(&proto)
-        .map_err(|e| IoError::NotOnnx {
-            path: shown.clone(),
-            message: format!("{e:#}"),
-        })?;
+    let not_onnx = |message: String| IoError::NotOnnx {
+        path: shown.clone(),
+        message,
+    };
+    let parsed = onnx
+        .parse(&proto, model_dir)
+        .map_err(|e| not_onnx(format!("{e:#}")))?;
+    if !parsed.unresolved_inputs.is_empty() {
+        return Err(not_onnx(format!(
+            "the graph reads tensors nothing defines: {}",
+            parsed.unresolved_inputs.join(", ")
+        )));
+    }
+    let mut model = parsed.model;
     apply_input_specs(&mut model, &shown, options)?;
     let declared = describe_inputs(&model);
     let analysis_error = |e: TractError| IoError::Analysis {
@@ -147,6 +169,29 @@ pub fn import_onnx_bytes(
     }
     let decluttered = typed.into_decluttered().map_err(analysis_error)?;
     cumsum_over_integers(decluttered).map_err(analysis_error)
+}
+
+/// The first initializer, input or output of a type tract has no datum type for (bfloat16,
+/// the float8 and 4-bit types), and that type's name: tract would refuse it with "Unknown
+/// DatumType" deep in parsing.
+fn unsupported_type(graph: &tract_onnx::pb::GraphProto) -> Option<(String, String)> {
+    use tract_onnx::pb::tensor_proto::DataType;
+    let unsupported = |code: i32| {
+        let dt = DataType::try_from(code).ok()?;
+        (dt != DataType::Undefined && DatumType::try_from(dt).is_err())
+            .then(|| dt.as_str_name().to_lowercase())
+    };
+    let initializers = graph
+        .initializer
+        .iter()
+        .map(|t| (format!("initializer `{}`", t.name), t.data_type));
+    let values = graph.input.iter().chain(&graph.output).filter_map(|v| {
+        let tract_onnx::pb::type_proto::Value::TensorType(t) = v.r#type.as_ref()?.value.as_ref()?;
+        Some((format!("`{}`", v.name), t.elem_type))
+    });
+    initializers
+        .chain(values)
+        .find_map(|(what, code)| unsupported(code).map(|ty| (what, ty)))
 }
 
 /// tract 0.23.9 types the position ids of dynamo exports (a `CumSum` over the attention mask,

@@ -1,4 +1,5 @@
-//! Helpers shared by the integration tests: the fixture manifest and model loading.
+//! Helpers shared by the integration tests: the fixture manifest, model loading and running the
+//! command line.
 
 #![allow(dead_code)]
 
@@ -207,4 +208,38 @@ pub fn assert_same_summary(got: &str, expected: &str, what: &str) {
         expected.lines().count(),
         "{what}: node counts differ"
     );
+}
+
+/// Runs the `model-slim` binary with `args`.
+pub fn model_slim(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_model-slim"))
+        .args(args)
+        .output()
+        .expect("binary runs")
+}
+
+/// Asserts a successful run and returns its standard output.
+pub fn assert_success(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `model-slim slim model -o output` with `extra` arguments.
+pub fn slim_to(
+    model: &std::path::Path,
+    output: &std::path::Path,
+    extra: &[&str],
+) -> std::process::Output {
+    let mut args = vec![
+        "slim",
+        model.to_str().unwrap(),
+        "-o",
+        output.to_str().unwrap(),
+    ];
+    args.extend(extra);
+    model_slim(&args)
 }

@@ -20,7 +20,7 @@ pub enum EditError {
     #[error("Constant `{0}` has no tensor value")]
     ConstantWithoutValue(String),
     /// A float tensor is expected.
-    #[error("`{0}` is not float32")]
+    #[error("`{0}` is not a float tensor (float32, float16 or float64)")]
     NotFloat(String),
     /// An integer tensor is expected.
     #[error("`{0}` is not an integer tensor")]

@@ -7,6 +7,7 @@ use crate::io::error::{IoError, IoResult};
 use crate::io::onnx::error::{EditError, EditResult};
 use prost::Message;
 use std::path::Path;
+use tract_core::prelude::f16;
 use tract_onnx::pb::tensor_proto::DataType;
 use tract_onnx::pb::{GraphProto, ModelProto, NodeProto, TensorProto};
 
@@ -134,30 +135,66 @@ pub(crate) fn linear_weight(proto: &ModelProto, node: usize) -> Option<Weight> {
 }
 
 /// Whether a tensor holds float32 values.
+/// Whether a tensor holds floats of a type the writer edits (float32, float16, float64).
 pub(crate) fn is_float(t: &TensorProto) -> bool {
-    t.data_type == DataType::Float as i32
+    [DataType::Float, DataType::Float16, DataType::Double]
+        .iter()
+        .any(|d| t.data_type == *d as i32)
 }
 
+/// A float tensor's values in f32 (float16 and float64 converted), whichever field holds them.
 pub(crate) fn float_data(t: &TensorProto) -> EditResult<Vec<f32>> {
     if !is_float(t) {
         return Err(EditError::NotFloat(t.name.clone()));
     }
-    if !t.raw_data.is_empty() {
-        return Ok(t
+    let elements = t.dims.iter().product::<i64>() as usize;
+    let values: Vec<f32> = match DataType::try_from(t.data_type) {
+        Ok(DataType::Float16) if !t.raw_data.is_empty() => t
+            .raw_data
+            .chunks_exact(2)
+            .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        // float16 outside raw data: one per int32, in its low 16 bits.
+        Ok(DataType::Float16) => t
+            .int32_data
+            .iter()
+            .map(|v| f16::from_bits(*v as u16).to_f32())
+            .collect(),
+        Ok(DataType::Double) if !t.raw_data.is_empty() => t
+            .raw_data
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as f32)
+            .collect(),
+        Ok(DataType::Double) => t.double_data.iter().map(|v| *v as f32).collect(),
+        _ if !t.raw_data.is_empty() => t
             .raw_data
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect());
-    }
-    if t.float_data.is_empty() && t.dims.iter().product::<i64>() > 0 {
+            .collect(),
+        _ => t.float_data.clone(),
+    };
+    if values.len() != elements {
         return Err(EditError::ExternalData(t.name.clone()));
     }
-    Ok(t.float_data.clone())
+    Ok(values)
 }
 
+/// Sets a float tensor's values, stored as raw data of its own type (never upcast).
 pub(crate) fn set_float_data(t: &mut TensorProto, data: &[f32]) {
     t.float_data.clear();
-    t.raw_data = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+    t.int32_data.clear();
+    t.double_data.clear();
+    t.raw_data = match DataType::try_from(t.data_type) {
+        Ok(DataType::Float16) => data
+            .iter()
+            .flat_map(|v| f16::from_f32(*v).to_le_bytes())
+            .collect(),
+        Ok(DataType::Double) => data
+            .iter()
+            .flat_map(|v| (*v as f64).to_le_bytes())
+            .collect(),
+        _ => data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    };
 }
 
 /// One protobuf field as written: its number and its whole encoding (tag included).

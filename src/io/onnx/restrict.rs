@@ -137,7 +137,7 @@ impl<'a> OnnxGraph<'a> {
         let mut t = TensorProto {
             name: name.clone(),
             dims: vec![bias.len() as i64],
-            data_type: DataType::Float as i32,
+            data_type: self.weight_type(linear),
             ..TensorProto::default()
         };
         set_float_data(&mut t, bias);
@@ -157,6 +157,18 @@ impl<'a> OnnxGraph<'a> {
             self.shapes.insert(sum, d);
         }
         Ok(())
+    }
+
+    /// The float type of a linear node's constant operand (a bias added to its output is of
+    /// that type); float32 when none is found.
+    fn weight_type(&self, linear: usize) -> i32 {
+        self.node(linear)
+            .input
+            .iter()
+            .filter_map(|name| self.initializer(name))
+            .map(|ix| self.graph().initializer[ix].data_type)
+            .next()
+            .unwrap_or(DataType::Float as i32)
     }
 
     /// The (node, slot) reading a linear node's bias.

@@ -18,6 +18,7 @@ use crate::io::error::{IoError, IoResult};
 use crate::io::import::{import_onnx, tensor_shapes, ImportOptions};
 use crate::io::nnef::ArtifactCheck;
 use crate::io::onnx::error::{EditError, EditResult};
+use crate::io::onnx::external::{externalize, internalize};
 use crate::io::onnx::proto::{
     decode, encode_preserving, is_float, linear_weight, onnx_node, read_bytes,
 };
@@ -28,6 +29,7 @@ use crate::model::verify::random_inputs;
 use crate::model::verify::Verification;
 use crate::util::files::{persist, scratch_beside};
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::Path;
 use tract_core::internal::*;
 use tract_onnx::pb::{GraphProto, ModelProto, NodeProto};
@@ -307,29 +309,81 @@ pub fn initializer_params(proto: &ModelProto) -> usize {
 
 /// Encodes the edited protobuf (keeping untouched parts of `source_bytes` as they were),
 /// imports it again from a file beside `output`, compares it with `check`'s reference and
-/// checks it with `shrunk`; renames it to `output` only if all that passed. A comparison that
+/// checks that the consumers have the widths `cuts` give; renames it to `output` only if all that passed. A comparison that
 /// fails is returned (nothing is written), other failures are errors.
 fn write_checked(
     source_bytes: &[u8],
-    proto: &ModelProto,
+    mut proto: ModelProto,
+    external: bool,
     output: &Path,
     import: &ImportOptions,
     check: ArtifactCheck,
-    shrunk: impl Fn(&TypedModel) -> EditResult<()>,
+    cuts: &[Cut],
 ) -> IoResult<Verification> {
     let refuse = |e: &dyn std::fmt::Display| IoError::write(output, e);
-    let bytes = encode_preserving(source_bytes, proto).map_err(|e| edit_error(output, e))?;
-    let scratch = scratch_beside(output).map_err(|e| refuse(&e))?;
-    std::fs::write(scratch.path(), &bytes).map_err(|e| refuse(&e))?;
-    let reloaded = import_onnx(scratch.path(), import)
-        .map_err(|e| refuse(&format!("the edited ONNX does not load: {e}")))?;
+    let inline_bytes: usize = proto
+        .graph
+        .iter()
+        .flat_map(|g| &g.initializer)
+        .map(|t| t.raw_data.len())
+        .sum();
+    if !external && inline_bytes < PROTOBUF_LIMIT {
+        let bytes = encode_preserving(source_bytes, &proto).map_err(|e| edit_error(output, e))?;
+        let scratch = scratch_beside(output).map_err(|e| refuse(&e))?;
+        std::fs::write(scratch.path(), &bytes).map_err(|e| refuse(&e))?;
+        let reloaded = reload(scratch.path(), output, import)?;
+        let verification = check.compare(&reloaded, output)?;
+        if !verification.passed {
+            return Ok(verification);
+        }
+        shrunk_as_planned(&reloaded, cuts).map_err(|e| edit_error(output, e))?;
+        persist(scratch, output).map_err(|e| refuse(&e))?;
+        return Ok(verification);
+    }
+    // The model and its data file are written under their final names in a scratch directory
+    // beside the output, checked there, and only then moved into place.
+    let name = output
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| refuse(&"the output path has no file name"))?;
+    let location = format!("{name}.data");
+    let parent = output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let scratch = tempfile::Builder::new()
+        .prefix(".model-slim")
+        .tempdir_in(parent)
+        .map_err(|e| refuse(&e))?;
+    let (model_path, data_path) = (scratch.path().join(name), scratch.path().join(&location));
+    {
+        let file = std::fs::File::create(&data_path).map_err(|e| refuse(&e))?;
+        let mut data = std::io::BufWriter::new(file);
+        externalize(&mut proto, &mut data, &location).map_err(|e| refuse(&e))?;
+        data.flush().map_err(|e| refuse(&e))?;
+    }
+    let bytes = encode_preserving(source_bytes, &proto).map_err(|e| edit_error(output, e))?;
+    drop(proto);
+    std::fs::write(&model_path, &bytes).map_err(|e| refuse(&e))?;
+    let reloaded = reload(&model_path, output, import)?;
     let verification = check.compare(&reloaded, output)?;
     if !verification.passed {
         return Ok(verification);
     }
-    shrunk(&reloaded).map_err(|e| edit_error(output, e))?;
-    persist(scratch, output).map_err(|e| refuse(&e))?;
+    shrunk_as_planned(&reloaded, cuts).map_err(|e| edit_error(output, e))?;
+    std::fs::rename(&data_path, parent.join(&location)).map_err(|e| refuse(&e))?;
+    std::fs::rename(&model_path, output).map_err(|e| refuse(&e))?;
     Ok(verification)
+}
+
+/// Protobuf cannot encode a message of 2 GB or more: past this many bytes of tensors the model
+/// is written with external data even when its source had none.
+const PROTOBUF_LIMIT: usize = 2_000_000_000;
+
+/// The file written for `output` at `path`, loaded back by tract.
+fn reload(path: &Path, output: &Path, import: &ImportOptions) -> IoResult<TypedModel> {
+    import_onnx(path, import)
+        .map_err(|e| IoError::write(output, format!("the edited ONNX does not load: {e}")))
 }
 
 fn edit_error(output: &Path, source: EditError) -> IoError {
@@ -353,6 +407,7 @@ pub fn write_slimmed_onnx(
 ) -> IoResult<Verification> {
     let source_bytes = read_bytes(source)?;
     let mut proto = decode(source, &source_bytes)?;
+    let external = internalize(&mut proto, source)?;
     let cuts = slim_proto(
         &mut proto,
         source,
@@ -362,9 +417,7 @@ pub fn write_slimmed_onnx(
         slimmed,
         check.values,
     )?;
-    write_checked(&source_bytes, &proto, output, import, check, |reloaded| {
-        shrunk_as_planned(reloaded, &cuts)
-    })
+    write_checked(&source_bytes, proto, external, output, import, check, &cuts)
 }
 
 /// Replays on `proto` the cuts that make `slimmed` of `original`; returns them.
@@ -416,6 +469,7 @@ pub fn write_pruned_onnx(
 ) -> IoResult<Verification> {
     let source_bytes = read_bytes(source)?;
     let mut proto = decode(source, &source_bytes)?;
+    let external = internalize(&mut proto, source)?;
     let shapes = tensor_shapes(&proto, &source.display().to_string(), import)?;
     if proto.graph.is_none() {
         return Err(edit_error(output, EditError::NoGraph));
@@ -438,7 +492,5 @@ pub fn write_pruned_onnx(
         )?,
         None => vec![],
     };
-    write_checked(&source_bytes, &proto, output, import, check, |reloaded| {
-        shrunk_as_planned(reloaded, &cuts)
-    })
+    write_checked(&source_bytes, proto, external, output, import, check, &cuts)
 }
