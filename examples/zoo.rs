@@ -72,7 +72,7 @@ fn row(fixture: &Fixture, dir: &Path) -> TractResult<String> {
         seed: 1,
     };
     let nnef = dir.join(format!("{}.nnef.tgz", fixture.name));
-    let nnef = write_model(&slimmed.model, &nnef, Some(check))?.context("no comparison")?;
+    let nnef = write_model(slimmed.model.clone(), &nnef, Some(check))?.context("no comparison")?;
     let onnx = dir.join(format!("{}.onnx", fixture.name));
     let onnx = write_slimmed_onnx(&source, &onnx, &options, &original, &slimmed.model, check)?;
     let r = &slimmed.report;

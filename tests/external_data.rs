@@ -11,7 +11,8 @@ use tract_core::internal::*;
 use tract_onnx::pb::tensor_proto::DataLocation;
 use tract_onnx::pb::{ModelProto, StringStringEntryProto};
 
-const FIXTURE: &str = "gpt2_mixed_dynamo.onnx";
+// TorchScript: it also writes `Constant` values, which go external too.
+const FIXTURE: &str = "gpt2_mixed_torchscript.onnx";
 const SETS: [&str; 4] = ["--set", "batch=1", "--set", "sequence=16"];
 
 fn options() -> ImportOptions {
@@ -21,17 +22,26 @@ fn options() -> ImportOptions {
     }
 }
 
-/// Writes the fixture to `dir/model.onnx` with every initializer of 1 KB or more moved to the
-/// external file `location(i)` (relative to `dir`) of the `i`-th such tensor.
+/// Writes the fixture to `dir/model.onnx` with every initializer of 1 KB or more, and every
+/// `Constant` value of 16 bytes or more, moved to the external file `location(i)` (relative to
+/// `dir`) of the `i`-th such tensor.
 fn with_external_data(dir: &Path, location: impl Fn(usize) -> String) -> std::path::PathBuf {
     let bytes = std::fs::read(common::fixtures_dir().join(FIXTURE)).unwrap();
     let mut proto = ModelProto::decode(&bytes[..]).unwrap();
     let graph = proto.graph.as_mut().unwrap();
     let mut offsets = std::collections::HashMap::<String, usize>::new();
+    // Initializers, and `Constant` values as the TorchScript exporter writes them.
+    let constants = graph
+        .node
+        .iter_mut()
+        .flat_map(|n| n.attribute.iter_mut())
+        .filter_map(|a| a.t.as_mut())
+        .filter(|t| t.raw_data.len() >= 16);
     let big = graph
         .initializer
         .iter_mut()
-        .filter(|t| t.raw_data.len() >= 1024);
+        .filter(|t| t.raw_data.len() >= 1024)
+        .chain(constants);
     for (i, t) in big.enumerate() {
         let file = location(i);
         let path = dir.join(&file);

@@ -112,7 +112,7 @@ fn check_fixture(fixture: &Fixture) {
         values: &values,
         seed: 2,
     };
-    let written = write_model(&slimmed.model, &path, Some(check))
+    let written = write_model(slimmed.model.clone(), &path, Some(check))
         .unwrap()
         .unwrap();
     assert!(

@@ -148,7 +148,7 @@ fn finish(
 /// with `check`, running it against the reference) under a spinner.
 fn write_nnef(
     ctx: &Context,
-    model: &TypedModel,
+    model: TypedModel,
     output: &Path,
     check: Option<ArtifactCheck>,
 ) -> Result<Option<Verification>, IoError> {
@@ -201,7 +201,12 @@ fn run_slim(
             })?;
         Some(v)
     } else {
-        write_nnef(ctx, &slimmed.model, output, options.verify.then_some(check))?
+        write_nnef(
+            ctx,
+            std::mem::take(&mut slimmed.model),
+            output,
+            options.verify.then_some(check),
+        )?
     };
     finish(
         ctx,
@@ -279,7 +284,7 @@ fn run_prune(ctx: &Context, args: &PruneArgs) -> Result<(), Failure> {
             })?;
         Some(v)
     } else {
-        write_nnef(ctx, &result.slimmed, &args.output, Some(check))?
+        write_nnef(ctx, result.slimmed.clone(), &args.output, Some(check))?
     };
     if written.is_some() {
         result.report.slim.verification = written;
@@ -551,7 +556,7 @@ fn run_demo(ctx: &Context, output: Option<&Path>, report: Option<&Path>) -> Resu
         seed: 0,
     };
     slimmed.report.verification = match output {
-        Some(path) => write_nnef(ctx, &slimmed.model, path, Some(check))?,
+        Some(path) => write_nnef(ctx, slimmed.model.clone(), path, Some(check))?,
         None => Some(
             model_slim::verify(&original, &slimmed.model, 0, &values)
                 .map_err(|e| SlimError::stage("verify", e))?,

@@ -26,6 +26,20 @@ pub fn init_logging(quiet: bool, verbose: u8) {
         .init();
 }
 
+/// Starts a new peak-memory measurement (Linux: `/proc/self/clear_refs`; elsewhere nothing).
+fn reset_peak_memory() {
+    // Where the kernel refuses, the peak counts from the start of the process instead.
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// The process's peak resident memory since the last reset, in MB (Linux only).
+fn peak_memory_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
 /// Spinners for long stages; silent unless standard output is a terminal and not `-q`.
 #[derive(Clone)]
 pub struct Progress {
@@ -39,8 +53,18 @@ impl Progress {
         }
     }
 
-    /// Runs `work` under a spinner showing `message` (cleared when done).
+    /// Runs `work` under a spinner showing `message` (cleared when done), and logs (at `-v`)
+    /// how long it took and the peak memory while it ran.
     pub fn during<T>(&self, message: &str, work: impl FnOnce(&ProgressBar) -> T) -> T {
+        let started = std::time::Instant::now();
+        reset_peak_memory();
+        let result = self.spinning(message, work);
+        let peak = peak_memory_mb().map_or(String::new(), |mb| format!(", peak memory {mb:.0} MB"));
+        tracing::info!("{message}: {:.2} s{peak}", started.elapsed().as_secs_f64());
+        result
+    }
+
+    fn spinning<T>(&self, message: &str, work: impl FnOnce(&ProgressBar) -> T) -> T {
         let bar = if self.shown {
             let bar = ProgressBar::new_spinner().with_message(message.to_string());
             bar.set_style(

@@ -94,20 +94,26 @@ pub fn expand_gelu(model: &TypedModel) -> TractResult<TypedModel> {
     model.into_compact()
 }
 
-/// Serializes a model to NNEF bytes in the given format.
-fn nnef_bytes(model: &TypedModel, format: Format) -> TractResult<Vec<u8>> {
+/// Serializes a model as NNEF in the given format into `file`, streamed (never the whole
+/// archive in memory).
+fn write_nnef_to(model: &TypedModel, format: Format, file: &std::fs::File) -> TractResult<()> {
     let model = expand_gelu(model)?;
     let nnef = tract_nnef::nnef();
-    let tar = nnef.write_to_tar_with_config(&model, vec![], false, true)?;
-    Ok(match format {
+    let out = std::io::BufWriter::new(file);
+    match format {
         Format::Onnx => bail!("ONNX output is written from the source ONNX file (model-slim slim)"),
-        Format::NnefTar => tar,
-        Format::NnefTgz => {
-            let mut gz = flate2::write::GzEncoder::new(vec![], flate2::Compression::default());
-            gz.write_all(&tar)?;
-            gz.finish()?
+        Format::NnefTar => {
+            nnef.write_to_tar_with_config(&model, out, false, true)?
+                .flush()?;
         }
-    })
+        Format::NnefTgz => {
+            let gz = flate2::write::GzEncoder::new(out, flate2::Compression::default());
+            nnef.write_to_tar_with_config(&model, gz, false, true)?
+                .finish()?
+                .flush()?;
+        }
+    }
+    Ok(())
 }
 
 /// What a written model is compared with once it is loaded back.
@@ -136,17 +142,20 @@ impl ArtifactCheck<'_> {
 /// [`crate::io::onnx::writeback::write_slimmed_onnx`]). The file is written beside the target, loaded back
 /// by stock tract (`tract_nnef::nnef()`, nothing of model-slim registered), compared with
 /// `check`'s reference when given, and only then renamed into place: a file that does not load
-/// or does not match is not left behind. Returns the comparison.
+/// or does not match is not left behind. The model is taken, and dropped once written: it and
+/// the file loaded back are never in memory together (a caller that keeps its model passes a
+/// clone, which shares the weights). Returns the comparison.
 pub fn write_model(
-    model: &TypedModel,
+    model: TypedModel,
     path: &Path,
     check: Option<ArtifactCheck>,
 ) -> IoResult<Option<Verification>> {
     let fail = |e: &dyn std::fmt::Display| IoError::write(path, e);
     let format = Format::required(path)?;
-    let bytes = nnef_bytes(model, format).map_err(|e| fail(&e))?;
     let scratch = scratch_beside(path).map_err(|e| fail(&e))?;
-    std::fs::write(scratch.path(), &bytes).map_err(|e| fail(&e))?;
+    write_nnef_to(&model, format, scratch.as_file()).map_err(|e| fail(&e))?;
+    // The model in memory and the one loaded back are never held together.
+    drop(model);
     let loaded = tract_nnef::nnef()
         .model_for_path(scratch.path())
         .and_then(|m| m.into_decluttered())

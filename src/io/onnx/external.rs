@@ -70,8 +70,19 @@ fn number(t: &TensorProto, key: &str, shown: &str) -> IoResult<Option<usize>> {
         .transpose()
 }
 
-/// Reads every external initializer of `proto` (loaded from `source`) into the protobuf;
-/// returns whether there was any.
+/// Every tensor of a graph: its initializers and the tensor attributes of its nodes
+/// (`Constant` values, which the TorchScript exporter also writes as external data).
+fn tensors_mut(graph: &mut tract_onnx::pb::GraphProto) -> impl Iterator<Item = &mut TensorProto> {
+    let attributes = graph
+        .node
+        .iter_mut()
+        .flat_map(|n| n.attribute.iter_mut())
+        .filter_map(|a| a.t.as_mut());
+    graph.initializer.iter_mut().chain(attributes)
+}
+
+/// Reads every external tensor of `proto` (loaded from `source`) into the protobuf; returns
+/// whether there was any.
 pub fn internalize(proto: &mut ModelProto, source: &Path) -> IoResult<bool> {
     let shown = source.display().to_string();
     let model_dir = source
@@ -83,7 +94,7 @@ pub fn internalize(proto: &mut ModelProto, source: &Path) -> IoResult<bool> {
     };
     let mut files: HashMap<PathBuf, memmap2::Mmap> = HashMap::new();
     let mut any = false;
-    for t in graph.initializer.iter_mut().filter(|t| is_external(t)) {
+    for t in tensors_mut(graph).filter(|t| is_external(t)) {
         any = true;
         let path = data_path(model_dir, t, &shown)?;
         if !files.contains_key(&path) {

@@ -54,18 +54,26 @@ pub struct Cut {
 /// The data of each unit of a group's consumer weight, as bits (for exact matching).
 fn unit_rows(model: &TypedModel, group: &Group) -> TractResult<Vec<Vec<u32>>> {
     let weight = weight_of(model, group.weight)?;
-    (0..group.units)
+    let units = group.weight_units;
+    // One merged view and one cast for every unit: per unit, they would copy the whole weight.
+    let view = units.view(&weight)?;
+    let view = view.cast_to::<f32>()?;
+    let array = view.to_plain_array_view::<f32>()?;
+    Ok((0..group.units)
         .map(|u| {
-            let part = group.weight_units.select(&weight, &[u])?;
-            let part = part.cast_to::<f32>()?.into_owned();
-            Ok(part
-                .try_as_plain_ram()?
-                .as_slice::<f32>()?
-                .iter()
-                .map(|v| v.to_bits())
-                .collect())
+            units
+                .slices(&[u])
+                .into_iter()
+                .flat_map(|slice| {
+                    array
+                        .index_axis(tract_ndarray::Axis(units.axis), slice)
+                        .iter()
+                        .map(|v| v.to_bits())
+                        .collect::<Vec<_>>()
+                })
+                .collect()
         })
-        .collect()
+        .collect())
 }
 
 /// The original units the slimmed consumer weight keeps, in order.
