@@ -75,7 +75,7 @@ pub use model::cost::{Nominal, NOMINAL_DIM};
 pub use model::discover::{attention_blocks, groups, AttentionBlock, Group, Kind, Units};
 pub use model::verify::{
     compare_output, fidelity, max_abs_diff, random_inputs, relative_tolerance, run, verify,
-    Mismatch, OutputDiff, OutputFidelity, Verification, HALF_RELATIVE_TOLERANCE,
+    Expected, Mismatch, OutputDiff, OutputFidelity, Verification, HALF_RELATIVE_TOLERANCE,
     RELATIVE_TOLERANCE,
 };
 

@@ -9,7 +9,7 @@ use common::{
     Layer,
 };
 use model_slim::verify;
-use model_slim::{write_model, ArtifactCheck};
+use model_slim::{write_model, ArtifactCheck, Expected};
 use model_slim::{Slimmer, StopReason};
 use tract_core::internal::*;
 
@@ -107,10 +107,10 @@ fn check_fixture(fixture: &Fixture) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(format!("{name}.nnef.tgz"));
     let values = SymbolValues::default();
+    let expected = Expected::of(&original, 2, &values).unwrap();
     let check = ArtifactCheck {
-        reference: &original,
+        expected: &expected,
         values: &values,
-        seed: 2,
     };
     let written = write_model(slimmed.model.clone(), &path, Some(check))
         .unwrap()

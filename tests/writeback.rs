@@ -7,11 +7,11 @@ mod common;
 use common::{check_every_fixture, manifest, Fixture, Layer};
 use model_slim::read_proto;
 use model_slim::verify;
-use model_slim::ArtifactCheck;
 use model_slim::Slimmer;
 use model_slim::{groups, Kind};
 use model_slim::{import_onnx, ImportOptions, InputSpec};
 use model_slim::{initializer_params, write_slimmed_onnx};
+use model_slim::{ArtifactCheck, Expected};
 use tract_core::internal::*;
 
 fn import_options(fixture: &Fixture) -> ImportOptions {
@@ -78,10 +78,10 @@ fn slim_to_onnx(
 ) {
     let slimmed = Slimmer::new().unwrap().slim(original).unwrap();
     let values = SymbolValues::default();
+    let expected = Expected::of(original, 0, &values).unwrap();
     let check = ArtifactCheck {
-        reference: original,
+        expected: &expected,
         values: &values,
-        seed: 0,
     };
     let v = write_slimmed_onnx(
         &fixture.path(),

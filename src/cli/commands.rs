@@ -5,6 +5,7 @@ use super::progress::Progress;
 use model_slim::compare_latency;
 use model_slim::symbol_values;
 use model_slim::to_dot;
+use model_slim::Expected;
 use model_slim::Limits;
 use model_slim::Report;
 use model_slim::Verification;
@@ -178,35 +179,42 @@ fn run_slim(
     let (original, sets) = import(ctx, &options.import, model)?;
     let values = symbol_values(&original, &sets);
     let slimmer = slimmer.with_symbol_values(values.clone());
-    let mut slimmed = slim(ctx, &slimmer, &original)?;
-    let check = ArtifactCheck {
-        reference: &original,
-        values: &values,
-        seed: options.seed,
-    };
-    slimmed.report.verification = if format == Format::Onnx {
-        // The edited source file is always checked: the edit must compute the original.
-        let import_options = options.import.options()?;
-        let v = ctx
-            .progress
-            .during("writing the ONNX file and checking it", |_| {
-                write_slimmed_onnx(
-                    model,
-                    output,
-                    &import_options,
-                    &original,
-                    &slimmed.model,
-                    check,
-                )
-            })?;
-        Some(v)
+    // The written file is compared with the original's outputs, computed first: neither the
+    // original nor its optimized plan then stays in memory while the file is loaded back.
+    let expected = if format == Format::Onnx || options.verify {
+        let run = |_: &_| Expected::of(&original, options.seed, &values);
+        let expected = ctx.progress.during("running the original", run);
+        Some(expected.map_err(|e| SlimError::stage("verify", e))?)
     } else {
-        write_nnef(
-            ctx,
-            std::mem::take(&mut slimmed.model),
-            output,
-            options.verify.then_some(check),
-        )?
+        None
+    };
+    let mut slimmed = slim(ctx, &slimmer, &original)?;
+    let check = expected.as_ref().map(|expected| ArtifactCheck {
+        expected,
+        values: &values,
+    });
+    slimmed.report.verification = match (format, check) {
+        // The edited source file is always checked: the edit must compute the original.
+        (Format::Onnx, Some(check)) => {
+            let import_options = options.import.options()?;
+            let v = ctx
+                .progress
+                .during("writing the ONNX file and checking it", |_| {
+                    write_slimmed_onnx(
+                        model,
+                        output,
+                        &import_options,
+                        &original,
+                        &slimmed.model,
+                        check,
+                    )
+                })?;
+            Some(v)
+        }
+        (_, check) => {
+            drop(original);
+            write_nnef(ctx, std::mem::take(&mut slimmed.model), output, check)?
+        }
     };
     finish(
         ctx,
@@ -254,10 +262,11 @@ fn run_prune(ctx: &Context, args: &PruneArgs) -> Result<(), Failure> {
     }
     let values = slimmer.nominal().values.clone();
     // Slimming must not change the pruned model: the written file is compared with it.
+    let expected = Expected::of(&result.pruned, args.seed, &values)
+        .map_err(|e| SlimError::stage("verify", e))?;
     let check = ArtifactCheck {
-        reference: &result.pruned,
+        expected: &expected,
         values: &values,
-        seed: args.seed,
     };
     let writes_onnx = Format::of(&args.output) == Some(Format::Onnx) || args.emit_pruned.is_some();
     let edits = if writes_onnx {
@@ -550,10 +559,11 @@ fn run_demo(ctx: &Context, output: Option<&Path>, report: Option<&Path>) -> Resu
     let slimmer = Slimmer::new()?;
     let mut slimmed = slim(ctx, &slimmer, &original)?;
     let values = SymbolValues::default();
+    let expected =
+        Expected::of(&original, 0, &values).map_err(|e| SlimError::stage("verify", e))?;
     let check = ArtifactCheck {
-        reference: &original,
+        expected: &expected,
         values: &values,
-        seed: 0,
     };
     slimmed.report.verification = match output {
         Some(path) => write_nnef(ctx, slimmed.model.clone(), path, Some(check))?,

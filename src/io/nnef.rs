@@ -8,7 +8,7 @@
 //! error never leaves a truncated, unloadable or wrong model where one was asked for.
 
 use crate::io::error::{IoError, IoResult};
-use crate::model::verify::{verify, Verification};
+use crate::model::verify::{Expected, Verification};
 use crate::util::files::{persist, scratch_beside};
 use std::io::Write;
 use std::path::Path;
@@ -119,19 +119,19 @@ fn write_nnef_to(model: &TypedModel, format: Format, file: &std::fs::File) -> Tr
 /// What a written model is compared with once it is loaded back.
 #[derive(Clone, Copy)]
 pub struct ArtifactCheck<'a> {
-    /// The model the file must compute the outputs of.
-    pub reference: &'a TypedModel,
+    /// The outputs the file must compute (of the original, on seeded random inputs).
+    pub expected: &'a Expected,
     /// Values of symbolic dimensions to run at.
     pub values: &'a SymbolValues,
-    /// Seed of the random inputs.
-    pub seed: u64,
 }
 
 impl ArtifactCheck<'_> {
-    /// Compares a model loaded from `file` with the reference: an error when it does not run or
-    /// computes something else.
+    /// Compares a model loaded from `file` with the expected outputs: an error when it does not
+    /// run, the comparison otherwise.
     pub fn compare(&self, loaded: &TypedModel, file: &Path) -> IoResult<Verification> {
-        let mut v = verify(self.reference, loaded, self.seed, self.values)
+        let mut v = self
+            .expected
+            .compare(loaded)
             .map_err(|e| IoError::write(file, format!("the written file does not run: {e:#}")))?;
         v.artifact = Some(file.display().to_string());
         Ok(v)

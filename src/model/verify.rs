@@ -366,6 +366,56 @@ pub fn compare_output(name: String, expected: &Tensor, got: &Tensor) -> TractRes
     })
 }
 
+/// A model's outputs on seeded random inputs, kept to compare other models with after the model
+/// itself is gone (a large model and its optimized plan need not stay in memory while the
+/// written file is loaded back and run).
+#[derive(Clone, Debug)]
+pub struct Expected {
+    seed: u64,
+    inputs: TVec<TValue>,
+    outputs: TVec<TValue>,
+    names: Vec<String>,
+}
+
+impl Expected {
+    /// Runs `model` on the inputs of `seed`.
+    pub fn of(model: &TypedModel, seed: u64, values: &SymbolValues) -> TractResult<Expected> {
+        let inputs = random_inputs(model, seed, values)?;
+        let outputs = run(model, inputs.clone()).context(
+            "the original model does not run in tract at these shapes (give concrete ones with --input or --set)",
+        )?;
+        let names = (0..outputs.len())
+            .map(|ix| output_name(model, ix))
+            .collect::<TractResult<_>>()?;
+        Ok(Expected {
+            seed,
+            inputs,
+            outputs,
+            names,
+        })
+    }
+
+    /// Runs `other` on the same inputs and compares its outputs.
+    pub fn compare(&self, other: &TypedModel) -> TractResult<Verification> {
+        let got = run(other, self.inputs.clone()).context("the slimmed model does not run")?;
+        let outputs = self
+            .outputs
+            .iter()
+            .zip(got.iter())
+            .zip(&self.names)
+            .map(|((e, g), name)| compare_output(name.clone(), e, g))
+            .collect::<TractResult<Vec<_>>>()?;
+        let passed = outputs.iter().all(|o| o.passed);
+        Ok(Verification {
+            seed: self.seed,
+            input_shapes: self.inputs.iter().map(|t| t.shape().to_vec()).collect(),
+            outputs,
+            passed,
+            artifact: None,
+        })
+    }
+}
+
 /// Compares the two models' outputs on seeded random inputs.
 pub fn verify(
     original: &TypedModel,
@@ -373,24 +423,5 @@ pub fn verify(
     seed: u64,
     values: &SymbolValues,
 ) -> TractResult<Verification> {
-    let inputs = random_inputs(original, seed, values)?;
-    let input_shapes = inputs.iter().map(|t| t.shape().to_vec()).collect();
-    let expected = run(original, inputs.clone()).context(
-        "the original model does not run in tract at these shapes (give concrete ones with --input or --set)",
-    )?;
-    let got = run(slim, inputs).context("the slimmed model does not run")?;
-    let outputs = expected
-        .iter()
-        .zip(got.iter())
-        .enumerate()
-        .map(|(ix, (e, g))| compare_output(output_name(original, ix)?, e, g))
-        .collect::<TractResult<Vec<_>>>()?;
-    let passed = outputs.iter().all(|o| o.passed);
-    Ok(Verification {
-        seed,
-        input_shapes,
-        outputs,
-        passed,
-        artifact: None,
-    })
+    Expected::of(original, seed, values)?.compare(slim)
 }
