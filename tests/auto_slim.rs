@@ -323,6 +323,21 @@ fn a_sparsity_of_units_the_model_has_not_is_an_error() {
     );
     // FFN channels alone are fine.
     slim(&model, &options(targets(0.5, 0.0), None));
+
+    // A grouped-query layout asked of multi-head attention (BERT) would change nothing.
+    let bert = dense_fixture("bert_dense_torchscript").load();
+    let whole = Targets {
+        kv_layout: KvLayout::Whole,
+        ..targets(0.0, 0.5)
+    };
+    let error = auto_slim(&bert, &Slimmer::new().unwrap(), &options(whole, None))
+        .err()
+        .expect("a KV layout asked of a model without grouped-query attention")
+        .to_string();
+    assert!(
+        error.contains("--kv-layout whole") && error.contains("no grouped-query attention"),
+        "{error}"
+    );
 }
 
 #[test]

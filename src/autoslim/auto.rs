@@ -7,7 +7,9 @@
 
 use crate::autoslim::calibrated::{calibrate, Calibrated, Criterion};
 use crate::autoslim::calibration::Calibration;
-use crate::autoslim::choice::{choose, order_by_scores, plan_of, uniform_level, units_of, Choice};
+use crate::autoslim::choice::{
+    choose, order_by_scores, plan_of, uniform_level, units_of, Choice, KvLayout,
+};
 use crate::autoslim::prune::{
     apply, group_for, magnitude_scores, Plan, PlanGroup, Pruned, Repair, Targets,
 };
@@ -346,6 +348,15 @@ fn something_to_prune(groups: &[Group], targets: &Targets) -> Result<()> {
         return Err(SlimError::NothingToPrune {
             what: format!("heads sparsity {} (--mha-sparsity)", targets.heads),
             reason: format!("the model has no attention group model-slim recognises (a softmax · V product whose heads reach an output projection); {found}"),
+        });
+    }
+    let grouped = groups
+        .iter()
+        .any(|g| g.kind == Kind::Heads && g.kv_heads > 0 && g.kv_heads < g.units);
+    if targets.kv_layout != KvLayout::Equal && !grouped {
+        return Err(SlimError::NothingToPrune {
+            what: format!("--kv-layout {}", targets.kv_layout),
+            reason: format!("the model has no grouped-query attention (every attention group has one KV head per query head); {found}"),
         });
     }
     if targets.ffn > 0.0 && count(Kind::Ffn) == 0 {
