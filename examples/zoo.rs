@@ -74,7 +74,14 @@ fn row(fixture: &Fixture, dir: &Path) -> TractResult<String> {
     let nnef = dir.join(format!("{}.nnef.tgz", fixture.name));
     let nnef = write_model(slimmed.model.clone(), &nnef, Some(check))?.context("no comparison")?;
     let onnx = dir.join(format!("{}.onnx", fixture.name));
-    let onnx = write_slimmed_onnx(&source, &onnx, &options, &original, &slimmed.model, check)?;
+    let onnx = write_slimmed_onnx(
+        &source,
+        &onnx,
+        &options,
+        original.clone(),
+        slimmed.model.clone(),
+        check,
+    )?;
     let r = &slimmed.report;
     let heads: Vec<String> = r
         .attention_layers

@@ -87,8 +87,8 @@ fn slim_to_onnx(
         &fixture.path(),
         output,
         options,
-        original,
-        &slimmed.model,
+        original.clone(),
+        slimmed.model.clone(),
         check,
     )
     .unwrap_or_else(|e| panic!("{}: {e}", fixture.name));

@@ -197,6 +197,7 @@ fn run_slim(
         // The edited source file is always checked: the edit must compute the original.
         (Format::Onnx, Some(check)) => {
             let import_options = options.import.options()?;
+            let slimmed_model = std::mem::take(&mut slimmed.model);
             let v = ctx
                 .progress
                 .during("writing the ONNX file and checking it", |_| {
@@ -204,8 +205,8 @@ fn run_slim(
                         model,
                         output,
                         &import_options,
-                        &original,
-                        &slimmed.model,
+                        original,
+                        slimmed_model,
                         check,
                     )
                 })?;

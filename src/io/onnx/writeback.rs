@@ -402,47 +402,50 @@ fn edit_error(output: &Path, source: EditError) -> IoError {
 }
 
 /// Writes the slimmed model as an edit of the ONNX file it came from (see the module docs),
-/// after checking that the edited file imports, computes what `check`'s reference (the
-/// original) computes, and has the slimmed widths. Returns the comparison; when it failed,
-/// nothing is written.
+/// after checking that the edited file imports, computes what `check` expects (the original's
+/// outputs), and has the slimmed widths. Returns the comparison; when it failed, nothing is
+/// written. The models are taken and dropped once the cuts are derived from them, before the
+/// source file's tensors are read (a caller that keeps them passes clones, which share the
+/// weights).
 pub fn write_slimmed_onnx(
     source: &Path,
     output: &Path,
     import: &ImportOptions,
-    original: &TypedModel,
-    slimmed: &TypedModel,
+    original: TypedModel,
+    slimmed: TypedModel,
     check: ArtifactCheck,
 ) -> IoResult<Verification> {
+    let cuts = cuts_between(&original, &slimmed, check.values, output)?;
+    drop((original, slimmed));
     let source_bytes = read_bytes(source)?;
     let mut proto = decode(source, &source_bytes)?;
     let external = internalize(&mut proto, source)?;
-    let cuts = slim_proto(
-        &mut proto,
-        source,
-        output,
-        import,
-        original,
-        slimmed,
-        check.values,
-    )?;
+    replay_cuts(&mut proto, source, output, import, &cuts)?;
     write_checked(&source_bytes, proto, external, output, import, check, &cuts)
 }
 
-/// Replays on `proto` the cuts that make `slimmed` of `original`; returns them.
-fn slim_proto(
+/// The cuts that make `slimmed` of `original` (an edit error of `output` when they cannot be
+/// derived).
+fn cuts_between(
+    original: &TypedModel,
+    slimmed: &TypedModel,
+    values: &SymbolValues,
+    output: &Path,
+) -> IoResult<Vec<Cut>> {
+    derive_cuts(original, slimmed, values)
+        .map_err(|e| edit_error(output, EditError::Unmapped(format!("{e:#}"))))
+}
+
+/// Replays `cuts` on `proto` (read from `source`).
+fn replay_cuts(
     proto: &mut ModelProto,
     source: &Path,
     output: &Path,
     import: &ImportOptions,
-    original: &TypedModel,
-    slimmed: &TypedModel,
-    values: &SymbolValues,
-) -> IoResult<Vec<Cut>> {
-    let cuts = derive_cuts(original, slimmed, values)
-        .map_err(|e| edit_error(output, EditError::Unmapped(format!("{e:#}"))))?;
+    cuts: &[Cut],
+) -> IoResult<()> {
     let shapes = tensor_shapes(proto, &source.display().to_string(), import)?;
-    apply_cuts(proto, shapes, &cuts).map_err(|e| edit_error(output, e))?;
-    Ok(cuts)
+    apply_cuts(proto, shapes, cuts).map_err(|e| edit_error(output, e))
 }
 
 /// Every cut consumer has the planned number of units in the reloaded model.
@@ -489,15 +492,11 @@ pub fn write_pruned_onnx(
             .map_err(|e| edit_error(output, e))?;
     }
     let cuts = match slimmed {
-        Some(slimmed) => slim_proto(
-            &mut proto,
-            source,
-            output,
-            import,
-            pruned,
-            slimmed,
-            check.values,
-        )?,
+        Some(slimmed) => {
+            let cuts = cuts_between(pruned, slimmed, check.values, output)?;
+            replay_cuts(&mut proto, source, output, import, &cuts)?;
+            cuts
+        }
         None => vec![],
     };
     write_checked(&source_bytes, proto, external, output, import, check, &cuts)
