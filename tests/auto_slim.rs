@@ -50,9 +50,14 @@ fn dense_fixture(name: &str) -> Fixture {
 }
 
 fn calibration_for(fixture: &Fixture, model: &TypedModel) -> Calibration {
+    calibration_of(fixture, model).expect("the fixture family has calibration data")
+}
+
+/// The fixture family's calibration data, where it has some.
+fn calibration_of(fixture: &Fixture, model: &TypedModel) -> Option<Calibration> {
     let name = fixture.name.split("_dense").next().unwrap();
     let path = common::fixtures_dir().join(format!("{name}_calibration.npz"));
-    load_npz(&path, model).unwrap()
+    path.exists().then(|| load_npz(&path, model).unwrap())
 }
 
 fn slim(model: &TypedModel, options: &AutoOptions) -> AutoSlimmed {
@@ -115,6 +120,30 @@ fn per_layer_sparsity_is_achieved_on_every_dense_fixture() {
     }
 }
 
+/// A global budget of 30% of the FFN channels and 50% of the heads was spent exactly, each
+/// layer keeping its floor of 20%.
+fn assert_global_budget(fixture: &Fixture, groups: &[(Kind, usize, usize)]) {
+    for kind in [Kind::Ffn, Kind::Heads] {
+        let of_kind: Vec<_> = groups.iter().filter(|g| g.0 == kind).collect();
+        let total: usize = of_kind.iter().map(|g| g.1).sum();
+        let removed: usize = of_kind.iter().map(|g| g.1 - g.2).sum();
+        let fraction = if kind == Kind::Ffn { 0.3 } else { 0.5 };
+        assert_eq!(
+            removed,
+            (fraction * total as f64).round() as usize,
+            "{}: {kind:?}",
+            fixture.name
+        );
+        for g in &of_kind {
+            assert!(
+                g.2 as f64 >= (0.2 * g.1 as f64).ceil(),
+                "{}: floor broken: {g:?}",
+                fixture.name
+            );
+        }
+    }
+}
+
 #[test]
 fn global_sparsity_and_multiples_are_achieved() {
     for fixture in dense_fixtures() {
@@ -125,25 +154,13 @@ fn global_sparsity_and_multiples_are_achieved() {
             ..targets_for(&fixture, 0.3, 0.5)
         };
         let result = slim(&model, &options(global, None));
-        let groups = kept(&result);
-        for kind in [Kind::Ffn, Kind::Heads] {
-            let of_kind: Vec<_> = groups.iter().filter(|g| g.0 == kind).collect();
-            let total: usize = of_kind.iter().map(|g| g.1).sum();
-            let removed: usize = of_kind.iter().map(|g| g.1 - g.2).sum();
-            let fraction = if kind == Kind::Ffn { 0.3 } else { 0.5 };
-            assert_eq!(
-                removed,
-                (fraction * total as f64).round() as usize,
-                "{}: {kind:?}",
-                fixture.name
-            );
-            for g in &of_kind {
-                assert!(
-                    g.2 as f64 >= (0.2 * g.1 as f64).ceil(),
-                    "{}: floor broken: {g:?}",
-                    fixture.name
-                );
-            }
+        assert_global_budget(&fixture, &kept(&result));
+
+        // With calibration data the budget is spent by removal cost, under the same rules.
+        if let Some(calibration) = calibration_of(&fixture, &model) {
+            let result = slim(&model, &options(global, Some(calibration)));
+            assert_eq!(result.report.scoring, Scoring::RemovalCost);
+            assert_global_budget(&fixture, &kept(&result));
         }
 
         let rounded = Targets {
@@ -257,6 +274,18 @@ fn gqa_pruning_keeps_equal_query_heads_per_group_and_the_plan_round_trips() {
         }
         for layer in &whole.report.slim.attention_layers {
             assert_eq!((layer.heads_after, layer.kv_heads_after), (3, 1));
+        }
+
+        // Two thirds of the heads keep one per group; rounded to a multiple of two, two.
+        let rounded = Targets {
+            heads_multiple_of: 2,
+            ..targets(0.0, 2.0 / 3.0)
+        };
+        for (layout_targets, kept) in [(targets(0.0, 2.0 / 3.0), 2), (rounded, 4)] {
+            let result = slim(&model, &options(layout_targets, calibration.clone()));
+            for layer in &result.report.slim.attention_layers {
+                assert_eq!((layer.heads_after, layer.kv_heads_after), (kept, 2));
+            }
         }
 
         let saved: Plan =

@@ -178,6 +178,25 @@ fn bad_inputs_fail_cleanly() {
         "--score chooses the units and --plan gives them",
         &output,
     );
+    // So would a layout, a rounding or a sparsity.
+    let plan_and_layout = model_slim(&[
+        "prune",
+        &fixture("qwen2_dense_torchscript.onnx"),
+        "--plan",
+        "plan.json",
+        "--kv-layout",
+        "whole",
+        "--heads-multiple-of",
+        "2",
+        "-o",
+        out_arg,
+    ]);
+    assert_clean_failure(
+        &plan_and_layout,
+        1,
+        "--heads-multiple-of, --kv-layout choose the units and --plan gives them",
+        &output,
+    );
 
     let unknown = model_slim(&[
         "slim",

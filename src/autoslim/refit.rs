@@ -254,28 +254,11 @@ pub fn greedy_removal(
     candidates: &Candidates,
     steps: usize,
 ) -> TractResult<Vec<Step>> {
-    let n = stats.form.inputs;
-    let gram = stats.gram();
-    let mut h = gram.clone();
-    let scale = (0..n).map(|r| h[(r, r)]).sum::<f64>() / n.max(1) as f64;
-    for r in 0..n {
-        h[(r, r)] += ridge * scale;
-    }
-    h[(n, n)] += 1e-9 * (1.0 + ridge * scale);
-    let llt = h
-        .llt(Side::Lower)
-        .map_err(|e| format_err!("the Gram matrix is not positive definite: {e:?}"))?;
-    let inverse = llt.inverse();
-    // Start from the ridge fit on every unit, where the removal costs are exact: a unit whose
-    // inputs are always zero has no weight there, and costs nothing.
-    let mut dense = Mat::<f64>::zeros(n + 1, w.ncols());
-    dense
-        .as_mut()
-        .submatrix_mut(0, 0, n, w.ncols())
-        .copy_from(to_faer(w.view()));
-    let gram_dense = &gram * &dense;
-    let energy = trace_of_product(&dense, &gram_dense).max(f64::MIN_POSITIVE);
-    let weights = &inverse * &gram_dense;
+    let RidgeFit {
+        inverse,
+        weights,
+        energy,
+    } = RidgeFit::of(stats, w, ridge)?;
     let rows: Vec<Vec<usize>> = candidates
         .units
         .iter()
@@ -300,6 +283,48 @@ pub fn greedy_removal(
             cost: cost / energy,
         })
         .collect())
+}
+
+/// The ridge fit on every unit that greedy removal starts from.
+struct RidgeFit {
+    /// `H⁻¹`, with `H = G + λD`.
+    inverse: Mat<f64>,
+    /// `Ŵ = H⁻¹ G W̃`.
+    weights: Mat<f64>,
+    /// The dense output's energy `tr(W̃ᵀ G W̃)`.
+    energy: f64,
+}
+
+impl RidgeFit {
+    fn of(stats: &Calibrated, w: &Array2<f32>, ridge: f64) -> TractResult<RidgeFit> {
+        let n = stats.form.inputs;
+        let gram = stats.gram();
+        let mut h = gram.clone();
+        let scale = (0..n).map(|r| h[(r, r)]).sum::<f64>() / n.max(1) as f64;
+        for r in 0..n {
+            h[(r, r)] += ridge * scale;
+        }
+        h[(n, n)] += 1e-9 * (1.0 + ridge * scale);
+        let llt = h
+            .llt(Side::Lower)
+            .map_err(|e| format_err!("the Gram matrix is not positive definite: {e:?}"))?;
+        let inverse = llt.inverse();
+        // Start from the ridge fit on every unit, where the removal costs are exact: a unit
+        // whose inputs are always zero has no weight there, and costs nothing.
+        let mut dense = Mat::<f64>::zeros(n + 1, w.ncols());
+        dense
+            .as_mut()
+            .submatrix_mut(0, 0, n, w.ncols())
+            .copy_from(to_faer(w.view()));
+        let gram_dense = &gram * &dense;
+        let energy = trace_of_product(&dense, &gram_dense).max(f64::MIN_POSITIVE);
+        let weights = &inverse * &gram_dense;
+        Ok(RidgeFit {
+            inverse,
+            weights,
+            energy,
+        })
+    }
 }
 
 /// Greedy removal when every candidate is one row, with the inverse downdated lazily: the
@@ -432,36 +457,74 @@ mod tests {
     use super::*;
     use crate::autoslim::calibrated::calibrate;
     use crate::autoslim::calibration::Calibration;
-    use crate::model::discover::{groups, Kind};
+    use crate::model::discover::{groups, Group, Kind};
     use crate::model::stats::weight_of;
     use crate::model::verify::random_inputs;
+
+    /// BERT's first FFN group, its statistics on `samples` random sentences and its consumer's
+    /// weight matrix.
+    fn first_ffn(samples: u64) -> (Group, Calibrated, Array2<f32>) {
+        let model = crate::autoslim::calibrated::tests::bert();
+        let group = groups(&model)
+            .unwrap()
+            .into_iter()
+            .find(|g| g.kind == Kind::Ffn)
+            .unwrap();
+        let inputs = (0..samples)
+            .map(|s| random_inputs(&model, s, &SymbolValues::default()).unwrap())
+            .collect();
+        let calibration = Calibration::new(&model, inputs);
+        let found = [group];
+        let stats = calibrate(&model, &found, &calibration, &|_, _| ()).unwrap();
+        let [group] = found;
+        let w = stats[0]
+            .form
+            .weight_matrix(&weight_of(&model, group.weight).unwrap())
+            .unwrap();
+        (group, stats.into_iter().next().unwrap(), w)
+    }
 
     /// The ridge chosen for BERT's first FFN layer with half its channels removed, calibrated
     /// on `samples` random sentences.
     fn ridge_with(samples: u64) -> f64 {
-        let model = crate::autoslim::calibrated::tests::bert();
-        let found: Vec<_> = groups(&model)
-            .unwrap()
-            .into_iter()
-            .filter(|g| g.kind == Kind::Ffn)
-            .take(1)
+        let (group, stats, w) = first_ffn(samples);
+        let removed: Vec<usize> = (0..group.units / 2).collect();
+        refit(&stats, &w, None, &removed, None).unwrap().ridge
+    }
+
+    #[test]
+    fn lazy_downdates_remove_in_the_order_full_downdates_do() {
+        let (group, stats, w) = first_ffn(8);
+        let fit = RidgeFit::of(&stats, &w, RIDGES[1]).unwrap();
+        let candidates = Candidates::of(&group, crate::autoslim::choice::KvLayout::Equal);
+        let rows: Vec<usize> = (0..group.units)
+            .map(|u| stats.form.unit_rows[u][0])
             .collect();
-        let inputs = (0..samples)
-            .map(|s| random_inputs(&model, s, &SymbolValues::default()).unwrap())
-            .collect();
-        let stats = calibrate(
-            &model,
-            &found,
-            &Calibration::new(&model, inputs),
-            &|_, _| (),
+        let blocks: Vec<Vec<usize>> = rows.iter().map(|r| vec![*r]).collect();
+        let steps = group.units * 3 / 4;
+        let lazy = greedy_rows(
+            &fit.inverse,
+            fit.weights.clone(),
+            &rows,
+            Selection::new(&candidates),
+            steps,
+        );
+        let full = greedy_blocks(
+            fit.inverse.clone(),
+            fit.weights,
+            &blocks,
+            Selection::new(&candidates),
+            steps,
         )
         .unwrap();
-        let w = stats[0]
-            .form
-            .weight_matrix(&weight_of(&model, found[0].weight).unwrap())
-            .unwrap();
-        let removed: Vec<usize> = (0..found[0].units / 2).collect();
-        refit(&stats[0], &w, None, &removed, None).unwrap().ridge
+        assert_eq!(lazy.len(), steps);
+        for ((a, cost_a), (b, cost_b)) in lazy.iter().zip(&full) {
+            assert_eq!(a, b, "{lazy:?} vs {full:?}");
+            assert!(
+                (cost_a - cost_b).abs() <= 1e-6 * (1.0 + cost_b.abs()),
+                "{cost_a} vs {cost_b}"
+            );
+        }
     }
 
     #[test]

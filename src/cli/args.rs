@@ -212,8 +212,9 @@ pub struct PruneArgs {
     pub heads_multiple_of: usize,
     /// How grouped-query attention loses query heads: as many from every KV group (the layout
     /// every loader accepts), whole KV groups (their query heads and KV head), or any.
-    #[arg(long, value_enum, default_value_t = KvLayoutArg::Equal)]
-    pub kv_layout: KvLayoutArg,
+    /// (default: equal)
+    #[arg(long, value_enum)]
+    pub kv_layout: Option<KvLayoutArg>,
     /// Calibration inputs (.npz): activation-aware scores and the consumers' repair, over the
     /// real tokens the model's attention mask marks.
     #[arg(long)]

@@ -247,6 +247,7 @@ fn run_prune(ctx: &Context, args: &PruneArgs) -> Result<(), Failure> {
     check_fraction("--ffn-sparsity", args.ffn_sparsity)?;
     check_fraction("--mha-sparsity", args.mha_sparsity)?;
     check_fraction("--floor", args.floor)?;
+    check_prune_flags(args)?;
     model_slim::Format::required(&args.output)?;
     let (original, sets) = import(ctx, &args.import, &args.model)?;
     let slimmer = Slimmer::new()?.with_symbol_values(symbol_values(&original, &sets));
@@ -330,14 +331,36 @@ fn run_prune(ctx: &Context, args: &PruneArgs) -> Result<(), Failure> {
 }
 
 /// Auto-slim's options from the command line: targets, a saved plan, calibration samples.
-fn auto_options(args: &PruneArgs, original: &TypedModel) -> Result<AutoOptions, Failure> {
-    // A score with a saved plan, or repairs and scores without calibration data, would
-    // silently not happen.
-    if args.plan.is_some() && args.score.is_some() {
-        return Err(SlimError::Usage(
-            "--score chooses the units and --plan gives them: use one of the two".into(),
-        )
-        .into());
+/// The flags given that choose units (sparsities, scores, allocation, rounding, layout).
+fn choice_flags(args: &PruneArgs) -> Vec<&'static str> {
+    [
+        (args.ffn_sparsity > 0.0, "--ffn-sparsity"),
+        (args.mha_sparsity > 0.0, "--mha-sparsity"),
+        (args.score.is_some(), "--score"),
+        (args.global, "--global"),
+        (args.multiple_of > 1, "--multiple-of"),
+        (args.heads_multiple_of > 1, "--heads-multiple-of"),
+        (args.kv_layout.is_some(), "--kv-layout"),
+    ]
+    .into_iter()
+    .filter_map(|(given, flag)| given.then_some(flag))
+    .collect()
+}
+
+/// Refuses, before any work, flags that would silently not happen: what chooses units with a
+/// saved plan, repairs and scores without calibration data.
+fn check_prune_flags(args: &PruneArgs) -> Result<(), SlimError> {
+    let choosing = choice_flags(args);
+    if args.plan.is_some() && !choosing.is_empty() {
+        let verb = if choosing.len() == 1 {
+            "chooses"
+        } else {
+            "choose"
+        };
+        return Err(SlimError::Usage(format!(
+            "{} {verb} the units and --plan gives them: use one or the other",
+            choosing.join(", ")
+        )));
     }
     let asks_repair = matches!(
         args.repair,
@@ -347,8 +370,12 @@ fn auto_options(args: &PruneArgs, original: &TypedModel) -> Result<AutoOptions, 
         return Err(SlimError::Usage(
             "--repair and --score need --calibration FILE.npz (without it units are chosen by weight magnitude and nothing is repaired)".into(),
         )
-        .into());
+        );
     }
+    Ok(())
+}
+
+fn auto_options(args: &PruneArgs, original: &TypedModel) -> Result<AutoOptions, Failure> {
     let calibration = args
         .calibration
         .as_deref()
@@ -365,7 +392,7 @@ fn auto_options(args: &PruneArgs, original: &TypedModel) -> Result<AutoOptions, 
         floor: args.floor,
         multiple_of: args.multiple_of.max(1),
         heads_multiple_of: args.heads_multiple_of.max(1),
-        kv_layout: match args.kv_layout {
+        kv_layout: match args.kv_layout.unwrap_or(KvLayoutArg::Equal) {
             KvLayoutArg::Equal => KvLayout::Equal,
             KvLayoutArg::Whole => KvLayout::Whole,
             KvLayoutArg::Any => KvLayout::Any,
