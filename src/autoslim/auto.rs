@@ -18,7 +18,9 @@ use crate::error::{Result, SlimError};
 use crate::io::onnx::writeback::Cut;
 use crate::model::discover::{groups, Group, Kind};
 use crate::model::stats::weight_of;
-use crate::model::verify::{fidelity, random_inputs, verify, OutputFidelity};
+use crate::model::verify::{
+    fidelity, fidelity_to_outputs, output_names, random_inputs, verify, OutputFidelity,
+};
 use crate::pass::report::Report;
 use crate::pass::slimmer::{Slimmed, Slimmer};
 use crate::util::parallel::in_parallel;
@@ -543,12 +545,17 @@ pub fn auto_slim(
     if options.calibration.is_some() {
         stages.start(AutoStage::Calibrate);
     }
-    let stats = options
-        .calibration
-        .as_ref()
-        .map(|c| calibrate(model, &groups, c, &stages.counter()))
-        .transpose()
-        .map_err(stage("calibration"))?;
+    // Without held-out data, fidelity is measured on the calibration samples: the dense
+    // model's outputs on them come from the calibration pass.
+    let keep_outputs = options.heldout.is_none();
+    let (stats, dense_outputs) = match &options.calibration {
+        Some(c) => {
+            let run = calibrate(model, &groups, c, keep_outputs, &stages.counter())
+                .map_err(stage("calibration"))?;
+            (Some(run.stats), run.outputs)
+        }
+        None => (None, vec![]),
+    };
     let calibration_tokens = stats
         .as_ref()
         .and_then(|s| s.first())
@@ -584,6 +591,7 @@ pub fn auto_slim(
         &stages.counter(),
     )
     .map_err(stage("prune"))?;
+    drop(stats);
     stages.start(AutoStage::Slim);
     let Slimmed {
         model: slimmed,
@@ -600,7 +608,13 @@ pub fn auto_slim(
         .as_ref()
         .or(options.calibration.as_ref())
         .and_then(|c| c.mask);
-    let fidelity = fidelity(model, &slimmed, &samples, mask).map_err(stage("fidelity"))?;
+    let fidelity = if dense_outputs.is_empty() {
+        fidelity(model, &slimmed, &samples, mask)
+    } else {
+        output_names(model)
+            .and_then(|names| fidelity_to_outputs(&names, &dense_outputs, &slimmed, &samples, mask))
+    }
+    .map_err(stage("fidelity"))?;
     stages.finish();
     let groups = plan
         .groups

@@ -304,6 +304,9 @@ pub struct Calibrated {
     pub head_contribution: Vec<f64>,
     /// Per fold, the Gram matrix of `[X, 1]` over its real tokens (`inputs + 1` square).
     pub grams: Vec<Mat<f64>>,
+    /// What is subtracted from each input column before its products are taken (the first
+    /// samples' means), until [`Calibrated::finish`] undoes it.
+    shift: Vec<f32>,
 }
 
 impl Calibrated {
@@ -318,7 +321,21 @@ impl Calibrated {
             magnitude: vec![0.0; n],
             head_contribution: vec![0.0; units],
             grams: (0..FOLDS).map(|_| Mat::zeros(n + 1, n + 1)).collect(),
+            shift: vec![],
         }
+    }
+
+    /// Shifts the inputs by the mean of the first samples' real tokens, if not done yet.
+    fn shift_by_mean_of(&mut self, xs: &[&Array2<f32>]) {
+        let rows: usize = xs.iter().map(|x| x.nrows()).sum();
+        if !self.shift.is_empty() || rows == 0 {
+            return;
+        }
+        let mut sum = vec![0f64; self.form.inputs];
+        for row in xs.iter().flat_map(|x| x.rows()) {
+            sum.iter_mut().zip(row).for_each(|(s, v)| *s += *v as f64);
+        }
+        self.shift = sum.iter().map(|s| (s / rows as f64) as f32).collect();
     }
 
     /// Adds one sample's real tokens (`tokens × inputs`) to the moments.
@@ -337,29 +354,30 @@ impl Calibrated {
         }
     }
 
-    /// Adds the real tokens of some samples of one fold to its Gram matrix, in one product
-    /// (its lower triangle: [`Calibrated::finish`] mirrors it).
-    fn add_gram(&mut self, fold: usize, xs: &[&Array2<f32>]) {
+    /// Adds the real tokens of some samples of one fold to its Gram matrix, in one product.
+    /// The product is taken in f32 (twice the speed of f64) on inputs shifted to about zero
+    /// mean, so that rounding is relative to their spread, not to their mean; it is
+    /// accumulated in f64 across calls, and [`Calibrated::finish`] undoes the shift exactly.
+    /// Only lower triangles are computed; `scratch` (at least `inputs + 1` square) holds the
+    /// product, so that no call allocates (and faults in) a matrix of that size.
+    fn add_gram(&mut self, fold: usize, xs: &[&Array2<f32>], scratch: &mut Mat<f32>) {
         let n = self.form.inputs;
         let rows: usize = xs.iter().map(|x| x.nrows()).sum();
         if rows == 0 {
             return;
         }
-        let mut stacked = Mat::<f64>::zeros(rows, n + 1);
-        let mut r = 0;
-        for x in xs {
-            for row in x.rows() {
-                for (j, v) in row.iter().enumerate() {
-                    stacked[(r, j)] = *v as f64;
-                }
-                stacked[(r, n)] = 1.0;
-                r += 1;
+        let shift = &self.shift;
+        let mut stacked = Mat::<f32>::zeros(rows, n + 1);
+        for (r, row) in xs.iter().flat_map(|x| x.rows()).enumerate() {
+            for (j, (v, c)) in row.iter().zip(shift).enumerate() {
+                stacked[(r, j)] = v - c;
             }
+            stacked[(r, n)] = 1.0;
         }
         triangular::matmul(
-            self.grams[fold].as_mut(),
+            scratch.as_mut().submatrix_mut(0, 0, n + 1, n + 1),
             BlockStructure::TriangularLower,
-            faer::Accum::Add,
+            faer::Accum::Replace,
             stacked.transpose(),
             BlockStructure::Rectangular,
             stacked.as_ref(),
@@ -367,6 +385,15 @@ impl Calibrated {
             1.0,
             faer::Par::rayon(0),
         );
+        let gram = &mut self.grams[fold];
+        for j in 0..=n {
+            let column = &mut gram.col_as_slice_mut(j)[j..];
+            let added = &scratch.col_as_slice(j)[j..=n];
+            column
+                .iter_mut()
+                .zip(added)
+                .for_each(|(g, p)| *g += *p as f64);
+        }
     }
 
     /// Σ over real tokens of ‖x_head · W_head‖ for every head.
@@ -383,14 +410,12 @@ impl Calibrated {
         }
     }
 
-    /// Turns sums into means and variances, and mirrors the Gram matrices' lower triangles.
+    /// Turns sums into means and variances, and the Gram matrices' lower triangles of shifted
+    /// inputs into whole Gram matrices of the inputs.
     fn finish(&mut self) {
+        let shift = std::mem::take(&mut self.shift);
         for gram in &mut self.grams {
-            for j in 0..gram.ncols() {
-                for i in 0..j {
-                    gram[(i, j)] = gram[(j, i)];
-                }
-            }
+            unshift(gram, &shift);
         }
         let count = self.tokens.max(1.0);
         for j in 0..self.mean.len() {
@@ -412,13 +437,45 @@ impl Calibrated {
     }
 }
 
-/// Runs the model once over the calibration samples and gathers every group's statistics.
+/// The Gram matrix of `[X, 1]` from the lower triangle of that of `[X − c, 1]`, for the shift
+/// `c` (none when empty): with `A = Σ(x−c)(x−c)ᵀ`, `b = Σ(x−c)` and `m` tokens,
+/// `Σxxᵀ = A + b cᵀ + c bᵀ + m c cᵀ` and `Σx = b + m c`.
+fn unshift(gram: &mut Mat<f64>, shift: &[f32]) {
+    let n = gram.nrows() - 1;
+    let m = gram[(n, n)];
+    let c = |i: usize| shift.get(i).map_or(0.0, |c| *c as f64);
+    let b: Vec<f64> = (0..n).map(|i| gram[(n, i)]).collect();
+    for j in 0..n {
+        for i in j..n {
+            gram[(i, j)] += b[i] * c(j) + c(i) * b[j] + m * c(i) * c(j);
+        }
+        gram[(n, j)] += m * c(j);
+    }
+    for j in 0..=n {
+        for i in 0..j {
+            gram[(i, j)] = gram[(j, i)];
+        }
+    }
+}
+
+/// What one pass of the model over the calibration samples gathered.
+pub struct CalibrationRun {
+    /// Every group's statistics.
+    pub stats: Vec<Calibrated>,
+    /// The model's outputs on each sample, when asked for (empty otherwise): fidelity on the
+    /// calibration data compares with them instead of running the model again.
+    pub outputs: Vec<TVec<TValue>>,
+}
+
+/// Runs the model once over the calibration samples and gathers every group's statistics, and
+/// with `keep_outputs` the model's outputs.
 pub fn calibrate(
     model: &TypedModel,
     groups: &[Group],
     calibration: &Calibration,
+    keep_outputs: bool,
     progress: &(dyn Fn(usize, usize) + Sync),
-) -> TractResult<Vec<Calibrated>> {
+) -> TractResult<CalibrationRun> {
     let forms: Vec<MatrixForm> = groups
         .iter()
         .map(|g| MatrixForm::of(model, g).with_context(|| format!("group `{}`", g.name)))
@@ -437,9 +494,16 @@ pub fn calibrate(
         .map(|(f, g)| Calibrated::new(f, g.units))
         .collect();
     let mut probe = model.clone();
-    probe.select_output_outlets(&groups.iter().map(|g| g.activation).collect::<Vec<_>>())?;
+    let mut taps: Vec<OutletId> = groups.iter().map(|g| g.activation).collect();
+    if keep_outputs {
+        taps.extend(model.output_outlets()?);
+    }
+    probe.select_output_outlets(&taps)?;
     let plan = probe.into_optimized()?.into_runnable()?;
     let samples = &calibration.samples;
+    let mut outputs = vec![];
+    let widest = stats.iter().map(|s| s.form.inputs + 1).max().unwrap_or(0);
+    let mut scratch = Mat::<f32>::zeros(widest, widest);
     for (chunk, first) in samples.chunks(CHUNK).zip((0..).step_by(CHUNK)) {
         progress(first, samples.len());
         // Each sample's real tokens per group (and whether its mask lined up), run in parallel.
@@ -448,8 +512,9 @@ pub fn calibrate(
             |k| {
                 let sample = &chunk[k];
                 let mask = calibration.mask.map(|m| sample[m].clone().into_tensor());
-                let values = plan.run(sample.clone())?;
-                values
+                let mut values = plan.run(sample.clone())?;
+                let sample_outputs: TVec<TValue> = values.drain(stats.len()..).collect();
+                let tokens = values
                     .iter()
                     .zip(&stats)
                     .map(|(value, stat)| {
@@ -458,10 +523,15 @@ pub fn calibrate(
                         let unmasked = mask.is_some() && weights.is_none();
                         Ok((real_tokens(x, weights.as_deref()), unmasked))
                     })
-                    .collect::<TractResult<Vec<_>>>()
+                    .collect::<TractResult<Vec<_>>>()?;
+                Ok((tokens, sample_outputs))
             },
             &|_, _| (),
         )?;
+        let (runs, chunk_outputs): (Vec<_>, Vec<_>) = runs.into_iter().unzip();
+        if keep_outputs {
+            outputs.extend(chunk_outputs);
+        }
         for (g, (stat, (group, w))) in stats
             .iter_mut()
             .zip(groups.iter().zip(&weights))
@@ -471,6 +541,7 @@ pub fn calibrate(
                 stat.add_moments(x, group, w);
                 stat.unmasked_samples += *unmasked as usize;
             }
+            stat.shift_by_mean_of(&runs.iter().map(|run| &run[g].0).collect::<Vec<_>>());
             for fold in 0..FOLDS {
                 let xs: Vec<&Array2<f32>> = runs
                     .iter()
@@ -478,12 +549,12 @@ pub fn calibrate(
                     .filter(|(k, _)| (first + k) % FOLDS == fold)
                     .map(|(_, run)| &run[g].0)
                     .collect();
-                stat.add_gram(fold, &xs);
+                stat.add_gram(fold, &xs, &mut scratch);
             }
         }
     }
     stats.iter_mut().for_each(Calibrated::finish);
-    Ok(stats)
+    Ok(CalibrationRun { stats, outputs })
 }
 
 /// The view of an `inputs × outputs` array as a faer matrix (copied, in f64).
@@ -638,8 +709,9 @@ pub(crate) mod tests {
 
     fn means(model: &TypedModel, calibration: &Calibration) -> Vec<Vec<f64>> {
         let groups = groups(model).unwrap();
-        calibrate(model, &groups, calibration, &|_, _| ())
+        calibrate(model, &groups, calibration, false, &|_, _| ())
             .unwrap()
+            .stats
             .into_iter()
             .map(|s| s.mean)
             .collect()
@@ -672,5 +744,70 @@ pub(crate) mod tests {
             differ,
             "padding changed nothing: the test does not test the mask"
         );
+    }
+
+    /// `[X, 1]ᵀ[X, 1]`, directly.
+    fn direct_gram(x: &Array2<f64>) -> Mat<f64> {
+        let (rows, n) = x.dim();
+        let ones = Mat::<f64>::from_fn(rows, n + 1, |r, j| if j < n { x[(r, j)] } else { 1.0 });
+        ones.transpose() * &ones
+    }
+
+    #[test]
+    fn shifted_products_give_the_gram_matrix_of_the_inputs() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let x = Array2::from_shape_fn((40, 5), |(_, j)| {
+            100.0 * j as f64 + rng.gen_range(-1.0..1.0)
+        });
+        let shift: Vec<f32> = (0..5).map(|j| 100.0 * j as f32 + 0.3).collect();
+        let shifted = Array2::from_shape_fn((40, 5), |(r, j)| x[(r, j)] - shift[j] as f64);
+        // Only the lower triangle is given.
+        let mut gram = direct_gram(&shifted);
+        for j in 0..6 {
+            for i in 0..j {
+                gram[(i, j)] = f64::NAN;
+            }
+        }
+        unshift(&mut gram, &shift);
+        let expected = direct_gram(&x);
+        for j in 0..6 {
+            for i in 0..6 {
+                let (got, want) = (gram[(i, j)], expected[(i, j)]);
+                assert!(
+                    (got - want).abs() <= 1e-9 * want.abs().max(1.0),
+                    "({i}, {j}): {got} vs {want}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn calibration_keeps_the_outputs_fidelity_compares_with() {
+        let (model, calibration) = padded_bert(4, |_| 0);
+        let found = groups(&model).unwrap();
+        let run = calibrate(&model, &found, &calibration, true, &|_, _| ()).unwrap();
+        assert_eq!(run.outputs.len(), calibration.samples.len());
+        for (sample, kept) in calibration.samples.iter().zip(&run.outputs) {
+            let direct = crate::model::verify::run(&model, sample.clone()).unwrap();
+            assert_eq!(direct.len(), kept.len());
+            for (a, b) in direct.iter().zip(kept) {
+                assert_eq!(crate::model::verify::max_abs_diff(a, b).unwrap(), 0.0);
+            }
+        }
+        let names = crate::model::verify::output_names(&model).unwrap();
+        let given = crate::model::verify::fidelity_to_outputs(
+            &names,
+            &run.outputs,
+            &model,
+            &calibration.samples,
+            calibration.mask,
+        )
+        .unwrap();
+        let computed =
+            crate::model::verify::fidelity(&model, &model, &calibration.samples, calibration.mask)
+                .unwrap();
+        assert_eq!(format!("{given:?}"), format!("{computed:?}"));
+        let without = calibrate(&model, &found, &calibration, false, &|_, _| ()).unwrap();
+        assert!(without.outputs.is_empty());
     }
 }

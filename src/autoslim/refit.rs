@@ -127,7 +127,7 @@ pub fn refit(
 /// Outputs cross-validation measures the error on, at most: the ridge is one number per
 /// layer, and an evenly spread sample of the outputs traces its error curve as all of them do,
 /// at a fraction of the cost.
-pub const CV_OUTPUTS: usize = 128;
+pub const CV_OUTPUTS: usize = 64;
 
 /// Every k-th column of `full`, at most [`CV_OUTPUTS`] of them.
 fn output_sample(full: &Mat<f64>) -> Mat<f64> {
@@ -149,36 +149,77 @@ fn choose_ridge(
 ) -> TractResult<f64> {
     let full = &output_sample(full);
     let last = total.nrows() - 1;
-    let folds: Vec<&Mat<f64>> = stats
+    let folds: Vec<HeldOut> = stats
         .grams
         .iter()
         .filter(|g| g[(last, last)] > 0.0)
+        .map(|fold| HeldOut::new(fold, full, kept))
         .collect();
     if folds.len() < 2 {
         return Ok(RIDGES[1]);
     }
-    let mut errors = vec![0.0; RIDGES.len()];
-    for fold in folds {
-        let train = total - fold;
-        let rhs = rows_of(&train, kept) * full;
+    let total_rhs = rows_of(total, kept) * full;
+    let error = |ridge: f64| -> TractResult<f64> {
+        let mut error = 0.0;
+        for fold in &folds {
+            let train = &kept_block(total, kept) - &fold.kept;
+            let rhs = &total_rhs - &fold.rhs;
+            let solved = solve_normal(train, full, kept, rhs, ridge * scale)?;
+            error += fold.error(&solved);
+        }
+        Ok(error)
+    };
+    Ok(RIDGES[descend(RIDGES.len(), 1, |i| error(RIDGES[i]))?])
+}
+
+/// What one fold's held-out error needs: its Gram matrix on the kept rows, their right-hand
+/// side `(G_f W̃)_k` and the constant `tr(W̃ᵀ G_f W̃)`.
+struct HeldOut {
+    kept: Mat<f64>,
+    rhs: Mat<f64>,
+    constant: f64,
+}
+
+impl HeldOut {
+    fn new(fold: &Mat<f64>, full: &Mat<f64>, kept: &[usize]) -> HeldOut {
         let fold_full = fold * full;
-        let fold_kept =
-            Mat::<f64>::from_fn(kept.len(), kept.len(), |i, j| fold[(kept[i], kept[j])]);
-        let constant = trace_of_product(full, &fold_full);
-        for (ridge, error) in RIDGES.iter().zip(&mut errors) {
-            let solved = solve_normal(&train, full, kept, rhs.clone(), ridge * scale)?;
-            let fold_solved = &fold_kept * &solved;
-            let cross =
-                Mat::<f64>::from_fn(kept.len(), full.ncols(), |i, j| fold_full[(kept[i], j)]);
-            *error += trace_of_product(&solved, &fold_solved)
-                - 2.0 * trace_of_product(&solved, &cross)
-                + constant;
+        HeldOut {
+            kept: kept_block(fold, kept),
+            rhs: rows_of(&fold_full, kept),
+            constant: trace_of_product(full, &fold_full),
         }
     }
-    let best = (0..RIDGES.len())
-        .min_by(|a, b| errors[*a].total_cmp(&errors[*b]))
-        .unwrap_or(1);
-    Ok(RIDGES[best])
+
+    /// `‖X̃_f,k Ŵ − X̃_f W̃‖²` for the fit `solved` on the kept rows.
+    fn error(&self, solved: &Mat<f64>) -> f64 {
+        trace_of_product(solved, &(&self.kept * solved)) - 2.0 * trace_of_product(solved, &self.rhs)
+            + self.constant
+    }
+}
+
+/// The index in `0..len` of the least `error`, walking downhill from `start`: held-out error
+/// falls then rises with the ridge, so this finds the grid's minimum with fewer fits (each a
+/// Cholesky factorization) than trying every value.
+fn descend(
+    len: usize,
+    start: usize,
+    mut error: impl FnMut(usize) -> TractResult<f64>,
+) -> TractResult<usize> {
+    let (mut best, mut best_error) = (start, error(start)?);
+    for step in [1isize, -1] {
+        let mut moved = false;
+        while let Some(next) = best.checked_add_signed(step).filter(|n| *n < len) {
+            let e = error(next)?;
+            if e >= best_error {
+                break;
+            }
+            (best, best_error, moved) = (next, e, true);
+        }
+        if moved {
+            break;
+        }
+    }
+    Ok(best)
 }
 
 /// `tr(aᵀ b)` for two matrices of one shape.
@@ -193,17 +234,28 @@ fn rows_of(gram: &Mat<f64>, kept: &[usize]) -> Mat<f64> {
     Mat::<f64>::from_fn(kept.len(), gram.ncols(), |i, j| gram[(kept[i], j)])
 }
 
+/// The rows and columns `kept` of a Gram matrix.
+fn kept_block(gram: &Mat<f64>, kept: &[usize]) -> Mat<f64> {
+    Mat::<f64>::from_fn(kept.len(), kept.len(), |i, j| gram[(kept[i], kept[j])])
+}
+
 /// Solves `(G_kk + λD) Ŵ = G_k· W̃` for the kept rows `k` (the last being the unpenalised ones
 /// column).
 fn solve(gram: &Mat<f64>, full: &Mat<f64>, kept: &[usize], lambda: f64) -> TractResult<Mat<f64>> {
-    solve_normal(gram, full, kept, rows_of(gram, kept) * full, lambda)
+    solve_normal(
+        kept_block(gram, kept),
+        full,
+        kept,
+        rows_of(gram, kept) * full,
+        lambda,
+    )
 }
 
-/// Solves `(G_kk + λD) Ŵ = rhs + λD W̃_k`: the ridge pulls the kept weights towards their
-/// dense values, not towards zero, so that units whose removal changes nothing leave the
-/// consumer exactly as it was.
+/// Solves `(G_kk + λD) Ŵ = rhs + λD W̃_k`, given `G_kk`: the ridge pulls the kept weights
+/// towards their dense values, not towards zero, so that units whose removal changes nothing
+/// leave the consumer exactly as it was.
 fn solve_normal(
-    gram: &Mat<f64>,
+    mut a: Mat<f64>,
     full: &Mat<f64>,
     kept: &[usize],
     mut rhs: Mat<f64>,
@@ -215,7 +267,6 @@ fn solve_normal(
         }
     }
     let m = kept.len();
-    let mut a = Mat::<f64>::from_fn(m, m, |i, j| gram[(kept[i], kept[j])]);
     for i in 0..m - 1 {
         a[(i, i)] += lambda;
     }
@@ -330,28 +381,31 @@ impl RidgeFit {
 /// Greedy removal when every candidate is one row, with the inverse downdated lazily: the
 /// current `H⁻¹` is `H₀⁻¹ − Σ_s u_s u_sᵀ` with `u_s = H⁻¹_·r / √[H⁻¹]_rr` of each removed
 /// row `r`, so a step needs one column of it (`O(n · steps)`) and its diagonal, not all of it
-/// (`O(n²)`, and memory-bound).
+/// (`O(n²)`). Each step reads the weights twice and the updates once, so both are kept in
+/// f32 (half the memory traffic); the order only needs costs to rank candidates, and the
+/// refit that follows solves again in f64.
 fn greedy_rows(
     initial: &Mat<f64>,
-    mut weights: Mat<f64>,
+    weights: Mat<f64>,
     rows: &[usize],
     mut selection: Selection,
     steps: usize,
 ) -> Vec<(usize, f64)> {
     let size = initial.nrows();
+    let mut weights = Mat::<f32>::from_fn(size, weights.ncols(), |i, j| weights[(i, j)] as f32);
     let mut diagonal: Vec<f64> = (0..size).map(|i| initial[(i, i)]).collect();
-    let mut updates: Vec<Vec<f64>> = vec![];
+    let mut updates: Vec<Vec<f32>> = vec![];
     let mut order = vec![];
     while order.len() < steps {
         // ‖w_r‖² / [H⁻¹]_rr for every row at once (columns are contiguous).
-        let mut norms = vec![0f64; size];
+        let mut norms = vec![0f32; size];
         for j in 0..weights.ncols() {
             norms
                 .iter_mut()
                 .zip(weights.col_as_slice(j))
                 .for_each(|(s, w)| *s += w * w);
         }
-        let cost = |c: usize| norms[rows[c]] / diagonal[rows[c]].max(f64::MIN_POSITIVE);
+        let cost = |c: usize| norms[rows[c]] as f64 / diagonal[rows[c]].max(f64::MIN_POSITIVE);
         let Some(c) = selection.cheapest(cost) else {
             break;
         };
@@ -360,14 +414,17 @@ fn greedy_rows(
         let r = rows[c];
         let mut column = initial.col_as_slice(r).to_vec();
         for u in &updates {
-            let scale = u[r];
-            column.iter_mut().zip(u).for_each(|(x, v)| *x -= v * scale);
+            let scale = u[r] as f64;
+            column
+                .iter_mut()
+                .zip(u)
+                .for_each(|(x, v)| *x -= *v as f64 * scale);
         }
         let root = column[r].max(f64::MIN_POSITIVE).sqrt();
-        column.iter_mut().for_each(|x| *x /= root);
+        let column: Vec<f32> = column.iter().map(|x| (x / root) as f32).collect();
         for j in 0..weights.ncols() {
             let col = weights.col_as_slice_mut(j);
-            let scale = col[r] / root;
+            let scale = col[r] / root as f32;
             col.iter_mut()
                 .zip(&column)
                 .for_each(|(w, u)| *w -= u * scale);
@@ -375,7 +432,7 @@ fn greedy_rows(
         diagonal
             .iter_mut()
             .zip(&column)
-            .for_each(|(d, u)| *d -= u * u);
+            .for_each(|(d, u)| *d -= (*u as f64).powi(2));
         updates.push(column);
     }
     order
@@ -475,7 +532,9 @@ mod tests {
             .collect();
         let calibration = Calibration::new(&model, inputs);
         let found = [group];
-        let stats = calibrate(&model, &found, &calibration, &|_, _| ()).unwrap();
+        let stats = calibrate(&model, &found, &calibration, false, &|_, _| ())
+            .unwrap()
+            .stats;
         let [group] = found;
         let w = stats[0]
             .form
@@ -531,5 +590,27 @@ mod tests {
     fn cross_validation_picks_a_larger_ridge_when_tokens_are_few() {
         let (few, many) = (ridge_with(3), ridge_with(60));
         assert!(few > many, "ridge {few} with 3 samples, {many} with 60");
+    }
+
+    #[test]
+    fn descending_finds_the_grid_minimum_with_fewer_fits() {
+        for errors in [
+            [4.0, 3.0, 1.0, 2.0],
+            [1.0, 2.0, 3.0, 4.0],
+            [4.0, 3.0, 2.0, 1.0],
+            [3.0, 1.0, 2.0, 5.0],
+        ] {
+            let mut fits = 0;
+            let best = descend(4, 1, |i| {
+                fits += 1;
+                Ok(errors[i])
+            })
+            .unwrap();
+            let minimum = (0..4)
+                .min_by(|a, b| errors[*a].total_cmp(&errors[*b]))
+                .unwrap();
+            assert_eq!(best, minimum, "{errors:?}");
+            assert!(fits <= 3 || minimum == 3, "{fits} fits for {errors:?}");
+        }
     }
 }

@@ -286,17 +286,54 @@ pub fn fidelity(
     samples: &[TVec<TValue>],
     mask: Option<usize>,
 ) -> TractResult<Vec<OutputFidelity>> {
-    let plans = [reference, approximation]
-        .map(|m| m.clone().into_optimized().and_then(|m| m.into_runnable()));
-    let [reference_plan, approximation_plan] = plans;
-    let (reference_plan, approximation_plan) = (reference_plan?, approximation_plan?);
-    let outputs = reference.output_outlets()?.len();
+    let plan = reference.clone().into_optimized()?.into_runnable()?;
+    let names = output_names(reference)?;
+    let reference_run = |k: usize| plan.run(samples[k].clone());
+    fidelity_with(&names, &reference_run, approximation, samples, mask)
+}
+
+/// Fidelity of `approximation` to the reference outputs `expected` (one per sample, the
+/// outputs named `names`), as [`fidelity`] measures it, without running the reference again.
+pub fn fidelity_to_outputs(
+    names: &[String],
+    expected: &[TVec<TValue>],
+    approximation: &TypedModel,
+    samples: &[TVec<TValue>],
+    mask: Option<usize>,
+) -> TractResult<Vec<OutputFidelity>> {
+    ensure!(
+        expected.len() == samples.len(),
+        "{} reference outputs for {} samples",
+        expected.len(),
+        samples.len()
+    );
+    let reference_run = |k: usize| Ok(expected[k].clone());
+    fidelity_with(names, &reference_run, approximation, samples, mask)
+}
+
+/// The names of a model's outputs, in order.
+pub fn output_names(model: &TypedModel) -> TractResult<Vec<String>> {
+    (0..model.output_outlets()?.len())
+        .map(|ix| output_name(model, ix))
+        .collect()
+}
+
+/// Fidelity of `approximation` to the reference outputs `reference_run` gives for sample `k`.
+fn fidelity_with(
+    names: &[String],
+    reference_run: &(dyn Fn(usize) -> TractResult<TVec<TValue>> + Sync),
+    approximation: &TypedModel,
+    samples: &[TVec<TValue>],
+    mask: Option<usize>,
+) -> TractResult<Vec<OutputFidelity>> {
+    let approximation_plan = approximation.clone().into_optimized()?.into_runnable()?;
+    let outputs = names.len();
     // Per sample and output: [Σ r·a, Σ r², Σ a², Σ (a − r)²] and the pooled cosine.
     let per_sample = in_parallel(
         samples.len(),
         |k| {
             let sample = &samples[k];
-            let r = reference_plan.run(sample.clone())?;
+            let r = reference_run(k)?;
             let a = approximation_plan.run(sample.clone())?;
             let token_mask = mask.map(|m| sample[m].clone().into_tensor());
             (0..outputs)
@@ -323,7 +360,7 @@ pub fn fidelity(
         .enumerate()
         .map(|(ix, [ra, rr, aa, dd])| {
             Ok(OutputFidelity {
-                name: output_name(reference, ix)?,
+                name: names[ix].clone(),
                 cosine: ra / (rr.sqrt() * aa.sqrt()).max(f64::MIN_POSITIVE),
                 relative_l2: (dd / rr.max(f64::MIN_POSITIVE)).sqrt(),
                 pooled_cosine: (pooled[ix].len() == samples.len() && !samples.is_empty())
@@ -384,9 +421,7 @@ impl Expected {
         let outputs = run(model, inputs.clone()).context(
             "the original model does not run in tract at these shapes (give concrete ones with --input or --set)",
         )?;
-        let names = (0..outputs.len())
-            .map(|ix| output_name(model, ix))
-            .collect::<TractResult<_>>()?;
+        let names = output_names(model)?;
         Ok(Expected {
             seed,
             inputs,
