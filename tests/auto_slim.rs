@@ -208,6 +208,64 @@ fn a_saved_plan_applies_again_identically() {
     }
 }
 
+/// The outputs of two models on some samples are identical.
+fn assert_same_outputs(a: &TypedModel, b: &TypedModel, samples: &[TVec<TValue>]) {
+    for sample in samples {
+        let (x, y) = (
+            run(a, sample.clone()).unwrap(),
+            run(b, sample.clone()).unwrap(),
+        );
+        for (x, y) in x.iter().zip(y.iter()) {
+            assert_eq!(max_abs_diff(x, y).unwrap(), 0.0);
+        }
+    }
+}
+
+#[test]
+fn statistics_in_several_passes_give_the_same_model() {
+    let fixture = dense_fixture("bert_dense_torchscript");
+    let model = fixture.load();
+    let calibration = calibration_for(&fixture, &model);
+    let uniform = targets(0.5, 0.5);
+    let global = Targets {
+        global: true,
+        ..targets(0.5, 0.5)
+    };
+    for targets in [uniform, global] {
+        let at_once = slim(&model, &options(targets, Some(calibration.clone())));
+        // One byte: every group's statistics in a pass of their own.
+        let streamed_options = AutoOptions {
+            statistics_memory: Some(1),
+            ..options(targets, Some(calibration.clone()))
+        };
+        let streamed = slim(&model, &streamed_options);
+        assert_eq!(at_once.report.calibration_passes, 1);
+        let groups = streamed.report.groups.len();
+        let passes = if targets.global { 2 * groups } else { groups };
+        assert_eq!(streamed.report.calibration_passes, passes);
+        assert_eq!(at_once.plan, streamed.plan);
+        assert_eq!(
+            at_once.report.fidelity[0].cosine,
+            streamed.report.fidelity[0].cosine
+        );
+        assert_same_outputs(&at_once.pruned, &streamed.pruned, &calibration.samples[..4]);
+        // A saved plan's repairs in passes too.
+        let replay = AutoOptions {
+            plan: Some(at_once.plan.clone()),
+            ..streamed_options.clone()
+        };
+        let replayed = slim(
+            &model,
+            &AutoOptions {
+                targets: Targets::per_layer(0.0, 0.0),
+                ..replay
+            },
+        );
+        assert_eq!(replayed.report.calibration_passes, groups);
+        assert_same_outputs(&at_once.pruned, &replayed.pruned, &calibration.samples[..4]);
+    }
+}
+
 /// The removed query heads of each KV group of every heads plan entry.
 fn removed_per_kv_group(result: &AutoSlimmed, per_kv: usize) -> Vec<Vec<usize>> {
     result

@@ -197,6 +197,23 @@ fn bad_inputs_fail_cleanly() {
         "--heads-multiple-of, --kv-layout choose the units and --plan gives them",
         &output,
     );
+    // Statistics memory without statistics would limit nothing.
+    let memory = model_slim(&[
+        "prune",
+        &fixture("llama_mlp_dense_torchscript.onnx"),
+        "--ffn-sparsity",
+        "0.5",
+        "--statistics-memory",
+        "2",
+        "-o",
+        out_arg,
+    ]);
+    assert_clean_failure(
+        &memory,
+        1,
+        "--statistics-memory needs --calibration FILE.npz",
+        &output,
+    );
 
     let unknown = model_slim(&[
         "slim",

@@ -4,26 +4,24 @@
 //! discover groups → (calibrate over real tokens) → score and choose, or take a saved plan →
 //! write zeros and repair the consumers (bias compensation or a least-squares refit) → the
 //! slimming pass → fidelity against the dense model (on held-out data when given).
+//! The calibrated stages run in passes whose statistics fit in memory
+//! ([`crate::autoslim::passes`]).
 
-use crate::autoslim::calibrated::{calibrate, Calibrated, Criterion};
+use crate::autoslim::calibrated::{Calibrated, Criterion};
 use crate::autoslim::calibration::Calibration;
-use crate::autoslim::choice::{
-    choose, order_by_scores, plan_of, uniform_level, units_of, Choice, KvLayout,
-};
+use crate::autoslim::choice::{choose, KvLayout};
+use crate::autoslim::passes::{calibrated_plan, CalibratedPlan};
 use crate::autoslim::prune::{
-    apply, group_for, magnitude_scores, Plan, PlanGroup, Pruned, Repair, Targets,
+    apply, group_for, magnitude_scores, write_repairs, Plan, PlanGroup, Pruned, Repair, Targets,
 };
-use crate::autoslim::refit::{cross_validated_ridge, greedy_removal};
 use crate::error::{Result, SlimError};
 use crate::io::onnx::writeback::Cut;
 use crate::model::discover::{groups, Group, Kind};
-use crate::model::stats::weight_of;
 use crate::model::verify::{
-    fidelity, fidelity_to_outputs, output_names, random_inputs, verify, OutputFidelity,
+    fidelity, fidelity_to_outputs, output_names, random_inputs, Expected, OutputFidelity,
 };
 use crate::pass::report::Report;
 use crate::pass::slimmer::{Slimmed, Slimmer};
-use crate::util::parallel::in_parallel;
 use serde::{Serialize, Serializer};
 use std::fmt;
 use std::time::Instant;
@@ -52,6 +50,9 @@ pub struct AutoOptions {
     pub random_samples: usize,
     /// Told as work advances (progress display).
     pub observer: Option<AutoObserver>,
+    /// Bytes calibration statistics may take at once (groups are calibrated in as many passes
+    /// as that needs); `None`: the model's weight bytes, at least 4 GiB.
+    pub statistics_memory: Option<usize>,
 }
 
 /// A stage of auto-slim, as announced to an [`AutoObserver`] and timed in the report.
@@ -95,8 +96,8 @@ pub struct StageTime {
     pub ms: u64,
 }
 
-/// Announces progress and times the stages.
-struct Stages<'a> {
+/// Announces progress and times the stages (a stage entered again adds to its time).
+pub(crate) struct Stages<'a> {
     observer: Option<&'a AutoObserver>,
     times: Vec<StageTime>,
     started: Instant,
@@ -114,7 +115,7 @@ impl<'a> Stages<'a> {
     }
 
     /// Ends the current stage, if any, and starts `stage`.
-    fn start(&mut self, stage: AutoStage) {
+    pub(crate) fn start(&mut self, stage: AutoStage) {
         self.finish();
         self.current = Some(stage);
         self.started = Instant::now();
@@ -126,7 +127,10 @@ impl<'a> Stages<'a> {
         if let Some(stage) = self.current.take() {
             let ms = self.started.elapsed().as_millis() as u64;
             tracing::info!("auto-slim {stage}: {ms} ms");
-            self.times.push(StageTime { stage, ms });
+            match self.times.iter_mut().find(|t| t.stage == stage) {
+                Some(time) => time.ms += ms,
+                None => self.times.push(StageTime { stage, ms }),
+            }
         }
     }
 
@@ -137,7 +141,7 @@ impl<'a> Stages<'a> {
     }
 
     /// A counter for the current stage.
-    fn counter(&self) -> impl Fn(usize, usize) + Sync + '_ {
+    pub(crate) fn counter(&self) -> impl Fn(usize, usize) + Sync + '_ {
         let stage = self.current;
         move |done, total| {
             if let Some(stage) = stage {
@@ -162,6 +166,7 @@ impl AutoOptions {
             seed: 0,
             random_samples: 4,
             observer: None,
+            statistics_memory: None,
         }
     }
 }
@@ -265,6 +270,9 @@ pub struct AutoReport {
     pub repair: Repair,
     /// Tokens the calibration statistics were taken over (real ones only, with a token mask).
     pub calibration_tokens: Option<usize>,
+    /// Passes over the calibration samples (more than one when every group's statistics do not
+    /// fit in the statistics memory at once).
+    pub calibration_passes: usize,
     /// Per group, how many units were kept.
     pub groups: Vec<GroupOutcome>,
     /// Fidelity of the slimmed model to the dense one, per output.
@@ -293,6 +301,9 @@ pub struct AutoSlimmed {
     pub ridges: Vec<Option<f64>>,
     /// What was done and how close the result stays to the dense model.
     pub report: AutoReport,
+    /// The pruned model's outputs on the seeded inputs: what the slimmed one was checked against,
+    /// and what a written file is checked against (without running the pruned model again).
+    pub expected: Expected,
 }
 
 impl AutoSlimmed {
@@ -333,7 +344,7 @@ impl AutoSlimmed {
     }
 }
 
-fn stage(stage: &'static str) -> impl Fn(TractError) -> SlimError {
+pub(crate) fn stage(stage: &'static str) -> impl Fn(TractError) -> SlimError {
     move |e| SlimError::stage(stage, e)
 }
 
@@ -381,81 +392,30 @@ fn check_plan(plan: &Plan, groups: &[Group], origin: &str) -> Result<()> {
     Ok(())
 }
 
-/// The plan to apply: the saved one, checked against the model, or units chosen for the targets
-/// by activation-aware scores (with calibration statistics) or weight magnitudes. A warning
-/// goes to `warnings` when the scores are magnitudes.
-fn plan_for(
+/// The plan to apply without calibration data: the saved one, checked against the model, or
+/// units chosen for the targets by weight magnitude (with a warning in `warnings`).
+fn uncalibrated_plan(
     model: &TypedModel,
     groups: &[Group],
-    stats: Option<&[Calibrated]>,
     options: &AutoOptions,
     warnings: &mut Vec<String>,
-    progress: &(dyn Fn(usize, usize) + Sync),
 ) -> Result<(Plan, Scoring)> {
     if let Some(plan) = &options.plan {
-        check_plan(plan, groups, &options.plan_origin)?;
         return Ok((plan.clone(), Scoring::Plan));
     }
-    let (scores, scoring) = match stats {
-        Some(stats) => (
-            calibrated_scores(model, groups, stats, options.criterion).map_err(stage("scoring"))?,
-            match options.criterion {
-                Criterion::Activation => Scoring::Activation,
-                Criterion::Fluctuation => Scoring::Fluctuation,
-                Criterion::RemovalCost => Scoring::RemovalCost,
-            },
-        ),
-        None => {
-            warnings.push("no calibration data: units are chosen by weight magnitude, which is often no better than chance; give --calibration for activation-aware scores and bias compensation".to_string());
-            let scores = groups
-                .iter()
-                .map(|g| magnitude_scores(model, g))
-                .collect::<TractResult<Vec<_>>>()
-                .map_err(stage("scoring"))?;
-            (scores, Scoring::Magnitude)
-        }
-    };
-    let plan = match (stats, options.criterion) {
-        (Some(stats), Criterion::RemovalCost) => {
-            greedy_plan(model, groups, stats, &scores, &options.targets, progress)
-        }
-        _ => choose(model, groups, &scores, &options.targets),
-    }
-    .map_err(stage("scoring"))?;
-    Ok((plan, scoring))
-}
-
-/// The plan by greedy least-squares removal: each group's order by removal cost, with the ridge
-/// cross-validated for removing its uniform share by `scores` (fluctuation).
-fn greedy_plan(
-    model: &TypedModel,
-    groups: &[Group],
-    stats: &[Calibrated],
-    scores: &[Vec<f32>],
-    targets: &Targets,
-    progress: &(dyn Fn(usize, usize) + Sync),
-) -> TractResult<Plan> {
-    let choose_group = |i: usize| {
-        let g = &groups[i];
-        Choice::new(model, g, targets, |candidates, levels, steps| {
-            if steps == 0 {
-                return Ok((vec![], None));
-            }
-            let w = stats[i].form.weight_matrix(&*weight_of(model, g.weight)?)?;
-            let share = uniform_level(g, candidates, levels, targets).max(1);
-            let by_scores = order_by_scores(candidates, &scores[i], share);
-            let ridge = cross_validated_ridge(&stats[i], &w, &units_of(candidates, &by_scores))?;
-            let order = greedy_removal(&stats[i], &w, ridge, candidates, steps)?;
-            Ok((order, Some(ridge)))
-        })
-    };
-    let choices = in_parallel(groups.len(), choose_group, progress)?;
-    Ok(plan_of(groups, &choices, targets))
+    warnings.push("no calibration data: units are chosen by weight magnitude, which is often no better than chance; give --calibration for activation-aware scores and bias compensation".to_string());
+    let scores = groups
+        .iter()
+        .map(|g| magnitude_scores(model, g))
+        .collect::<TractResult<Vec<_>>>()
+        .map_err(stage("scoring"))?;
+    let plan = choose(model, groups, &scores, &options.targets).map_err(stage("scoring"))?;
+    Ok((plan, Scoring::Magnitude))
 }
 
 /// What the user must know about the token mask: that there is none (every position of the
 /// padded samples counts), or that it does not line up with a group's token axes.
-fn mask_warnings(
+pub(crate) fn mask_warnings(
     model: &TypedModel,
     groups: &[Group],
     stats: &[Calibrated],
@@ -478,24 +438,6 @@ fn mask_warnings(
                 "the token mask `{name}` does not line up with the tokens of `{}`: every position of {} samples counted there",
                 g.name, s.unmasked_samples
             )
-        })
-        .collect()
-}
-
-/// The calibrated scores of every group's units.
-fn calibrated_scores(
-    model: &TypedModel,
-    groups: &[Group],
-    stats: &[Calibrated],
-    criterion: Criterion,
-) -> TractResult<Vec<Vec<f32>>> {
-    groups
-        .iter()
-        .zip(stats)
-        .map(|(g, s)| {
-            let w = weight_of(model, g.weight)?;
-            let w = s.form.weight_matrix(&w)?;
-            Ok(s.scores(g, &w, criterion))
         })
         .collect()
 }
@@ -540,58 +482,44 @@ pub fn auto_slim(
     if options.plan.is_none() {
         something_to_prune(&groups, &options.targets)?;
     }
+    if let Some(plan) = &options.plan {
+        check_plan(plan, &groups, &options.plan_origin)?;
+    }
     let mut warnings = vec![];
     let mut stages = Stages::new(options.observer.as_ref());
-    if options.calibration.is_some() {
-        stages.start(AutoStage::Calibrate);
-    }
-    // Without held-out data, fidelity is measured on the calibration samples: the dense
-    // model's outputs on them come from the calibration pass.
-    let keep_outputs = options.heldout.is_none();
-    let (stats, dense_outputs) = match &options.calibration {
-        Some(c) => {
-            let run = calibrate(model, &groups, c, keep_outputs, &stages.counter())
-                .map_err(stage("calibration"))?;
-            (Some(run.stats), run.outputs)
-        }
-        None => (None, vec![]),
-    };
-    let calibration_tokens = stats
-        .as_ref()
-        .and_then(|s| s.first())
-        .map(|s| s.tokens as usize);
-    if let (Some(stats), Some(c)) = (&stats, &options.calibration) {
-        warnings.extend(mask_warnings(model, &groups, stats, c));
-    }
-    stages.start(AutoStage::Choose);
-    let (plan, scoring) = plan_for(
-        model,
-        &groups,
-        stats.as_deref(),
-        options,
-        &mut warnings,
-        &stages.counter(),
-    )?;
-    let repair = if stats.is_some() {
-        options.repair
-    } else {
-        Repair::None
-    };
-    stages.start(AutoStage::Repair);
+    let (plan, scoring, repair, pruned, dense_outputs, calibration_tokens, calibration_passes) =
+        match &options.calibration {
+            Some(c) => {
+                let calibrated =
+                    calibrated_plan(model, &groups, c, options, &mut stages, &mut warnings)?;
+                stages.start(AutoStage::Repair);
+                let pruned = write_repairs(model, &groups, &calibrated.plan, calibrated.repaired)
+                    .map_err(stage("prune"))?;
+                let CalibratedPlan {
+                    plan,
+                    scoring,
+                    dense_outputs,
+                    tokens,
+                    passes,
+                    ..
+                } = calibrated;
+                let repair = options.repair;
+                (plan, scoring, repair, pruned, dense_outputs, tokens, passes)
+            }
+            None => {
+                stages.start(AutoStage::Choose);
+                let (plan, scoring) = uncalibrated_plan(model, &groups, options, &mut warnings)?;
+                stages.start(AutoStage::Repair);
+                let pruned = apply(model, &groups, &plan, None, Repair::None, &stages.counter())
+                    .map_err(stage("prune"))?;
+                (plan, scoring, Repair::None, pruned, vec![], None, 0)
+            }
+        };
     let Pruned {
         model: pruned,
         compensations,
         ridges,
-    } = apply(
-        model,
-        &groups,
-        &plan,
-        stats.as_deref(),
-        repair,
-        &stages.counter(),
-    )
-    .map_err(stage("prune"))?;
-    drop(stats);
+    } = pruned;
     stages.start(AutoStage::Slim);
     let Slimmed {
         model: slimmed,
@@ -599,8 +527,8 @@ pub fn auto_slim(
     } = slimmer.slim(&pruned)?;
     let values = &slimmer.nominal().values;
     // Slimming must not change the pruned model's outputs.
-    let exact = verify(&pruned, &slimmed, options.seed, values).map_err(stage("verify"))?;
-    slim.verification = Some(exact);
+    let expected = Expected::of(&pruned, options.seed, values).map_err(stage("verify"))?;
+    slim.verification = Some(expected.compare(&slimmed).map_err(stage("verify"))?);
     stages.start(AutoStage::Fidelity);
     let (samples, fidelity_inputs) = fidelity_samples(model, options, values)?;
     let mask = options
@@ -632,6 +560,7 @@ pub fn auto_slim(
             scoring,
             repair,
             calibration_tokens,
+            calibration_passes,
             groups,
             fidelity,
             fidelity_inputs,
@@ -639,6 +568,7 @@ pub fn auto_slim(
             slim,
             stage_times: stages.times,
         },
+        expected,
     })
 }
 
@@ -688,6 +618,12 @@ impl AutoReport {
         out += &format!("scores: {}; repair: {}", self.scoring, self.repair);
         if let Some(tokens) = self.calibration_tokens {
             out += &format!("; calibration statistics over {tokens} tokens");
+            if self.calibration_passes > 1 {
+                out += &format!(
+                    " in {} passes (within the statistics memory)",
+                    self.calibration_passes
+                );
+            }
         }
         out += "\n";
         out += &self.widths();

@@ -589,6 +589,8 @@ impl Calibrated {
     /// The score of every unit of `group`, whose consumer weight matrix is `w`.
     pub fn scores(&self, group: &Group, w: &Array2<f32>, criterion: Criterion) -> Vec<f32> {
         let row_norm2 = |r: usize| w.row(r).iter().map(|v| (*v as f64).powi(2)).sum::<f64>();
+        let gram =
+            (group.kind == Kind::Heads && criterion != Criterion::Activation).then(|| self.gram());
         self.form
             .unit_rows
             .iter()
@@ -596,7 +598,9 @@ impl Calibrated {
             .map(|(u, rows)| {
                 let score = match (group.kind, criterion) {
                     (Kind::Heads, Criterion::Activation) => self.head_contribution[u],
-                    (Kind::Heads, _) => self.contribution_variance(rows, w),
+                    (Kind::Heads, _) => gram
+                        .as_ref()
+                        .map_or(0.0, |g| self.contribution_variance(g, rows, w)),
                     (Kind::Ffn, Criterion::Activation) => {
                         let magnitude = rows.iter().map(|r| self.magnitude[*r]).sum::<f64>()
                             / rows.len().max(1) as f64;
@@ -614,8 +618,8 @@ impl Calibrated {
 
     /// The variance over real tokens of the contribution `x_rows · W_rows` of some rows to the
     /// output, summed over outputs: `tr(W_rowsᵀ Cov_rows W_rows)`, from the Gram matrix.
-    fn contribution_variance(&self, rows: &[usize], w: &Array2<f32>) -> f64 {
-        let gram = self.gram();
+    /// `gram` is [`Calibrated::gram`].
+    fn contribution_variance(&self, gram: &Mat<f64>, rows: &[usize], w: &Array2<f32>) -> f64 {
         let count = self.tokens.max(1.0);
         let mut total = 0.0;
         for j in 0..w.ncols() {

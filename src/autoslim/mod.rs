@@ -5,5 +5,6 @@ pub(crate) mod auto;
 pub(crate) mod calibrated;
 pub(crate) mod calibration;
 pub(crate) mod choice;
+pub(crate) mod passes;
 pub(crate) mod prune;
 pub(crate) mod refit;

@@ -279,6 +279,70 @@ fn bias_vector(model: &TypedModel, group: &Group, outputs: usize) -> TractResult
     }
 }
 
+/// A consumer's new weight for one plan entry, what goes to its bias, and its refit's ridge.
+pub struct Repaired {
+    /// The consumer's weight: zeros on the removed units' rows, refit or not.
+    pub weight: Tensor,
+    /// What is added to the consumer's bias.
+    pub bias_delta: Option<Tensor>,
+    /// The relative ridge of a least-squares refit.
+    pub ridge: Option<f64>,
+}
+
+/// The repaired consumer of `group` for its plan `entry`: zeros for the removed units, and with
+/// `stats` the repair `repair` says.
+pub fn repair_group(
+    model: &TypedModel,
+    group: &Group,
+    entry: &PlanGroup,
+    stats: Option<&Calibrated>,
+    repair: Repair,
+) -> TractResult<Repaired> {
+    let weight = weight_of(model, group.weight)?;
+    let zeroed = || group.weight_units.zeroed(&weight, &entry.removed);
+    Ok(match stats {
+        Some(stats) if repair == Repair::LeastSquares => {
+            let w = stats.form.weight_matrix(&weight)?;
+            let bias = bias_vector(model, group, stats.form.outputs)?;
+            let fit = refit(stats, &w, Some(&bias), &entry.removed, entry.ridge)
+                .with_context(|| format!("refitting `{}`", group.name))?;
+            let delta = tract_ndarray::ArrayD::from_shape_vec(
+                stats.form.bias_shape.clone(),
+                fit.bias_delta,
+            )?
+            .into_tensor();
+            Repaired {
+                weight: stats
+                    .form
+                    .weight_tensor(fit.weight.view(), weight.datum_type())?,
+                bias_delta: Some(delta),
+                ridge: Some(fit.ridge),
+            }
+        }
+        Some(stats) if repair == Repair::Compensation => {
+            let w = stats.form.weight_matrix(&weight)?;
+            Repaired {
+                bias_delta: Some(stats.mean_contribution(&w, &entry.removed)?),
+                weight: zeroed()?,
+                ridge: None,
+            }
+        }
+        _ => Repaired {
+            weight: zeroed()?,
+            bias_delta: None,
+            ridge: None,
+        },
+    })
+}
+
+/// The index of the group a plan entry is for.
+pub fn group_index(groups: &[Group], entry: &PlanGroup) -> TractResult<usize> {
+    groups
+        .iter()
+        .position(|g| g.kind == entry.kind && g.layer == entry.layer)
+        .context("plan entry without a group")
+}
+
 /// Writes a plan into a copy of `model`: zeros in the consumers' weights for the removed units,
 /// and with `stats` (one per group) the consumers repaired as `repair` says.
 pub fn apply(
@@ -289,24 +353,47 @@ pub fn apply(
     repair: Repair,
     progress: &(dyn Fn(usize, usize) + Sync),
 ) -> TractResult<Pruned> {
+    let mut repaired: Vec<Option<Repaired>> = (0..groups.len()).map(|_| None).collect();
+    for (done, entry) in plan.groups.iter().enumerate() {
+        progress(done, plan.groups.len());
+        if entry.removed.is_empty() {
+            continue;
+        }
+        let index = group_index(groups, entry)?;
+        let stats = stats.map(|s| &s[index]);
+        repaired[index] = Some(repair_group(model, &groups[index], entry, stats, repair)?);
+    }
+    write_repairs(model, groups, plan, repaired)
+}
+
+/// Writes repaired consumers (one per group, for the plan's entries that remove units) into a
+/// copy of `model`.
+pub fn write_repairs(
+    model: &TypedModel,
+    groups: &[Group],
+    plan: &Plan,
+    mut repaired: Vec<Option<Repaired>>,
+) -> TractResult<Pruned> {
     let mut pruned = Pruned {
         model: model.clone(),
         compensations: vec![],
         ridges: vec![],
     };
-    for (done, entry) in plan.groups.iter().enumerate() {
-        progress(done, plan.groups.len());
-        if entry.removed.is_empty() {
+    for entry in &plan.groups {
+        let found = if entry.removed.is_empty() {
+            None
+        } else {
+            let index = group_index(groups, entry)?;
+            let repaired = repaired[index]
+                .take()
+                .with_context(|| format!("no repair for `{}`", entry.name))?;
+            Some((&groups[index], repaired))
+        };
+        let Some((group, repaired)) = found else {
             pruned.compensations.push(None);
             pruned.ridges.push(None);
             continue;
-        }
-        let index = groups
-            .iter()
-            .position(|g| g.kind == entry.kind && g.layer == entry.layer)
-            .context("plan entry without a group")?;
-        let group = &groups[index];
-        let weight = weight_of(model, group.weight)?;
+        };
         let slot = pruned
             .model
             .node(group.consumer)
@@ -314,40 +401,12 @@ pub fn apply(
             .iter()
             .position(|i| i.node == group.weight)
             .context("consumer does not read its weight")?;
-        let (new_weight, delta, ridge) = match stats.map(|s| &s[index]) {
-            Some(stats) if repair == Repair::LeastSquares => {
-                let w = stats.form.weight_matrix(&weight)?;
-                let bias = bias_vector(model, group, stats.form.outputs)?;
-                let fit = refit(stats, &w, Some(&bias), &entry.removed, entry.ridge)
-                    .with_context(|| format!("refitting `{}`", group.name))?;
-                let delta = tract_ndarray::ArrayD::from_shape_vec(
-                    stats.form.bias_shape.clone(),
-                    fit.bias_delta.clone(),
-                )?
-                .into_tensor();
-                let new = stats
-                    .form
-                    .weight_tensor(fit.weight.view(), weight.datum_type())?;
-                (new, Some(delta), Some(fit.ridge))
-            }
-            Some(stats) if repair == Repair::Compensation => {
-                let w = stats.form.weight_matrix(&weight)?;
-                let delta = stats.mean_contribution(&w, &entry.removed)?;
-                let zeroed = group.weight_units.zeroed(&weight, &entry.removed)?;
-                (zeroed, Some(delta), None)
-            }
-            _ => (
-                group.weight_units.zeroed(&weight, &entry.removed)?,
-                None,
-                None,
-            ),
-        };
-        if let Some(delta) = &delta {
+        if let Some(delta) = &repaired.bias_delta {
             add_to_bias(&mut pruned.model, group, delta.clone())?;
         }
-        replace_const(&mut pruned.model, group.consumer, slot, new_weight)?;
-        pruned.compensations.push(delta);
-        pruned.ridges.push(ridge);
+        replace_const(&mut pruned.model, group.consumer, slot, repaired.weight)?;
+        pruned.compensations.push(repaired.bias_delta);
+        pruned.ridges.push(repaired.ridge);
     }
     Ok(pruned)
 }

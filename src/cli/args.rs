@@ -222,6 +222,11 @@ pub struct PruneArgs {
     /// Inputs (.npz) to measure fidelity on, not used for calibration.
     #[arg(long)]
     pub heldout: Option<PathBuf>,
+    /// Memory calibration statistics may take at once, in GB (default: the model's weight
+    /// bytes, at least 4 GiB). Each layer's statistics hold Gram matrices of its width
+    /// squared; when all of them do not fit, layers are calibrated in several passes.
+    #[arg(long, value_name = "GB")]
+    pub statistics_memory: Option<f64>,
     /// How calibrated data chooses units (default: removal-cost): greedy least-squares removal (each unit removed is the
     /// one whose loss, with the consumer refit on the rest, costs least), the variance of each
     /// unit's contribution (FLAP's fluctuation), or its mean size (|activation| × weight norm for

@@ -9,7 +9,7 @@ use model_slim::Expected;
 use model_slim::Limits;
 use model_slim::Report;
 use model_slim::Verification;
-use model_slim::{auto_slim, AutoOptions};
+use model_slim::{auto_slim, AutoOptions, AutoSlimmed};
 use model_slim::{groups, Kind};
 use model_slim::{write_atomically, write_model, ArtifactCheck, Format};
 use model_slim::{write_pruned_onnx, write_slimmed_onnx};
@@ -252,24 +252,19 @@ fn run_prune(ctx: &Context, args: &PruneArgs) -> Result<(), Failure> {
     let (original, sets) = import(ctx, &args.import, &args.model)?;
     let slimmer = Slimmer::new()?.with_symbol_values(symbol_values(&original, &sets));
     let options = auto_options(args, &original)?;
-    let mut result = ctx.progress.during("pruning and slimming", |bar| {
+    let result = ctx.progress.during("pruning and slimming", |bar| {
         let options = AutoOptions {
             observer: Some(Progress::auto_stages(bar)),
             ..options
         };
         auto_slim(&original, &slimmer, &options)
     })?;
+    // What is written is checked against the pruned model's outputs computed in auto-slim;
+    // models not written are dropped before the file is loaded back (GBs each for an LLM).
+    drop(original);
     for warning in &result.report.warnings {
         tracing::warn!("{warning}");
     }
-    let values = slimmer.nominal().values.clone();
-    // Slimming must not change the pruned model: the written file is compared with it.
-    let expected = Expected::of(&result.pruned, args.seed, &values)
-        .map_err(|e| SlimError::stage("verify", e))?;
-    let check = ArtifactCheck {
-        expected: &expected,
-        values: &values,
-    };
     let writes_onnx = Format::of(&args.output) == Some(Format::Onnx) || args.emit_pruned.is_some();
     let edits = if writes_onnx {
         result
@@ -278,7 +273,28 @@ fn run_prune(ctx: &Context, args: &PruneArgs) -> Result<(), Failure> {
     } else {
         vec![]
     };
+    let AutoSlimmed {
+        pruned,
+        slimmed,
+        plan,
+        mut report,
+        expected,
+        ..
+    } = result;
+    let values = slimmer.nominal().values.clone();
+    // Slimming must not change the pruned model: the written file is compared with it.
+    let check = ArtifactCheck {
+        expected: &expected,
+        values: &values,
+    };
     let import_options = args.import.options()?;
+    // Only the ONNX writers read the pruned model.
+    let pruned = if writes_onnx {
+        pruned
+    } else {
+        drop(pruned);
+        TypedModel::default()
+    };
     let written = if Format::of(&args.output) == Some(Format::Onnx) {
         let v = ctx
             .progress
@@ -288,28 +304,28 @@ fn run_prune(ctx: &Context, args: &PruneArgs) -> Result<(), Failure> {
                     &args.output,
                     &import_options,
                     &edits,
-                    &result.pruned,
-                    Some(&result.slimmed),
+                    &pruned,
+                    Some(&slimmed),
                     check,
                 )
             })?;
         Some(v)
     } else {
-        write_nnef(ctx, result.slimmed.clone(), &args.output, Some(check))?
+        write_nnef(ctx, slimmed, &args.output, Some(check))?
     };
     if written.is_some() {
-        result.report.slim.verification = written;
+        report.slim.verification = written;
     }
-    ctx.say(&result.report.table());
+    ctx.say(&report.table());
     if let Some(path) = &args.report {
-        write_json(&result.report, path)?;
+        write_json(&report, path)?;
     }
-    if let Some(error) = result.report.slim.verification_error() {
+    if let Some(error) = report.slim.verification_error() {
         return Err(Failure::VerifyFailed(error));
     }
     ctx.say(&format!("wrote {}\n", args.output.display()));
     if let Some(path) = &args.plan_out {
-        write_json(&result.plan, path)?;
+        write_json(&plan, path)?;
         ctx.say(&format!("wrote {}\n", path.display()));
     }
     if let Some(path) = &args.emit_pruned {
@@ -318,7 +334,7 @@ fn run_prune(ctx: &Context, args: &PruneArgs) -> Result<(), Failure> {
             path,
             &import_options,
             &edits,
-            &result.pruned,
+            &pruned,
             None,
             check,
         )?;
@@ -330,7 +346,6 @@ fn run_prune(ctx: &Context, args: &PruneArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Auto-slim's options from the command line: targets, a saved plan, calibration samples.
 /// The flags given that choose units (sparsities, scores, allocation, rounding, layout).
 fn choice_flags(args: &PruneArgs) -> Vec<&'static str> {
     [
@@ -372,9 +387,22 @@ fn check_prune_flags(args: &PruneArgs) -> Result<(), SlimError> {
         )
         );
     }
+    if let Some(gb) = args.statistics_memory {
+        if args.calibration.is_none() {
+            return Err(SlimError::Usage(
+                "--statistics-memory needs --calibration FILE.npz (there are no statistics without it)".into(),
+            ));
+        }
+        if !(gb > 0.0 && gb.is_finite()) {
+            return Err(SlimError::Usage(format!(
+                "--statistics-memory must be a positive number of GB, not {gb}"
+            )));
+        }
+    }
     Ok(())
 }
 
+/// Auto-slim's options from the command line: targets, a saved plan, calibration samples.
 fn auto_options(args: &PruneArgs, original: &TypedModel) -> Result<AutoOptions, Failure> {
     let calibration = args
         .calibration
@@ -415,6 +443,7 @@ fn auto_options(args: &PruneArgs, original: &TypedModel) -> Result<AutoOptions, 
         },
         repair: repair_of(args),
         seed: args.seed,
+        statistics_memory: args.statistics_memory.map(|gb| (gb * 1e9) as usize),
         ..AutoOptions::new(targets)
     })
 }
