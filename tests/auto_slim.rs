@@ -197,15 +197,7 @@ fn a_saved_plan_applies_again_identically() {
         graph_summary(&first.slimmed),
         graph_summary(&second.slimmed)
     );
-    for sample in calibration.samples.iter().take(4) {
-        let (a, b) = (
-            run(&first.slimmed, sample.clone()).unwrap(),
-            run(&second.slimmed, sample.clone()).unwrap(),
-        );
-        for (x, y) in a.iter().zip(b.iter()) {
-            assert_eq!(max_abs_diff(x, y).unwrap(), 0.0);
-        }
-    }
+    assert_same_outputs(&first.slimmed, &second.slimmed, &calibration.samples[..4]);
 }
 
 /// The outputs of two models on some samples are identical.
