@@ -372,6 +372,60 @@ fn plan_lists_query_and_kv_heads_of_grouped_attention() {
     }
 }
 
+/// `prune` of the GQA default export with calibration, the statistics memory given (in GB) or
+/// not; the report's fidelity line and whether the written file checked out.
+fn prune_qwen2(dir: &std::path::Path, memory: Option<&str>) -> (String, String) {
+    let output = dir.join(format!("slim{}.nnef.tar", memory.is_some()));
+    let out_arg = output.display().to_string();
+    let mut args = vec![
+        "prune",
+        "qwen2_dense_torchscript.onnx",
+        "--ffn-sparsity",
+        "0.5",
+        "--mha-sparsity",
+        "0.34",
+        "--calibration",
+        "qwen2_calibration.npz",
+        "-i",
+        "input_ids:1,16,i64",
+        "-i",
+        "attention_mask:1,16,i64",
+        "-o",
+        &out_arg,
+    ];
+    let (model, calibration) = (fixture(args[1]), fixture(args[7]));
+    args[1] = &model;
+    args[7] = &calibration;
+    if let Some(gb) = memory {
+        args.extend(["--statistics-memory", gb]);
+    }
+    let stdout = assert_success(&model_slim(&args));
+    assert!(output.exists());
+    let line = |start: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(start))
+            .unwrap_or_else(|| panic!("no `{start}` line: {stdout}"))
+            .to_string()
+    };
+    let scores = line("scores:");
+    assert!(line("verify ").ends_with("ok"), "{stdout}");
+    (scores, line("fidelity "))
+}
+
+#[test]
+fn statistics_in_passes_write_the_same_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let (at_once, fidelity) = prune_qwen2(dir.path(), None);
+    assert!(!at_once.contains("passes"), "{at_once}");
+    // One byte's worth: every layer's statistics in a pass of its own.
+    let (streamed, streamed_fidelity) = prune_qwen2(dir.path(), Some("1e-9"));
+    assert!(streamed.contains("in 4 passes"), "{streamed}");
+    assert_eq!(fidelity, streamed_fidelity);
+    let written = |name: &str| std::fs::read(dir.path().join(name)).unwrap();
+    assert_eq!(written("slimfalse.nnef.tar"), written("slimtrue.nnef.tar"));
+}
+
 #[test]
 fn prune_writes_slimmed_model_plan_report_and_pruned_onnx() {
     let dir = tempfile::tempdir().unwrap();

@@ -10,9 +10,10 @@
 use crate::autoslim::calibrated::{Calibrated, Criterion};
 use crate::autoslim::calibration::Calibration;
 use crate::autoslim::choice::{choose, KvLayout};
-use crate::autoslim::passes::{calibrated_plan, CalibratedPlan};
+use crate::autoslim::passes::{calibrated_plan, Chosen};
 use crate::autoslim::prune::{
-    apply, group_for, magnitude_scores, write_repairs, Plan, PlanGroup, Pruned, Repair, Targets,
+    group_for, magnitude_scores, write_repairs, zeroed_consumers, Plan, PlanGroup, Pruned, Repair,
+    Targets,
 };
 use crate::error::{Result, SlimError};
 use crate::io::onnx::writeback::Cut;
@@ -487,39 +488,40 @@ pub fn auto_slim(
     }
     let mut warnings = vec![];
     let mut stages = Stages::new(options.observer.as_ref());
-    let (plan, scoring, repair, pruned, dense_outputs, calibration_tokens, calibration_passes) =
-        match &options.calibration {
-            Some(c) => {
-                let calibrated =
-                    calibrated_plan(model, &groups, c, options, &mut stages, &mut warnings)?;
-                stages.start(AutoStage::Repair);
-                let pruned = write_repairs(model, &groups, &calibrated.plan, calibrated.repaired)
-                    .map_err(stage("prune"))?;
-                let CalibratedPlan {
-                    plan,
-                    scoring,
-                    dense_outputs,
-                    tokens,
-                    passes,
-                    ..
-                } = calibrated;
-                let repair = options.repair;
-                (plan, scoring, repair, pruned, dense_outputs, tokens, passes)
+    let chosen = match &options.calibration {
+        Some(c) => calibrated_plan(model, &groups, c, options, &mut stages, &mut warnings)?,
+        None => {
+            stages.start(AutoStage::Choose);
+            let (plan, scoring) = uncalibrated_plan(model, &groups, options, &mut warnings)?;
+            let repaired = zeroed_consumers(model, &groups, &plan).map_err(stage("prune"))?;
+            Chosen {
+                plan,
+                scoring,
+                repaired,
+                dense_outputs: vec![],
+                tokens: None,
+                passes: 0,
             }
-            None => {
-                stages.start(AutoStage::Choose);
-                let (plan, scoring) = uncalibrated_plan(model, &groups, options, &mut warnings)?;
-                stages.start(AutoStage::Repair);
-                let pruned = apply(model, &groups, &plan, None, Repair::None, &stages.counter())
-                    .map_err(stage("prune"))?;
-                (plan, scoring, Repair::None, pruned, vec![], None, 0)
-            }
-        };
+        }
+    };
+    let repair = match options.calibration {
+        Some(_) => options.repair,
+        None => Repair::None,
+    };
+    stages.start(AutoStage::Repair);
+    let Chosen {
+        plan,
+        scoring,
+        repaired,
+        dense_outputs,
+        tokens: calibration_tokens,
+        passes: calibration_passes,
+    } = chosen;
     let Pruned {
         model: pruned,
         compensations,
         ridges,
-    } = pruned;
+    } = write_repairs(model, &groups, &plan, repaired).map_err(stage("prune"))?;
     stages.start(AutoStage::Slim);
     let Slimmed {
         model: slimmed,

@@ -30,8 +30,9 @@ use tract_core::ops::konst::Const;
 /// would be calibrated in several passes for no need.
 pub const MIN_STATISTICS_MEMORY: usize = 4 << 30;
 
-/// What the calibrated stages produced.
-pub struct CalibratedPlan {
+/// What the stages before writing produced: the plan and every repaired consumer (by the
+/// calibrated stages here, or with zeros only without calibration data).
+pub struct Chosen {
     /// The units to remove.
     pub plan: Plan,
     /// How they were chosen.
@@ -130,7 +131,7 @@ pub fn calibrated_plan(
     options: &AutoOptions,
     stages: &mut Stages,
     warnings: &mut Vec<String>,
-) -> Result<CalibratedPlan> {
+) -> Result<Chosen> {
     let budget = options
         .statistics_memory
         .unwrap_or_else(|| weight_bytes(model).max(MIN_STATISTICS_MEMORY));
@@ -212,7 +213,7 @@ pub fn calibrated_plan(
             round.repair(batch, &stats, &entries, stages)?;
         }
     }
-    Ok(CalibratedPlan {
+    Ok(Chosen {
         plan,
         scoring: scoring_of(options),
         repaired: round.repaired,

@@ -343,27 +343,25 @@ pub fn group_index(groups: &[Group], entry: &PlanGroup) -> TractResult<usize> {
         .context("plan entry without a group")
 }
 
-/// Writes a plan into a copy of `model`: zeros in the consumers' weights for the removed units,
-/// and with `stats` (one per group) the consumers repaired as `repair` says.
-pub fn apply(
+/// Every group's consumer for `plan` with zeros on the removed units and no repair (no
+/// calibration data).
+pub fn zeroed_consumers(
     model: &TypedModel,
     groups: &[Group],
     plan: &Plan,
-    stats: Option<&[Calibrated]>,
-    repair: Repair,
-    progress: &(dyn Fn(usize, usize) + Sync),
-) -> TractResult<Pruned> {
+) -> TractResult<Vec<Option<Repaired>>> {
     let mut repaired: Vec<Option<Repaired>> = (0..groups.len()).map(|_| None).collect();
-    for (done, entry) in plan.groups.iter().enumerate() {
-        progress(done, plan.groups.len());
-        if entry.removed.is_empty() {
-            continue;
-        }
+    for entry in plan.groups.iter().filter(|e| !e.removed.is_empty()) {
         let index = group_index(groups, entry)?;
-        let stats = stats.map(|s| &s[index]);
-        repaired[index] = Some(repair_group(model, &groups[index], entry, stats, repair)?);
+        repaired[index] = Some(repair_group(
+            model,
+            &groups[index],
+            entry,
+            None,
+            Repair::None,
+        )?);
     }
-    write_repairs(model, groups, plan, repaired)
+    Ok(repaired)
 }
 
 /// Writes repaired consumers (one per group, for the plan's entries that remove units) into a

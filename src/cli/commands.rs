@@ -289,13 +289,8 @@ fn run_prune(ctx: &Context, args: &PruneArgs) -> Result<(), Failure> {
     };
     let import_options = args.import.options()?;
     // Only the ONNX writers read the pruned model.
-    let pruned = if writes_onnx {
-        pruned
-    } else {
-        drop(pruned);
-        TypedModel::default()
-    };
-    let written = if Format::of(&args.output) == Some(Format::Onnx) {
+    let pruned = writes_onnx.then_some(pruned);
+    let written = if let (Some(Format::Onnx), Some(pruned)) = (Format::of(&args.output), &pruned) {
         let v = ctx
             .progress
             .during("writing the ONNX file and checking it", |_| {
@@ -304,7 +299,7 @@ fn run_prune(ctx: &Context, args: &PruneArgs) -> Result<(), Failure> {
                     &args.output,
                     &import_options,
                     &edits,
-                    &pruned,
+                    pruned,
                     Some(&slimmed),
                     check,
                 )
@@ -328,13 +323,13 @@ fn run_prune(ctx: &Context, args: &PruneArgs) -> Result<(), Failure> {
         write_json(&plan, path)?;
         ctx.say(&format!("wrote {}\n", path.display()));
     }
-    if let Some(path) = &args.emit_pruned {
+    if let (Some(path), Some(pruned)) = (&args.emit_pruned, &pruned) {
         let v = write_pruned_onnx(
             &args.model,
             path,
             &import_options,
             &edits,
-            &pruned,
+            pruned,
             None,
             check,
         )?;
