@@ -8,7 +8,8 @@
 //! the mean cosine between the mean-pooled real-token embeddings of the pruned and the dense
 //! model on the held-out sentences, and the time `auto_slim` took.
 
-use model_slim::{auto_slim, load_npz, AutoOptions, Criterion, Repair, Slimmer, Targets};
+use model_slim::Targets;
+use model_slim::{auto_slim, load_npz, AutoOptions, Criterion, GlobalCost, Repair, Slimmer};
 use model_slim::{import_onnx, ImportOptions};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -16,39 +17,51 @@ use std::time::Instant;
 const TARGETS: &[(f64, f64)] = &[(0.1, 0.0), (0.3, 0.0), (0.5, 0.0), (0.3, 0.25), (0.5, 0.5)];
 
 /// A method: its name, how units are scored, how consumers are repaired, and whether the
-/// sparsity is one budget across layers.
-struct Method(&'static str, Criterion, Repair, bool);
+/// sparsity is one budget across layers (weighed by what).
+struct Method(&'static str, Criterion, Repair, Option<GlobalCost>);
 
 const METHODS: &[Method] = &[
     Method(
         "activation + compensation",
         Criterion::Activation,
         Repair::Compensation,
-        false,
+        None,
     ),
     Method(
         "fluctuation + compensation",
         Criterion::Fluctuation,
         Repair::Compensation,
-        false,
+        None,
     ),
     Method(
         "fluctuation + least squares",
         Criterion::Fluctuation,
         Repair::LeastSquares,
-        false,
+        None,
     ),
     Method(
         "greedy removal + least squares (default)",
         Criterion::RemovalCost,
         Repair::LeastSquares,
-        false,
+        None,
     ),
     Method(
-        "greedy removal + least squares, global budget (`--global`)",
+        "greedy removal + least squares, `--global`",
         Criterion::RemovalCost,
         Repair::LeastSquares,
-        true,
+        Some(GlobalCost::Reconstruction),
+    ),
+    Method(
+        "… `--global --global-cost outputs`",
+        Criterion::RemovalCost,
+        Repair::LeastSquares,
+        Some(GlobalCost::Outputs),
+    ),
+    Method(
+        "… `--global --global-cost embeddings`",
+        Criterion::RemovalCost,
+        Repair::LeastSquares,
+        Some(GlobalCost::Embeddings),
     ),
 ];
 
@@ -67,7 +80,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         print!("| {:.0}% | {:.0}% |", ffn * 100.0, heads * 100.0);
         for Method(_, criterion, repair, global) in METHODS {
             let targets = Targets {
-                global: *global,
+                global: global.is_some(),
+                global_cost: global.unwrap_or_default(),
                 ..Targets::per_layer(*ffn, *heads)
             };
             let options = AutoOptions {

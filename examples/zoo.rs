@@ -66,7 +66,7 @@ fn row(fixture: &Fixture, dir: &Path) -> TractResult<String> {
     let slimmed = Slimmer::new()?.slim(&original)?;
     let pass_ms = clock.elapsed().as_secs_f64() * 1000.0;
     let values = SymbolValues::default();
-    let expected = Expected::of(&original, 1, &values)?;
+    let expected = Expected::of(original.clone(), 1, &values)?;
     let check = ArtifactCheck {
         expected: &expected,
         values: &values,

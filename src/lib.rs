@@ -88,6 +88,7 @@ pub use autoslim::calibrated::Criterion;
 pub use autoslim::calibration::{load_npz, Calibration};
 pub use autoslim::choice::{choose, KvLayout};
 pub use autoslim::prune::{magnitude_scores, Plan, PlanGroup, Repair, Targets};
+pub use autoslim::sensitivity::{GlobalCost, PROBE_SAMPLES};
 pub use model::stats::zero_units;
 
 // Rules, for rule authors.

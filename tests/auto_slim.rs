@@ -5,7 +5,7 @@
 mod common;
 
 use common::{graph_summary, manifest, Fixture};
-use model_slim::{auto_slim, AutoOptions, AutoSlimmed, Repair, Scoring};
+use model_slim::{auto_slim, AutoOptions, AutoSlimmed, AutoStage, GlobalCost, Repair, Scoring};
 use model_slim::{choose, magnitude_scores, KvLayout, Plan, Targets};
 use model_slim::{groups, Kind};
 use model_slim::{load_npz, Calibration};
@@ -211,6 +211,82 @@ fn assert_same_outputs(a: &TypedModel, b: &TypedModel, samples: &[TVec<TValue>])
             assert_eq!(max_abs_diff(x, y).unwrap(), 0.0);
         }
     }
+}
+
+/// Units removed per kind by a plan.
+fn removed_per_kind(plan: &Plan) -> [usize; 2] {
+    let count = |kind| {
+        plan.groups
+            .iter()
+            .filter(|g| g.kind == kind)
+            .map(|g| g.removed.len())
+            .sum()
+    };
+    [count(Kind::Ffn), count(Kind::Heads)]
+}
+
+#[test]
+fn a_global_budget_weighed_by_the_outputs_measures_each_group_and_spends_the_budget() {
+    let fixture = dense_fixture("bert_dense_torchscript");
+    let model = fixture.load();
+    let calibration = calibration_for(&fixture, &model);
+    let global = |global_cost| Targets {
+        global: true,
+        global_cost,
+        ..targets(0.5, 0.5)
+    };
+    let by_reconstruction = slim(
+        &model,
+        &options(
+            global(GlobalCost::Reconstruction),
+            Some(calibration.clone()),
+        ),
+    );
+    let measured = |cost, statistics_memory| AutoOptions {
+        statistics_memory,
+        ..options(global(cost), Some(calibration.clone()))
+    };
+    for cost in [GlobalCost::Outputs, GlobalCost::Embeddings] {
+        let by_outputs = slim(&model, &measured(cost, None));
+        let stages: Vec<AutoStage> = by_outputs
+            .report
+            .stage_times
+            .iter()
+            .map(|t| t.stage)
+            .collect();
+        assert!(stages.contains(&AutoStage::Measure), "{stages:?}");
+        assert!(!by_reconstruction
+            .report
+            .stage_times
+            .iter()
+            .any(|t| t.stage == AutoStage::Measure));
+        // The same budget, spent elsewhere or not.
+        assert_eq!(
+            removed_per_kind(&by_outputs.plan),
+            removed_per_kind(&by_reconstruction.plan)
+        );
+        // Measured group by group, in passes as at once.
+        let streamed = slim(&model, &measured(cost, Some(1)));
+        assert_eq!(by_outputs.plan, streamed.plan);
+    }
+    // Embeddings need a mask to pool with: the MLP fixture has none.
+    let mlp = dense_fixture("llama_mlp_dense_torchscript");
+    let mlp_model = mlp.load();
+    let no_mask = AutoOptions {
+        targets: Targets {
+            global: true,
+            global_cost: GlobalCost::Embeddings,
+            ..targets(0.5, 0.0)
+        },
+        ..options(targets(0.5, 0.0), Some(calibration_for(&mlp, &mlp_model)))
+    };
+    let error = auto_slim(&mlp_model, &Slimmer::new().unwrap(), &no_mask)
+        .err()
+        .expect("no output pools without a mask");
+    assert!(
+        format!("{error:#}").contains("attention-mask input"),
+        "{error:#}"
+    );
 }
 
 #[test]

@@ -215,6 +215,57 @@ fn bad_inputs_fail_cleanly() {
         &output,
     );
 
+    let floor = model_slim(&[
+        "prune",
+        &fixture("llama_mlp_dense_torchscript.onnx"),
+        "--ffn-sparsity",
+        "0.5",
+        "--floor",
+        "0.3",
+        "-o",
+        out_arg,
+    ]);
+    assert_clean_failure(
+        &floor,
+        1,
+        "--floor bounds what --global takes from a layer",
+        &output,
+    );
+
+    let cost = model_slim(&[
+        "prune",
+        &fixture("llama_mlp_dense_torchscript.onnx"),
+        "--ffn-sparsity",
+        "0.5",
+        "--global-cost",
+        "outputs",
+        "-o",
+        out_arg,
+    ]);
+    assert_clean_failure(
+        &cost,
+        1,
+        "--global-cost weighs what --global takes from each layer",
+        &output,
+    );
+    let uncalibrated = model_slim(&[
+        "prune",
+        &fixture("llama_mlp_dense_torchscript.onnx"),
+        "--ffn-sparsity",
+        "0.5",
+        "--global",
+        "--global-cost",
+        "embeddings",
+        "-o",
+        out_arg,
+    ]);
+    assert_clean_failure(
+        &uncalibrated,
+        1,
+        "--global-cost outputs and embeddings measure the model on --calibration FILE.npz",
+        &output,
+    );
+
     let unknown = model_slim(&[
         "slim",
         &fixture("llama_mlp_ffn_torchscript.onnx"),

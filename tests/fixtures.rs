@@ -107,7 +107,7 @@ fn check_fixture(fixture: &Fixture) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(format!("{name}.nnef.tgz"));
     let values = SymbolValues::default();
-    let expected = Expected::of(&original, 2, &values).unwrap();
+    let expected = Expected::of(original.clone(), 2, &values).unwrap();
     let check = ArtifactCheck {
         expected: &expected,
         values: &values,

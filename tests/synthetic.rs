@@ -84,9 +84,17 @@ fn the_builder_announces_stages_and_slims_onnx_files() {
     let slimmer = Slimmer::new()
         .unwrap()
         .with_verification(Some(1))
-        .with_observer(Arc::new(move |stage| log.lock().unwrap().push(stage)));
+        .with_observer(Arc::new(move |stage, done, total| {
+            log.lock().unwrap().push((stage, done, total))
+        }));
     let model = spec().build().unwrap();
     slimmer.slim(&model).unwrap();
+    let seen = seen.lock().unwrap();
+    let starts: Vec<Stage> = seen
+        .iter()
+        .filter(|(_, _, total)| *total == 0)
+        .map(|(stage, _, _)| *stage)
+        .collect();
     let order = [
         Stage::Lower,
         Stage::Saturate,
@@ -94,7 +102,24 @@ fn the_builder_announces_stages_and_slims_onnx_files() {
         Stage::Raise,
         Stage::Verify,
     ];
-    assert_eq!(*seen.lock().unwrap(), order);
+    assert_eq!(starts, order);
+    // Lowering counts every source node, raising every chosen node, each up to its total.
+    for (stage, nodes) in [(Stage::Lower, model.nodes().len()), (Stage::Raise, 0)] {
+        let counts: Vec<(usize, usize)> = seen
+            .iter()
+            .filter(|(s, _, total)| *s == stage && *total > 0)
+            .map(|(_, done, total)| (*done, *total))
+            .collect();
+        let &(last, total) = counts.last().expect("the stage counts its work");
+        assert_eq!(last, total, "{stage:?} ends at its total");
+        assert!(
+            counts.windows(2).all(|w| w[0].0 < w[1].0),
+            "{stage:?} counts up"
+        );
+        if nodes > 0 {
+            assert_eq!(total, nodes);
+        }
+    }
 
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/gpt2_mixed_dynamo.onnx");

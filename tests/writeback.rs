@@ -78,7 +78,7 @@ fn slim_to_onnx(
 ) {
     let slimmed = Slimmer::new().unwrap().slim(original).unwrap();
     let values = SymbolValues::default();
-    let expected = Expected::of(original, 0, &values).unwrap();
+    let expected = Expected::of(original.clone(), 0, &values).unwrap();
     let check = ArtifactCheck {
         expected: &expected,
         values: &values,

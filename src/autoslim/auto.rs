@@ -64,6 +64,8 @@ pub enum AutoStage {
     Calibrate,
     /// Scoring units and choosing which go (greedy removal per group).
     Choose,
+    /// With a global budget weighed by the outputs: the model run with each group cut alone.
+    Measure,
     /// Writing zeros and repairing the consumers (a refit per group).
     Repair,
     /// The slimming pass and its check on the pruned model.
@@ -77,6 +79,7 @@ impl fmt::Display for AutoStage {
         f.write_str(match self {
             AutoStage::Calibrate => "calibration",
             AutoStage::Choose => "choice",
+            AutoStage::Measure => "measurement",
             AutoStage::Repair => "repair",
             AutoStage::Slim => "slimming",
             AutoStage::Fidelity => "fidelity",
@@ -529,8 +532,8 @@ pub fn auto_slim(
     } = slimmer.slim(&pruned)?;
     let values = &slimmer.nominal().values;
     // Slimming must not change the pruned model's outputs.
-    let expected = Expected::of(&pruned, options.seed, values).map_err(stage("verify"))?;
-    slim.verification = Some(expected.compare(&slimmed).map_err(stage("verify"))?);
+    let expected = Expected::of(pruned.clone(), options.seed, values).map_err(stage("verify"))?;
+    slim.verification = Some(expected.compare(slimmed.clone()).map_err(stage("verify"))?);
     stages.start(AutoStage::Fidelity);
     let (samples, fidelity_inputs) = fidelity_samples(model, options, values)?;
     let mask = options

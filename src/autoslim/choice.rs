@@ -83,7 +83,7 @@ impl Candidates {
     }
 
     /// Units per candidate (all candidates are the same size).
-    fn size(&self) -> usize {
+    pub fn size(&self) -> usize {
         self.units.first().map_or(1, Vec::len)
     }
 

@@ -8,3 +8,4 @@ pub(crate) mod choice;
 pub(crate) mod passes;
 pub(crate) mod prune;
 pub(crate) mod refit;
+pub(crate) mod sensitivity;

@@ -18,6 +18,7 @@ use crate::autoslim::calibration::Calibration;
 use crate::autoslim::choice::{order_by_scores, plan_of, uniform_level, units_of, Choice};
 use crate::autoslim::prune::{group_index, repair_group, Plan, PlanGroup, Repaired, Targets};
 use crate::autoslim::refit::{cross_validated_ridge, greedy_removal};
+use crate::autoslim::sensitivity::{GlobalCost, Probe};
 use crate::error::Result;
 use crate::model::discover::Group;
 use crate::model::stats::weight_of;
@@ -152,6 +153,7 @@ pub fn calibrated_plan(
     // Choices and repairs in one round, unless a global budget needs every order first.
     let one_round = options.plan.is_some() || !options.targets.global;
     let mut round = Round::new(model, groups, calibration, options, batches.len());
+    let probe = output_probe(model, calibration, options)?;
     let mut choices: Vec<Option<Choice>> = (0..groups.len()).map(|_| None).collect();
     let mut kept = None;
     for batch in &batches {
@@ -173,8 +175,16 @@ pub fn calibrated_plan(
                 &stages.counter(),
             )
             .map_err(stage("scoring"))?;
-            for (k, choice) in chosen.into_iter().enumerate() {
-                choices[batch.start + k] = Some(choice);
+            for (k, mut choice) in chosen.into_iter().enumerate() {
+                let i = batch.start + k;
+                if let Some(probe) = &probe {
+                    stages.start(AutoStage::Measure);
+                    stages.counter()(i, groups.len());
+                    probe
+                        .measure(&groups[i], &mut choice, &stats[k], &options.targets)
+                        .map_err(stage("measuring"))?;
+                }
+                choices[i] = Some(choice);
             }
         }
         if one_round {
@@ -221,6 +231,25 @@ pub fn calibrated_plan(
         tokens: round.tokens,
         passes: round.passes,
     })
+}
+
+/// The samples a global budget weighed by the outputs measures on, when it is asked for and
+/// units are chosen here.
+fn output_probe<'a>(
+    model: &'a TypedModel,
+    calibration: &'a Calibration,
+    options: &AutoOptions,
+) -> Result<Option<Probe<'a>>> {
+    let targets = &options.targets;
+    if options.plan.is_some()
+        || !targets.global
+        || targets.global_cost == GlobalCost::Reconstruction
+    {
+        return Ok(None);
+    }
+    let probe = Probe::new(model, calibration, options.repair, targets.global_cost)
+        .map_err(stage("measuring"))?;
+    Ok(Some(probe))
 }
 
 /// The entry of a plan for group `i`, if it has one.

@@ -13,6 +13,7 @@
 use crate::autoslim::calibrated::Calibrated;
 use crate::autoslim::choice::KvLayout;
 use crate::autoslim::refit::refit;
+use crate::autoslim::sensitivity::GlobalCost;
 use crate::model::discover::{Group, Kind};
 use crate::model::stats::{unit_norms, weight_of};
 use serde::{Deserialize, Serialize};
@@ -59,6 +60,8 @@ pub struct Targets {
     pub global: bool,
     /// With `global`: the fraction of each layer's units that stays at least.
     pub floor: f64,
+    /// With `global`: what each removal is weighed by.
+    pub global_cost: GlobalCost,
     /// Round kept FFN widths to a multiple of this.
     pub multiple_of: usize,
     /// Round kept query heads (per KV group with grouped-query attention) to a multiple of this.
@@ -68,6 +71,9 @@ pub struct Targets {
 }
 
 impl Targets {
+    /// The fraction of each layer's units a global budget keeps unless told otherwise.
+    pub const DEFAULT_FLOOR: f64 = 0.1;
+
     /// The same fraction removed in every layer, kept widths not rounded, as many query heads
     /// from every KV group.
     pub fn per_layer(ffn: f64, heads: f64) -> Targets {
@@ -75,7 +81,8 @@ impl Targets {
             ffn,
             heads,
             global: false,
-            floor: 0.1,
+            floor: Targets::DEFAULT_FLOOR,
+            global_cost: GlobalCost::Reconstruction,
             multiple_of: 1,
             heads_multiple_of: 1,
             kv_layout: KvLayout::Equal,

@@ -201,9 +201,16 @@ pub struct PruneArgs {
     /// instead of the same fraction in every layer. A layer loses at most twice the fraction.
     #[arg(long)]
     pub global: bool,
+    /// With --global: what a removal costs — the layer's own reconstruction error, or the
+    /// measured change of the model's outputs (token by token, or as mean-pooled sentence
+    /// embeddings) with the layer alone cut (needs --calibration; three runs of the model on
+    /// 16 calibration samples per layer). (default: reconstruction)
+    #[arg(long, value_enum, value_name = "COST")]
+    pub global_cost: Option<GlobalCostArg>,
     /// With --global: the fraction of each layer's channels and heads kept at least.
-    #[arg(long, default_value_t = 0.1)]
-    pub floor: f64,
+    /// (default: 0.1)
+    #[arg(long, value_name = "FRACTION")]
+    pub floor: Option<f64>,
     /// Round each kept FFN width to a multiple of N.
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub multiple_of: usize,
@@ -280,6 +287,17 @@ pub enum KvLayoutArg {
     Whole,
     /// Any query heads.
     Any,
+}
+
+/// `--global-cost`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum GlobalCostArg {
+    /// The layer's own error after its consumer is refit.
+    Reconstruction,
+    /// The model's outputs (squared relative error), measured with the layer alone cut.
+    Outputs,
+    /// Mean-pooled sentence embeddings (1 − cosine), measured with the layer alone cut.
+    Embeddings,
 }
 
 /// `--repair`.

@@ -1,6 +1,8 @@
 //! What each subcommand does.
 
-use super::args::{Command, ImportArgs, KvLayoutArg, PassOptions, PruneArgs, RepairArg, ScoreArg};
+use super::args::{
+    Command, GlobalCostArg, ImportArgs, KvLayoutArg, PassOptions, PruneArgs, RepairArg, ScoreArg,
+};
 use super::progress::Progress;
 use model_slim::compare_latency;
 use model_slim::symbol_values;
@@ -13,7 +15,7 @@ use model_slim::{auto_slim, AutoOptions, AutoSlimmed};
 use model_slim::{groups, Kind};
 use model_slim::{write_atomically, write_model, ArtifactCheck, Format};
 use model_slim::{write_pruned_onnx, write_slimmed_onnx};
-use model_slim::{zero_units, Criterion, KvLayout, Plan, Repair, Targets};
+use model_slim::{zero_units, Criterion, GlobalCost, KvLayout, Plan, Repair, Targets};
 use model_slim::{IoError, Mismatch, SlimError, Slimmed, Slimmer};
 use serde::Serialize;
 use std::path::Path;
@@ -176,18 +178,21 @@ fn run_slim(
     if let Some(dir) = &options.rules {
         slimmer = slimmer.with_rules_dir(dir)?;
     }
-    let (original, sets) = import(ctx, &options.import, model)?;
-    let values = symbol_values(&original, &sets);
-    let slimmer = slimmer.with_symbol_values(values.clone());
-    // The written file is compared with the original's outputs, computed first: neither the
-    // original nor its optimized plan then stays in memory while the file is loaded back.
+    // The written file is compared with the original's outputs, computed first from a load of
+    // its own that the run gives up as tract packs the weights for its plan: the original is
+    // never in memory beside its plan, nor either of them while the file is loaded back.
     let expected = if format == Format::Onnx || options.verify {
-        let run = |_: &_| Expected::of(&original, options.seed, &values);
+        let (reference, sets) = import(ctx, &options.import, model)?;
+        let values = symbol_values(&reference, &sets);
+        let run = |_: &_| Expected::of(reference, options.seed, &values);
         let expected = ctx.progress.during("running the original", run);
         Some(expected.map_err(|e| SlimError::stage("verify", e))?)
     } else {
         None
     };
+    let (original, sets) = import(ctx, &options.import, model)?;
+    let values = symbol_values(&original, &sets);
+    let slimmer = slimmer.with_symbol_values(values.clone());
     let mut slimmed = slim(ctx, &slimmer, &original)?;
     let check = expected.as_ref().map(|expected| ArtifactCheck {
         expected,
@@ -246,7 +251,9 @@ fn check_fraction(flag: &str, value: f64) -> Result<(), SlimError> {
 fn run_prune(ctx: &Context, args: &PruneArgs) -> Result<(), Failure> {
     check_fraction("--ffn-sparsity", args.ffn_sparsity)?;
     check_fraction("--mha-sparsity", args.mha_sparsity)?;
-    check_fraction("--floor", args.floor)?;
+    if let Some(floor) = args.floor {
+        check_fraction("--floor", floor)?;
+    }
     check_prune_flags(args)?;
     model_slim::Format::required(&args.output)?;
     let (original, sets) = import(ctx, &args.import, &args.model)?;
@@ -348,6 +355,8 @@ fn choice_flags(args: &PruneArgs) -> Vec<&'static str> {
         (args.mha_sparsity > 0.0, "--mha-sparsity"),
         (args.score.is_some(), "--score"),
         (args.global, "--global"),
+        (args.floor.is_some(), "--floor"),
+        (args.global_cost.is_some(), "--global-cost"),
         (args.multiple_of > 1, "--multiple-of"),
         (args.heads_multiple_of > 1, "--heads-multiple-of"),
         (args.kv_layout.is_some(), "--kv-layout"),
@@ -382,6 +391,25 @@ fn check_prune_flags(args: &PruneArgs) -> Result<(), SlimError> {
         )
         );
     }
+    if args.floor.is_some() && !args.global {
+        return Err(SlimError::Usage(
+            "--floor bounds what --global takes from a layer; without --global every layer loses the same fraction".into(),
+        ));
+    }
+    if args.global_cost.is_some() && !args.global {
+        return Err(SlimError::Usage(
+            "--global-cost weighs what --global takes from each layer; without --global every layer loses the same fraction".into(),
+        ));
+    }
+    let measures = matches!(
+        args.global_cost,
+        Some(GlobalCostArg::Outputs | GlobalCostArg::Embeddings)
+    );
+    if measures && args.calibration.is_none() {
+        return Err(SlimError::Usage(
+            "--global-cost outputs and embeddings measure the model on --calibration FILE.npz, which is not given".into(),
+        ));
+    }
     if let Some(gb) = args.statistics_memory {
         if args.calibration.is_none() {
             return Err(SlimError::Usage(
@@ -412,7 +440,12 @@ fn auto_options(args: &PruneArgs, original: &TypedModel) -> Result<AutoOptions, 
     let plan = args.plan.as_deref().map(read_plan).transpose()?;
     let targets = Targets {
         global: args.global,
-        floor: args.floor,
+        floor: args.floor.unwrap_or(Targets::DEFAULT_FLOOR),
+        global_cost: match args.global_cost {
+            Some(GlobalCostArg::Outputs) => GlobalCost::Outputs,
+            Some(GlobalCostArg::Embeddings) => GlobalCost::Embeddings,
+            Some(GlobalCostArg::Reconstruction) | None => GlobalCost::Reconstruction,
+        },
         multiple_of: args.multiple_of.max(1),
         heads_multiple_of: args.heads_multiple_of.max(1),
         kv_layout: match args.kv_layout.unwrap_or(KvLayoutArg::Equal) {
@@ -612,7 +645,7 @@ fn run_demo(ctx: &Context, output: Option<&Path>, report: Option<&Path>) -> Resu
     let mut slimmed = slim(ctx, &slimmer, &original)?;
     let values = SymbolValues::default();
     let expected =
-        Expected::of(&original, 0, &values).map_err(|e| SlimError::stage("verify", e))?;
+        Expected::of(original.clone(), 0, &values).map_err(|e| SlimError::stage("verify", e))?;
     let check = ArtifactCheck {
         expected: &expected,
         values: &values,

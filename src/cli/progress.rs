@@ -84,15 +84,15 @@ impl Progress {
     /// An observer naming the pass's current stage on `bar`.
     pub fn stages(bar: &ProgressBar) -> Observer {
         let bar = bar.clone();
-        Arc::new(move |stage: Stage| {
+        Arc::new(move |stage: Stage, done: usize, total: usize| {
             let name = match stage {
-                Stage::Lower => "lowering to the e-graph",
+                Stage::Lower => "lowering to the e-graph, scanning weights for zeros",
                 Stage::Saturate => "running the rules",
                 Stage::Extract => "extracting the cheapest graph",
-                Stage::Raise => "rebuilding the tract model",
+                Stage::Raise => "rebuilding the tract model, copying kept weights",
                 Stage::Verify => "verifying outputs",
             };
-            bar.set_message(format!("slimming: {name}"));
+            bar.set_message(format!("slimming: {name}{}", count(done, total, "node")));
         })
     }
 
@@ -103,6 +103,7 @@ impl Progress {
             let name = match stage {
                 AutoStage::Calibrate => "calibrating: running the model",
                 AutoStage::Choose => "choosing units",
+                AutoStage::Measure => "measuring each group's effect on the outputs",
                 AutoStage::Repair => "repairing the consumers",
                 AutoStage::Slim => "slimming",
                 AutoStage::Fidelity => "measuring fidelity",
@@ -112,11 +113,17 @@ impl Progress {
             } else {
                 "group"
             };
-            if total > 0 {
-                bar.set_message(format!("{name} ({unit} {} of {total})", done + 1));
-            } else {
-                bar.set_message(name.to_string());
-            }
+            // Auto-slim tells the sample or group it is at, counted from 0.
+            bar.set_message(format!("{name}{}", count(done + 1, total, unit)));
         })
+    }
+}
+
+/// ` (unit n of total)`, or nothing for a stage that does not count.
+fn count(n: usize, total: usize, unit: &str) -> String {
+    if total > 0 {
+        format!(" ({unit} {} of {total})", n.min(total))
+    } else {
+        String::new()
     }
 }

@@ -28,6 +28,12 @@ pub struct Lowered {
 
 /// Lowers a typed model. The model should be decluttered first, so ops come in canonical form.
 pub fn lower(model: &TypedModel) -> TractResult<Lowered> {
+    lower_counting(model, &|_, _| {})
+}
+
+/// [`lower`], telling `progress` (nodes lowered, nodes in all) after each node: constants are
+/// scanned for zeros as they are lowered, which takes seconds on a model of a billion weights.
+pub fn lower_counting(model: &TypedModel, progress: &dyn Fn(usize, usize)) -> TractResult<Lowered> {
     // Stored facts can be stale after tract's own rewrites (an `Iff` keeping a pre-declutter
     // shape); the e-graph types nodes with `output_facts`, so lower a refreshed copy.
     let mut refreshed = model.clone();
@@ -40,7 +46,8 @@ pub fn lower(model: &TypedModel) -> TractResult<Lowered> {
     let mut egraph = SlimGraph::new(SlimAnalysis::new(tables));
     let mut outlets: HashMap<OutletId, Id> = HashMap::new();
     let mut names = HashMap::new();
-    for node_id in model.eval_order()? {
+    let order = model.eval_order()?;
+    for (done, &node_id) in order.iter().enumerate() {
         let node = &model.nodes()[node_id];
         let inputs: Vec<Id> = node.inputs.iter().map(|i| outlets[i]).collect();
         let input_ix = model
@@ -55,6 +62,7 @@ pub fn lower(model: &TypedModel) -> TractResult<Lowered> {
             names.entry(id).or_insert_with(|| node.name.clone());
             outlets.insert(OutletId::new(node_id, slot), id);
         }
+        progress(done + 1, order.len());
     }
     egraph.rebuild();
     let outputs = model

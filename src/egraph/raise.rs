@@ -34,6 +34,10 @@ struct Raiser<'a> {
     /// Multi-output opaque ops are wired once: (op, inputs) -> node.
     opaque: HashMap<(u32, Vec<OutletId>), usize>,
     used_names: HashSet<String>,
+    /// Told (classes wired, classes to wire) as nodes are added.
+    progress: &'a dyn Fn(usize, usize),
+    /// How many classes the outputs need, the inputs among them.
+    needed: usize,
 }
 
 /// Builds the tract model of a choice.
@@ -41,6 +45,17 @@ pub fn raise(
     egraph: &SlimGraph,
     choice: &Choice,
     interface: &Interface,
+) -> TractResult<TypedModel> {
+    raise_counting(egraph, choice, interface, &|_, _| {})
+}
+
+/// [`raise`], telling `progress` (classes wired, classes to wire) as nodes are added: kept
+/// weights are copied out of the originals as they are wired.
+pub fn raise_counting(
+    egraph: &SlimGraph,
+    choice: &Choice,
+    interface: &Interface,
+    progress: &dyn Fn(usize, usize),
 ) -> TractResult<TypedModel> {
     let mut model = TypedModel {
         symbols: interface.symbols.clone(),
@@ -64,8 +79,11 @@ pub fn raise(
         wired: HashMap::new(),
         opaque: HashMap::new(),
         used_names,
+        progress,
+        needed: 0,
     };
     raiser.wire_inputs(&inputs)?;
+    raiser.needed = raiser.count_needed(interface.outputs);
     let mut outputs = vec![];
     for root in interface.outputs {
         outputs.push(raiser.wire(egraph.find(*root))?);
@@ -134,6 +152,22 @@ impl Raiser<'_> {
             .unwrap_or_else(|| "slim".into())
     }
 
+    /// The classes wiring `roots` reaches, with the (already wired) inputs: the total that
+    /// progress counts towards.
+    fn count_needed(&self, roots: &[Id]) -> usize {
+        let mut seen: HashSet<Id> = self.wired.keys().copied().collect();
+        let mut stack: Vec<Id> = roots.iter().map(|r| self.egraph.find(*r)).collect();
+        while let Some(class) = stack.pop() {
+            if !seen.insert(class) {
+                continue;
+            }
+            if let Some(node) = self.choice.nodes.get(&class) {
+                stack.extend(node.operands().iter().map(|c| self.egraph.find(*c)));
+            }
+        }
+        seen.len()
+    }
+
     fn wire(&mut self, class: Id) -> TractResult<OutletId> {
         // Iterative post-order walk: models are deep enough to overflow a recursive one.
         let mut stack = vec![(class, false)];
@@ -164,6 +198,7 @@ impl Raiser<'_> {
             let inputs: Vec<OutletId> = operands.iter().map(|c| self.wired[c]).collect();
             let outlet = self.wire_node(class, node, &inputs)?;
             self.wired.insert(class, outlet);
+            (self.progress)(self.wired.len(), self.needed);
         }
         Ok(self.wired[&class])
     }

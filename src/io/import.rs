@@ -227,21 +227,25 @@ fn cumsum_over_integers(mut model: TypedModel) -> TractResult<TypedModel> {
 }
 
 /// The shapes tract infers for the tensors of an ONNX model (by tensor name), with the import
-/// options' input facts; tensors whose shape is not fully known are left out.
+/// options' input facts; tensors whose shape is not fully known are left out. External data
+/// is read from `model_dir` into a model dropped before this returns, so a caller that reads
+/// the weights into `proto` only afterwards never holds them twice.
 pub fn tensor_shapes(
     proto: &tract_onnx::pb::ModelProto,
     shown: &str,
+    model_dir: Option<&str>,
     options: &ImportOptions,
 ) -> IoResult<std::collections::HashMap<String, TVec<TDim>>> {
     let onnx = tract_onnx::onnx()
         .with_ignore_output_shapes(true)
         .with_ignore_value_info(true);
     let mut model = onnx
-        .model_for_proto_model(proto)
+        .parse(proto, model_dir)
         .map_err(|e| IoError::NotOnnx {
             path: shown.to_string(),
             message: format!("{e:#}"),
-        })?;
+        })?
+        .model;
     apply_input_specs(&mut model, shown, options)?;
     model.analyse(false).map_err(|e| IoError::Analysis {
         path: shown.to_string(),

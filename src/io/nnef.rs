@@ -128,7 +128,7 @@ pub struct ArtifactCheck<'a> {
 impl ArtifactCheck<'_> {
     /// Compares a model loaded from `file` with the expected outputs: an error when it does not
     /// run, the comparison otherwise.
-    pub fn compare(&self, loaded: &TypedModel, file: &Path) -> IoResult<Verification> {
+    pub fn compare(&self, loaded: TypedModel, file: &Path) -> IoResult<Verification> {
         let mut v = self
             .expected
             .compare(loaded)
@@ -160,7 +160,7 @@ pub fn write_model(
         .model_for_path(scratch.path())
         .and_then(|m| m.into_decluttered())
         .map_err(|e| fail(&format!("stock tract cannot load the written NNEF: {e:#}")))?;
-    let verification = check.map(|c| c.compare(&loaded, path)).transpose()?;
+    let verification = check.map(|c| c.compare(loaded, path)).transpose()?;
     if verification.as_ref().is_some_and(|v| !v.passed) {
         // The caller reports the difference; the file is not kept.
         return Ok(verification);

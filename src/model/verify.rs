@@ -178,7 +178,13 @@ pub fn random_inputs(
 
 /// Runs a model (optimized for CPU) on the given inputs.
 pub fn run(model: &TypedModel, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-    model.clone().into_optimized()?.into_runnable()?.run(inputs)
+    run_consuming(model.clone(), inputs)
+}
+
+/// Runs a model given up to its optimized plan: tract packs the weights again for the plan, so
+/// a model nothing else holds frees its own weights as they are packed.
+fn run_consuming(model: TypedModel, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+    model.into_optimized()?.into_runnable()?.run(inputs)
 }
 
 fn max_abs(t: &Tensor) -> TractResult<f32> {
@@ -257,14 +263,20 @@ fn cosine(a: &[f64], b: &[f64]) -> f64 {
     dot / (norm(a) * norm(b)).max(f64::MIN_POSITIVE)
 }
 
+/// Whether `output` is a `[1, tokens, features]` embedding with one `mask` value per token,
+/// so that its real tokens can be mean-pooled into a sentence embedding.
+pub fn pools(output: &Tensor, mask: &Tensor) -> bool {
+    let shape = output.shape();
+    shape.len() == 3 && shape[0] == 1 && mask.len() == shape[1]
+}
+
 /// The pooled-embedding cosine of one sample's output, when it is `[1, tokens, features]` and
 /// the mask has one value per token.
 fn pooled_cosine(r: &Tensor, a: &Tensor, mask: Option<&Tensor>) -> TractResult<Option<f64>> {
-    let Some(mask) = mask else { return Ok(None) };
-    let shape = r.shape();
-    if shape.len() != 3 || shape[0] != 1 || mask.len() != shape[1] {
+    let Some(mask) = mask.filter(|m| pools(r, m)) else {
         return Ok(None);
-    }
+    };
+    let shape = r.shape();
     let mask = mask.cast_to::<f32>()?;
     let mask = mask.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
     let (r, a) = (r.cast_to::<f32>()?, a.cast_to::<f32>()?);
@@ -415,13 +427,15 @@ pub struct Expected {
 }
 
 impl Expected {
-    /// Runs `model` on the inputs of `seed`.
-    pub fn of(model: &TypedModel, seed: u64, values: &SymbolValues) -> TractResult<Expected> {
-        let inputs = random_inputs(model, seed, values)?;
-        let outputs = run(model, inputs.clone()).context(
+    /// Runs `model` on the inputs of `seed`. The model is given up to its optimized plan (pass
+    /// a clone, which shares the weights, to keep it): a model only this holds is never in
+    /// memory beside its plan.
+    pub fn of(model: TypedModel, seed: u64, values: &SymbolValues) -> TractResult<Expected> {
+        let inputs = random_inputs(&model, seed, values)?;
+        let names = output_names(&model)?;
+        let outputs = run_consuming(model, inputs.clone()).context(
             "the original model does not run in tract at these shapes (give concrete ones with --input or --set)",
         )?;
-        let names = output_names(model)?;
         Ok(Expected {
             seed,
             inputs,
@@ -430,9 +444,11 @@ impl Expected {
         })
     }
 
-    /// Runs `other` on the same inputs and compares its outputs.
-    pub fn compare(&self, other: &TypedModel) -> TractResult<Verification> {
-        let got = run(other, self.inputs.clone()).context("the slimmed model does not run")?;
+    /// Runs `other` on the same inputs and compares its outputs; `other` is given up to its
+    /// optimized plan, as in [`Expected::of`].
+    pub fn compare(&self, other: TypedModel) -> TractResult<Verification> {
+        let got =
+            run_consuming(other, self.inputs.clone()).context("the slimmed model does not run")?;
         let outputs = self
             .outputs
             .iter()
@@ -458,5 +474,5 @@ pub fn verify(
     seed: u64,
     values: &SymbolValues,
 ) -> TractResult<Verification> {
-    Expected::of(original, seed, values)?.compare(slim)
+    Expected::of(original.clone(), seed, values)?.compare(slim.clone())
 }

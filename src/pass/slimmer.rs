@@ -2,8 +2,8 @@
 //! report.
 
 use crate::egraph::extract::{choice_cost, extract, Choice, GraphCost};
-use crate::egraph::lower::{lower, Lowered};
-use crate::egraph::raise::{raise, Interface};
+use crate::egraph::lower::{lower_counting, Lowered};
+use crate::egraph::raise::{raise_counting, Interface};
 use crate::error::{Result, SlimError};
 use crate::io::import::{import_onnx, symbol_values, ImportOptions};
 use crate::model::cost::Nominal;
@@ -31,8 +31,10 @@ pub enum Stage {
     Verify,
 }
 
-/// Called when a stage starts.
-pub type Observer = Arc<dyn Fn(Stage) + Send + Sync>;
+/// Called as a stage starts, with `done` and `total` 0, and, in the stages that count their
+/// work (lowering: source nodes, constants scanned for zeros among them; raising: chosen nodes,
+/// kept weights copied among them), as the work goes: `(stage, done, total)`.
+pub type Observer = Arc<dyn Fn(Stage, usize, usize) + Send + Sync>;
 
 /// A configured slimming pass: a builder, then [`Slimmer::slim`] on any number of models.
 ///
@@ -99,8 +101,12 @@ impl Slimmer {
 
     fn announce(&self, stage: Stage) {
         tracing::debug!(?stage, "stage starts");
+        self.count(stage, 0, 0);
+    }
+
+    fn count(&self, stage: Stage, done: usize, total: usize) {
         if let Some(observer) = &self.observer {
-            observer(stage);
+            observer(stage, done, total);
         }
     }
 
@@ -130,7 +136,8 @@ impl Slimmer {
     /// Stage 1: the model as an e-graph, and the cost of the model as it is.
     pub fn lower(&self, model: &TypedModel) -> Result<(Lowered, GraphCost)> {
         self.announce(Stage::Lower);
-        let lowered = lower(model).map_err(|e| SlimError::stage("lower", e))?;
+        let progress = |done, total| self.count(Stage::Lower, done, total);
+        let lowered = lower_counting(model, &progress).map_err(|e| SlimError::stage("lower", e))?;
         let before = extract(&lowered.egraph, &lowered.outputs, &self.nominal);
         let cost = choice_cost(&lowered.egraph, &self.nominal, &before);
         Ok((lowered, cost))
@@ -191,7 +198,9 @@ impl Slimmer {
             names: &canonical,
             symbols: &model.symbols,
         };
-        raise(egraph, choice, &interface).map_err(|e| SlimError::stage("raise", e))
+        let progress = |done, total| self.count(Stage::Raise, done, total);
+        raise_counting(egraph, choice, &interface, &progress)
+            .map_err(|e| SlimError::stage("raise", e))
     }
 
     /// Slims a typed (preferably decluttered) model: the four stages, the report, and

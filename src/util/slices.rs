@@ -103,33 +103,74 @@ pub fn all_finite(tensor: &Tensor) -> bool {
     if !tensor.datum_type().is_float() {
         return true;
     }
-    let Ok(data) = tensor.cast_to::<f32>() else {
-        return false;
+    let finite = match tensor.datum_type() {
+        DatumType::F16 => in_values::<f16>(tensor, |v| v.iter().all(|x| x.is_finite())),
+        DatumType::F32 => in_values::<f32>(tensor, |v| v.iter().all(|x| x.is_finite())),
+        DatumType::F64 => in_values::<f64>(tensor, |v| v.iter().all(|x| x.is_finite())),
+        _ => in_f32_copy(tensor, |v| v.iter().all(|x| x.is_finite())),
     };
-    data.try_as_plain_ram()
-        .and_then(|d| d.as_slice::<f32>().map(|s| s.iter().all(|v| v.is_finite())))
-        .unwrap_or(false)
+    finite.unwrap_or(false)
 }
 
 /// All-zero slices of a constant, per axis. Only float data is inspected.
 pub fn zero_slices_of(tensor: &Tensor) -> ZeroSlices {
-    let rank = tensor.rank();
-    if !tensor.datum_type().is_float() {
-        return vec![vec![]; rank];
-    }
-    let Ok(data) = tensor.cast_to::<f32>() else {
-        return vec![vec![]; rank];
+    let found = match tensor.datum_type() {
+        DatumType::F16 => zero_slices_in::<f16>(tensor, f16::ZERO),
+        DatumType::F32 => zero_slices_in::<f32>(tensor, 0.0),
+        DatumType::F64 => zero_slices_in::<f64>(tensor, 0.0),
+        dt if dt.is_float() => tensor
+            .cast_to::<f32>()
+            .ok()
+            .and_then(|data| zero_slices_in::<f32>(&data, 0.0)),
+        _ => None,
     };
-    let Ok(view) = data.to_plain_array_view::<f32>() else {
-        return vec![vec![]; rank];
-    };
-    (0..rank)
+    found.unwrap_or_else(|| vec![vec![]; tensor.rank()])
+}
+
+/// `test` on the values of a tensor of type `T`, read in place: scanning a billion weights
+/// must not copy them (a half-precision model cast to f32 would take twice its size again).
+fn in_values<T: Datum>(tensor: &Tensor, test: impl Fn(&[T]) -> bool) -> Option<bool> {
+    Some(test(tensor.try_as_plain_ram().ok()?.as_slice::<T>().ok()?))
+}
+
+/// `test` on a float tensor of another type, cast to f32.
+fn in_f32_copy(tensor: &Tensor, test: impl Fn(&[f32]) -> bool) -> Option<bool> {
+    let data = tensor.cast_to::<f32>().ok()?;
+    in_values::<f32>(&data, test)
+}
+
+/// The all-zero slices along each axis of a tensor of type `T` (`None`: not of that type).
+fn zero_slices_in<T: Datum + PartialEq>(tensor: &Tensor, zero: T) -> Option<ZeroSlices> {
+    let view = tensor.to_plain_array_view::<T>().ok()?;
+    let slices = (0..tensor.rank())
         .map(|axis| {
             view.axis_iter(tract_ndarray::Axis(axis))
                 .enumerate()
-                .filter(|(_, slice)| slice.iter().all(|v| *v == 0.0))
+                .filter(|(_, slice)| slice.iter().all(|v| *v == zero))
                 .map(|(i, _)| i)
                 .collect()
         })
-        .collect()
+        .collect();
+    Some(slices)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn half_precision_is_scanned_like_single() {
+        // Row 1 and column 2 are zero (one entry a negative zero), one value is infinite.
+        let values = [[1.0, 2.0, 0.0], [0.0, -0.0, 0.0], [3.0, f32::INFINITY, 0.0]];
+        let single = tensor2(&values);
+        let half = single.cast_to::<f16>().unwrap().into_owned();
+        assert_eq!(zero_slices_of(&single), vec![vec![1], vec![2]]);
+        assert_eq!(zero_slices_of(&half), zero_slices_of(&single));
+        assert!(!all_finite(&single) && !all_finite(&half));
+        let finite = tensor2(&[[1.0f32, 0.0]])
+            .cast_to::<f16>()
+            .unwrap()
+            .into_owned();
+        assert!(all_finite(&finite));
+    }
 }

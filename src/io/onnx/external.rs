@@ -3,14 +3,15 @@
 //! protobuf's 2 GB limit (`torch.onnx.export(..., external_data=True)`,
 //! `onnx.save_model(..., save_as_external_data=True)`).
 //!
-//! The writer edits tensors in the protobuf, so external tensors are read in first (memory-mapped
-//! files, each tensor copied once) and, when the source had any, written out again after the
+//! The writer edits tensors in the protobuf, so external tensors are read in first (each tensor
+//! read once into its place) and, when the source had any, written out again after the
 //! edit: every tensor of at least [`EXTERNAL_THRESHOLD`] bytes goes into one data file beside
 //! the output, the rest stays inline (as `onnx.save_model` does).
 
 use crate::io::error::{IoError, IoResult};
 use std::collections::HashMap;
-use std::io::Write;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Component, Path, PathBuf};
 use tract_onnx::pb::tensor_proto::DataLocation;
 use tract_onnx::pb::{ModelProto, StringStringEntryProto, TensorProto};
@@ -92,35 +93,43 @@ pub fn internalize(proto: &mut ModelProto, source: &Path) -> IoResult<bool> {
     let Some(graph) = proto.graph.as_mut() else {
         return Ok(false);
     };
-    let mut files: HashMap<PathBuf, memmap2::Mmap> = HashMap::new();
+    let mut files: HashMap<PathBuf, (File, u64)> = HashMap::new();
     let mut any = false;
     for t in tensors_mut(graph).filter(|t| is_external(t)) {
         any = true;
         let path = data_path(model_dir, t, &shown)?;
         if !files.contains_key(&path) {
-            let file = std::fs::File::open(&path).map_err(|e| IoError::read(&path, e))?;
-            // Safety: the file is only read, while this process holds it open; a file changed
-            // under us by another process is the same hazard as for any reader.
-            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| IoError::read(&path, e))?;
-            files.insert(path.clone(), map);
+            let file = File::open(&path).map_err(|e| IoError::read(&path, e))?;
+            let size = file.metadata().map_err(|e| IoError::read(&path, e))?.len();
+            files.insert(path.clone(), (file, size));
         }
-        let data = &files[&path];
+        let (file, size) = files.get_mut(&path).expect("opened above");
         let offset = number(t, "offset", &shown)?.unwrap_or(0);
-        let length = number(t, "length", &shown)?.unwrap_or(data.len().saturating_sub(offset));
-        let bytes = data
-            .get(offset..offset + length)
-            .ok_or_else(|| IoError::NotOnnx {
+        let length =
+            number(t, "length", &shown)?.unwrap_or((*size as usize).saturating_sub(offset));
+        if offset
+            .checked_add(length)
+            .is_none_or(|end| end as u64 > *size)
+        {
+            return Err(IoError::NotOnnx {
                 path: shown.clone(),
                 message: format!(
                     "tensor `{}`: external data {}..{} lies beyond the end of {} ({} bytes)",
                     t.name,
                     offset,
-                    offset + length,
+                    offset.saturating_add(length),
                     path.display(),
-                    data.len()
+                    size
                 ),
-            })?;
-        t.raw_data = bytes.to_vec();
+            });
+        }
+        // Read, not mapped: the bytes are copied into the protobuf anyway, and mapped pages
+        // would count as resident beside the copy.
+        let mut bytes = vec![0u8; length];
+        file.seek(SeekFrom::Start(offset as u64))
+            .and_then(|_| file.read_exact(&mut bytes))
+            .map_err(|e| IoError::read(&path, e))?;
+        t.raw_data = bytes;
         t.external_data.clear();
         t.data_location = None;
     }

@@ -51,8 +51,11 @@ pub struct Cut {
     pub bias_delta: Option<Vec<f32>>,
 }
 
-/// The data of each unit of a group's consumer weight, as bits (for exact matching).
-fn unit_rows(model: &TypedModel, group: &Group) -> TractResult<Vec<Vec<u32>>> {
+/// A hash of the data of each unit of a group's consumer weight (its values' bits), to match
+/// units exactly without holding a copy of every unit: the weights of a 1B-parameter model are
+/// large beside the memory left while both models are held.
+fn unit_hashes(model: &TypedModel, group: &Group) -> TractResult<Vec<u64>> {
+    use std::hash::{Hash, Hasher};
     let weight = weight_of(model, group.weight)?;
     let units = group.weight_units;
     // One merged view and one cast for every unit: per unit, they would copy the whole weight.
@@ -61,17 +64,13 @@ fn unit_rows(model: &TypedModel, group: &Group) -> TractResult<Vec<Vec<u32>>> {
     let array = view.to_plain_array_view::<f32>()?;
     Ok((0..group.units)
         .map(|u| {
-            units
-                .slices(&[u])
-                .into_iter()
-                .flat_map(|slice| {
-                    array
-                        .index_axis(tract_ndarray::Axis(units.axis), slice)
-                        .iter()
-                        .map(|v| v.to_bits())
-                        .collect::<Vec<_>>()
-                })
-                .collect()
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            for slice in units.slices(&[u]) {
+                for v in array.index_axis(tract_ndarray::Axis(units.axis), slice) {
+                    v.to_bits().hash(&mut hasher);
+                }
+            }
+            hasher.finish()
         })
         .collect())
 }
@@ -83,8 +82,10 @@ fn kept_units(
     slimmed: &TypedModel,
     after: &Group,
 ) -> TractResult<Vec<usize>> {
-    let before_rows = unit_rows(original, group)?;
-    let after_rows = unit_rows(slimmed, after)?;
+    // Equal hashes are taken as equal data: a wrong match would change the outputs, and the
+    // written file is compared with the original's outputs before it is kept.
+    let before_rows = unit_hashes(original, group)?;
+    let after_rows = unit_hashes(slimmed, after)?;
     let mut kept = vec![];
     let mut next = 0;
     for row in &after_rows {
@@ -340,11 +341,11 @@ fn write_checked(
         let scratch = scratch_beside(output).map_err(|e| refuse(&e))?;
         std::fs::write(scratch.path(), &bytes).map_err(|e| refuse(&e))?;
         let reloaded = reload(scratch.path(), output, import)?;
-        let verification = check.compare(&reloaded, output)?;
+        shrunk_as_planned(&reloaded, cuts).map_err(|e| edit_error(output, e))?;
+        let verification = check.compare(reloaded, output)?;
         if !verification.passed {
             return Ok(verification);
         }
-        shrunk_as_planned(&reloaded, cuts).map_err(|e| edit_error(output, e))?;
         persist(scratch, output).map_err(|e| refuse(&e))?;
         return Ok(verification);
     }
@@ -374,11 +375,11 @@ fn write_checked(
     drop(proto);
     std::fs::write(&model_path, &bytes).map_err(|e| refuse(&e))?;
     let reloaded = reload(&model_path, output, import)?;
-    let verification = check.compare(&reloaded, output)?;
+    shrunk_as_planned(&reloaded, cuts).map_err(|e| edit_error(output, e))?;
+    let verification = check.compare(reloaded, output)?;
     if !verification.passed {
         return Ok(verification);
     }
-    shrunk_as_planned(&reloaded, cuts).map_err(|e| edit_error(output, e))?;
     std::fs::rename(&data_path, parent.join(&location)).map_err(|e| refuse(&e))?;
     std::fs::rename(&model_path, output).map_err(|e| refuse(&e))?;
     Ok(verification)
@@ -419,8 +420,9 @@ pub fn write_slimmed_onnx(
     drop((original, slimmed));
     let source_bytes = read_bytes(source)?;
     let mut proto = decode(source, &source_bytes)?;
+    let shapes = shapes_of(&proto, source, import)?;
     let external = internalize(&mut proto, source)?;
-    replay_cuts(&mut proto, source, output, import, &cuts)?;
+    apply_cuts(&mut proto, shapes, &cuts).map_err(|e| edit_error(output, e))?;
     write_checked(&source_bytes, proto, external, output, import, check, &cuts)
 }
 
@@ -436,16 +438,23 @@ fn cuts_between(
         .map_err(|e| edit_error(output, EditError::Unmapped(format!("{e:#}"))))
 }
 
-/// Replays `cuts` on `proto` (read from `source`).
-fn replay_cuts(
-    proto: &mut ModelProto,
+/// The tensor shapes of `proto` (read from `source`), taken before its external data is read
+/// into it: tract's model of it, which holds the weights too, is gone by then.
+fn shapes_of(
+    proto: &ModelProto,
     source: &Path,
-    output: &Path,
     import: &ImportOptions,
-    cuts: &[Cut],
-) -> IoResult<()> {
-    let shapes = tensor_shapes(proto, &source.display().to_string(), import)?;
-    apply_cuts(proto, shapes, cuts).map_err(|e| edit_error(output, e))
+) -> IoResult<HashMap<String, TVec<TDim>>> {
+    let model_dir = source
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    tensor_shapes(
+        proto,
+        &source.display().to_string(),
+        model_dir.to_str(),
+        import,
+    )
 }
 
 /// Every cut consumer has the planned number of units in the reloaded model.
@@ -480,12 +489,13 @@ pub fn write_pruned_onnx(
 ) -> IoResult<Verification> {
     let source_bytes = read_bytes(source)?;
     let mut proto = decode(source, &source_bytes)?;
+    // The edits keep every unit: the shapes hold for the slimming replayed after them.
+    let shapes = shapes_of(&proto, source, import)?;
     let external = internalize(&mut proto, source)?;
-    let shapes = tensor_shapes(&proto, &source.display().to_string(), import)?;
     if proto.graph.is_none() {
         return Err(edit_error(output, EditError::NoGraph));
     }
-    let mut graph = OnnxGraph::new(&mut proto, shapes);
+    let mut graph = OnnxGraph::new(&mut proto, shapes.clone());
     for cut in edits {
         find_target(&graph, cut)
             .and_then(|target| edit_consumer(&mut graph, cut, &target))
@@ -494,7 +504,7 @@ pub fn write_pruned_onnx(
     let cuts = match slimmed {
         Some(slimmed) => {
             let cuts = cuts_between(pruned, slimmed, check.values, output)?;
-            replay_cuts(&mut proto, source, output, import, &cuts)?;
+            apply_cuts(&mut proto, shapes, &cuts).map_err(|e| edit_error(output, e))?;
             cuts
         }
         None => vec![],
