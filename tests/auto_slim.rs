@@ -248,18 +248,15 @@ fn a_global_budget_weighed_by_the_outputs_measures_each_group_and_spends_the_bud
     };
     for cost in [GlobalCost::Outputs, GlobalCost::Embeddings] {
         let by_outputs = slim(&model, &measured(cost, None));
-        let stages: Vec<AutoStage> = by_outputs
-            .report
-            .stage_times
-            .iter()
-            .map(|t| t.stage)
-            .collect();
-        assert!(stages.contains(&AutoStage::Measure), "{stages:?}");
-        assert!(!by_reconstruction
-            .report
-            .stage_times
-            .iter()
-            .any(|t| t.stage == AutoStage::Measure));
+        let measures = |result: &AutoSlimmed| {
+            result
+                .report
+                .stage_times
+                .iter()
+                .any(|t| t.stage == AutoStage::Measure)
+        };
+        assert!(measures(&by_outputs));
+        assert!(!measures(&by_reconstruction));
         // The same budget, spent elsewhere or not.
         assert_eq!(
             removed_per_kind(&by_outputs.plan),
@@ -269,6 +266,21 @@ fn a_global_budget_weighed_by_the_outputs_measures_each_group_and_spends_the_bud
         let streamed = slim(&model, &measured(cost, Some(1)));
         assert_eq!(by_outputs.plan, streamed.plan);
     }
+    // A measured cost without a global budget, or without samples, would weigh nothing.
+    let refused = |options: &AutoOptions| {
+        auto_slim(&model, &Slimmer::new().unwrap(), options)
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default()
+    };
+    let per_layer = Targets {
+        global_cost: GlobalCost::Outputs,
+        ..targets(0.5, 0.5)
+    };
+    let without_global = options(per_layer, Some(calibration.clone()));
+    assert!(refused(&without_global).contains("set `global` too"));
+    let without_samples = options(global(GlobalCost::Outputs), None);
+    assert!(refused(&without_samples).contains("needs calibration samples"));
     // Embeddings need a mask to pool with: the MLP fixture has none.
     let mlp = dense_fixture("llama_mlp_dense_torchscript");
     let mlp_model = mlp.load();

@@ -178,3 +178,29 @@ fn external_data_outside_the_model_directory_or_missing_is_a_clear_error() {
         std::fs::create_dir_all(&inner).unwrap();
     }
 }
+
+#[test]
+fn a_truncated_external_data_file_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = with_external_data(dir.path(), |_| "w.bin".into());
+    let data = dir.path().join("w.bin");
+    let size = std::fs::metadata(&data).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&data)
+        .unwrap()
+        .set_len(size / 2)
+        .unwrap();
+    for name in ["slim.onnx", "slim.nnef.tar"] {
+        let output = dir.path().join(name);
+        let out = common::slim_to(&model, &output, &SETS);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("model.onnx") && !stderr.contains("panicked"),
+            "{stderr}"
+        );
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(!output.exists());
+    }
+}

@@ -15,6 +15,7 @@ use crate::autoslim::prune::{
     group_for, magnitude_scores, write_repairs, zeroed_consumers, Plan, PlanGroup, Pruned, Repair,
     Targets,
 };
+use crate::autoslim::sensitivity::GlobalCost;
 use crate::error::{Result, SlimError};
 use crate::io::onnx::writeback::Cut;
 use crate::model::discover::{groups, Group, Kind};
@@ -396,6 +397,26 @@ fn check_plan(plan: &Plan, groups: &[Group], origin: &str) -> Result<()> {
     Ok(())
 }
 
+/// A global cost measured on the outputs needs a global budget to weigh and calibration
+/// samples to measure on: without either it would silently weigh nothing.
+fn measurable(options: &AutoOptions) -> Result<()> {
+    let targets = &options.targets;
+    if targets.global_cost == GlobalCost::Reconstruction {
+        return Ok(());
+    }
+    if !targets.global {
+        return Err(SlimError::Usage(
+            "a global cost weighs a global budget: set `global` too".into(),
+        ));
+    }
+    if options.calibration.is_none() {
+        return Err(SlimError::Usage(
+            "a global cost measured on the outputs needs calibration samples to measure on".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// The plan to apply without calibration data: the saved one, checked against the model, or
 /// units chosen for the targets by weight magnitude (with a warning in `warnings`).
 fn uncalibrated_plan(
@@ -485,6 +506,7 @@ pub fn auto_slim(
     let groups = groups(model).map_err(stage("discover"))?;
     if options.plan.is_none() {
         something_to_prune(&groups, &options.targets)?;
+        measurable(options)?;
     }
     if let Some(plan) = &options.plan {
         check_plan(plan, &groups, &options.plan_origin)?;
