@@ -1,12 +1,14 @@
-//! Auto-slim's fidelity on a real model, judged on held-out sentences: the table in README.
+//! Auto-slim's fidelity on a real model, judged on held-out sentences: the tables in README.
 //!
-//! Make the data with `python tests/fixtures/make_minilm_benchmark.py target/minilm` (the real
-//! all-MiniLM-L6-v2 and sentences from a fixed public text), then
-//! `cargo run --release --example auto_slim_benchmark -- target/minilm`.
+//! Make the data with `python tests/fixtures/make_benchmark_data.py minilm target/minilm` (a
+//! real model, `minilm`, `mpnet` or `smollm2`, and sentences from a fixed public text), then
+//! `cargo run --release --example auto_slim_benchmark -- target/minilm [COLUMNS]`, COLUMNS a
+//! comma-separated list of method numbers (1-based, default: all).
 //!
-//! For each target (FFN channels and heads removed in every layer) and each method it prints
-//! the mean cosine between the mean-pooled real-token embeddings of the pruned and the dense
-//! model on the held-out sentences, and the time `auto_slim` took.
+//! For each target (FFN channels and heads removed) and each method it prints, on the held-out
+//! sentences, the mean cosine between the mean-pooled real-token embeddings of the pruned and
+//! the dense model — for a language model (an output named logits), the share of real tokens
+//! whose predicted next token is the dense model's — and the time `auto_slim` took.
 
 use model_slim::Targets;
 use model_slim::{auto_slim, load_npz, AutoOptions, Criterion, GlobalCost, Repair, Slimmer};
@@ -65,20 +67,51 @@ const METHODS: &[Method] = &[
     ),
 ];
 
+/// The methods the command line asks for (1-based numbers, comma-separated), else all.
+fn chosen_methods(list: Option<String>) -> Result<Vec<&'static Method>, String> {
+    let Some(list) = list else {
+        return Ok(METHODS.iter().collect());
+    };
+    list.split(',')
+        .map(|n| {
+            n.trim()
+                .parse::<usize>()
+                .ok()
+                .and_then(|n| METHODS.get(n.wrapping_sub(1)))
+                .ok_or(format!(
+                    "no method {n:?}: methods are 1 to {}",
+                    METHODS.len()
+                ))
+        })
+        .collect()
+}
+
+/// The held-out measure of a result: next-token agreement for a language model, else the
+/// pooled-embedding cosine.
+fn measure(fidelity: &model_slim::OutputFidelity) -> String {
+    match (fidelity.same_argmax, fidelity.pooled_cosine) {
+        (Some(same), _) => format!("{:.1}%", same * 100.0),
+        (None, Some(pooled)) => format!("{pooled:.3}"),
+        (None, None) => format!("cosine {:.3}", fidelity.cosine),
+    }
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let dir = PathBuf::from(std::env::args().nth(1).unwrap_or("target/minilm".into()));
-    let model = import_onnx(&dir.join("minilm.onnx"), &ImportOptions::default())?;
+    let mut args = std::env::args().skip(1);
+    let dir = PathBuf::from(args.next().unwrap_or("target/minilm".into()));
+    let methods = chosen_methods(args.next())?;
+    let model = import_onnx(&dir.join("model.onnx"), &ImportOptions::default())?;
     let calibration = load_npz(&dir.join("calibration.npz"), &model)?;
     let heldout = load_npz(&dir.join("heldout.npz"), &model)?;
     let slimmer = Slimmer::new()?;
     print!("| FFN removed | heads removed |");
-    for Method(name, ..) in METHODS {
+    for Method(name, ..) in &methods {
         print!(" {name} |");
     }
-    println!("\n|---|---|{}", "---|".repeat(METHODS.len()));
+    println!("\n|---|---|{}", "---|".repeat(methods.len()));
     for (ffn, heads) in TARGETS {
         print!("| {:.0}% | {:.0}% |", ffn * 100.0, heads * 100.0);
-        for Method(_, criterion, repair, global) in METHODS {
+        for Method(_, criterion, repair, global) in &methods {
             let targets = Targets {
                 global: global.is_some(),
                 global_cost: global.unwrap_or_default(),
@@ -93,8 +126,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             };
             let clock = Instant::now();
             let result = auto_slim(&model, &slimmer, &options)?;
-            let pooled = result.report.fidelity[0].pooled_cosine.unwrap_or(f64::NAN);
-            print!(" {pooled:.3} ({:.1} s) |", clock.elapsed().as_secs_f64());
+            let measured = measure(&result.report.fidelity[0]);
+            print!(" {measured} ({:.1} s) |", clock.elapsed().as_secs_f64());
         }
         println!();
     }

@@ -65,7 +65,9 @@ pub use tools::transform::{ensure_linked, SlimTransform};
 pub use io::import::{import_onnx, parse_set, symbol_values, ImportOptions, InputSpec};
 pub use io::nnef::{write_model, ArtifactCheck, Format};
 pub use io::onnx::proto::read_proto;
-pub use io::onnx::writeback::{initializer_params, write_pruned_onnx, write_slimmed_onnx, Cut};
+pub use io::onnx::writeback::{
+    initializer_params, write_pruned_onnx, write_slimmed_onnx, Cut, Refit,
+};
 pub use io::onnx::EditError;
 pub use io::{IoError, IoResult};
 pub use util::files::write_atomically;

@@ -423,20 +423,24 @@ fn plan_lists_query_and_kv_heads_of_grouped_attention() {
     }
 }
 
-/// `prune` of the GQA default export with calibration, the statistics memory given (in GB) or
-/// not; the report's fidelity line and whether the written file checked out.
-fn prune_qwen2(dir: &std::path::Path, memory: Option<&str>) -> (String, String) {
-    let output = dir.join(format!("slim{}.nnef.tar", memory.is_some()));
+/// `prune` of the GQA default export with calibration into `output` (in `dir`), with `extra`
+/// arguments; the report's scores and fidelity lines, once the written file checked out.
+fn prune_qwen2(dir: &std::path::Path, output: &str, extra: &[&str]) -> (String, String) {
+    let output = dir.join(output);
     let out_arg = output.display().to_string();
+    let (model, calibration) = (
+        fixture("qwen2_dense_torchscript.onnx"),
+        fixture("qwen2_calibration.npz"),
+    );
     let mut args = vec![
         "prune",
-        "qwen2_dense_torchscript.onnx",
+        &model,
         "--ffn-sparsity",
         "0.5",
         "--mha-sparsity",
         "0.34",
         "--calibration",
-        "qwen2_calibration.npz",
+        &calibration,
         "-i",
         "input_ids:1,16,i64",
         "-i",
@@ -444,12 +448,7 @@ fn prune_qwen2(dir: &std::path::Path, memory: Option<&str>) -> (String, String) 
         "-o",
         &out_arg,
     ];
-    let (model, calibration) = (fixture(args[1]), fixture(args[7]));
-    args[1] = &model;
-    args[7] = &calibration;
-    if let Some(gb) = memory {
-        args.extend(["--statistics-memory", gb]);
-    }
+    args.extend(extra);
     let stdout = assert_success(&model_slim(&args));
     assert!(output.exists());
     let line = |start: &str| {
@@ -467,14 +466,38 @@ fn prune_qwen2(dir: &std::path::Path, memory: Option<&str>) -> (String, String) 
 #[test]
 fn statistics_in_passes_write_the_same_model() {
     let dir = tempfile::tempdir().unwrap();
-    let (at_once, fidelity) = prune_qwen2(dir.path(), None);
+    let (at_once, fidelity) = prune_qwen2(dir.path(), "at_once.nnef.tar", &[]);
     assert!(!at_once.contains("passes"), "{at_once}");
     // One byte's worth: every layer's statistics in a pass of its own.
-    let (streamed, streamed_fidelity) = prune_qwen2(dir.path(), Some("1e-9"));
+    let one_byte = ["--statistics-memory", "1e-9"];
+    let (streamed, streamed_fidelity) = prune_qwen2(dir.path(), "passes.nnef.tar", &one_byte);
     assert!(streamed.contains("in 4 passes"), "{streamed}");
     assert_eq!(fidelity, streamed_fidelity);
     let written = |name: &str| std::fs::read(dir.path().join(name)).unwrap();
-    assert_eq!(written("slimfalse.nnef.tar"), written("slimtrue.nnef.tar"));
+    assert_eq!(written("at_once.nnef.tar"), written("passes.nnef.tar"));
+}
+
+/// The relative L2 error of a report's fidelity line.
+fn relative_l2(fidelity: &str) -> f64 {
+    let (_, after) = fidelity.split_once("relative L2 error ").unwrap();
+    after.split([',', ' ']).next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn onnx_output_carries_the_least_squares_refit() {
+    let dir = tempfile::tempdir().unwrap();
+    // Into the file's own weights (o_proj and down_proj have no bias: the refit's goes into a
+    // new one); the written file is checked against the pruned model.
+    let (scores, refit) = prune_qwen2(dir.path(), "refit.onnx", &[]);
+    assert!(scores.contains("repair: least-squares refit"), "{scores}");
+    let nnef = prune_qwen2(dir.path(), "refit.nnef.tar", &[]).1;
+    assert_eq!(refit, nnef);
+    let compensated = ["--repair", "compensation"];
+    let (_, compensation) = prune_qwen2(dir.path(), "compensated.onnx", &compensated);
+    assert!(
+        relative_l2(&refit) < relative_l2(&compensation),
+        "{refit} / {compensation}"
+    );
 }
 
 #[test]
@@ -506,7 +529,7 @@ fn prune_writes_slimmed_model_plan_report_and_pruned_onnx() {
     let stdout = assert_success(&out);
     assert!(
         stdout.contains(
-            "scores: removal cost; repair: bias compensation; calibration statistics over"
+            "scores: removal cost; repair: least-squares refit; calibration statistics over"
         ),
         "{stdout}"
     );

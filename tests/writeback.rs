@@ -8,10 +8,12 @@ use common::{check_every_fixture, manifest, Fixture, Layer};
 use model_slim::read_proto;
 use model_slim::verify;
 use model_slim::Slimmer;
+use model_slim::{auto_slim, random_inputs, AutoOptions, AutoSlimmed, Calibration, Repair};
 use model_slim::{groups, Kind};
 use model_slim::{import_onnx, ImportOptions, InputSpec};
-use model_slim::{initializer_params, write_slimmed_onnx};
+use model_slim::{initializer_params, write_pruned_onnx, write_slimmed_onnx};
 use model_slim::{ArtifactCheck, Expected};
+use model_slim::{Cut, IoError, Targets, Verification};
 use tract_core::internal::*;
 
 fn import_options(fixture: &Fixture) -> ImportOptions {
@@ -192,4 +194,84 @@ fn symbolic_dims_stay_symbolic() {
         .shape
         .iter()
         .any(|d| d.to_i64().is_err()));
+}
+
+/// Auto-slim of a fixture with least-squares refits on random calibration inputs, and its
+/// plan as edits of the fixture's file.
+fn refit_of(fixture: &Fixture) -> (AutoSlimmed, Vec<Cut>) {
+    let model = fixture.load();
+    let samples = (0..6)
+        .map(|seed| random_inputs(&model, seed, &SymbolValues::default()).unwrap())
+        .collect();
+    let attention = fixture.layers.iter().any(|l| l.heads > 0);
+    let targets = Targets::per_layer(0.5, if attention { 0.5 } else { 0.0 });
+    let auto = AutoOptions {
+        calibration: Some(Calibration::new(&model, samples)),
+        repair: Repair::LeastSquares,
+        ..AutoOptions::new(targets)
+    };
+    let result = auto_slim(&model, &Slimmer::new().unwrap(), &auto).unwrap();
+    let edits = result.onnx_edits(&model).unwrap();
+    assert!(!edits.is_empty() && edits.iter().all(|cut| cut.refit.is_some()));
+    (result, edits)
+}
+
+/// Writes the pruned and slimmed model of `refit_of` as an edit of the fixture's file.
+fn write_refit(
+    fixture: &Fixture,
+    result: &AutoSlimmed,
+    edits: &[Cut],
+    dir: &std::path::Path,
+) -> Result<Verification, IoError> {
+    let values = SymbolValues::default();
+    let check = ArtifactCheck {
+        expected: &result.expected,
+        values: &values,
+    };
+    write_pruned_onnx(
+        &fixture.path(),
+        &dir.join(format!("{}_refit.onnx", fixture.name)),
+        &import_options(fixture),
+        edits,
+        &result.pruned,
+        Some(&result.slimmed),
+        check,
+    )
+}
+
+fn dense_fixtures() -> Vec<Fixture> {
+    manifest()
+        .fixtures
+        .into_iter()
+        .filter(|f| f.variant == "dense")
+        .collect()
+}
+
+#[test]
+fn least_squares_refits_are_written_into_every_dense_fixture() {
+    // The refit weights replace the file's own, whichever way it stores them: the written file
+    // computes what the pruned model computes.
+    let dir = tempfile::tempdir().unwrap();
+    check_every_fixture(&dense_fixtures(), |fixture| {
+        let (result, edits) = refit_of(fixture);
+        let v = write_refit(fixture, &result, &edits, dir.path()).unwrap();
+        assert!(v.passed, "{:?}", v.outputs);
+    });
+}
+
+#[test]
+fn a_refit_of_other_weights_than_the_files_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = dense_fixtures()
+        .into_iter()
+        .find(|f| f.name == "bert_dense_torchscript")
+        .unwrap();
+    let (result, mut edits) = refit_of(&fixture);
+    edits[0].refit.as_mut().unwrap().original ^= 1;
+    let error = write_refit(&fixture, &result, &edits, dir.path()).unwrap_err();
+    assert!(
+        error.to_string().contains("refit cannot be written"),
+        "{error}"
+    );
+    assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
 }

@@ -12,13 +12,14 @@ use crate::autoslim::calibration::Calibration;
 use crate::autoslim::choice::{choose, KvLayout};
 use crate::autoslim::passes::{calibrated_plan, Chosen};
 use crate::autoslim::prune::{
-    group_for, magnitude_scores, write_repairs, zeroed_consumers, Plan, PlanGroup, Pruned, Repair,
-    Targets,
+    group_for, group_index, magnitude_scores, write_repairs, zeroed_consumers, Plan, PlanGroup,
+    Pruned, Repair, Targets,
 };
 use crate::autoslim::sensitivity::GlobalCost;
 use crate::error::{Result, SlimError};
-use crate::io::onnx::writeback::Cut;
+use crate::io::onnx::writeback::{Cut, Refit};
 use crate::model::discover::{groups, Group, Kind};
+use crate::model::stats::weight_of;
 use crate::model::verify::{
     fidelity, fidelity_to_outputs, output_names, random_inputs, Expected, OutputFidelity,
 };
@@ -313,18 +314,18 @@ pub struct AutoSlimmed {
 
 impl AutoSlimmed {
     /// The plan as cuts of the source ONNX file that remove nothing: every unit kept, the
-    /// removed ones zeroed in their consumer, compensation in its bias.
-    pub fn onnx_edits(&self) -> TractResult<Vec<Cut>> {
-        ensure!(
-            self.ridges.iter().all(Option::is_none),
-            "least-squares refits change the consumers' weights, which the ONNX writer does not write into the source file yet: use bias compensation (--repair compensation) for ONNX output"
-        );
+    /// removed ones zeroed in their consumer, compensation in its bias, and a least-squares
+    /// refit's weights in place of the consumer's (`original` is the dense model the plan was
+    /// made on, whose weights the file holds).
+    pub fn onnx_edits(&self, original: &TypedModel) -> TractResult<Vec<Cut>> {
+        let found = groups(original)?;
         self.plan
             .groups
             .iter()
             .zip(&self.compensations)
-            .filter(|(p, _)| !p.removed.is_empty())
-            .map(|(p, delta)| {
+            .zip(&self.ridges)
+            .filter(|((p, _), _)| !p.removed.is_empty())
+            .map(|((p, delta), ridge)| {
                 let bias_delta = delta
                     .as_ref()
                     .map(|d| {
@@ -336,6 +337,10 @@ impl AutoSlimmed {
                         )
                     })
                     .transpose()?;
+                let refit = match ridge {
+                    Some(_) => Some(self.refit_of(original, &found[group_index(&found, p)?])?),
+                    None => None,
+                };
                 Ok(Cut {
                     kind: p.kind,
                     consumer: p.name.clone(),
@@ -343,9 +348,19 @@ impl AutoSlimmed {
                     kept: (0..p.units).collect(),
                     zeroed: p.removed.clone(),
                     bias_delta,
+                    refit,
                 })
             })
             .collect()
+    }
+
+    /// The refit of `group`'s consumer weight from `original` to the pruned model.
+    fn refit_of(&self, original: &TypedModel, group: &Group) -> TractResult<Refit> {
+        Refit::between(
+            &*weight_of(original, group.weight)?,
+            &*weight_of(&self.pruned, group.weight)?,
+            group.weight_units,
+        )
     }
 }
 
@@ -668,6 +683,9 @@ impl AutoReport {
             );
             if let Some(pooled) = f.pooled_cosine {
                 out += &format!(", pooled-embedding cosine {pooled:.4}");
+            }
+            if let Some(same) = f.same_argmax {
+                out += &format!(", same next token on {:.1}% of real tokens", same * 100.0);
             }
             out += "\n";
         }

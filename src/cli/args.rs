@@ -241,8 +241,9 @@ pub struct PruneArgs {
     #[arg(long, value_enum)]
     pub score: Option<ScoreArg>,
     /// How the consumers of removed units are repaired with calibration data: a ridge
-    /// least-squares refit of their kept weights and bias (default for NNEF output), their mean
-    /// contribution added to the bias (default for ONNX output), or nothing.
+    /// least-squares refit of their kept weights and bias (the default; an ONNX output holds
+    /// the refit weights in place of the file's), their mean contribution added to the bias, or
+    /// nothing.
     #[arg(long, value_enum)]
     pub repair: Option<RepairArg>,
     /// Same as --repair none.
@@ -254,7 +255,7 @@ pub struct PruneArgs {
     /// Write the chosen plan as JSON.
     #[arg(long)]
     pub plan_out: Option<PathBuf>,
-    /// Also write the pruned, full-size model as ONNX (zeros in its initializers).
+    /// Also write the pruned, full-size model as ONNX (zeros and repairs in its initializers).
     #[arg(long)]
     pub emit_pruned: Option<PathBuf>,
     #[command(flatten)]

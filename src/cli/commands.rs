@@ -266,20 +266,20 @@ fn run_prune(ctx: &Context, args: &PruneArgs) -> Result<(), Failure> {
         };
         auto_slim(&original, &slimmer, &options)
     })?;
-    // What is written is checked against the pruned model's outputs computed in auto-slim;
-    // models not written are dropped before the file is loaded back (GBs each for an LLM).
-    drop(original);
     for warning in &result.report.warnings {
         tracing::warn!("{warning}");
     }
     let writes_onnx = Format::of(&args.output) == Some(Format::Onnx) || args.emit_pruned.is_some();
     let edits = if writes_onnx {
         result
-            .onnx_edits()
+            .onnx_edits(&original)
             .map_err(|e| SlimError::stage("pruned ONNX", e))?
     } else {
         vec![]
     };
+    // What is written is checked against the pruned model's outputs computed in auto-slim;
+    // models not written are dropped before the file is loaded back (GBs each for an LLM).
+    drop(original);
     let AutoSlimmed {
         pruned,
         slimmed,
@@ -476,16 +476,12 @@ fn auto_options(args: &PruneArgs, original: &TypedModel) -> Result<AutoOptions, 
     })
 }
 
-/// The repair asked for: least squares by default, but bias compensation for ONNX files (the
-/// ONNX writer edits zeros and biases, not refit weights).
+/// The repair asked for: least squares by default (with calibration data).
 fn repair_of(args: &PruneArgs) -> Repair {
-    let onnx = Format::of(&args.output) == Some(Format::Onnx) || args.emit_pruned.is_some();
     match (args.repair, args.no_compensation) {
         (_, true) | (Some(RepairArg::None), _) => Repair::None,
         (Some(RepairArg::Compensation), _) => Repair::Compensation,
-        (Some(RepairArg::LeastSquares), _) => Repair::LeastSquares,
-        (None, false) if onnx => Repair::Compensation,
-        (None, false) => Repair::LeastSquares,
+        (Some(RepairArg::LeastSquares) | None, false) => Repair::LeastSquares,
     }
 }
 

@@ -242,6 +242,9 @@ pub struct OutputFidelity {
     /// For a `[1, tokens, features]` output and inputs with a token mask: the cosine between
     /// the mean-pooled real tokens of both, averaged over samples (sentence embeddings).
     pub pooled_cosine: Option<f64>,
+    /// For the same outputs, when named as logits: the fraction of real tokens whose predicted
+    /// token (largest logit) is the same in both.
+    pub same_argmax: Option<f64>,
 }
 
 /// Mean of the rows of a `tokens × features` output whose `mask` is positive.
@@ -270,24 +273,59 @@ pub fn pools(output: &Tensor, mask: &Tensor) -> bool {
     shape.len() == 3 && shape[0] == 1 && mask.len() == shape[1]
 }
 
-/// The pooled-embedding cosine of one sample's output, when it is `[1, tokens, features]` and
-/// the mask has one value per token.
-fn pooled_cosine(r: &Tensor, a: &Tensor, mask: Option<&Tensor>) -> TractResult<Option<f64>> {
+/// What one sample's `[1, tokens, features]` output shows over its real tokens: the cosine of
+/// the mean-pooled embeddings, and on how many real tokens the largest feature is the same one
+/// (for logits: the same next token).
+struct TokenMeasures {
+    pooled_cosine: f64,
+    same_argmax: usize,
+    tokens: usize,
+}
+
+/// The token measures of one sample's output, when it is `[1, tokens, features]` and the mask
+/// has one value per token.
+fn token_measures(
+    r: &Tensor,
+    a: &Tensor,
+    mask: Option<&Tensor>,
+) -> TractResult<Option<TokenMeasures>> {
     let Some(mask) = mask.filter(|m| pools(r, m)) else {
         return Ok(None);
     };
-    let shape = r.shape();
+    let features = r.shape()[2];
     let mask = mask.cast_to::<f32>()?;
     let mask = mask.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
     let (r, a) = (r.cast_to::<f32>()?, a.cast_to::<f32>()?);
     let (r, a) = (
-        r.try_as_plain_ram()?.as_slice::<f32>()?.to_vec(),
-        a.try_as_plain_ram()?.as_slice::<f32>()?.to_vec(),
+        r.try_as_plain_ram()?.as_slice::<f32>()?,
+        a.try_as_plain_ram()?.as_slice::<f32>()?,
     );
-    Ok(Some(cosine(
-        &pooled(&r, &mask, shape[2]),
-        &pooled(&a, &mask, shape[2]),
-    )))
+    let real_rows = || {
+        r.chunks(features)
+            .zip(a.chunks(features))
+            .zip(&mask)
+            .filter(|(_, m)| **m > 0.0)
+            .map(|(rows, _)| rows)
+    };
+    Ok(Some(TokenMeasures {
+        pooled_cosine: cosine(&pooled(r, &mask, features), &pooled(a, &mask, features)),
+        same_argmax: real_rows().filter(|(x, y)| argmax(x) == argmax(y)).count(),
+        tokens: real_rows().count(),
+    }))
+}
+
+/// The index of a row's largest value (the first of equals).
+fn argmax(row: &[f32]) -> usize {
+    row.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |best, (i, v)| {
+            if *v > best.1 {
+                (i, *v)
+            } else {
+                best
+            }
+        })
+        .0
 }
 
 /// Fidelity of `approximation` to `reference` on the given input samples, per output; `mask`
@@ -340,7 +378,7 @@ fn fidelity_with(
 ) -> TractResult<Vec<OutputFidelity>> {
     let approximation_plan = approximation.clone().into_optimized()?.into_runnable()?;
     let outputs = names.len();
-    // Per sample and output: [Σ r·a, Σ r², Σ a², Σ (a − r)²] and the pooled cosine.
+    // Per sample and output: [Σ r·a, Σ r², Σ a², Σ (a − r)²] and the token measures.
     let per_sample = in_parallel(
         samples.len(),
         |k| {
@@ -350,22 +388,22 @@ fn fidelity_with(
             let token_mask = mask.map(|m| sample[m].clone().into_tensor());
             (0..outputs)
                 .map(|ix| {
-                    let pooled = pooled_cosine(&r[ix], &a[ix], token_mask.as_ref())?;
-                    Ok((element_sums(&r[ix], &a[ix])?, pooled))
+                    let tokens = token_measures(&r[ix], &a[ix], token_mask.as_ref())?;
+                    Ok((element_sums(&r[ix], &a[ix])?, tokens))
                 })
                 .collect::<TractResult<Vec<_>>>()
         },
         &|_, _| (),
     )?;
     let mut sums = vec![[0f64; 4]; outputs];
-    let mut pooled: Vec<Vec<f64>> = vec![vec![]; outputs];
-    for sample in &per_sample {
-        for (ix, (sample_sums, sample_pooled)) in sample.iter().enumerate() {
+    let mut tokens: Vec<Vec<TokenMeasures>> = (0..outputs).map(|_| vec![]).collect();
+    for sample in per_sample {
+        for (ix, (sample_sums, sample_tokens)) in sample.into_iter().enumerate() {
             sums[ix]
                 .iter_mut()
                 .zip(sample_sums)
                 .for_each(|(s, x)| *s += x);
-            pooled[ix].extend(sample_pooled);
+            tokens[ix].extend(sample_tokens);
         }
     }
     sums.iter()
@@ -375,11 +413,29 @@ fn fidelity_with(
                 name: names[ix].clone(),
                 cosine: ra / (rr.sqrt() * aa.sqrt()).max(f64::MIN_POSITIVE),
                 relative_l2: (dd / rr.max(f64::MIN_POSITIVE)).sqrt(),
-                pooled_cosine: (pooled[ix].len() == samples.len() && !samples.is_empty())
-                    .then(|| pooled[ix].iter().sum::<f64>() / samples.len() as f64),
+                pooled_cosine: every_sample(&tokens[ix], samples.len())
+                    .map(|t| t.iter().map(|m| m.pooled_cosine).sum::<f64>() / t.len() as f64),
+                same_argmax: every_sample(&tokens[ix], samples.len())
+                    .filter(|_| names_logits(&names[ix]))
+                    .map(|t| {
+                        let same: usize = t.iter().map(|m| m.same_argmax).sum();
+                        same as f64 / t.iter().map(|m| m.tokens).sum::<usize>().max(1) as f64
+                    }),
             })
         })
         .collect()
+}
+
+/// Whether an output's name says it holds a language model's logits (`transformers` and its
+/// exporters name them so), whose largest feature is the predicted token; for other outputs
+/// the largest feature means nothing.
+fn names_logits(name: &str) -> bool {
+    name.to_ascii_lowercase().contains("logits")
+}
+
+/// An output's token measures, when each of the `samples` had them.
+fn every_sample(measures: &[TokenMeasures], samples: usize) -> Option<&[TokenMeasures]> {
+    Some(measures).filter(|m| samples > 0 && m.len() == samples)
 }
 
 /// `[Σ r·a, Σ r², Σ a², Σ (a − r)²]` over the elements of two tensors of one shape.
@@ -475,4 +531,39 @@ pub fn verify(
     values: &SymbolValues,
 ) -> TractResult<Verification> {
     Expected::of(original.clone(), seed, values)?.compare(slim.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `[1, tokens, 3]` output.
+    fn output(rows: &[[f32; 3]]) -> Tensor {
+        Tensor::from_shape(&[1, rows.len(), 3], &rows.concat()).unwrap()
+    }
+
+    #[test]
+    fn token_measures_count_real_tokens_only() {
+        let mask = Tensor::from_shape(&[1, 3], &[1i64, 1, 0]).unwrap();
+        let reference = output(&[[3.0, 1.0, 0.0], [0.0, 2.0, 1.0], [5.0, 0.0, 0.0]]);
+        let padded_differs = output(&[[2.0, 1.0, 0.0], [0.0, 1.0, 2.0], [0.0, 0.0, 9.0]]);
+        let padded_same = output(&[[2.0, 1.0, 0.0], [0.0, 1.0, 2.0], [5.0, 0.0, 0.0]]);
+        let measure = |a: &Tensor| token_measures(&reference, a, Some(&mask)).unwrap().unwrap();
+        let (m, same) = (measure(&padded_differs), measure(&padded_same));
+        // The first real token predicts the same feature, the second does not.
+        assert_eq!((m.same_argmax, m.tokens), (1, 2));
+        // Pooled over the real tokens: [1.5, 1.5, 0.5] against [1, 1, 1].
+        let expected = 3.5 / (4.75f64.sqrt() * 3f64.sqrt());
+        assert!((m.pooled_cosine - expected).abs() < 1e-12);
+        assert_eq!(m.pooled_cosine, same.pooled_cosine);
+        assert!(token_measures(&reference, &reference, None)
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn only_logits_have_a_next_token() {
+        assert!(names_logits("logits") && names_logits("/lm_head/Logits"));
+        assert!(!names_logits("last_hidden_state"));
+    }
 }

@@ -44,6 +44,39 @@ pub fn fill_runs<T: Copy>(
     }
 }
 
+/// The elements in the order of their slices along an axis of `size` (slice after slice, each
+/// in the layout's order of the other axes), for data laid out as in [`select_runs`]: the same
+/// weight stored with its axes in another order reads the same this way.
+pub fn slices_first<T: Copy>(data: &[T], outer: usize, size: usize, inner: usize) -> Vec<T> {
+    let mut out = Vec::with_capacity(data.len());
+    for i in 0..size {
+        for o in 0..outer {
+            let start = (o * size + i) * inner;
+            out.extend_from_slice(&data[start..start + inner]);
+        }
+    }
+    out
+}
+
+/// Writes `values`, in the order of [`slices_first`], back into data of that layout.
+pub fn set_slices_first<T: Copy>(
+    data: &mut [T],
+    outer: usize,
+    size: usize,
+    inner: usize,
+    values: &[T],
+) {
+    let mut runs = values.chunks_exact(inner);
+    for i in 0..size {
+        for o in 0..outer {
+            let start = (o * size + i) * inner;
+            if let Some(run) = runs.next() {
+                data[start..start + inner].copy_from_slice(run);
+            }
+        }
+    }
+}
+
 /// The (outer, size, inner) split of `shape` around `axis`.
 pub fn around(shape: &[usize], axis: usize) -> (usize, usize, usize) {
     (
@@ -172,5 +205,18 @@ mod tests {
             .unwrap()
             .into_owned();
         assert!(all_finite(&finite));
+    }
+
+    #[test]
+    fn slices_first_reads_a_transposed_weight_alike() {
+        // A 2 × 3 weight whose slices are its columns, and the same weight stored transposed.
+        let stored = [1, 2, 3, 4, 5, 6];
+        let transposed = [1, 4, 2, 5, 3, 6];
+        let columns = slices_first(&stored, 2, 3, 1);
+        assert_eq!(columns, slices_first(&transposed, 1, 3, 2));
+        assert_eq!(columns, [1, 4, 2, 5, 3, 6]);
+        let mut written = [0; 6];
+        set_slices_first(&mut written, 2, 3, 1, &columns);
+        assert_eq!(written, stored);
     }
 }

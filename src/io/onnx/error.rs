@@ -28,6 +28,9 @@ pub enum EditError {
     /// A tensor whose element type has no fixed size.
     #[error("`{0}` has an element type without a fixed size")]
     UnsupportedType(String),
+    /// A refit weight's values are not in the layout of the file's weight.
+    #[error("`{0}` does not hold the weights its least-squares refit started from in a layout the writer knows, so the refit cannot be written into it (use --repair compensation)")]
+    RefitLayout(String),
     /// A tensor keeps its data in an external file.
     #[error("`{0}` keeps its data outside the file")]
     ExternalData(String),

@@ -17,7 +17,8 @@
 
 use crate::io::onnx::error::{EditError, EditResult};
 use crate::io::onnx::proto::{float_data, set_float_data};
-use crate::util::slices::{around, fill_runs, select_runs};
+use crate::io::onnx::writeback::{values_hash, Refit};
+use crate::util::slices::{around, fill_runs, select_runs, set_slices_first, slices_first};
 use std::collections::{BTreeMap, HashMap};
 use tract_core::internal::*;
 use tract_onnx::pb::{
@@ -82,6 +83,33 @@ impl<'a> OnnxGraph<'a> {
         let mut data = float_data(t)?;
         let (outer, size, inner) = around(&dims, axis);
         fill_runs(&mut data, outer, size, inner, zeroed, 0.0);
+        set_float_data(t, &data);
+        Ok(())
+    }
+
+    /// Replaces the values of the float constant read by (`reader`, `slot`) with a refit's,
+    /// given slice by slice along `axis`, in a copy of its own when others read it too; the
+    /// constant's values must be the ones the refit started from.
+    pub fn set_constant_slices(
+        &mut self,
+        reader: usize,
+        slot: usize,
+        axis: usize,
+        refit: &Refit,
+    ) -> EditResult<()> {
+        let name = self.own_input(reader, slot);
+        let ix = self
+            .initializer(&name)
+            .ok_or_else(|| EditError::NotInitializer(name.clone()))?;
+        let t = &mut self.graph_mut().initializer[ix];
+        let dims: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
+        let mut data = float_data(t)?;
+        let (outer, size, inner) = around(&dims, axis);
+        let unchanged = values_hash(&slices_first(&data, outer, size, inner)) == refit.original;
+        if !unchanged || refit.values.len() != data.len() {
+            return Err(EditError::RefitLayout(t.name.clone()));
+        }
+        set_slices_first(&mut data, outer, size, inner, &refit.values);
         set_float_data(t, &data);
         Ok(())
     }

@@ -11,8 +11,10 @@
 //! channels and bias entries, and the reshape targets between them (head count, all-head width,
 //! hard-coded Conv1D widths) and split sizes shrink with them. Everything else in the file stays
 //! as it was, except the optional shape annotations of intermediate tensors (`value_info`),
-//! which would state the old widths. The written file is imported again and must compute what the original computes;
-//! otherwise nothing is written.
+//! which would state the old widths. A pruned model's edits come first (zeros, repaired biases,
+//! and refit weights, written slice by slice along the weight's input axis so that the file's
+//! layout need not be tract's). The written file is imported again and must compute what the
+//! original computes; otherwise nothing is written.
 
 use crate::io::error::{IoError, IoResult};
 use crate::io::import::{import_onnx, tensor_shapes, ImportOptions};
@@ -23,11 +25,12 @@ use crate::io::onnx::proto::{
     decode, encode_preserving, is_float, linear_weight, onnx_node, read_bytes,
 };
 use crate::io::onnx::restrict::{Need, OnnxGraph};
-use crate::model::discover::{base_name, groups, Group, Kind};
+use crate::model::discover::{base_name, groups, Group, Kind, Units};
 use crate::model::stats::{activation_stats, capture, compensation, weight_of, zero_units};
 use crate::model::verify::random_inputs;
 use crate::model::verify::Verification;
 use crate::util::files::{persist, scratch_beside};
+use crate::util::slices::{around, slices_first};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
@@ -49,6 +52,50 @@ pub struct Cut {
     pub zeroed: Vec<usize>,
     /// What removed constant units added to the consumer's output, to add to its bias.
     pub bias_delta: Option<Vec<f32>>,
+    /// New values of the consumer's weight (a least-squares refit of the kept units).
+    pub refit: Option<Refit>,
+}
+
+/// A consumer weight's new values, in the order of its slices along its input axis (see
+/// [`slices_first`]), which is the same whether a file stores the weight `[in, out]` or
+/// `[out, in]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Refit {
+    /// The new values.
+    pub values: Vec<f32>,
+    /// A hash of the original values in that order: the file's weight must hash the same, or
+    /// its layout is not the one the values are in.
+    pub original: u64,
+}
+
+impl Refit {
+    /// The refit of `units`' consumer weight from `original` to `refit` (tract weights).
+    pub fn between(original: &Tensor, refit: &Tensor, units: Units) -> TractResult<Refit> {
+        Ok(Refit {
+            values: input_slices_first(refit, units)?,
+            original: values_hash(&input_slices_first(original, units)?),
+        })
+    }
+}
+
+/// A tract weight's values in the order of its slices along the units' (merged) axis.
+fn input_slices_first(weight: &Tensor, units: Units) -> TractResult<Vec<f32>> {
+    let view = units.view(weight)?.cast_to::<f32>()?.into_owned();
+    let (outer, size, inner) = around(view.shape(), units.axis);
+    Ok(slices_first(
+        view.try_as_plain_ram()?.as_slice::<f32>()?,
+        outer,
+        size,
+        inner,
+    ))
+}
+
+/// A hash of float values' bits.
+pub(crate) fn values_hash(values: &[f32]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    values.iter().for_each(|v| v.to_bits().hash(&mut hasher));
+    hasher.finish()
 }
 
 /// A hash of the data of each unit of a group's consumer weight (its values' bits), to match
@@ -159,6 +206,7 @@ pub fn derive_cuts(
             kept,
             zeroed,
             bias_delta,
+            refit: None,
         });
     }
     Ok(cuts)
@@ -227,10 +275,13 @@ fn find_target(graph: &OnnxGraph, cut: &Cut) -> EditResult<Target> {
     })
 }
 
-/// The consumer's part of a cut: its rows of the units a block lost entirely are zeroed, and
-/// the folded constants go into its bias.
+/// The consumer's part of a cut: a refit's values replace its weight, its rows of the units a
+/// block lost entirely are zeroed, and the folded constants go into its bias.
 fn edit_consumer(graph: &mut OnnxGraph, cut: &Cut, target: &Target) -> EditResult<()> {
     let (reader, slot) = target.weight_reader;
+    if let Some(refit) = &cut.refit {
+        graph.set_constant_slices(reader, slot, target.axis, refit)?;
+    }
     if !cut.zeroed.is_empty() {
         graph.zero_constant(reader, slot, target.axis, &target.slices(&cut.zeroed))?;
     }
