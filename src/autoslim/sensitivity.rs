@@ -15,7 +15,9 @@ use crate::autoslim::calibration::Calibration;
 use crate::autoslim::choice::{units_of, Choice};
 use crate::autoslim::prune::{repair_group, write_repairs, Plan, PlanGroup, Repair, Targets};
 use crate::model::discover::Group;
-use crate::model::verify::{fidelity_to_outputs, output_names, pools, OutputFidelity};
+use crate::model::verify::{
+    fidelity_to_outputs, names_logits, output_names, pools, OutputFidelity,
+};
 use tract_core::internal::*;
 
 /// Calibration samples each measurement runs on (the first ones).
@@ -67,13 +69,17 @@ impl<'a> Probe<'a> {
             .iter()
             .map(|s| plan.run(s.clone()))
             .collect::<TractResult<Vec<_>>>()?;
+        let names = output_names(model)?;
         if cost == GlobalCost::Embeddings {
             let pooling = calibration.mask.zip(samples.first().zip(dense.first()));
-            let found = pooling
-                .is_some_and(|(m, (sample, outputs))| outputs.iter().any(|o| pools(o, &sample[m])));
+            let found = pooling.is_some_and(|(m, (sample, outputs))| {
+                let embedding =
+                    |(o, name): (&TValue, &String)| pools(o, &sample[m]) && !names_logits(name);
+                outputs.iter().zip(&names).any(embedding)
+            });
             ensure!(
                 found,
-                "weighing by embeddings needs an output of shape [1, tokens, features] and an attention-mask input (an input named *mask*) to pool it with"
+                "weighing by embeddings needs an output of shape [1, tokens, features] that is not a language model's logits, and an attention-mask input (an input named *mask*) to pool it with"
             );
         }
         Ok(Probe {
@@ -81,7 +87,7 @@ impl<'a> Probe<'a> {
             samples,
             mask: calibration.mask,
             dense,
-            names: output_names(model)?,
+            names,
             repair,
             cost,
         })

@@ -239,11 +239,12 @@ pub struct OutputFidelity {
     pub cosine: f64,
     /// ‖approximation − reference‖ / ‖reference‖.
     pub relative_l2: f64,
-    /// For a `[1, tokens, features]` output and inputs with a token mask: the cosine between
-    /// the mean-pooled real tokens of both, averaged over samples (sentence embeddings).
+    /// For a `[1, tokens, features]` output (not named as logits) and inputs with a token mask:
+    /// the cosine between the mean-pooled real tokens of both, averaged over samples (sentence
+    /// embeddings).
     pub pooled_cosine: Option<f64>,
-    /// For the same outputs, when named as logits: the fraction of real tokens whose predicted
-    /// token (largest logit) is the same in both.
+    /// For a `[1, tokens, features]` output named as logits and inputs with a token mask: the
+    /// fraction of real tokens whose predicted token (largest logit) is the same in both.
     pub same_argmax: Option<f64>,
 }
 
@@ -414,6 +415,7 @@ fn fidelity_with(
                 cosine: ra / (rr.sqrt() * aa.sqrt()).max(f64::MIN_POSITIVE),
                 relative_l2: (dd / rr.max(f64::MIN_POSITIVE)).sqrt(),
                 pooled_cosine: every_sample(&tokens[ix], samples.len())
+                    .filter(|_| !names_logits(&names[ix]))
                     .map(|t| t.iter().map(|m| m.pooled_cosine).sum::<f64>() / t.len() as f64),
                 same_argmax: every_sample(&tokens[ix], samples.len())
                     .filter(|_| names_logits(&names[ix]))
@@ -428,8 +430,8 @@ fn fidelity_with(
 
 /// Whether an output's name says it holds a language model's logits (`transformers` and its
 /// exporters name them so), whose largest feature is the predicted token; for other outputs
-/// the largest feature means nothing.
-fn names_logits(name: &str) -> bool {
+/// the largest feature means nothing, and mean-pooled logits are no sentence embedding.
+pub(crate) fn names_logits(name: &str) -> bool {
     name.to_ascii_lowercase().contains("logits")
 }
 
