@@ -89,7 +89,7 @@ fn chosen_methods(list: Option<String>) -> Result<Vec<&'static Method>, String> 
 /// The held-out measure of a result: next-token agreement for a language model, else the
 /// pooled-embedding cosine.
 fn measure(fidelity: &model_slim::OutputFidelity) -> String {
-    match (fidelity.same_argmax, fidelity.pooled_cosine) {
+    match (fidelity.same_next_token, fidelity.pooled_cosine) {
         (Some(same), _) => format!("{:.1}%", same * 100.0),
         (None, Some(pooled)) => format!("{pooled:.3}"),
         (None, None) => format!("cosine {:.3}", fidelity.cosine),

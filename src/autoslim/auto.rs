@@ -684,7 +684,7 @@ impl AutoReport {
             if let Some(pooled) = f.pooled_cosine {
                 out += &format!(", pooled-embedding cosine {pooled:.4}");
             }
-            if let Some(same) = f.same_argmax {
+            if let Some(same) = f.same_next_token {
                 out += &format!(", same next token on {:.1}% of real tokens", same * 100.0);
             }
             out += "\n";

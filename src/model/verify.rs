@@ -245,7 +245,7 @@ pub struct OutputFidelity {
     pub pooled_cosine: Option<f64>,
     /// For a `[1, tokens, features]` output named as logits and inputs with a token mask: the
     /// fraction of real tokens whose predicted token (largest logit) is the same in both.
-    pub same_argmax: Option<f64>,
+    pub same_next_token: Option<f64>,
 }
 
 /// Mean of the rows of a `tokens × features` output whose `mask` is positive.
@@ -417,7 +417,7 @@ fn fidelity_with(
                 pooled_cosine: every_sample(&tokens[ix], samples.len())
                     .filter(|_| !names_logits(&names[ix]))
                     .map(|t| t.iter().map(|m| m.pooled_cosine).sum::<f64>() / t.len() as f64),
-                same_argmax: every_sample(&tokens[ix], samples.len())
+                same_next_token: every_sample(&tokens[ix], samples.len())
                     .filter(|_| names_logits(&names[ix]))
                     .map(|t| {
                         let same: usize = t.iter().map(|m| m.same_argmax).sum();

@@ -56,9 +56,9 @@ pub struct Cut {
     pub refit: Option<Refit>,
 }
 
-/// A consumer weight's new values, in the order of its slices along its input axis (see
-/// [`slices_first`]), which is the same whether a file stores the weight `[in, out]` or
-/// `[out, in]`.
+/// A consumer weight's new values, in the order of its slices along its input axis (slice
+/// after slice, each in the order of the other axes), which is the same whether a file stores
+/// the weight `[in, out]` or `[out, in]`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Refit {
     /// The new values.
