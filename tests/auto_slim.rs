@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{graph_summary, manifest, Fixture};
+use common::{dense_fixtures, graph_summary, Fixture};
 use model_slim::{auto_slim, AutoOptions, AutoSlimmed, AutoStage, GlobalCost, Repair, Scoring};
 use model_slim::{choose, magnitude_scores, KvLayout, Plan, Targets};
 use model_slim::{groups, Kind};
@@ -31,14 +31,6 @@ fn options(targets: Targets, calibration: Option<Calibration>) -> AutoOptions {
         random_samples: 2,
         ..AutoOptions::new(targets)
     }
-}
-
-fn dense_fixtures() -> Vec<Fixture> {
-    manifest()
-        .fixtures
-        .into_iter()
-        .filter(|f| f.variant == "dense")
-        .collect()
 }
 
 /// The dense fixture of that name.

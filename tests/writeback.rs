@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{check_every_fixture, manifest, Fixture, Layer};
+use common::{check_every_fixture, dense_fixtures, manifest, Fixture, Layer};
 use model_slim::read_proto;
 use model_slim::verify;
 use model_slim::Slimmer;
@@ -237,14 +237,6 @@ fn write_refit(
         Some(&result.slimmed),
         check,
     )
-}
-
-fn dense_fixtures() -> Vec<Fixture> {
-    manifest()
-        .fixtures
-        .into_iter()
-        .filter(|f| f.variant == "dense")
-        .collect()
 }
 
 #[test]

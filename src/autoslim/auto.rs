@@ -356,9 +356,18 @@ impl AutoSlimmed {
 
     /// The refit of `group`'s consumer weight from `original` to the pruned model.
     fn refit_of(&self, original: &TypedModel, group: &Group) -> TractResult<Refit> {
+        // The pruned consumer reads its weight from where the repair put it: a new constant
+        // when the original one was shared.
+        let slot = original
+            .node(group.consumer)
+            .inputs
+            .iter()
+            .position(|i| i.node == group.weight)
+            .context("consumer does not read its weight")?;
+        let refit = self.pruned.node(group.consumer).inputs[slot].node;
         Refit::between(
             &*weight_of(original, group.weight)?,
-            &*weight_of(&self.pruned, group.weight)?,
+            &*weight_of(&self.pruned, refit)?,
             group.weight_units,
         )
     }

@@ -44,21 +44,25 @@ pub fn fill_runs<T: Copy>(
     }
 }
 
+/// The starts of the runs of data laid out as in [`select_runs`], slice after slice along the
+/// axis of `size` (each slice's runs in the order of the axes before it).
+fn slice_major_starts(outer: usize, size: usize, inner: usize) -> impl Iterator<Item = usize> {
+    (0..size).flat_map(move |i| (0..outer).map(move |o| (o * size + i) * inner))
+}
+
 /// The elements in the order of their slices along an axis of `size` (slice after slice, each
 /// in the layout's order of the other axes), for data laid out as in [`select_runs`]: the same
 /// weight stored with its axes in another order reads the same this way.
 pub fn slices_first<T: Copy>(data: &[T], outer: usize, size: usize, inner: usize) -> Vec<T> {
     let mut out = Vec::with_capacity(data.len());
-    for i in 0..size {
-        for o in 0..outer {
-            let start = (o * size + i) * inner;
-            out.extend_from_slice(&data[start..start + inner]);
-        }
+    for start in slice_major_starts(outer, size, inner) {
+        out.extend_from_slice(&data[start..start + inner]);
     }
     out
 }
 
-/// Writes `values`, in the order of [`slices_first`], back into data of that layout.
+/// Writes `values`, in the order of [`slices_first`] (as many as `data` holds), back into data
+/// of that layout.
 pub fn set_slices_first<T: Copy>(
     data: &mut [T],
     outer: usize,
@@ -66,15 +70,21 @@ pub fn set_slices_first<T: Copy>(
     inner: usize,
     values: &[T],
 ) {
-    let mut runs = values.chunks_exact(inner);
-    for i in 0..size {
-        for o in 0..outer {
-            let start = (o * size + i) * inner;
-            if let Some(run) = runs.next() {
-                data[start..start + inner].copy_from_slice(run);
-            }
-        }
+    debug_assert_eq!(values.len(), data.len());
+    let runs = slice_major_starts(outer, size, inner).zip(values.chunks_exact(inner));
+    for (start, run) in runs {
+        data[start..start + inner].copy_from_slice(run);
     }
+}
+
+/// A hash of float values' bits: equal for the same values in the same order.
+pub fn bits_hash<'a>(values: impl IntoIterator<Item = &'a f32>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    values
+        .into_iter()
+        .for_each(|v| v.to_bits().hash(&mut hasher));
+    hasher.finish()
 }
 
 /// The (outer, size, inner) split of `shape` around `axis`.

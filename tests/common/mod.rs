@@ -85,6 +85,15 @@ pub fn manifest() -> Manifest {
     serde_json::from_str(&text).expect("manifest parses")
 }
 
+/// The fixtures exported from untouched (dense) models.
+pub fn dense_fixtures() -> Vec<Fixture> {
+    manifest()
+        .fixtures
+        .into_iter()
+        .filter(|f| f.variant == "dense")
+        .collect()
+}
+
 impl Fixture {
     pub fn path(&self) -> PathBuf {
         fixtures_dir().join(&self.file)

@@ -17,8 +17,9 @@
 
 use crate::io::onnx::error::{EditError, EditResult};
 use crate::io::onnx::proto::{float_data, set_float_data};
-use crate::io::onnx::writeback::{values_hash, Refit};
-use crate::util::slices::{around, fill_runs, select_runs, set_slices_first, slices_first};
+use crate::util::slices::{
+    around, bits_hash, fill_runs, select_runs, set_slices_first, slices_first,
+};
 use std::collections::{BTreeMap, HashMap};
 use tract_core::internal::*;
 use tract_onnx::pb::{
@@ -74,28 +75,43 @@ impl<'a> OnnxGraph<'a> {
         axis: usize,
         zeroed: &[usize],
     ) -> EditResult<()> {
-        let name = self.own_input(reader, slot);
-        let ix = self
-            .initializer(&name)
-            .ok_or_else(|| EditError::NotInitializer(name.clone()))?;
-        let t = &mut self.graph_mut().initializer[ix];
-        let dims: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
-        let mut data = float_data(t)?;
-        let (outer, size, inner) = around(&dims, axis);
-        fill_runs(&mut data, outer, size, inner, zeroed, 0.0);
-        set_float_data(t, &data);
-        Ok(())
+        self.edit_float_constant(reader, slot, axis, |_, data, (outer, size, inner)| {
+            fill_runs(data, outer, size, inner, zeroed, 0.0);
+            Ok(())
+        })
     }
 
-    /// Replaces the values of the float constant read by (`reader`, `slot`) with a refit's,
-    /// given slice by slice along `axis`, in a copy of its own when others read it too; the
-    /// constant's values must be the ones the refit started from.
+    /// Replaces the values of the float constant read by (`reader`, `slot`) with `values`,
+    /// given slice by slice along `axis` (as [`slices_first`] orders them), in a copy of its own
+    /// when others read it too. Its values in that order must hash to `original` (see
+    /// [`bits_hash`]): the ones the new values were computed from, in the same layout.
     pub fn set_constant_slices(
         &mut self,
         reader: usize,
         slot: usize,
         axis: usize,
-        refit: &Refit,
+        values: &[f32],
+        original: u64,
+    ) -> EditResult<()> {
+        self.edit_float_constant(reader, slot, axis, |name, data, (outer, size, inner)| {
+            let same = bits_hash(&slices_first(data, outer, size, inner)) == original;
+            if !same || values.len() != data.len() {
+                return Err(EditError::RefitLayout(name.to_string()));
+            }
+            set_slices_first(data, outer, size, inner, values);
+            Ok(())
+        })
+    }
+
+    /// Edits the values of the float constant read by (`reader`, `slot`), in a copy of its own
+    /// when others read it too: `edit` gets its name, its values (in f32) and their
+    /// (outer, size, inner) split around `axis`.
+    fn edit_float_constant(
+        &mut self,
+        reader: usize,
+        slot: usize,
+        axis: usize,
+        edit: impl FnOnce(&str, &mut [f32], (usize, usize, usize)) -> EditResult<()>,
     ) -> EditResult<()> {
         let name = self.own_input(reader, slot);
         let ix = self
@@ -104,12 +120,7 @@ impl<'a> OnnxGraph<'a> {
         let t = &mut self.graph_mut().initializer[ix];
         let dims: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
         let mut data = float_data(t)?;
-        let (outer, size, inner) = around(&dims, axis);
-        let unchanged = values_hash(&slices_first(&data, outer, size, inner)) == refit.original;
-        if !unchanged || refit.values.len() != data.len() {
-            return Err(EditError::RefitLayout(t.name.clone()));
-        }
-        set_slices_first(&mut data, outer, size, inner, &refit.values);
+        edit(&t.name, &mut data, around(&dims, axis))?;
         set_float_data(t, &data);
         Ok(())
     }

@@ -30,7 +30,7 @@ use crate::model::stats::{activation_stats, capture, compensation, weight_of, ze
 use crate::model::verify::random_inputs;
 use crate::model::verify::Verification;
 use crate::util::files::{persist, scratch_beside};
-use crate::util::slices::{around, slices_first};
+use crate::util::slices::{around, bits_hash, slices_first};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
@@ -73,7 +73,7 @@ impl Refit {
     pub fn between(original: &Tensor, refit: &Tensor, units: Units) -> TractResult<Refit> {
         Ok(Refit {
             values: input_slices_first(refit, units)?,
-            original: values_hash(&input_slices_first(original, units)?),
+            original: bits_hash(&input_slices_first(original, units)?),
         })
     }
 }
@@ -90,34 +90,25 @@ fn input_slices_first(weight: &Tensor, units: Units) -> TractResult<Vec<f32>> {
     ))
 }
 
-/// A hash of float values' bits.
-pub(crate) fn values_hash(values: &[f32]) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    values.iter().for_each(|v| v.to_bits().hash(&mut hasher));
-    hasher.finish()
-}
-
 /// A hash of the data of each unit of a group's consumer weight (its values' bits), to match
 /// units exactly without holding a copy of every unit: the weights of a 1B-parameter model are
 /// large beside the memory left while both models are held.
 fn unit_hashes(model: &TypedModel, group: &Group) -> TractResult<Vec<u64>> {
-    use std::hash::{Hash, Hasher};
     let weight = weight_of(model, group.weight)?;
     let units = group.weight_units;
     // One merged view and one cast for every unit: per unit, they would copy the whole weight.
     let view = units.view(&weight)?;
     let view = view.cast_to::<f32>()?;
     let array = view.to_plain_array_view::<f32>()?;
+    let axis = tract_ndarray::Axis(units.axis);
     Ok((0..group.units)
         .map(|u| {
-            let mut hasher = std::collections::hash_map::DefaultHasher::new();
-            for slice in units.slices(&[u]) {
-                for v in array.index_axis(tract_ndarray::Axis(units.axis), slice) {
-                    v.to_bits().hash(&mut hasher);
-                }
-            }
-            hasher.finish()
+            let slices = units.slices(&[u]);
+            bits_hash(
+                slices
+                    .into_iter()
+                    .flat_map(|slice| array.index_axis(axis, slice)),
+            )
         })
         .collect())
 }
@@ -280,7 +271,7 @@ fn find_target(graph: &OnnxGraph, cut: &Cut) -> EditResult<Target> {
 fn edit_consumer(graph: &mut OnnxGraph, cut: &Cut, target: &Target) -> EditResult<()> {
     let (reader, slot) = target.weight_reader;
     if let Some(refit) = &cut.refit {
-        graph.set_constant_slices(reader, slot, target.axis, refit)?;
+        graph.set_constant_slices(reader, slot, target.axis, &refit.values, refit.original)?;
     }
     if !cut.zeroed.is_empty() {
         graph.zero_constant(reader, slot, target.axis, &target.slices(&cut.zeroed))?;
