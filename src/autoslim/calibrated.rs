@@ -18,7 +18,9 @@ use crate::model::discover::{Group, Kind, Units};
 use crate::model::stats::weight_of;
 use crate::util::parallel::in_parallel;
 use faer::linalg::matmul::triangular::{self, BlockStructure};
-use faer::Mat;
+use faer::{Mat, Par};
+use std::ops::Range;
+use std::sync::Mutex;
 use tract_core::internal::*;
 use tract_core::ops::einsum::EinSum;
 use tract_ndarray::{Array2, ArrayView2, Axis as NdAxis};
@@ -253,8 +255,41 @@ fn unit_rows(
     Ok(rows)
 }
 
-/// Samples run together: their real tokens go into each Gram matrix in one product.
-const CHUNK: usize = 16;
+/// Real tokens gathered, about, before they go into the Gram matrices (one product per fold):
+/// each product reads and writes every fold's `(inputs + 1)²` accumulator, so fewer, larger
+/// products cost less, while the activations held stay bounded by tokens, not samples.
+const CHUNK_TOKENS: usize = 1536;
+
+/// Samples run together at most.
+const CHUNK_SAMPLES: usize = 64;
+
+/// Consecutive ranges of samples holding about [`CHUNK_TOKENS`] real tokens each (at most
+/// [`CHUNK_SAMPLES`] samples).
+fn chunks(calibration: &Calibration) -> TractResult<Vec<Range<usize>>> {
+    let mut found = vec![];
+    let (mut start, mut tokens) = (0, 0);
+    for (i, sample) in calibration.samples.iter().enumerate() {
+        tokens += sample_tokens(calibration, sample)?;
+        if tokens >= CHUNK_TOKENS || i + 1 - start == CHUNK_SAMPLES {
+            found.push(start..i + 1);
+            (start, tokens) = (i + 1, 0);
+        }
+    }
+    if start < calibration.samples.len() {
+        found.push(start..calibration.samples.len());
+    }
+    Ok(found)
+}
+
+/// A sample's real tokens by its mask, or the length of its first input without one.
+fn sample_tokens(calibration: &Calibration, sample: &[TValue]) -> TractResult<usize> {
+    let Some(mask) = calibration.mask else {
+        return Ok(sample.first().map_or(1, |v| v.len()));
+    };
+    let mask = sample[mask].cast_to::<f32>()?;
+    let marks = mask.try_as_plain_ram()?.as_slice::<f32>()?;
+    Ok(marks.iter().filter(|m| **m > 0.0).count())
+}
 
 /// The rows of `x` whose token weight is positive (all of them without weights).
 fn real_tokens(x: Array2<f32>, weights: Option<&[f64]>) -> Array2<f32> {
@@ -302,8 +337,11 @@ pub struct Calibrated {
     pub magnitude: Vec<f64>,
     /// Heads: each head's mean contribution norm to the output over real tokens.
     pub head_contribution: Vec<f64>,
-    /// Per fold, the Gram matrix of `[X, 1]` over its real tokens (`inputs + 1` square).
-    pub grams: Vec<Mat<f64>>,
+    /// Gram matrices of `[X, 1]` over real tokens (`inputs + 1` square): while calibrating,
+    /// one per fold; once finished, the first `FOLDS − 1` folds, then the total, so that the
+    /// total is read without summing (or allocating) and the last fold costs no extra matrix
+    /// (see [`Calibrated::gram`] and [`Calibrated::folds`]).
+    grams: Vec<Mat<f64>>,
     /// What is subtracted from each input column before its products are taken (the first
     /// samples' means), until [`Calibrated::finish`] undoes it.
     shift: Vec<f32>,
@@ -338,6 +376,31 @@ impl Calibrated {
         self.shift = sum.iter().map(|s| (s / rows as f64) as f32).collect();
     }
 
+    /// Adds the real tokens of consecutive samples from `first` on (and whether each one's mask
+    /// lined up) to the statistics of `group`, whose consumer weight matrix is `w`.
+    fn add_chunk(
+        &mut self,
+        first: usize,
+        samples: &[&(Array2<f32>, bool)],
+        (group, w): (&Group, &Array2<f32>),
+        (scratch, par): (&mut Mat<f32>, Par),
+    ) {
+        for (x, unmasked) in samples {
+            self.add_moments(x, group, w);
+            self.unmasked_samples += *unmasked as usize;
+        }
+        self.shift_by_mean_of(&samples.iter().map(|(x, _)| x).collect::<Vec<_>>());
+        for fold in 0..FOLDS {
+            let xs: Vec<&Array2<f32>> = samples
+                .iter()
+                .enumerate()
+                .filter(|(k, _)| (first + k) % FOLDS == fold)
+                .map(|(_, (x, _))| x)
+                .collect();
+            self.add_gram(fold, &xs, scratch, par);
+        }
+    }
+
     /// Adds one sample's real tokens (`tokens × inputs`) to the moments.
     fn add_moments(&mut self, x: &Array2<f32>, group: &Group, w: &Array2<f32>) {
         for row in x.rows() {
@@ -360,7 +423,7 @@ impl Calibrated {
     /// accumulated in f64 across calls, and [`Calibrated::finish`] undoes the shift exactly.
     /// Only lower triangles are computed; `scratch` (at least `inputs + 1` square) holds the
     /// product, so that no call allocates (and faults in) a matrix of that size.
-    fn add_gram(&mut self, fold: usize, xs: &[&Array2<f32>], scratch: &mut Mat<f32>) {
+    fn add_gram(&mut self, fold: usize, xs: &[&Array2<f32>], scratch: &mut Mat<f32>, par: Par) {
         let n = self.form.inputs;
         let rows: usize = xs.iter().map(|x| x.nrows()).sum();
         if rows == 0 {
@@ -383,7 +446,7 @@ impl Calibrated {
             stacked.as_ref(),
             BlockStructure::Rectangular,
             1.0,
-            faer::Par::rayon(0),
+            par,
         );
         let gram = &mut self.grams[fold];
         for j in 0..=n {
@@ -410,12 +473,15 @@ impl Calibrated {
         }
     }
 
-    /// Turns sums into means and variances, and the Gram matrices' lower triangles of shifted
-    /// inputs into whole Gram matrices of the inputs.
+    /// Turns sums into means and variances, the Gram matrices' lower triangles of shifted
+    /// inputs into whole Gram matrices of the inputs, and the last fold's into the total.
     fn finish(&mut self) {
         let shift = std::mem::take(&mut self.shift);
         for gram in &mut self.grams {
             unshift(gram, &shift);
+        }
+        if let Some((last, others)) = self.grams.split_last_mut() {
+            others.iter().for_each(|fold| *last += fold);
         }
         let count = self.tokens.max(1.0);
         for j in 0..self.mean.len() {
@@ -428,12 +494,13 @@ impl Calibrated {
     }
 
     /// The Gram matrix over every fold.
-    pub fn gram(&self) -> Mat<f64> {
-        let mut total = self.grams[0].clone();
-        for g in &self.grams[1..] {
-            total += g;
-        }
-        total
+    pub fn gram(&self) -> &Mat<f64> {
+        &self.grams[FOLDS - 1]
+    }
+
+    /// The Gram matrices of every fold but the last, which is [`Calibrated::gram`] minus these.
+    pub fn folds(&self) -> &[Mat<f64>] {
+        &self.grams[..FOLDS - 1]
     }
 }
 
@@ -488,8 +555,9 @@ pub fn calibrate(
             f.weight_matrix(&w)
         })
         .collect::<TractResult<_>>()?;
-    let mut stats: Vec<Calibrated> = forms
-        .into_iter()
+    let stats: Vec<Calibrated> = forms
+        .iter()
+        .cloned()
         .zip(groups)
         .map(|(f, g)| Calibrated::new(f, g.units))
         .collect();
@@ -503,9 +571,17 @@ pub fn calibrate(
     let samples = &calibration.samples;
     let mut outputs = vec![];
     let widest = stats.iter().map(|s| s.form.inputs + 1).max().unwrap_or(0);
-    let mut scratch = Mat::<f32>::zeros(widest, widest);
-    for (chunk, first) in samples.chunks(CHUNK).zip((0..).step_by(CHUNK)) {
-        progress(first, samples.len());
+    // Groups take their chunk in parallel, each product on one core; one scratch per thread.
+    let par = if stats.len() > 1 {
+        Par::Seq
+    } else {
+        Par::rayon(0)
+    };
+    let scratches = Mutex::new(vec![]);
+    let stats: Vec<Mutex<Calibrated>> = stats.into_iter().map(Mutex::new).collect();
+    for range in chunks(calibration)? {
+        progress(range.start, samples.len());
+        let chunk = &samples[range.clone()];
         // Each sample's real tokens per group (and whether its mask lined up), run in parallel.
         let runs = in_parallel(
             chunk.len(),
@@ -516,9 +592,9 @@ pub fn calibrate(
                 let sample_outputs: TVec<TValue> = values.drain(stats.len()..).collect();
                 let tokens = values
                     .iter()
-                    .zip(&stats)
-                    .map(|(value, stat)| {
-                        let x = stat.form.activation_matrix(value)?;
+                    .zip(&forms)
+                    .map(|(value, form)| {
+                        let x = form.activation_matrix(value)?;
                         let weights = token_weights(mask.as_ref(), x.nrows())?;
                         let unmasked = mask.is_some() && weights.is_none();
                         Ok((real_tokens(x, weights.as_deref()), unmasked))
@@ -532,29 +608,42 @@ pub fn calibrate(
         if keep_outputs {
             outputs.extend(chunk_outputs);
         }
-        for (g, (stat, (group, w))) in stats
-            .iter_mut()
-            .zip(groups.iter().zip(&weights))
-            .enumerate()
-        {
-            for (x, unmasked) in runs.iter().map(|run| &run[g]) {
-                stat.add_moments(x, group, w);
-                stat.unmasked_samples += *unmasked as usize;
-            }
-            stat.shift_by_mean_of(&runs.iter().map(|run| &run[g].0).collect::<Vec<_>>());
-            for fold in 0..FOLDS {
-                let xs: Vec<&Array2<f32>> = runs
-                    .iter()
-                    .enumerate()
-                    .filter(|(k, _)| (first + k) % FOLDS == fold)
-                    .map(|(_, run)| &run[g].0)
-                    .collect();
-                stat.add_gram(fold, &xs, &mut scratch);
-            }
-        }
+        in_parallel(
+            stats.len(),
+            |g| {
+                let mut scratch = lock(&scratches)?
+                    .pop()
+                    .unwrap_or_else(|| Mat::<f32>::zeros(widest, widest));
+                let sample_tokens: Vec<&(Array2<f32>, bool)> =
+                    runs.iter().map(|run| &run[g]).collect();
+                lock(&stats[g])?.add_chunk(
+                    range.start,
+                    &sample_tokens,
+                    (&groups[g], &weights[g]),
+                    (&mut scratch, par),
+                );
+                lock(&scratches)?.push(scratch);
+                Ok(())
+            },
+            &|_, _| (),
+        )?;
     }
+    let mut stats: Vec<Calibrated> = stats
+        .into_iter()
+        .map(|s| {
+            s.into_inner()
+                .map_err(|_| format_err!("a worker thread panicked"))
+        })
+        .collect::<TractResult<_>>()?;
     stats.iter_mut().for_each(Calibrated::finish);
     Ok(CalibrationRun { stats, outputs })
+}
+
+/// The value behind `mutex`; a poisoned one means a worker thread panicked.
+fn lock<T>(mutex: &Mutex<T>) -> TractResult<std::sync::MutexGuard<'_, T>> {
+    mutex
+        .lock()
+        .map_err(|_| format_err!("a worker thread panicked"))
 }
 
 /// The view of an `inputs × outputs` array as a faer matrix (copied, in f64).
@@ -659,7 +748,8 @@ pub(crate) mod tests {
 
     /// The BERT fixture (TorchScript, default attention) at its fixture shapes.
     pub(crate) fn bert() -> TypedModel {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        // The checkout as cargo runs the test, not as it was compiled (see `testing::checkout`).
+        let path = std::path::PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap())
             .join("tests/fixtures/bert_dense_torchscript.onnx");
         let options = ImportOptions {
             inputs: [

@@ -34,21 +34,21 @@ pub struct Refit {
 
 /// The normal equations of one refit: the kept rows (then the ones column), `W̃`, the Gram
 /// matrix over every fold and the ridge's scale.
-struct Problem {
+struct Problem<'a> {
     dropped: Vec<bool>,
     kept: Vec<usize>,
     full: Mat<f64>,
-    total: Mat<f64>,
+    total: &'a Mat<f64>,
     scale: f64,
 }
 
-impl Problem {
+impl<'a> Problem<'a> {
     fn new(
-        stats: &Calibrated,
+        stats: &'a Calibrated,
         w: &Array2<f32>,
         bias: Option<&[f32]>,
         removed: &[usize],
-    ) -> Problem {
+    ) -> Problem<'a> {
         let n = stats.form.inputs;
         let mut dropped = vec![false; n];
         for u in removed {
@@ -90,7 +90,7 @@ pub fn cross_validated_ridge(
     removed: &[usize],
 ) -> TractResult<f64> {
     let p = Problem::new(stats, w, None, removed);
-    choose_ridge(stats, &p.total, &p.full, &p.kept, p.scale)
+    choose_ridge(stats, &p.full, &p.kept, p.scale)
 }
 
 /// Refits the consumer described by `stats`, of weight `w` and bias `bias`, without `removed`,
@@ -106,9 +106,9 @@ pub fn refit(
     let p = Problem::new(stats, w, bias, removed);
     let ridge = match ridge {
         Some(ridge) => ridge,
-        None => choose_ridge(stats, &p.total, &p.full, &p.kept, p.scale)?,
+        None => choose_ridge(stats, &p.full, &p.kept, p.scale)?,
     };
-    let solved = solve(&p.total, &p.full, &p.kept, ridge * p.scale)?;
+    let solved = solve(p.total, &p.full, &p.kept, ridge * p.scale)?;
     let padded = pad(&solved, &p.kept, n + 1);
     let mut weight = from_faer(&padded.as_ref().submatrix(0, 0, n, w.ncols()).to_owned());
     for r in (0..n).filter(|r| p.dropped[*r]) {
@@ -139,31 +139,34 @@ fn output_sample(full: &Mat<f64>) -> Mat<f64> {
 /// The ridge of [`RIDGES`] with the least held-out error over the folds (the second smallest
 /// when there are too few samples to hold any out), measured on [`CV_OUTPUTS`] outputs at most.
 /// The held-out error of a fit `Ŵ` on fold `f` is
-/// `‖X̃_f,k Ŵ − X̃_f W̃‖² = tr(Ŵᵀ G_f,kk Ŵ) − 2 tr(Ŵᵀ (G_f W̃)_k) + tr(W̃ᵀ G_f W̃)`.
+/// `‖X̃_f,k Ŵ − X̃_f W̃‖² = tr(Ŵᵀ G_f,kk Ŵ) − 2 tr(Ŵᵀ (G_f W̃)_k) + tr(W̃ᵀ G_f W̃)`, and it is
+/// fitted on the other folds, whose terms are the total's minus the fold's.
 fn choose_ridge(
     stats: &Calibrated,
-    total: &Mat<f64>,
     full: &Mat<f64>,
     kept: &[usize],
     scale: f64,
 ) -> TractResult<f64> {
     let full = &output_sample(full);
-    let last = total.nrows() - 1;
-    let folds: Vec<HeldOut> = stats
-        .grams
+    let whole = HeldOut::new(stats.gram(), full, kept);
+    let mut folds: Vec<HeldOut> = stats
+        .folds()
         .iter()
-        .filter(|g| g[(last, last)] > 0.0)
         .map(|fold| HeldOut::new(fold, full, kept))
         .collect();
+    // Every term is linear in the Gram matrix, so the last fold's are the total's minus the
+    // others'.
+    let last = folds.iter().fold(whole.clone(), HeldOut::minus);
+    folds.push(last);
+    folds.retain(|fold| fold.tokens() > 0.0);
     if folds.len() < 2 {
         return Ok(RIDGES[1]);
     }
-    let total_rhs = rows_of(total, kept) * full;
     let error = |ridge: f64| -> TractResult<f64> {
         let mut error = 0.0;
         for fold in &folds {
-            let train = &kept_block(total, kept) - &fold.kept;
-            let rhs = &total_rhs - &fold.rhs;
+            let train = &whole.kept - &fold.kept;
+            let rhs = &whole.rhs - &fold.rhs;
             let solved = solve_normal(train, full, kept, rhs, ridge * scale)?;
             error += fold.error(&solved);
         }
@@ -174,6 +177,7 @@ fn choose_ridge(
 
 /// What one fold's held-out error needs: its Gram matrix on the kept rows, their right-hand
 /// side `(G_f W̃)_k` and the constant `tr(W̃ᵀ G_f W̃)`.
+#[derive(Clone)]
 struct HeldOut {
     kept: Mat<f64>,
     rhs: Mat<f64>,
@@ -188,6 +192,20 @@ impl HeldOut {
             rhs: rows_of(&fold_full, kept),
             constant: trace_of_product(full, &fold_full),
         }
+    }
+
+    /// The terms of the Gram matrix `G − G_other`.
+    fn minus(mut self, other: &HeldOut) -> HeldOut {
+        self.kept -= &other.kept;
+        self.rhs -= &other.rhs;
+        self.constant -= other.constant;
+        self
+    }
+
+    /// The fold's tokens: the ones column's entry (kept last).
+    fn tokens(&self) -> f64 {
+        let last = self.kept.nrows() - 1;
+        self.kept[(last, last)]
     }
 
     /// `‖X̃_f,k Ŵ − X̃_f W̃‖²` for the fit `solved` on the kept rows.
@@ -367,7 +385,7 @@ impl RidgeFit {
             .as_mut()
             .submatrix_mut(0, 0, n, w.ncols())
             .copy_from(to_faer(w.view()));
-        let gram_dense = &gram * &dense;
+        let gram_dense = gram * &dense;
         let energy = trace_of_product(&dense, &gram_dense).max(f64::MIN_POSITIVE);
         let weights = &inverse * &gram_dense;
         Ok(RidgeFit {
@@ -381,9 +399,9 @@ impl RidgeFit {
 /// Greedy removal when every candidate is one row, with the inverse downdated lazily: the
 /// current `H⁻¹` is `H₀⁻¹ − Σ_s u_s u_sᵀ` with `u_s = H⁻¹_·r / √[H⁻¹]_rr` of each removed
 /// row `r`, so a step needs one column of it (`O(n · steps)`) and its diagonal, not all of it
-/// (`O(n²)`). Each step reads the weights twice and the updates once, so both are kept in
-/// f32 (half the memory traffic); the order only needs costs to rank candidates, and the
-/// refit that follows solves again in f64.
+/// (`O(n²)`). Each step reads the updates once and updates the weights in one pass that also
+/// gives the next step's row norms; both are kept in f32 (half the memory traffic): the order
+/// only needs costs to rank candidates, and the refit that follows solves again in f64.
 fn greedy_rows(
     initial: &Mat<f64>,
     weights: Mat<f64>,
@@ -396,15 +414,15 @@ fn greedy_rows(
     let mut diagonal: Vec<f64> = (0..size).map(|i| initial[(i, i)]).collect();
     let mut updates: Vec<Vec<f32>> = vec![];
     let mut order = vec![];
+    // ‖w_r‖² for every row (columns are contiguous), kept up to date by each step's update pass.
+    let mut norms = vec![0f32; size];
+    for j in 0..weights.ncols() {
+        norms
+            .iter_mut()
+            .zip(weights.col_as_slice(j))
+            .for_each(|(s, w)| *s += w * w);
+    }
     while order.len() < steps {
-        // ‖w_r‖² / [H⁻¹]_rr for every row at once (columns are contiguous).
-        let mut norms = vec![0f32; size];
-        for j in 0..weights.ncols() {
-            norms
-                .iter_mut()
-                .zip(weights.col_as_slice(j))
-                .for_each(|(s, w)| *s += w * w);
-        }
         let cost = |c: usize| norms[rows[c]] as f64 / diagonal[rows[c]].max(f64::MIN_POSITIVE);
         let Some(c) = selection.cheapest(cost) else {
             break;
@@ -422,12 +440,17 @@ fn greedy_rows(
         }
         let root = column[r].max(f64::MIN_POSITIVE).sqrt();
         let column: Vec<f32> = column.iter().map(|x| (x / root) as f32).collect();
+        norms.fill(0.0);
         for j in 0..weights.ncols() {
             let col = weights.col_as_slice_mut(j);
             let scale = col[r] / root as f32;
             col.iter_mut()
                 .zip(&column)
-                .for_each(|(w, u)| *w -= u * scale);
+                .zip(&mut norms)
+                .for_each(|((w, u), s)| {
+                    *w -= u * scale;
+                    *s += *w * *w;
+                });
         }
         diagonal
             .iter_mut()
