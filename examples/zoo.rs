@@ -11,7 +11,7 @@ use model_slim::Verification;
 use model_slim::{import_onnx, ImportOptions, InputSpec};
 use model_slim::{write_model, ArtifactCheck, Expected};
 use serde::Deserialize;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 use tract_core::internal::*;
 
@@ -57,7 +57,7 @@ fn max_diff(v: &Verification) -> f32 {
 }
 
 fn row(fixture: &Fixture, dir: &Path) -> TractResult<String> {
-    let source = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    let source = model_slim::testing::checkout()
         .join("tests/fixtures")
         .join(&fixture.file);
     let options = options(fixture);
@@ -123,7 +123,7 @@ fn row(fixture: &Fixture, dir: &Path) -> TractResult<String> {
 
 fn main() -> TractResult<()> {
     let manifest: Manifest = serde_json::from_str(&std::fs::read_to_string(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/manifest.json"),
+        model_slim::testing::checkout().join("tests/fixtures/manifest.json"),
     )?)?;
     let dir = tempfile::tempdir()?;
     println!("| fixture | heads per layer (query/KV) | FFN channels per layer | FLOP ratio | NNEF max diff | ONNX max diff | pass ms |");

@@ -2,7 +2,6 @@
 //! exit, or passes through where it is valid — never a panic, an abort or a partial output file.
 
 use prost::Message;
-use std::path::Path;
 use std::process::{Command, Output};
 use tract_onnx::pb::tensor_shape_proto::{dimension, Dimension};
 use tract_onnx::pb::type_proto::{Tensor as TensorType, Value as TypeValue};
@@ -86,10 +85,9 @@ fn model(
 
 /// The corpus: (name, bytes, whether the file is a valid model).
 fn corpus() -> Vec<(&'static str, Vec<u8>, bool)> {
-    let fixture = std::fs::read(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bert_ffn_dynamo.onnx"),
-    )
-    .unwrap();
+    let fixture =
+        std::fs::read(model_slim::testing::checkout().join("tests/fixtures/bert_ffn_dynamo.onnx"))
+            .unwrap();
     let x = || value("x", FLOAT, &[1, 4]);
     let y = || value("y", FLOAT, &[1, 4]);
     vec![

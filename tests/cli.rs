@@ -4,7 +4,7 @@
 mod common;
 
 use common::{assert_success, model_slim};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 
 /// A fixture's layers as its manifest describes them.
@@ -18,7 +18,7 @@ fn layers_of(name: &str) -> Vec<common::Layer> {
 }
 
 fn fixture(name: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    model_slim::testing::checkout()
         .join("tests/fixtures")
         .join(name)
         .display()
@@ -763,7 +763,7 @@ fn check_rules_passes_the_defaults_and_catches_a_wrong_rule() {
     let out = model_slim(&["check-rules", "--models", "6"]);
     let stdout = assert_success(&out);
     assert!(stdout.contains("the default rules: 6 models"), "{stdout}");
-    let wrong = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/wrong_rules");
+    let wrong = model_slim::testing::checkout().join("tests/wrong_rules");
     let out = model_slim(&["check-rules", wrong.to_str().unwrap(), "--models", "12"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");

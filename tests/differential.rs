@@ -68,7 +68,7 @@ fn weights(model: &TypedModel) -> usize {
 }
 
 fn save_reproducer(seed: u64) -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/differential-failures");
+    let dir = model_slim::testing::checkout().join("target/differential-failures");
     std::fs::create_dir_all(&dir).ok()?;
     let path = dir.join(format!("seed-{seed}.nnef.tgz"));
     write_model(model_for_seed(seed).model, &path, None).ok()?;

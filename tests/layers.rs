@@ -42,7 +42,7 @@ fn paths_after<'a>(code: &'a str, prefix: &str) -> Vec<&'a str> {
 
 #[test]
 fn every_module_uses_only_the_layers_before_it() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let src = model_slim::testing::checkout().join("src");
     let rank = |name: &str| LAYERS.iter().position(|l| *l == name);
     let mut wrong = vec![];
     for file in rust_files(&src) {
@@ -76,7 +76,7 @@ fn every_module_uses_only_the_layers_before_it() {
 
 #[test]
 fn every_layer_is_a_module_and_the_tree_is_small() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let src = model_slim::testing::checkout().join("src");
     for layer in LAYERS {
         assert!(
             src.join(layer).is_dir() || src.join(format!("{layer}.rs")).is_file(),
@@ -89,7 +89,7 @@ fn every_layer_is_a_module_and_the_tree_is_small() {
 
 #[test]
 fn the_command_line_uses_only_the_public_api() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let src = model_slim::testing::checkout().join("src");
     let mut files = rust_files(&src.join("cli"));
     files.push(src.join("main.rs"));
     for file in files {

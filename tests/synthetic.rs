@@ -121,8 +121,7 @@ fn the_builder_announces_stages_and_slims_onnx_files() {
         }
     }
 
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/gpt2_mixed_dynamo.onnx");
+    let path = model_slim::testing::checkout().join("tests/fixtures/gpt2_mixed_dynamo.onnx");
     let options = ImportOptions {
         inputs: vec![],
         sets: vec![("batch".into(), 1), ("sequence".into(), 16)],

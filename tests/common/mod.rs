@@ -76,7 +76,7 @@ impl Layer {
 }
 
 pub fn fixtures_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    model_slim::testing::checkout().join("tests/fixtures")
 }
 
 pub fn manifest() -> Manifest {
