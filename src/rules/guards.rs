@@ -147,7 +147,7 @@ pub static GUARDS: &[Guard] = &[
         name: "reshape-groups",
         params: &[("?op", S::Op), ("?a", S::Axis), ("?i", S::Set)],
         binds: &[S::Axis, S::Set, S::Op],
-        doc: "for a reshape that splits one axis into groups × rest (channels → heads × head_dim) or merges them back, and ?a its group (or merged) output axis: the input axis, the input slices restriction ?i needs, and the reshape of the restricted input (a merge only restricts to whole groups)",
+        doc: "for a reshape that splits one axis into several (channels → heads × head_dim, heads → KV group × head within group) or merges them back, and ?a one of its split (or its merged) output axes: the input axis, the input slices restriction ?i needs, and the reshape of the restricted input (a merge only restricts to whole groups)",
         run: reshape_groups,
     },
     Guard {
@@ -589,14 +589,14 @@ fn reshape_groups(egraph: &mut SlimGraph, args: &[Arg]) -> Alternatives {
         let Some(AxisOp::Reshape(at, from, to)) = tables.ops[key as usize].downcast_ref() else {
             return None;
         };
-        if *at != a {
-            return None;
-        }
-        let (input_set, from, to) = restrict_reshape(from, to, &tables.sets[set as usize])?;
+        let at = *at;
+        let position = a.checked_sub(at)?;
+        let (input_set, from, to) =
+            restrict_reshape(from, to, position, &tables.sets[set as usize])?;
         let op = tables.derived_op(key, a, set, |_, _| {
-            Some(Box::new(AxisOp::Reshape(a, from, to)))
+            Some(Box::new(AxisOp::Reshape(at, from, to)))
         })?;
-        Some((a, input_set, op))
+        Some((at, input_set, op))
     })();
     let Some((a, input_set, op)) = found else {
         return vec![];
@@ -608,16 +608,20 @@ fn reshape_groups(egraph: &mut SlimGraph, args: &[Arg]) -> Alternatives {
     ]]
 }
 
-/// A reshape of one axis into groups × rest (`from = [n]`, `to = [groups, ...]`), or back
-/// (`from = [groups, ...]`, `to = [n]`), restricted to `kept` slices of its output's first
-/// reshaped axis: the input slices needed and the restricted reshape's `from` and `to`. A merge
-/// only restricts to whole groups. `None` for any other reshape.
+/// A reshape of one axis into several (`from = [n]`, `to = [outer.., size, inner..]`),
+/// restricted to `kept` slices of its output's reshaped axis at `position`, or back (`from =
+/// [groups, ...]`, `to = [n]`) restricted to `kept` slices of its output: the input slices
+/// needed and the restricted reshape's `from` and `to`. A split keeps, for every outer index,
+/// the kept blocks of inner elements, in order (query heads at the same position in every KV
+/// group are a restriction of the inner axis of KV group × head within group); a merge only
+/// restricts to whole groups. `None` for any other reshape.
 pub fn restrict_reshape(
     from: &[TDim],
     to: &[TDim],
+    position: usize,
     kept: &[usize],
 ) -> Option<(Vec<usize>, TVec<TDim>, TVec<TDim>)> {
-    if kept.is_empty() {
+    if kept.is_empty() || position >= to.len() {
         return None;
     }
     let block = |dims: &[TDim]| -> Option<usize> {
@@ -626,11 +630,20 @@ pub fn restrict_reshape(
             .product::<Option<usize>>()
     };
     if from.len() == 1 && to.len() >= 2 {
-        let size = block(&to[1..])?;
-        let needed = kept.iter().flat_map(|g| g * size..(g + 1) * size).collect();
-        let mut restricted_to: TVec<TDim> = tvec!(kept.len().into());
-        restricted_to.extend(to[1..].iter().cloned());
-        return Some((needed, tvec!((kept.len() * size).into()), restricted_to));
+        let outer = block(&to[..position])?;
+        let size = to[position].to_usize().ok()?;
+        let inner = block(&to[position + 1..])?;
+        let needed = (0..outer)
+            .flat_map(|o| kept.iter().map(move |k| (o * size + k) * inner))
+            .flat_map(|start| start..start + inner)
+            .collect();
+        let mut restricted_to: TVec<TDim> = to.into();
+        restricted_to[position] = kept.len().into();
+        return Some((
+            needed,
+            tvec!((outer * kept.len() * inner).into()),
+            restricted_to,
+        ));
     }
     if to.len() == 1 && from.len() >= 2 {
         let size = block(&from[1..])?;
@@ -1087,5 +1100,36 @@ mod tests {
                 g.name
             );
         }
+    }
+
+    fn dims(sizes: &[usize]) -> TVec<TDim> {
+        sizes.iter().map(|s| (*s).into()).collect()
+    }
+
+    #[test]
+    fn a_split_restricted_on_its_outer_axis_keeps_whole_blocks() {
+        // 6 channels → 3 heads × 2: heads 2 and 0 are channels 4, 5 and 0, 1.
+        let (needed, from, to) = restrict_reshape(&dims(&[6]), &dims(&[3, 2]), 0, &[2, 0]).unwrap();
+        assert_eq!(needed, vec![4, 5, 0, 1]);
+        assert_eq!((from, to), (dims(&[4]), dims(&[2, 2])));
+    }
+
+    #[test]
+    fn a_split_restricted_on_an_inner_axis_keeps_those_positions_in_every_outer_slice() {
+        // 6 query heads → 2 KV groups × 3: position 1 dropped from each group keeps heads 0, 2, 3, 5.
+        let (needed, from, to) = restrict_reshape(&dims(&[6]), &dims(&[2, 3]), 1, &[0, 2]).unwrap();
+        assert_eq!(needed, vec![0, 2, 3, 5]);
+        assert_eq!((from, to), (dims(&[4]), dims(&[2, 2])));
+        // With an axis inside it (groups × heads × head_dim of 2): whole heads' channels.
+        let (needed, _, to) = restrict_reshape(&dims(&[12]), &dims(&[2, 3, 2]), 1, &[2]).unwrap();
+        assert_eq!(needed, vec![4, 5, 10, 11]);
+        assert_eq!(to, dims(&[2, 1, 2]));
+    }
+
+    #[test]
+    fn a_merge_restricts_to_whole_groups_only() {
+        let whole = restrict_reshape(&dims(&[2, 3]), &dims(&[6]), 0, &[3, 4, 5]).unwrap();
+        assert_eq!(whole.0, vec![1]);
+        assert!(restrict_reshape(&dims(&[2, 3]), &dims(&[6]), 0, &[0, 2, 3, 5]).is_none());
     }
 }
