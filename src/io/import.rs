@@ -4,6 +4,8 @@
 //! as in the tract command line; without them the model's own (possibly symbolic) shapes are used.
 
 use crate::io::error::{IoError, IoResult};
+use crate::model::state::named_state_pairs;
+use std::collections::HashMap;
 use std::path::Path;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
@@ -153,10 +155,11 @@ fn import_proto_bytes(
     let mut model = parsed.model;
     apply_input_specs(&mut model, &shown, options)?;
     let declared = describe_inputs(&model);
+    let outputs = output_labels(&model);
     let analysis_error = |e: TractError| IoError::Analysis {
         path: shown.clone(),
         message: format!("{e:#}"),
-        hint: concrete_input_hint(&declared, options),
+        hint: concrete_input_hint(&declared, &outputs, options),
     };
     let mut typed = model.into_typed().map_err(analysis_error)?;
     if !options.sets.is_empty() {
@@ -252,7 +255,7 @@ pub fn tensor_shapes(
         message: format!("{e:#}"),
         hint: String::new(),
     })?;
-    let mut shapes = std::collections::HashMap::new();
+    let mut shapes = HashMap::new();
     for node in model.nodes() {
         for slot in 0..node.outputs.len() {
             let outlet = OutletId::new(node.id, slot);
@@ -272,6 +275,24 @@ fn input_names(model: &InferenceModel) -> Vec<String> {
     model
         .input_outlets()
         .map(|o| o.iter().map(|o| model.node(o.node).name.clone()).collect())
+        .unwrap_or_default()
+}
+
+/// The names of the model's outputs (their labels, or their nodes' names).
+fn output_labels(model: &InferenceModel) -> Vec<String> {
+    model
+        .output_outlets()
+        .map(|outlets| {
+            outlets
+                .iter()
+                .map(|o| {
+                    model
+                        .outlet_label(*o)
+                        .map(str::to_string)
+                        .unwrap_or_else(|| model.node(o.node).name.clone())
+                })
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -359,8 +380,18 @@ fn describe_inputs(model: &InferenceModel) -> Vec<DeclaredInput> {
         .collect()
 }
 
-/// Suggests the `--input` flags that give every declared input a concrete shape.
-fn concrete_input_hint(declared: &[DeclaredInput], options: &ImportOptions) -> String {
+/// Tokens in a hinted sequence (past and new together, in a generation step).
+const HINT_TOKENS: i64 = 128;
+
+/// Suggests the `--input` flags that give every declared input a concrete shape, one value per
+/// symbol so that inputs agree: batch (axis 0) 1, lengths [`HINT_TOKENS`]. In a generation
+/// step (inputs that carry state, see [`named_state_pairs`]) the state's lengths are the past
+/// tokens, `HINT_TOKENS − 1`, one new token is fed, and a mask spans both.
+fn concrete_input_hint(
+    declared: &[DeclaredInput],
+    outputs: &[String],
+    options: &ImportOptions,
+) -> String {
     if !options.inputs.is_empty()
         || declared.iter().all(|(_, s, _)| {
             s.as_ref()
@@ -369,6 +400,24 @@ fn concrete_input_hint(declared: &[DeclaredInput], options: &ImportOptions) -> S
     {
         return String::new();
     }
+    let names: Vec<String> = declared.iter().map(|(name, _, _)| name.clone()).collect();
+    let states: Vec<String> = named_state_pairs(&names, outputs)
+        .into_iter()
+        .map(|pair| pair.input)
+        .collect();
+    let length = |name: &str| {
+        if states.is_empty() {
+            HINT_TOKENS
+        } else if states.iter().any(|s| s == name) {
+            HINT_TOKENS - 1
+        } else if name.contains("mask") {
+            HINT_TOKENS
+        } else {
+            1
+        }
+    };
+    // The first input a symbol appears in decides its value.
+    let mut values: HashMap<String, i64> = HashMap::new();
     let flags: Vec<String> = declared
         .iter()
         .map(|(name, shape, dt)| {
@@ -377,13 +426,11 @@ fn concrete_input_hint(declared: &[DeclaredInput], options: &ImportOptions) -> S
                 .flatten()
                 .enumerate()
                 .map(|(axis, d)| {
-                    d.to_i64().map(|v| v.to_string()).unwrap_or_else(|_| {
-                        if axis == 0 {
-                            "1".into()
-                        } else {
-                            "128".into()
-                        }
-                    })
+                    let value = d.to_i64().unwrap_or_else(|_| {
+                        let guess = if axis == 0 { 1 } else { length(name) };
+                        *values.entry(d.to_string()).or_insert(guess)
+                    });
+                    value.to_string()
                 })
                 .collect();
             let ty = dt

@@ -4,5 +4,6 @@
 pub(crate) mod cost;
 pub(crate) mod discover;
 pub(crate) mod ops;
+pub(crate) mod state;
 pub(crate) mod stats;
 pub(crate) mod verify;

@@ -1,0 +1,80 @@
+//! Loop-carried state: a model input whose value the caller takes from an output of the
+//! previous call, as a decoder's generation step takes its KV cache (`past_key_values.{i}.key`
+//! in, `present.{i}.key` out).
+
+/// An input that receives, on the next call, what an output gave on this one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatePair {
+    /// The model input (`past_key_values.0.key`).
+    pub input: String,
+    /// The model output it is fed from (`present.0.key`).
+    pub output: String,
+}
+
+/// The prefix of cache inputs in the HF/optimum layout, and that of the matching outputs.
+const CACHE_INPUT: &str = "past_key_values.";
+const CACHE_OUTPUT: &str = "present.";
+
+/// The state pairs these inputs and outputs form by the HF/optimum names: `past_key_values.X`
+/// ↔ `present.X` for any `X` (`0.key`, `0.value`, and seq2seq decoders' `0.decoder.key`,
+/// `0.encoder.value`, …), in the order of `inputs`.
+pub fn named_state_pairs(inputs: &[String], outputs: &[String]) -> Vec<StatePair> {
+    inputs
+        .iter()
+        .filter_map(|input| {
+            let rest = input.strip_prefix(CACHE_INPUT)?;
+            let output = outputs
+                .iter()
+                .find(|o| o.strip_prefix(CACHE_OUTPUT) == Some(rest))?;
+            Some(StatePair {
+                input: input.clone(),
+                output: output.clone(),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn cache_inputs_pair_with_the_outputs_of_the_same_name() {
+        let inputs = names(&[
+            "input_ids",
+            "past_key_values.0.key",
+            "past_key_values.0.value",
+            "past_key_values.1.decoder.key",
+        ]);
+        let outputs = names(&[
+            "logits",
+            "present.0.value",
+            "present.0.key",
+            "present.1.decoder.key",
+        ]);
+        let pairs = named_state_pairs(&inputs, &outputs);
+        let found: Vec<(&str, &str)> = pairs
+            .iter()
+            .map(|p| (p.input.as_str(), p.output.as_str()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("past_key_values.0.key", "present.0.key"),
+                ("past_key_values.0.value", "present.0.value"),
+                ("past_key_values.1.decoder.key", "present.1.decoder.key"),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_input_without_its_output_is_no_state() {
+        let inputs = names(&["past_key_values.0.key", "past_key_values.0.value"]);
+        let outputs = names(&["present.0.key", "present.1.value"]);
+        assert_eq!(named_state_pairs(&inputs, &outputs).len(), 1);
+    }
+}

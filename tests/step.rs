@@ -1,0 +1,109 @@
+//! Generation steps: decoders exported as one decoding step, the KV cache of every layer an
+//! input (`past_key_values.{i}.key`/`.value`) and the updated cache an output
+//! (`present.{i}.key`/`.value`), as both exporters write them (`step_manifest.json`).
+//!
+//! tract cannot analyse these with symbolic shapes, so the error says which concrete shapes to
+//! give. Those shapes must agree with each other (the mask spans the past and the new tokens):
+//! with them, every step slims to the heads and FFN channels its manifest keeps, and the
+//! written file computes the original's logits and updated cache.
+
+mod common;
+
+use common::{assert_success, fixtures_dir, model_slim, Layer};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+struct StepManifest {
+    fixtures: Vec<Step>,
+}
+
+#[derive(Deserialize)]
+struct Step {
+    name: String,
+    file: String,
+    state: Vec<StatePair>,
+    layers: Vec<Layer>,
+}
+
+#[derive(Deserialize)]
+struct StatePair {
+    input: String,
+    output: String,
+}
+
+fn steps() -> Vec<Step> {
+    let text = std::fs::read_to_string(fixtures_dir().join("step_manifest.json")).unwrap();
+    let manifest: StepManifest = serde_json::from_str(&text).unwrap();
+    assert_eq!(manifest.fixtures.len(), 12, "3 families × 2 variants × 2 exporters");
+    manifest.fixtures
+}
+
+/// The `-i` flags the analysis error of a symbolic load suggests.
+fn hinted_inputs(model: &str) -> Vec<String> {
+    let out = model_slim(&["show", model]);
+    assert!(!out.status.success(), "{model}: analysed symbolically");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (_, hint) = stderr
+        .split_once("give concrete ones, e.g. ")
+        .unwrap_or_else(|| panic!("{model}: no shape hint in {stderr}"));
+    hint.split_whitespace().map(str::to_string).collect()
+}
+
+#[test]
+fn every_step_slims_and_verifies_at_the_hinted_shapes() {
+    let dir = tempfile::tempdir().unwrap();
+    for step in steps() {
+        let model = fixtures_dir().join(&step.file).display().to_string();
+        let hinted = hinted_inputs(&model);
+        // One new token after 127 past ones, the mask over all 128.
+        assert!(hinted.contains(&"input_ids:1,1,i64".to_string()), "{hinted:?}");
+        assert!(hinted.contains(&"attention_mask:1,128,i64".to_string()));
+        for pair in &step.state {
+            let flag = hinted.iter().find(|f| f.starts_with(&format!("{}:", pair.input)));
+            assert!(flag.is_some_and(|f| f.contains(",127,")), "{}", pair.input);
+        }
+
+        let output = dir.path().join(format!("{}.nnef.tgz", step.name));
+        let report = dir.path().join(format!("{}.json", step.name));
+        let mut args = vec!["slim", &model, "-o", output.to_str().unwrap(), "--verify"];
+        args.extend(["--report", report.to_str().unwrap()]);
+        args.extend(hinted.iter().map(String::as_str));
+        assert_success(&model_slim(&args));
+
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+        let verified: Vec<&str> = report["verification"]["outputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["name"].as_str().unwrap())
+            .collect();
+        for pair in &step.state {
+            assert!(verified.contains(&pair.output.as_str()), "{}", step.name);
+        }
+        assert!(verified.contains(&"logits"));
+        let heads: Vec<(u64, u64)> = report["attention_layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| {
+                let after = |k: &str| l[k].as_u64().unwrap();
+                (after("heads_after"), after("kv_heads_after"))
+            })
+            .collect();
+        let expected: Vec<(u64, u64)> = step
+            .layers
+            .iter()
+            .map(|l| (l.heads_kept as u64, l.kv_heads_kept as u64))
+            .collect();
+        assert_eq!(heads, expected, "{}: query and KV heads kept", step.name);
+        let channels: Vec<u64> = report["ffn_layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["channels_after"].as_u64().unwrap())
+            .collect();
+        let expected: Vec<u64> = step.layers.iter().map(|l| l.ffn_kept as u64).collect();
+        assert_eq!(channels, expected, "{}: FFN channels kept", step.name);
+    }
+}
