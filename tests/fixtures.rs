@@ -5,8 +5,8 @@
 mod common;
 
 use common::{
-    assert_same_summary, check_every_fixture, graph_summary, manifest, product_flops, Fixture,
-    Layer,
+    assert_same_summary, check_every_fixture, graph_summary, manifest, product_flops,
+    restricted_copies, Fixture, Layer,
 };
 use model_slim::verify;
 use model_slim::{write_model, ArtifactCheck, Expected};
@@ -128,6 +128,11 @@ fn check_fixture(fixture: &Fixture) {
         .unwrap();
     let v = verify(&original, &reloaded, 2, &SymbolValues::default()).unwrap();
     assert!(v.passed, "{name}: reloaded NNEF differs: {:?}", v.outputs);
+    assert_eq!(
+        restricted_copies(&reloaded),
+        [],
+        "{name}: weights written whole and restricted"
+    );
 }
 
 #[test]

@@ -127,17 +127,107 @@ pub fn extract_forcing(
             }
         }
     }
+    let chosen: HashMap<Id, TensorLang> = best.into_iter().map(|(c, b)| (c, b.node)).collect();
+    let (_, nodes) = needed(egraph, roots, nominal, &chosen)?;
+    Some(Choice {
+        nodes: reuse_needed(egraph, roots, nominal, forced, nodes),
+    })
+}
+
+/// The classes `roots` need under the choice `chosen` (each class's node), and their total
+/// cost; `None` when a needed class has no choice or the choice has a cycle.
+fn needed(
+    egraph: &SlimGraph,
+    roots: &[Id],
+    nominal: &Nominal,
+    chosen: &HashMap<Id, TensorLang>,
+) -> Option<(f64, HashMap<Id, TensorLang>)> {
+    enum Visit {
+        Enter(Id),
+        Leave(Id),
+    }
     let mut nodes = HashMap::new();
-    let mut stack: Vec<Id> = roots.iter().map(|r| egraph.find(*r)).collect();
-    while let Some(class) = stack.pop() {
+    let mut open = HashSet::new();
+    let mut total = 0.0;
+    let mut stack: Vec<Visit> = roots
+        .iter()
+        .map(|r| Visit::Enter(egraph.find(*r)))
+        .collect();
+    while let Some(visit) = stack.pop() {
+        let class = match visit {
+            Visit::Leave(class) => {
+                open.remove(&class);
+                continue;
+            }
+            Visit::Enter(class) => class,
+        };
+        if open.contains(&class) {
+            return None; // reached again while its own children are being visited: a cycle
+        }
         if nodes.contains_key(&class) {
             continue;
         }
-        let node = best.get(&class)?.node.clone();
-        stack.extend(node.children().iter().map(|c| egraph.find(*c)));
-        nodes.insert(class, node);
+        let node = chosen.get(&class)?;
+        total += node_cost(egraph, nominal, class, node).total();
+        open.insert(class);
+        stack.push(Visit::Leave(class));
+        stack.extend(
+            node.children()
+                .iter()
+                .map(|c| Visit::Enter(egraph.find(*c))),
+        );
+        nodes.insert(class, node.clone());
     }
-    Some(Choice { nodes })
+    Some((total, nodes))
+}
+
+/// Improves a choice where a class can reuse what the graph computes anyway. The greedy pass
+/// compares a class's nodes by everything each needs on its own, so a restriction recomputed
+/// from sliced weights beats a gather of a tensor whose whole the outputs need too (a KV
+/// projection restricted for attention and whole for the cache): both get paid. Switching a
+/// class to a node whose children are all needed already, when the whole graph then costs
+/// less, pays for shared work once. Repeated until no switch helps; `forced` classes stay.
+fn reuse_needed(
+    egraph: &SlimGraph,
+    roots: &[Id],
+    nominal: &Nominal,
+    forced: &HashMap<Id, TensorLang>,
+    mut nodes: HashMap<Id, TensorLang>,
+) -> HashMap<Id, TensorLang> {
+    let Some((mut total, _)) = needed(egraph, roots, nominal, &nodes) else {
+        return nodes;
+    };
+    loop {
+        let mut classes: Vec<Id> = nodes.keys().copied().collect();
+        classes.sort_unstable();
+        let mut improved = false;
+        for class in classes.into_iter().filter(|c| !forced.contains_key(c)) {
+            let Some(current) = nodes.get(&class).cloned() else {
+                continue; // no longer needed after an earlier switch
+            };
+            for node in egraph[class].iter().filter(|n| **n != current) {
+                let reuses = node
+                    .children()
+                    .iter()
+                    .all(|c| nodes.contains_key(&egraph.find(*c)));
+                if !reuses {
+                    continue;
+                }
+                let mut switched = nodes.clone();
+                switched.insert(class, node.clone());
+                match needed(egraph, roots, nominal, &switched) {
+                    Some((cost, kept)) if cost < total => {
+                        (total, nodes, improved) = (cost, kept, true);
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if !improved {
+            return nodes;
+        }
+    }
 }
 
 fn evaluate(

@@ -175,6 +175,56 @@ pub fn product_flops(model: &TypedModel) -> f64 {
         .sum()
 }
 
+/// Pairs of float constants of `model` (by node name) where the first is a restriction of the
+/// second: along one axis, where it is shorter, each of its slices is a slice of the second.
+/// Such a model pays for one weight twice, whole and restricted, where one gather of the
+/// whole's result would do. Constants of fewer than 16 elements are left out.
+pub fn restricted_copies(model: &TypedModel) -> Vec<(String, String)> {
+    let consts: Vec<(String, Tensor)> = model
+        .nodes()
+        .iter()
+        .filter_map(|n| {
+            let c = n.op_as::<tract_core::ops::konst::Const>()?;
+            let t = c.val();
+            (t.datum_type().is_float() && t.len() >= 16)
+                .then(|| (n.name.clone(), t.cast_to::<f32>().unwrap().into_owned()))
+        })
+        .collect();
+    let mut found = vec![];
+    for (a_name, a) in &consts {
+        for (b_name, b) in &consts {
+            if restricts(a, b) {
+                found.push((a_name.clone(), b_name.clone()));
+            }
+        }
+    }
+    found
+}
+
+/// Whether `a` is `b` restricted along one axis: the same shape but there, where `a` is
+/// shorter, and every slice of `a` along it one of `b`'s.
+fn restricts(a: &Tensor, b: &Tensor) -> bool {
+    let (sa, sb) = (a.shape(), b.shape());
+    if sa.len() != sb.len() {
+        return false;
+    }
+    let differing: Vec<usize> = (0..sa.len()).filter(|&k| sa[k] != sb[k]).collect();
+    let [axis] = differing[..] else {
+        return false;
+    };
+    if sa[axis] >= sb[axis] {
+        return false;
+    }
+    let slices = |t: &Tensor| -> Vec<Vec<u32>> {
+        let view = t.to_plain_array_view::<f32>().unwrap();
+        view.axis_iter(tract_ndarray::Axis(axis))
+            .map(|s| s.iter().map(|x| x.to_bits()).collect())
+            .collect()
+    };
+    let whole: std::collections::HashSet<Vec<u32>> = slices(b).into_iter().collect();
+    slices(a).iter().all(|s| whole.contains(s))
+}
+
 /// A readable summary of a graph: one line per computing node, its op, inputs and output shape.
 /// Constants appear inline as `const[shape]` (tract merges identical constants, renaming them).
 pub fn graph_summary(model: &TypedModel) -> String {
