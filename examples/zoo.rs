@@ -70,6 +70,7 @@ fn row(fixture: &Fixture, dir: &Path) -> TractResult<String> {
     let check = ArtifactCheck {
         expected: &expected,
         values: &values,
+        cuts: &[],
     };
     let nnef = dir.join(format!("{}.nnef.tgz", fixture.name));
     let nnef = write_model(slimmed.model.clone(), &nnef, Some(check))?.context("no comparison")?;

@@ -75,10 +75,11 @@ pub use util::files::write_atomically;
 // What the pass knows about models: groups of units, and running them.
 pub use model::cost::{Nominal, NOMINAL_DIM};
 pub use model::discover::{attention_blocks, groups, AttentionBlock, Group, Kind, Units};
+pub use model::state::{named_state_pairs, StateCut, StatePair};
 pub use model::verify::{
-    compare_output, fidelity, max_abs_diff, random_inputs, relative_tolerance, run, verify,
-    Expected, Mismatch, OutputDiff, OutputFidelity, Verification, HALF_RELATIVE_TOLERANCE,
-    RELATIVE_TOLERANCE,
+    compare_output, fidelity, input_names, max_abs_diff, output_names, random_inputs,
+    relative_tolerance, run, verify, verify_cut, Expected, Mismatch, OutputDiff, OutputFidelity,
+    Verification, HALF_RELATIVE_TOLERANCE, RELATIVE_TOLERANCE,
 };
 
 // Auto-slim.

@@ -111,6 +111,7 @@ fn check_fixture(fixture: &Fixture) {
     let check = ArtifactCheck {
         expected: &expected,
         values: &values,
+        cuts: &[],
     };
     let written = write_model(slimmed.model.clone(), &path, Some(check))
         .unwrap()

@@ -102,6 +102,7 @@ fn keep_composition_rules_are_sound() {
             input_names: &input_names,
             output_names: &output_names,
             outputs: &roots,
+            restricted_inputs: &[],
             names: &names,
             symbols: &symbols,
         };
@@ -121,6 +122,7 @@ fn keep_composition_rules_are_sound() {
         let roots: Vec<Id> = roots.iter().map(|r| egraph.find(*r)).collect();
         let interface = Interface {
             outputs: &roots,
+            restricted_inputs: &[],
             ..interface
         };
         let checked = check_alternatives(

@@ -4,8 +4,9 @@
 //!
 //! tract cannot analyse these with symbolic shapes, so the error says which concrete shapes to
 //! give. Those shapes must agree with each other (the mask spans the past and the new tokens):
-//! with them, every step slims to the heads and FFN channels its manifest keeps, and the
-//! written file computes the original's logits and updated cache, paying for no weight twice.
+//! with them, every step slims to the heads and FFN channels its manifest keeps, its cache to
+//! the KV heads those read, and the written file, fed the kept slices of the cache, computes
+//! the original's logits and the kept slices of its updated cache, paying for no weight twice.
 
 mod common;
 
@@ -30,6 +31,17 @@ struct Step {
 struct StatePair {
     input: String,
     output: String,
+}
+
+/// The KV heads a layer's kept query heads read, when some KV head goes.
+fn kv_heads_read(layer: &Layer) -> Option<Vec<u64>> {
+    let group = layer.heads / layer.kv_heads;
+    let mut read: Vec<u64> = (0..layer.heads)
+        .filter(|h| !layer.heads_zeroed.contains(h))
+        .map(|h| (h / group) as u64)
+        .collect();
+    read.dedup();
+    (read.len() < layer.kv_heads).then_some(read)
 }
 
 fn steps() -> Vec<Step> {
@@ -122,5 +134,27 @@ fn every_step_slims_and_verifies_at_the_hinted_shapes() {
             .collect();
         let expected: Vec<u64> = step.layers.iter().map(|l| l.ffn_kept as u64).collect();
         assert_eq!(channels, expected, "{}: FFN channels kept", step.name);
+
+        // The cache: each layer's key and value keep the KV heads its kept query heads read.
+        let cuts: Vec<(String, Vec<u64>)> = report["state_cuts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                let kept = c["kept"].as_array().unwrap().iter();
+                let input = c["pair"]["input"].as_str().unwrap().to_string();
+                (input, kept.map(|k| k.as_u64().unwrap()).collect())
+            })
+            .collect();
+        let expected: Vec<(String, Vec<u64>)> = step
+            .layers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, layer)| Some((i, kv_heads_read(layer)?)))
+            .flat_map(|(i, read)| {
+                ["key", "value"].map(|kv| (format!("past_key_values.{i}.{kv}"), read.clone()))
+            })
+            .collect();
+        assert_eq!(cuts, expected, "{}: the cache's kept KV heads", step.name);
     }
 }

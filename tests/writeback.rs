@@ -84,6 +84,7 @@ fn slim_to_onnx(
     let check = ArtifactCheck {
         expected: &expected,
         values: &values,
+        cuts: &[],
     };
     let v = write_slimmed_onnx(
         &fixture.path(),
@@ -227,6 +228,7 @@ fn write_refit(
     let check = ArtifactCheck {
         expected: &result.expected,
         values: &values,
+        cuts: &[],
     };
     write_pruned_onnx(
         &fixture.path(),

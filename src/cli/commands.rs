@@ -13,6 +13,7 @@ use model_slim::Report;
 use model_slim::Verification;
 use model_slim::{auto_slim, AutoOptions, AutoSlimmed};
 use model_slim::{groups, Kind};
+use model_slim::{input_names, named_state_pairs, output_names, StatePair};
 use model_slim::{write_atomically, write_model, ArtifactCheck, Format};
 use model_slim::{write_pruned_onnx, write_slimmed_onnx};
 use model_slim::{zero_units, Criterion, GlobalCost, KvLayout, Plan, Repair, Targets};
@@ -192,11 +193,14 @@ fn run_slim(
     };
     let (original, sets) = import(ctx, &options.import, model)?;
     let values = symbol_values(&original, &sets);
-    let slimmer = slimmer.with_symbol_values(values.clone());
+    let slimmer = slimmer
+        .with_symbol_values(values.clone())
+        .with_state(state_pairs(ctx, &original, format)?);
     let mut slimmed = slim(ctx, &slimmer, &original)?;
     let check = expected.as_ref().map(|expected| ArtifactCheck {
         expected,
         values: &values,
+        cuts: &slimmed.report.state_cuts,
     });
     slimmed.report.verification = match (format, check) {
         // The edited source file is always checked: the edit must compute the original.
@@ -228,6 +232,30 @@ fn run_slim(
         options.report.as_deref(),
         Some(output),
     )
+}
+
+/// The pairs of inputs and outputs that carry state (a KV cache, by the HF/optimum names) for
+/// output in `format`: the ONNX writer cannot change a model's interface yet, so there the
+/// state stays whole, and the run says so.
+fn state_pairs(
+    ctx: &Context,
+    model: &TypedModel,
+    format: Format,
+) -> Result<Vec<StatePair>, SlimError> {
+    let names = |e| SlimError::stage("import", e);
+    let pairs = named_state_pairs(
+        &input_names(model).map_err(names)?,
+        &output_names(model).map_err(names)?,
+    );
+    if format == Format::Onnx && !pairs.is_empty() {
+        ctx.say(&format!(
+            "note: {} state inputs ({} …) keep every slice in ONNX output; write NNEF to cut them\n",
+            pairs.len(),
+            pairs[0].input
+        ));
+        return Ok(vec![]);
+    }
+    Ok(pairs)
 }
 
 fn read_plan(path: &Path) -> Result<Plan, SlimError> {
@@ -293,6 +321,7 @@ fn run_prune(ctx: &Context, args: &PruneArgs) -> Result<(), Failure> {
     let check = ArtifactCheck {
         expected: &expected,
         values: &values,
+        cuts: &[],
     };
     let import_options = args.import.options()?;
     // Only the ONNX writers read the pruned model.
@@ -645,6 +674,7 @@ fn run_demo(ctx: &Context, output: Option<&Path>, report: Option<&Path>) -> Resu
     let check = ArtifactCheck {
         expected: &expected,
         values: &values,
+        cuts: &[],
     };
     slimmed.report.verification = match output {
         Some(path) => write_nnef(ctx, slimmed.model.clone(), path, Some(check))?,

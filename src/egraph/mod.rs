@@ -9,4 +9,5 @@ pub(crate) mod known;
 pub(crate) mod lang;
 pub(crate) mod lower;
 pub(crate) mod raise;
+pub(crate) mod state;
 pub(crate) mod zeros;

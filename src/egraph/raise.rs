@@ -19,6 +19,10 @@ pub struct Interface<'a> {
     pub output_names: &'a [String],
     /// The e-classes of the outputs.
     pub outputs: &'a [Id],
+    /// Inputs replaced by a restriction of them (a cut state, see
+    /// [`crate::egraph::state`]): the input's position and the analysis input that takes its
+    /// place, under the same name.
+    pub restricted_inputs: &'a [(usize, u32)],
     /// Names of source e-classes (canonical ids).
     pub names: &'a HashMap<Id, String>,
     /// The original model's symbols (the rebuilt model shares them).
@@ -62,13 +66,16 @@ pub fn raise_counting(
         ..TypedModel::default()
     };
     let mut used_names = HashSet::new();
-    let mut inputs = vec![];
-    for (name, fact) in interface
-        .input_names
-        .iter()
-        .zip(&egraph.analysis.tables.inputs)
-    {
-        inputs.push(model.add_source(name, fact.clone())?);
+    // The outlet of each analysis input the model has (its own or the one in its place).
+    let mut inputs = HashMap::new();
+    for (position, name) in interface.input_names.iter().enumerate() {
+        let input = interface
+            .restricted_inputs
+            .iter()
+            .find(|(p, _)| *p == position)
+            .map_or(position as u32, |(_, i)| *i);
+        let fact = egraph.analysis.tables.inputs[input as usize].clone();
+        inputs.insert(input, model.add_source(name, fact)?);
         used_names.insert(name.clone());
     }
     let mut raiser = Raiser {
@@ -97,10 +104,13 @@ pub fn raise_counting(
 }
 
 impl Raiser<'_> {
-    fn wire_inputs(&mut self, inputs: &[OutletId]) -> TractResult<()> {
+    fn wire_inputs(&mut self, inputs: &HashMap<u32, OutletId>) -> TractResult<()> {
         for (class, node) in &self.choice.nodes {
             if let TensorLang::Key(Key::Input(i)) = node {
-                self.wired.insert(*class, inputs[*i as usize]);
+                let outlet = inputs.get(i).with_context(|| {
+                    format!("the choice reads input {i}, which the model lacks")
+                })?;
+                self.wired.insert(*class, *outlet);
             }
         }
         Ok(())

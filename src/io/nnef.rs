@@ -8,6 +8,7 @@
 //! error never leaves a truncated, unloadable or wrong model where one was asked for.
 
 use crate::io::error::{IoError, IoResult};
+use crate::model::state::StateCut;
 use crate::model::verify::{Expected, Verification};
 use crate::util::files::{persist, scratch_beside};
 use std::io::Write;
@@ -123,6 +124,8 @@ pub struct ArtifactCheck<'a> {
     pub expected: &'a Expected,
     /// Values of symbolic dimensions to run at.
     pub values: &'a SymbolValues,
+    /// State the file's model cuts (see [`Expected::compare_cut`]).
+    pub cuts: &'a [StateCut],
 }
 
 impl ArtifactCheck<'_> {
@@ -131,7 +134,7 @@ impl ArtifactCheck<'_> {
     pub fn compare(&self, loaded: TypedModel, file: &Path) -> IoResult<Verification> {
         let mut v = self
             .expected
-            .compare(loaded)
+            .compare_cut(loaded, self.cuts)
             .map_err(|e| IoError::write(file, format!("the written file does not run: {e:#}")))?;
         v.artifact = Some(file.display().to_string());
         Ok(v)

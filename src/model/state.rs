@@ -2,13 +2,61 @@
 //! previous call, as a decoder's generation step takes its KV cache (`past_key_values.{i}.key`
 //! in, `present.{i}.key` out).
 
+use serde::Serialize;
+use tract_core::internal::*;
+
 /// An input that receives, on the next call, what an output gave on this one.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct StatePair {
     /// The model input (`past_key_values.0.key`).
     pub input: String,
     /// The model output it is fed from (`present.0.key`).
     pub output: String,
+}
+
+/// A state pair cut to some slices along one axis (a KV cache to the heads kept): the slimmed
+/// model's input and output hold those slices of the original's, in order. Exact over any
+/// number of calls when the original's output slices depend only on the input's, and nothing
+/// else the model computes reads the other slices: fed its own state, the slimmed model then
+/// computes what the original computes, call after call.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StateCut {
+    /// The pair, by name.
+    pub pair: StatePair,
+    /// The model input's position.
+    pub input: usize,
+    /// The model output's position.
+    pub output: usize,
+    /// The axis cut.
+    pub axis: usize,
+    /// Its size before.
+    pub before: usize,
+    /// The slices kept, in order.
+    pub kept: Vec<usize>,
+}
+
+/// Bytes a state pair holds per token (per step of its growing axis, at batch 1): the
+/// elements of the input's other axes but batch (axis 0), with `cut`'s axis at its kept size.
+/// The growing axis is the one where the output is longer than the input (a cache's past +
+/// new tokens); `None` when no axis grows or a size is symbolic.
+pub fn bytes_per_token(
+    input: &TypedFact,
+    output: &TypedFact,
+    cut: Option<&StateCut>,
+) -> Option<usize> {
+    let (a, b) = (input.shape.as_concrete()?, output.shape.as_concrete()?);
+    if a.len() != b.len() {
+        return None;
+    }
+    let growing = (0..a.len()).find(|k| b[*k] > a[*k])?;
+    let elements: usize = (1..a.len())
+        .filter(|k| *k != growing)
+        .map(|k| match cut {
+            Some(cut) if cut.axis == k => cut.kept.len(),
+            _ => a[k],
+        })
+        .product();
+    Some(elements * input.datum_type.size_of())
 }
 
 /// The prefix of cache inputs in the HF/optimum layout, and that of the matching outputs.

@@ -6,7 +6,9 @@
 
 use crate::model::cost::NOMINAL_DIM;
 use crate::model::ops;
+use crate::model::state::StateCut;
 use crate::util::parallel::in_parallel;
+use crate::util::slices::select_slices;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -362,6 +364,15 @@ pub fn fidelity_to_outputs(
     fidelity_with(names, &reference_run, approximation, samples, mask)
 }
 
+/// The names of a model's inputs, in order.
+pub fn input_names(model: &TypedModel) -> TractResult<Vec<String>> {
+    Ok(model
+        .input_outlets()?
+        .iter()
+        .map(|o| model.node(o.node).name.clone())
+        .collect())
+}
+
 /// The names of a model's outputs, in order.
 pub fn output_names(model: &TypedModel) -> TractResult<Vec<String>> {
     (0..model.output_outlets()?.len())
@@ -505,10 +516,22 @@ impl Expected {
     /// Runs `other` on the same inputs and compares its outputs; `other` is given up to its
     /// optimized plan, as in [`Expected::of`].
     pub fn compare(&self, other: TypedModel) -> TractResult<Verification> {
-        let got =
-            run_consuming(other, self.inputs.clone()).context("the slimmed model does not run")?;
-        let outputs = self
-            .outputs
+        self.compare_cut(other, &[])
+    }
+
+    /// [`Expected::compare`] for a model whose state `cuts` restrict (see [`StateCut`]): it is
+    /// fed the kept slices of the state inputs, and its state outputs are compared with the
+    /// kept slices of the expected ones.
+    pub fn compare_cut(&self, other: TypedModel, cuts: &[StateCut]) -> TractResult<Verification> {
+        let mut inputs = self.inputs.clone();
+        let mut expected = self.outputs.clone();
+        for cut in cuts {
+            inputs[cut.input] = select_slices(&inputs[cut.input], cut.axis, &cut.kept)?.into();
+            expected[cut.output] =
+                select_slices(&expected[cut.output], cut.axis, &cut.kept)?.into();
+        }
+        let got = run_consuming(other, inputs.clone()).context("the slimmed model does not run")?;
+        let outputs = expected
             .iter()
             .zip(got.iter())
             .zip(&self.names)
@@ -517,7 +540,7 @@ impl Expected {
         let passed = outputs.iter().all(|o| o.passed);
         Ok(Verification {
             seed: self.seed,
-            input_shapes: self.inputs.iter().map(|t| t.shape().to_vec()).collect(),
+            input_shapes: inputs.iter().map(|t| t.shape().to_vec()).collect(),
             outputs,
             passed,
             artifact: None,
@@ -532,7 +555,18 @@ pub fn verify(
     seed: u64,
     values: &SymbolValues,
 ) -> TractResult<Verification> {
-    Expected::of(original.clone(), seed, values)?.compare(slim.clone())
+    verify_cut(original, slim, &[], seed, values)
+}
+
+/// [`verify`] for a slimmed model whose state `cuts` restrict (see [`Expected::compare_cut`]).
+pub fn verify_cut(
+    original: &TypedModel,
+    slim: &TypedModel,
+    cuts: &[StateCut],
+    seed: u64,
+    values: &SymbolValues,
+) -> TractResult<Verification> {
+    Expected::of(original.clone(), seed, values)?.compare_cut(slim.clone(), cuts)
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use crate::egraph::extract::GraphCost;
 use crate::error::SlimError;
 use crate::model::cost::Nominal;
 use crate::model::discover::{attention_blocks, base_name, groups, Group, Kind};
+use crate::model::state::StateCut;
 use crate::model::verify::Verification;
 use crate::rules::saturate::SaturationReport;
 use serde::Serialize;
@@ -70,6 +71,16 @@ pub struct StageTimes {
 /// Everything a slimming run found and did.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
+    /// State pairs cut (a KV cache to the heads kept): the slimmed model's interface differs
+    /// from the original's there, and it is to be fed its own state.
+    pub state_cuts: Vec<StateCut>,
+    /// State pairs the model has (0 without state).
+    pub state_pairs: usize,
+    /// Bytes of state per token, all pairs together, before (a KV cache's size per token at
+    /// batch 1; 0 without state or when sizes are symbolic).
+    pub state_bytes_per_token_before: usize,
+    /// After.
+    pub state_bytes_per_token_after: usize,
     /// Per FFN layer: channels, parameters and FLOPs.
     pub ffn_layers: Vec<FfnLayer>,
     /// Per attention layer: heads.
@@ -265,6 +276,7 @@ impl Report {
     pub fn table(&self) -> String {
         let mut out = self.attention_table();
         out += &self.ffn_table();
+        out += &self.state_table();
         out += &format!(
             "model: params {} → {} ({:.1}% removed), FLOPs {} → {} ({:.1}% removed)\n",
             human(self.params_before as f64),
@@ -313,6 +325,31 @@ impl Report {
                 format!("{} → {}", l.heads_before, l.heads_after)
             );
         }
+        out
+    }
+
+    fn state_table(&self) -> String {
+        if self.state_pairs == 0 {
+            return String::new();
+        }
+        let mut out = String::new();
+        for cut in &self.state_cuts {
+            out += &format!(
+                "state  {} → {}: axis {} keeps {} of {}\n",
+                cut.pair.input,
+                cut.pair.output,
+                cut.axis,
+                cut.kept.len(),
+                cut.before
+            );
+        }
+        out += &format!(
+            "state: {} of {} pairs cut, {} → {} bytes per token; the slimmed model's cut inputs and outputs hold the kept slices only: feed it its own state\n",
+            self.state_cuts.len(),
+            self.state_pairs,
+            self.state_bytes_per_token_before,
+            self.state_bytes_per_token_after
+        );
         out
     }
 

@@ -1,13 +1,18 @@
 //! The pass as a whole: lower → saturate → extract → raise (→ verify), with timing and the
 //! report.
 
-use crate::egraph::extract::{choice_cost, extract, Choice, GraphCost};
+use crate::egraph::extract::{choice_cost, extract, extract_forcing, Choice, GraphCost};
 use crate::egraph::lower::{lower_counting, Lowered};
 use crate::egraph::raise::{raise_counting, Interface};
+use crate::egraph::state::{
+    full_inputs_read, offer_state_cuts, spelled_as_restriction, OfferedCut,
+};
 use crate::error::{Result, SlimError};
 use crate::io::import::{import_onnx, symbol_values, ImportOptions};
 use crate::model::cost::Nominal;
-use crate::model::verify::verify;
+use crate::model::state::{bytes_per_token, StateCut, StatePair};
+use crate::model::verify::verify_cut;
+use crate::model::verify::{input_names, output_names};
 use crate::pass::report::{attention_layers, ffn_layers, flops, params, Report, StageTimes};
 use crate::rules::parser::{default_rules, load_dir, Rule};
 use crate::rules::saturate::{saturate, Limits, SaturationReport};
@@ -54,6 +59,7 @@ pub struct Slimmer {
     nominal: Nominal,
     verification: Option<u64>,
     observer: Option<Observer>,
+    state: Vec<StatePair>,
 }
 
 /// A slimmed model and what was done to it.
@@ -73,7 +79,17 @@ impl Slimmer {
             nominal: Nominal::default(),
             verification: None,
             observer: None,
+            state: vec![],
         })
+    }
+
+    /// Pairs of inputs and outputs that carry state from one call to the next (a decoder
+    /// step's KV cache, see [`crate::named_state_pairs`]): their slices that no kept
+    /// computation reads are cut from both, so the slimmed model's interface changes (see
+    /// [`StateCut`]). Pairs naming no input or output of the model are left out.
+    pub fn with_state(mut self, pairs: Vec<StatePair>) -> Slimmer {
+        self.state = pairs;
+        self
     }
 
     /// Runs original and slimmed models on random inputs of this seed after slimming (`None`:
@@ -174,6 +190,87 @@ impl Slimmer {
         (choice, cost)
     }
 
+    /// The state pairs of [`Slimmer::with_state`] the model has, with their input and output
+    /// positions.
+    fn state_positions(&self, model: &TypedModel) -> Vec<(StatePair, usize, usize)> {
+        let (Ok(inputs), Ok(outputs)) = (input_names(model), output_names(model)) else {
+            return vec![];
+        };
+        self.state
+            .iter()
+            .filter_map(|pair| {
+                let input = inputs.iter().position(|n| *n == pair.input)?;
+                let output = outputs.iter().position(|n| *n == pair.output)?;
+                Some((pair.clone(), input, output))
+            })
+            .collect()
+    }
+
+    /// Bytes of state per token of `model`'s pairs, with `cuts` (see [`bytes_per_token`]).
+    fn state_bytes(&self, model: &TypedModel, cuts: &[StateCut]) -> usize {
+        self.state_positions(model)
+            .iter()
+            .filter_map(|(pair, input, output)| {
+                let input = model.input_fact(*input).ok()?;
+                let output = model.output_fact(*output).ok()?;
+                let cut = cuts.iter().find(|c| c.pair == *pair);
+                bytes_per_token(input, output, cut)
+            })
+            .sum()
+    }
+
+    /// Stages 2b and 3 for a model with state pairs: cuts are offered, the rules carry them
+    /// back (a second saturation), and extraction keeps the cuts whose original input the
+    /// chosen graph no longer reads (the others are extracted again with their restricted
+    /// input spelled as a restriction of the original). The saturated model's outputs become
+    /// the restricted ones of the cuts kept.
+    fn extract_cutting_state(
+        &self,
+        model: &TypedModel,
+        saturated: Lowered,
+    ) -> Result<(Lowered, Choice, GraphCost, Vec<OfferedCut>)> {
+        let pairs = self.state_positions(model);
+        let mut saturated = saturated;
+        let offered = offer_state_cuts(&mut saturated.egraph, &saturated.outputs, &pairs);
+        if offered.is_empty() {
+            let (choice, cost) = self.extract(&saturated);
+            return Ok((saturated, choice, cost, vec![]));
+        }
+        let (mut saturated, _) = self.saturate(saturated)?;
+        self.announce(Stage::Extract);
+        let mut held: Vec<bool> = vec![true; offered.len()];
+        loop {
+            let egraph = &saturated.egraph;
+            let mut roots = saturated.outputs.clone();
+            let mut forced = HashMap::new();
+            for (cut, held) in offered.iter().zip(&held) {
+                if *held {
+                    roots[cut.cut.output] = egraph.find(cut.restricted_output);
+                } else {
+                    let (class, spelled) = spelled_as_restriction(egraph, cut);
+                    forced.insert(class, spelled);
+                }
+            }
+            let choice = extract_forcing(egraph, &roots, &self.nominal, &forced)
+                .ok_or_else(|| SlimError::stage("extract", "no graph without cycles"))?;
+            let kept: Vec<OfferedCut> = offered
+                .iter()
+                .zip(&held)
+                .filter(|(_, held)| **held)
+                .map(|(cut, _)| cut.clone())
+                .collect();
+            let read = full_inputs_read(&choice, &kept);
+            if read.is_empty() {
+                let cost = choice_cost(egraph, &self.nominal, &choice);
+                saturated.outputs = roots;
+                return Ok((saturated, choice, cost, kept));
+            }
+            for (cut, held) in offered.iter().zip(held.iter_mut()) {
+                *held &= !read.contains(&cut.cut.input);
+            }
+        }
+    }
+
     /// Stage 4: the chosen graph as a tract model with `model`'s inputs, outputs and names.
     pub fn raise(
         &self,
@@ -181,7 +278,22 @@ impl Slimmer {
         saturated: &Lowered,
         choice: &Choice,
     ) -> Result<TypedModel> {
+        self.raise_cut(model, saturated, choice, &[])
+    }
+
+    /// [`Slimmer::raise`] with the inputs of `cuts` restricted.
+    fn raise_cut(
+        &self,
+        model: &TypedModel,
+        saturated: &Lowered,
+        choice: &Choice,
+        cuts: &[OfferedCut],
+    ) -> Result<TypedModel> {
         self.announce(Stage::Raise);
+        let restricted_inputs: Vec<(usize, u32)> = cuts
+            .iter()
+            .map(|c| (c.cut.input, c.restricted_input))
+            .collect();
         let egraph = &saturated.egraph;
         let mut names: Vec<_> = saturated.names.iter().collect();
         names.sort();
@@ -195,6 +307,7 @@ impl Slimmer {
             input_names: &saturated.input_names,
             output_names: &saturated.output_names,
             outputs: &saturated.outputs,
+            restricted_inputs: &restricted_inputs,
             names: &canonical,
             symbols: &model.symbols,
         };
@@ -215,7 +328,7 @@ impl Slimmer {
         let saturate_ms = ms(clock);
 
         let clock = Instant::now();
-        let (choice, cost_after) = self.extract(&saturated);
+        let (saturated, choice, cost_after, cuts) = self.extract_cutting_state(model, saturated)?;
         let extract_ms = ms(clock);
 
         // Extraction is greedy: never hand back something the cost model says is worse.
@@ -224,7 +337,12 @@ impl Slimmer {
         let slim = if kept_original {
             model.clone()
         } else {
-            self.raise(model, &saturated, &choice)?
+            self.raise_cut(model, &saturated, &choice, &cuts)?
+        };
+        let state_cuts: Vec<StateCut> = if kept_original {
+            vec![]
+        } else {
+            cuts.into_iter().map(|c| c.cut).collect()
         };
         let raise_ms = ms(clock);
 
@@ -252,6 +370,10 @@ impl Slimmer {
                 raise_ms,
             },
             verification: None,
+            state_pairs: self.state_positions(model).len(),
+            state_bytes_per_token_before: self.state_bytes(model, &[]),
+            state_bytes_per_token_after: self.state_bytes(model, &state_cuts),
+            state_cuts,
         };
         let mut slimmed = Slimmed {
             model: slim,
@@ -259,8 +381,14 @@ impl Slimmer {
         };
         if let Some(seed) = self.verification {
             self.announce(Stage::Verify);
-            let v = verify(model, &slimmed.model, seed, &self.nominal.values)
-                .map_err(|e| SlimError::stage("verify", e))?;
+            let v = verify_cut(
+                model,
+                &slimmed.model,
+                &slimmed.report.state_cuts,
+                seed,
+                &self.nominal.values,
+            )
+            .map_err(|e| SlimError::stage("verify", e))?;
             slimmed.report.verification = Some(v);
             if let Some(error) = slimmed.report.verification_error() {
                 return Err(error);

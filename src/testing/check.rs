@@ -98,6 +98,7 @@ fn check_model(rules: &[Rule], seed: u64, report: &mut CheckReport) -> TractResu
         input_names: &lowered.input_names,
         output_names: &lowered.output_names,
         outputs: &outputs,
+        restricted_inputs: &[],
         names: &names,
         symbols: &model.symbols,
     };

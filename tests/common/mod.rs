@@ -52,6 +52,7 @@ pub struct Layer {
     pub ffn_kept: usize,
     pub ffn_constant: Vec<usize>,
     pub heads_constant: Vec<usize>,
+    pub heads_zeroed: Vec<usize>,
     #[serde(default)]
     pub heads_constant_kept: bool,
     pub heads: usize,
