@@ -79,7 +79,7 @@ pub use model::state::{named_state_pairs, StateCut, StatePair};
 pub use model::verify::{
     compare_output, fidelity, input_names, max_abs_diff, output_names, random_inputs,
     relative_tolerance, run, verify, verify_cut, Expected, Mismatch, OutputDiff, OutputFidelity,
-    Verification, HALF_RELATIVE_TOLERANCE, RELATIVE_TOLERANCE,
+    Verification, HALF_RELATIVE_TOLERANCE, LOOP_CALLS, RELATIVE_TOLERANCE,
 };
 
 // Auto-slim.

@@ -7,7 +7,6 @@ use super::progress::Progress;
 use model_slim::compare_latency;
 use model_slim::symbol_values;
 use model_slim::to_dot;
-use model_slim::Expected;
 use model_slim::Limits;
 use model_slim::Report;
 use model_slim::Verification;
@@ -17,6 +16,7 @@ use model_slim::{input_names, named_state_pairs, output_names, StatePair};
 use model_slim::{write_atomically, write_model, ArtifactCheck, Format};
 use model_slim::{write_pruned_onnx, write_slimmed_onnx};
 use model_slim::{zero_units, Criterion, GlobalCost, KvLayout, Plan, Repair, Targets};
+use model_slim::{Expected, LOOP_CALLS};
 use model_slim::{IoError, Mismatch, SlimError, Slimmed, Slimmer};
 use serde::Serialize;
 use std::path::Path;
@@ -182,10 +182,16 @@ fn run_slim(
     // The written file is compared with the original's outputs, computed first from a load of
     // its own that the run gives up as tract packs the weights for its plan: the original is
     // never in memory beside its plan, nor either of them while the file is loaded back.
+    // A model that carries state (a decoder step's KV cache) is checked over a loop of calls,
+    // each fed the previous call's state.
     let expected = if format == Format::Onnx || options.verify {
         let (reference, sets) = import(ctx, &options.import, model)?;
         let values = symbol_values(&reference, &sets);
-        let run = |_: &_| Expected::of(reference, options.seed, &values);
+        let states = state_positions(&reference)?;
+        let run = |_: &_| match states.is_empty() {
+            true => Expected::of(reference, options.seed, &values),
+            false => Expected::of_loop(reference, options.seed, &values, &states, LOOP_CALLS),
+        };
         let expected = ctx.progress.during("running the original", run);
         Some(expected.map_err(|e| SlimError::stage("verify", e))?)
     } else {
@@ -242,11 +248,7 @@ fn state_pairs(
     model: &TypedModel,
     format: Format,
 ) -> Result<Vec<StatePair>, SlimError> {
-    let names = |e| SlimError::stage("import", e);
-    let pairs = named_state_pairs(
-        &input_names(model).map_err(names)?,
-        &output_names(model).map_err(names)?,
-    );
+    let pairs = named_pairs(model)?;
     if format == Format::Onnx && !pairs.is_empty() {
         ctx.say(&format!(
             "note: {} state inputs ({} …) keep every slice in ONNX output; write NNEF to cut them\n",
@@ -256,6 +258,29 @@ fn state_pairs(
         return Ok(vec![]);
     }
     Ok(pairs)
+}
+
+/// The model's state pairs by the HF/optimum names.
+fn named_pairs(model: &TypedModel) -> Result<Vec<StatePair>, SlimError> {
+    let names = |e| SlimError::stage("import", e);
+    let inputs = input_names(model).map_err(names)?;
+    let outputs = output_names(model).map_err(names)?;
+    Ok(named_state_pairs(&inputs, &outputs))
+}
+
+/// The positions (input, output) of the model's state pairs.
+fn state_positions(model: &TypedModel) -> Result<Vec<(usize, usize)>, SlimError> {
+    let names = |e| SlimError::stage("import", e);
+    let inputs = input_names(model).map_err(names)?;
+    let outputs = output_names(model).map_err(names)?;
+    Ok(named_state_pairs(&inputs, &outputs)
+        .iter()
+        .filter_map(|pair| {
+            let input = inputs.iter().position(|n| *n == pair.input)?;
+            let output = outputs.iter().position(|n| *n == pair.output)?;
+            Some((input, output))
+        })
+        .collect())
 }
 
 fn read_plan(path: &Path) -> Result<Plan, SlimError> {

@@ -363,8 +363,9 @@ fn set_input(model: &mut InferenceModel, ix: usize, dt: DatumType, dims: &[TDim]
         })
 }
 
-/// An input as the model declares it: name, dimensions and type where known.
-type DeclaredInput = (String, Option<TVec<TDim>>, Option<DatumType>);
+/// An input as the model declares it: name, dimensions (as written: integers or symbols, read
+/// while the model's symbols are alive) and type where known.
+type DeclaredInput = (String, Option<Vec<String>>, Option<DatumType>);
 
 /// The declared inputs, for hints.
 fn describe_inputs(model: &InferenceModel) -> Vec<DeclaredInput> {
@@ -373,20 +374,23 @@ fn describe_inputs(model: &InferenceModel) -> Vec<DeclaredInput> {
         .enumerate()
         .map(|(ix, name)| {
             let fact = model.input_fact(ix).ok();
-            let shape = fact.and_then(|f| f.shape.concretize());
+            let shape = fact
+                .and_then(|f| f.shape.concretize())
+                .map(|dims| dims.iter().map(|d| d.to_string()).collect());
             let dt = fact.and_then(|f| f.datum_type.concretize());
             (name, shape, dt)
         })
         .collect()
 }
 
-/// Tokens in a hinted sequence (past and new together, in a generation step).
+/// Tokens in a hinted sequence.
 const HINT_TOKENS: i64 = 128;
 
-/// Suggests the `--input` flags that give every declared input a concrete shape, one value per
-/// symbol so that inputs agree: batch (axis 0) 1, lengths [`HINT_TOKENS`]. In a generation
-/// step (inputs that carry state, see [`named_state_pairs`]) the state's lengths are the past
-/// tokens, `HINT_TOKENS − 1`, one new token is fed, and a mask spans both.
+/// Suggests the `--input` flags that give every declared input a shape tract can analyse, one
+/// value per symbol so that inputs agree: batch (axis 0) 1, lengths [`HINT_TOKENS`]. A
+/// generation step (inputs that carry state, see [`named_state_pairs`]) is given one new
+/// token and keeps its state's length symbolic, `past` (whatever the model names it), with a
+/// mask over `past+1`: tract analyses that, and the slimmed model then runs at any length.
 fn concrete_input_hint(
     declared: &[DeclaredInput],
     outputs: &[String],
@@ -395,7 +399,7 @@ fn concrete_input_hint(
     if !options.inputs.is_empty()
         || declared.iter().all(|(_, s, _)| {
             s.as_ref()
-                .is_some_and(|s| s.iter().all(|d| d.to_i64().is_ok()))
+                .is_some_and(|s| s.iter().all(|d| d.parse::<i64>().is_ok()))
         })
     {
         return String::new();
@@ -405,19 +409,21 @@ fn concrete_input_hint(
         .into_iter()
         .map(|pair| pair.input)
         .collect();
-    let length = |name: &str| {
-        if states.is_empty() {
-            HINT_TOKENS
-        } else if states.iter().any(|s| s == name) {
-            HINT_TOKENS - 1
-        } else if name.contains("mask") {
-            HINT_TOKENS
-        } else {
-            1
-        }
+    // The state's symbolic length, from the first state input that has one.
+    let past = declared
+        .iter()
+        .filter(|(name, _, _)| states.contains(name))
+        .flat_map(|(_, shape, _)| shape.iter().flatten().skip(1))
+        .find(|d| d.parse::<i64>().is_err())
+        .cloned();
+    let length = |name: &str, dim: &str| match &past {
+        None => HINT_TOKENS.to_string(),
+        Some(_) if states.iter().any(|s| s == name) => dim.to_string(),
+        Some(past) if name.contains("mask") => format!("{past}+1"),
+        Some(_) => "1".into(),
     };
     // The first input a symbol appears in decides its value.
-    let mut values: HashMap<String, i64> = HashMap::new();
+    let mut values: HashMap<String, String> = HashMap::new();
     let flags: Vec<String> = declared
         .iter()
         .map(|(name, shape, dt)| {
@@ -425,12 +431,16 @@ fn concrete_input_hint(
                 .iter()
                 .flatten()
                 .enumerate()
-                .map(|(axis, d)| {
-                    let value = d.to_i64().unwrap_or_else(|_| {
-                        let guess = if axis == 0 { 1 } else { length(name) };
-                        *values.entry(d.to_string()).or_insert(guess)
-                    });
-                    value.to_string()
+                .map(|(axis, d)| match d.parse::<i64>() {
+                    Ok(value) => value.to_string(),
+                    Err(_) => {
+                        let guess = if axis == 0 {
+                            "1".into()
+                        } else {
+                            length(name, d)
+                        };
+                        values.entry(d.clone()).or_insert(guess).clone()
+                    }
                 })
                 .collect();
             let ty = dt
@@ -440,7 +450,7 @@ fn concrete_input_hint(
         })
         .collect();
     format!(
-        ". Its symbolic input shapes may be the cause: give concrete ones, e.g. {}",
+        ". Its symbolic input shapes may be the cause: give shapes tract can analyse, e.g. {}",
         flags.join(" ")
     )
 }

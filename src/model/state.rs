@@ -37,25 +37,29 @@ pub struct StateCut {
 
 /// Bytes a state pair holds per token (per step of its growing axis, at batch 1): the
 /// elements of the input's other axes but batch (axis 0), with `cut`'s axis at its kept size.
-/// The growing axis is the one where the output is longer than the input (a cache's past +
-/// new tokens); `None` when no axis grows or a size is symbolic.
+/// The growing axis is the one where the output's size differs from the input's (a cache's
+/// past + new tokens against its past); `None` when there is not exactly one, or another size
+/// is symbolic.
 pub fn bytes_per_token(
     input: &TypedFact,
     output: &TypedFact,
     cut: Option<&StateCut>,
 ) -> Option<usize> {
-    let (a, b) = (input.shape.as_concrete()?, output.shape.as_concrete()?);
-    if a.len() != b.len() {
+    let (a, b) = (&input.shape, &output.shape);
+    if a.rank() != b.rank() {
         return None;
     }
-    let growing = (0..a.len()).find(|k| b[*k] > a[*k])?;
-    let elements: usize = (1..a.len())
-        .filter(|k| *k != growing)
-        .map(|k| match cut {
+    let growing: Vec<usize> = (0..a.rank()).filter(|k| a[*k] != b[*k]).collect();
+    let [growing] = growing[..] else {
+        return None;
+    };
+    let mut elements = 1;
+    for k in (1..a.rank()).filter(|k| *k != growing) {
+        elements *= match cut {
             Some(cut) if cut.axis == k => cut.kept.len(),
-            _ => a[k],
-        })
-        .product();
+            _ => a[k].to_usize().ok()?,
+        };
+    }
     Some(elements * input.datum_type.size_of())
 }
 

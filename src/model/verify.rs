@@ -49,12 +49,31 @@ pub struct OutputDiff {
     pub passed: bool,
 }
 
+impl OutputDiff {
+    /// The worse of two comparisons of one output (the larger difference for its tolerance).
+    fn worse(self, other: OutputDiff) -> OutputDiff {
+        let margin = |d: &OutputDiff| {
+            d.max_abs_diff / (d.tolerance * d.max_magnitude).max(f32::MIN_POSITIVE)
+        };
+        let passed = self.passed && other.passed;
+        let mut worse = if margin(&other) > margin(&self) {
+            other
+        } else {
+            self
+        };
+        worse.passed = passed;
+        worse
+    }
+}
+
 /// The verification result.
 #[derive(Clone, Debug, Serialize)]
 pub struct Verification {
     /// Seed of the random inputs.
     pub seed: u64,
-    /// Shapes of the inputs used.
+    /// Calls compared: more than one where the model was run in a loop, fed its own state.
+    pub calls: usize,
+    /// Shapes of the inputs used (of the first call).
     pub input_shapes: Vec<Vec<usize>>,
     /// Per output comparison.
     pub outputs: Vec<OutputDiff>,
@@ -490,10 +509,16 @@ pub fn compare_output(name: String, expected: &Tensor, got: &Tensor) -> TractRes
 #[derive(Clone, Debug)]
 pub struct Expected {
     seed: u64,
-    inputs: TVec<TValue>,
-    outputs: TVec<TValue>,
+    /// Each call's inputs and outputs: one call, or a loop where each call's state inputs are
+    /// the previous call's state outputs.
+    calls: Vec<(TVec<TValue>, TVec<TValue>)>,
+    /// The state pairs the loop carries, as (input, output) positions.
+    states: Vec<(usize, usize)>,
     names: Vec<String>,
 }
+
+/// Calls of a state model checked in a loop (a prefill-sized first call and decode steps).
+pub const LOOP_CALLS: usize = 8;
 
 impl Expected {
     /// Runs `model` on the inputs of `seed`. The model is given up to its optimized plan (pass
@@ -502,15 +527,59 @@ impl Expected {
     pub fn of(model: TypedModel, seed: u64, values: &SymbolValues) -> TractResult<Expected> {
         let inputs = random_inputs(&model, seed, values)?;
         let names = output_names(&model)?;
-        let outputs = run_consuming(model, inputs.clone()).context(
-            "the original model does not run in tract at these shapes (give concrete ones with --input or --set)",
-        )?;
+        let outputs = run_consuming(model, inputs.clone()).context(DOES_NOT_RUN)?;
         Ok(Expected {
             seed,
-            inputs,
-            outputs,
+            calls: vec![(inputs, outputs)],
+            states: vec![],
             names,
         })
+    }
+
+    /// Runs `model` in a loop of up to `calls` calls, each fed the previous call's outputs of
+    /// the `states` pairs (input, output positions) and fresh random inputs otherwise, at the
+    /// lengths the state has grown to. The loop needs the state's growing length to be a
+    /// symbol of the model's inputs; with a fixed length it stops after the first call.
+    pub fn of_loop(
+        model: TypedModel,
+        seed: u64,
+        values: &SymbolValues,
+        states: &[(usize, usize)],
+        calls: usize,
+    ) -> TractResult<Expected> {
+        let names = output_names(&model)?;
+        let facts: Vec<TypedFact> = (0..model.inputs.len())
+            .map(|i| model.input_fact(i).cloned())
+            .collect::<TractResult<_>>()?;
+        let plan = model.clone().into_optimized()?.into_runnable()?;
+        let mut done: Vec<(TVec<TValue>, TVec<TValue>)> = vec![];
+        let mut values = values.clone();
+        for call in 0..calls {
+            let mut inputs = random_inputs(&model, seed + call as u64, &values)?;
+            if let Some((_, previous)) = done.last() {
+                for (input, output) in states {
+                    inputs[*input] = previous[*output].clone();
+                }
+            }
+            let outputs = plan.run(inputs.clone()).context(DOES_NOT_RUN)?;
+            let grown = grown_values(&facts, states, &outputs, &values);
+            done.push((inputs, outputs));
+            match grown {
+                Some(next) => values = next,
+                None => break,
+            }
+        }
+        Ok(Expected {
+            seed,
+            calls: done,
+            states: states.to_vec(),
+            names,
+        })
+    }
+
+    /// Calls checked: more than one for a loop.
+    pub fn calls(&self) -> usize {
+        self.calls.len()
     }
 
     /// Runs `other` on the same inputs and compares its outputs; `other` is given up to its
@@ -520,32 +589,82 @@ impl Expected {
     }
 
     /// [`Expected::compare`] for a model whose state `cuts` restrict (see [`StateCut`]): it is
-    /// fed the kept slices of the state inputs, and its state outputs are compared with the
-    /// kept slices of the expected ones.
+    /// fed the kept slices of the state inputs on the first call and its own state after, and
+    /// its state outputs are compared with the kept slices of the expected ones. Each output's
+    /// comparison is its worst over the calls.
     pub fn compare_cut(&self, other: TypedModel, cuts: &[StateCut]) -> TractResult<Verification> {
-        let mut inputs = self.inputs.clone();
-        let mut expected = self.outputs.clone();
-        for cut in cuts {
-            inputs[cut.input] = select_slices(&inputs[cut.input], cut.axis, &cut.kept)?.into();
-            expected[cut.output] =
-                select_slices(&expected[cut.output], cut.axis, &cut.kept)?.into();
+        let plan = other.into_optimized()?.into_runnable()?;
+        let mut worst: Vec<OutputDiff> = vec![];
+        let mut previous: Option<TVec<TValue>> = None;
+        let mut first_inputs = tvec![];
+        for (inputs, expected) in &self.calls {
+            let mut inputs = inputs.clone();
+            let mut expected = expected.clone();
+            for cut in cuts {
+                inputs[cut.input] = select_slices(&inputs[cut.input], cut.axis, &cut.kept)?.into();
+                expected[cut.output] =
+                    select_slices(&expected[cut.output], cut.axis, &cut.kept)?.into();
+            }
+            if let Some(previous) = &previous {
+                for (input, output) in &self.states {
+                    inputs[*input] = previous[*output].clone();
+                }
+            } else {
+                first_inputs = inputs.clone();
+            }
+            let got = plan.run(inputs).context("the slimmed model does not run")?;
+            let diffs = expected
+                .iter()
+                .zip(got.iter())
+                .zip(&self.names)
+                .map(|((e, g), name)| compare_output(name.clone(), e, g))
+                .collect::<TractResult<Vec<_>>>()?;
+            worst = if worst.is_empty() {
+                diffs
+            } else {
+                worst
+                    .into_iter()
+                    .zip(diffs)
+                    .map(|(w, d)| w.worse(d))
+                    .collect()
+            };
+            previous = Some(got);
         }
-        let got = run_consuming(other, inputs.clone()).context("the slimmed model does not run")?;
-        let outputs = expected
-            .iter()
-            .zip(got.iter())
-            .zip(&self.names)
-            .map(|((e, g), name)| compare_output(name.clone(), e, g))
-            .collect::<TractResult<Vec<_>>>()?;
-        let passed = outputs.iter().all(|o| o.passed);
+        let passed = worst.iter().all(|o| o.passed);
         Ok(Verification {
             seed: self.seed,
-            input_shapes: inputs.iter().map(|t| t.shape().to_vec()).collect(),
-            outputs,
+            calls: self.calls.len(),
+            input_shapes: first_inputs.iter().map(|t| t.shape().to_vec()).collect(),
+            outputs: worst,
             passed,
             artifact: None,
         })
     }
+}
+
+const DOES_NOT_RUN: &str =
+    "the original model does not run in tract at these shapes (give concrete ones with --input or --set)";
+
+/// The symbol values of the next call of a loop: each state input whose size along an axis is
+/// a symbol takes its state output's size there. `None` when no state input has such a symbol
+/// (the state cannot grow).
+fn grown_values(
+    facts: &[TypedFact],
+    states: &[(usize, usize)],
+    outputs: &[TValue],
+    values: &SymbolValues,
+) -> Option<SymbolValues> {
+    let mut next = values.clone();
+    let mut grows = false;
+    for (input, output) in states {
+        for (axis, dim) in facts[*input].shape.iter().enumerate() {
+            if let TDim::Sym(symbol) = dim {
+                next = next.with(symbol, outputs[*output].shape()[axis] as i64);
+                grows = true;
+            }
+        }
+    }
+    grows.then_some(next)
 }
 
 /// Compares the two models' outputs on seeded random inputs.
@@ -555,18 +674,25 @@ pub fn verify(
     seed: u64,
     values: &SymbolValues,
 ) -> TractResult<Verification> {
-    verify_cut(original, slim, &[], seed, values)
+    verify_cut(original, slim, (&[], &[]), seed, values)
 }
 
-/// [`verify`] for a slimmed model whose state `cuts` restrict (see [`Expected::compare_cut`]).
+/// [`verify`] for a slimmed model whose state `cuts` restrict, run in a loop of
+/// [`LOOP_CALLS`] calls where the model has `states` (input, output positions; see
+/// [`Expected::of_loop`] and [`Expected::compare_cut`]).
 pub fn verify_cut(
     original: &TypedModel,
     slim: &TypedModel,
-    cuts: &[StateCut],
+    (states, cuts): (&[(usize, usize)], &[StateCut]),
     seed: u64,
     values: &SymbolValues,
 ) -> TractResult<Verification> {
-    Expected::of(original.clone(), seed, values)?.compare_cut(slim.clone(), cuts)
+    let expected = if states.is_empty() {
+        Expected::of(original.clone(), seed, values)?
+    } else {
+        Expected::of_loop(original.clone(), seed, values, states, LOOP_CALLS)?
+    };
+    expected.compare_cut(slim.clone(), cuts)
 }
 
 #[cfg(test)]

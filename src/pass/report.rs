@@ -378,13 +378,17 @@ impl Report {
 
 /// What the verification compared, and how each output came out.
 fn verification_lines(v: &Verification) -> String {
+    let calls = match v.calls {
+        1 => String::new(),
+        n => format!(" in a loop of {n} calls, each fed its own state"),
+    };
     let mut out = match &v.artifact {
         Some(file) => format!(
-            "verify: {file} as written, loaded back and run on seed {}\n",
+            "verify: {file} as written, loaded back and run on seed {}{calls}\n",
             v.seed
         ),
         None => format!(
-            "verify: the slimmed model in memory, run on seed {}\n",
+            "verify: the slimmed model in memory, run on seed {}{calls}\n",
             v.seed
         ),
     };

@@ -381,10 +381,15 @@ impl Slimmer {
         };
         if let Some(seed) = self.verification {
             self.announce(Stage::Verify);
+            let states: Vec<(usize, usize)> = self
+                .state_positions(model)
+                .into_iter()
+                .map(|(_, input, output)| (input, output))
+                .collect();
             let v = verify_cut(
                 model,
                 &slimmed.model,
-                &slimmed.report.state_cuts,
+                (&states, &slimmed.report.state_cuts),
                 seed,
                 &self.nominal.values,
             )
