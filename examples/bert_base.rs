@@ -28,7 +28,7 @@ fn latency_table(
     report: &Report,
     runs: usize,
 ) -> TractResult<()> {
-    let latency = compare_latency(dense, slim, &SymbolValues::default(), 3, runs)?;
+    let latency = compare_latency((dense, slim), &[], &SymbolValues::default(), 3, runs)?;
     println!("| model | median latency (ms) | FLOPs |");
     println!("|---|---|---|");
     println!(

@@ -652,13 +652,17 @@ fn run_bench(
     }
     let (original, sets) = import(ctx, import_args, model)?;
     let values = symbol_values(&original, &sets);
-    let slimmer = Slimmer::new()?.with_symbol_values(values.clone());
+    let slimmer = Slimmer::new()?
+        .with_symbol_values(values.clone())
+        .with_state(named_pairs(&original)?);
     let slimmed = slim(ctx, &slimmer, &original)?;
+    let models = (&original, &slimmed.model);
+    let cuts = &slimmed.report.state_cuts;
     let latency = ctx
         .progress
         .during(
             &format!("timing {runs} alternating runs of each model"),
-            |_| compare_latency(&original, &slimmed.model, &values, warmup, runs),
+            |_| compare_latency(models, cuts, &values, warmup, runs),
         )
         .map_err(|e| SlimError::stage("bench", e))?;
     let r = &slimmed.report;
@@ -678,6 +682,15 @@ fn run_bench(
         "slimmed", bench.slimmed_ms, r.flops_after,
         bench.latency_ratio, bench.flop_ratio
     ));
+    if r.state_pairs > 0 {
+        ctx.say(&format!(
+            "state: {} of {} pairs cut, {} → {} bytes per token (the slimmed model run on the kept slices)\n",
+            cuts.len(),
+            r.state_pairs,
+            r.state_bytes_per_token_before,
+            r.state_bytes_per_token_after
+        ));
+    }
     if let Some(path) = report {
         write_json(&bench, path)?;
     }

@@ -2,7 +2,9 @@
 //! process: both plans are built first, then run alternately (after warm-up), so both see the
 //! same machine state; the median of each is reported.
 
+use crate::model::state::StateCut;
 use crate::model::verify::random_inputs;
+use crate::util::slices::select_slices;
 use serde::Serialize;
 use std::time::Instant;
 use tract_core::internal::*;
@@ -33,21 +35,28 @@ fn median(mut times: Vec<f64>) -> f64 {
 /// Runs both models `runs` times each, alternating, after `warmup` runs each, on the same seeded
 /// random inputs (symbols valued by `values`).
 pub fn compare_latency(
-    original: &TypedModel,
-    slimmed: &TypedModel,
+    (original, slimmed): (&TypedModel, &TypedModel),
+    cuts: &[StateCut],
     values: &SymbolValues,
     warmup: usize,
     runs: usize,
 ) -> TractResult<Latency> {
     ensure!(runs > 0, "at least one run is needed");
     let inputs = random_inputs(original, 0, values)?;
+    // The slimmed model reads the kept slices of the state it cuts.
+    let mut slimmed_inputs = inputs.clone();
+    for cut in cuts {
+        slimmed_inputs[cut.input] =
+            select_slices(&inputs[cut.input], cut.axis, &cut.kept)?.into_tvalue();
+    }
     let plans =
         [original, slimmed].map(|m| m.clone().into_optimized().and_then(|m| m.into_runnable()));
     let [original_plan, slimmed_plan] = plans;
     let (original_plan, slimmed_plan) = (original_plan?, slimmed_plan?);
     let mut times = [vec![], vec![]];
     for i in 0..warmup + runs {
-        for (slot, plan) in [&original_plan, &slimmed_plan].into_iter().enumerate() {
+        let runs = [(&original_plan, &inputs), (&slimmed_plan, &slimmed_inputs)];
+        for (slot, (plan, inputs)) in runs.into_iter().enumerate() {
             let clock = Instant::now();
             plan.run(inputs.clone())?;
             if i >= warmup {
