@@ -29,7 +29,7 @@ fn check_seed(slimmer: &Slimmer, seed: u64) -> Result<(), String> {
         .slim(&model)
         .map_err(|e| format!("slimming failed: {e}"))?;
     let removed = weights(&model).saturating_sub(weights(&slimmed.model));
-    if removed < planted.removable_weights && !EXTRACTION_DUPLICATES.contains(&seed) {
+    if removed < planted.removable_weights {
         return Err(format!(
             "{removed} weights removed, {} planted as removable",
             planted.removable_weights
@@ -49,12 +49,6 @@ fn check_seed(slimmer: &Slimmer, seed: u64) -> Result<(), String> {
     }
     Ok(())
 }
-
-/// Seeds (of the first 2000) whose planted units are cut, but whose extraction computes the
-/// residual stream several times under different restrictions, each copy with its own sliced
-/// weights, so that fewer weights are removed in total than were planted: a limit of the greedy
-/// extractor (README, "Limits"). Their outputs are still compared.
-const EXTRACTION_DUPLICATES: &[u64] = &[75, 1091, 1775];
 
 /// Elements of a model's floating-point constants: its weights (not the index tables of gathers).
 fn weights(model: &TypedModel) -> usize {

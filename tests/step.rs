@@ -158,3 +158,75 @@ fn every_step_slims_and_verifies_at_the_hinted_shapes() {
         assert_eq!(cuts, expected, "{}: the cache's kept KV heads", step.name);
     }
 }
+
+/// The Qwen2 step with its cache named outside the HF/optimum layout (`cache.{i}.k` in,
+/// `cache_out.{i}.k` out) and the shapes to slim it at.
+fn renamed_step() -> (String, Vec<String>) {
+    let model = fixtures_dir().join("qwen2_step_half_torchscript_renamed.onnx");
+    let mut flags = vec![
+        "-i",
+        "input_ids:1,1,i64",
+        "-i",
+        "attention_mask:1,past+1,i64",
+    ];
+    let caches = ["cache.0.k", "cache.0.v", "cache.1.k", "cache.1.v"];
+    let specs: Vec<String> = caches
+        .iter()
+        .map(|c| format!("{c}:1,2,past,4,f32"))
+        .collect();
+    for spec in &specs {
+        flags.extend(["-i", spec.as_str()]);
+    }
+    let flags = flags.into_iter().map(str::to_string).collect();
+    (model.display().to_string(), flags)
+}
+
+/// The state cuts and verified calls of `slim --verify` with `extra` flags.
+fn cuts_and_calls(model: &str, flags: &[String], extra: &[String]) -> (usize, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("step.nnef.tgz");
+    let report = dir.path().join("report.json");
+    let mut args = vec!["slim", model, "-o", output.to_str().unwrap(), "--verify"];
+    args.extend(["--report", report.to_str().unwrap()]);
+    args.extend(flags.iter().chain(extra).map(String::as_str));
+    assert_success(&model_slim(&args));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let cuts = report["state_cuts"].as_array().unwrap().len();
+    (cuts, report["verification"]["calls"].as_u64().unwrap())
+}
+
+#[test]
+fn state_pairs_named_otherwise_are_given_with_state() {
+    let (model, flags) = renamed_step();
+    // Unnamed, the cache is an ordinary input: kept whole, checked in one call.
+    assert_eq!(cuts_and_calls(&model, &flags, &[]), (0, 1));
+    let given: Vec<String> = ["0.k", "0.v", "1.k", "1.v"]
+        .iter()
+        .flat_map(|n| ["--state".into(), format!("cache.{n}=cache_out.{n}")])
+        .collect();
+    let loop_calls = model_slim::LOOP_CALLS as u64;
+    assert_eq!(cuts_and_calls(&model, &flags, &given), (4, loop_calls));
+}
+
+#[test]
+fn a_state_pair_naming_no_input_or_output_is_a_clear_error() {
+    let (model, flags) = renamed_step();
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("step.nnef.tgz");
+    for (state, needle) in [
+        ("cache.0.k=nope", "no output `nope`"),
+        ("nope=cache_out.0.k", "no input `nope`"),
+        ("cache.0.k", "expected INPUT=OUTPUT"),
+    ] {
+        let mut args = vec!["slim", model.as_str(), "-o", output.to_str().unwrap()];
+        args.extend(flags.iter().map(String::as_str));
+        args.extend(["--state", state]);
+        let out = model_slim(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{state}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(needle), "{state}: {stderr}");
+        assert!(!output.exists());
+    }
+}

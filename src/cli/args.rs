@@ -2,8 +2,8 @@
 
 use clap::{Args, Parser, Subcommand};
 use model_slim::Limits;
-use model_slim::SlimError;
 use model_slim::{import_onnx, parse_set, ImportOptions, InputSpec};
+use model_slim::{SlimError, StatePair};
 use std::path::{Path, PathBuf};
 use tract_core::internal::*;
 
@@ -130,6 +130,11 @@ pub struct ImportArgs {
     /// Value of a symbolic dimension, SYM=VALUE (e.g. sequence=128); repeatable.
     #[arg(long = "set", value_name = "SYM=VALUE")]
     pub sets: Vec<String>,
+    /// An input fed, on the next call, from an output of this one (a KV cache): its slices no
+    /// kept computation reads are cut from both. The HF/optimum names (past_key_values.0.key
+    /// and present.0.key, ...) pair by themselves; repeatable.
+    #[arg(long = "state", value_name = "INPUT=OUTPUT")]
+    pub states: Vec<String>,
 }
 
 impl ImportArgs {
@@ -145,6 +150,22 @@ impl ImportArgs {
             .map(|s| parse_set(s))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(ImportOptions { inputs, sets })
+    }
+
+    /// The `--state` pairs.
+    pub fn state_pairs(&self) -> Result<Vec<StatePair>, SlimError> {
+        self.states
+            .iter()
+            .map(|spec| match spec.split_once('=') {
+                Some((input, output)) if !input.is_empty() && !output.is_empty() => Ok(StatePair {
+                    input: input.to_string(),
+                    output: output.to_string(),
+                }),
+                _ => Err(SlimError::Usage(format!(
+                    "--state {spec}: expected INPUT=OUTPUT"
+                ))),
+            })
+            .collect()
     }
 
     /// Imports `path` with these input facts and symbol values.

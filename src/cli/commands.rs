@@ -187,7 +187,7 @@ fn run_slim(
     let expected = if format == Format::Onnx || options.verify {
         let (reference, sets) = import(ctx, &options.import, model)?;
         let values = symbol_values(&reference, &sets);
-        let states = state_positions(&reference)?;
+        let states = state_positions(&reference, &options.import)?;
         let run = |_: &_| match states.is_empty() {
             true => Expected::of(reference, options.seed, &values),
             false => Expected::of_loop(reference, options.seed, &values, &states, LOOP_CALLS),
@@ -201,7 +201,7 @@ fn run_slim(
     let values = symbol_values(&original, &sets);
     let slimmer = slimmer
         .with_symbol_values(values.clone())
-        .with_state(state_pairs(ctx, &original, format)?);
+        .with_state(state_pairs(ctx, &original, &options.import, format)?);
     let mut slimmed = slim(ctx, &slimmer, &original)?;
     let check = expected.as_ref().map(|expected| ArtifactCheck {
         expected,
@@ -240,15 +240,16 @@ fn run_slim(
     )
 }
 
-/// The pairs of inputs and outputs that carry state (a KV cache, by the HF/optimum names) for
-/// output in `format`: the ONNX writer cannot change a model's interface yet, so there the
-/// state stays whole, and the run says so.
+/// The pairs of inputs and outputs that carry state for output in `format` (see
+/// [`model_state`]): the ONNX writer cannot change a model's interface yet, so there the state
+/// stays whole, and the run says so.
 fn state_pairs(
     ctx: &Context,
     model: &TypedModel,
+    import: &ImportArgs,
     format: Format,
 ) -> Result<Vec<StatePair>, SlimError> {
-    let pairs = named_pairs(model)?;
+    let pairs = model_state(model, import)?;
     if format == Format::Onnx && !pairs.is_empty() {
         ctx.say(&format!(
             "note: {} state inputs ({} …) keep every slice in ONNX output; write NNEF to cut them\n",
@@ -260,20 +261,45 @@ fn state_pairs(
     Ok(pairs)
 }
 
-/// The model's state pairs by the HF/optimum names.
-fn named_pairs(model: &TypedModel) -> Result<Vec<StatePair>, SlimError> {
+/// The model's state pairs: by the HF/optimum names, and those given with `--state`, which
+/// must name an input and an output of the model (a given input replaces its named pair).
+fn model_state(model: &TypedModel, import: &ImportArgs) -> Result<Vec<StatePair>, SlimError> {
     let names = |e| SlimError::stage("import", e);
     let inputs = input_names(model).map_err(names)?;
     let outputs = output_names(model).map_err(names)?;
-    Ok(named_state_pairs(&inputs, &outputs))
+    let given = import.state_pairs()?;
+    for pair in &given {
+        for (name, kind, list) in [
+            (&pair.input, "input", &inputs),
+            (&pair.output, "output", &outputs),
+        ] {
+            if !list.contains(name) {
+                return Err(SlimError::Usage(format!(
+                    "--state {}={}: the model has no {kind} `{name}` (its {kind}s: {})",
+                    pair.input,
+                    pair.output,
+                    list.join(", ")
+                )));
+            }
+        }
+    }
+    let mut pairs: Vec<StatePair> = named_state_pairs(&inputs, &outputs)
+        .into_iter()
+        .filter(|named| given.iter().all(|g| g.input != named.input))
+        .collect();
+    pairs.extend(given);
+    Ok(pairs)
 }
 
 /// The positions (input, output) of the model's state pairs.
-fn state_positions(model: &TypedModel) -> Result<Vec<(usize, usize)>, SlimError> {
+fn state_positions(
+    model: &TypedModel,
+    import: &ImportArgs,
+) -> Result<Vec<(usize, usize)>, SlimError> {
     let names = |e| SlimError::stage("import", e);
     let inputs = input_names(model).map_err(names)?;
     let outputs = output_names(model).map_err(names)?;
-    Ok(named_state_pairs(&inputs, &outputs)
+    Ok(model_state(model, import)?
         .iter()
         .filter_map(|pair| {
             let input = inputs.iter().position(|n| *n == pair.input)?;
@@ -654,7 +680,7 @@ fn run_bench(
     let values = symbol_values(&original, &sets);
     let slimmer = Slimmer::new()?
         .with_symbol_values(values.clone())
-        .with_state(named_pairs(&original)?);
+        .with_state(model_state(&original, import_args)?);
     let slimmed = slim(ctx, &slimmer, &original)?;
     let models = (&original, &slimmed.model);
     let cuts = &slimmed.report.state_cuts;

@@ -4,7 +4,8 @@
 //! Costs are counted on the DAG, not the tree: a sub-graph shared by several users (the
 //! activation feeding Q, K and V; the residual stream) is paid once. The greedy extractor below
 //! keeps, per e-class, the set of e-classes its best choice needs with their costs, and compares
-//! choices by the total of that set.
+//! choices by the total of that set; a second pass then lets a class reuse what other classes
+//! need anyway ([`reuse_needed`]).
 
 use crate::egraph::analysis::SlimGraph;
 use crate::egraph::lang::{Key, TensorLang};
