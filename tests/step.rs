@@ -230,3 +230,18 @@ fn a_state_pair_naming_no_input_or_output_is_a_clear_error() {
         assert!(!output.exists());
     }
 }
+
+#[test]
+fn show_lists_the_state_pairs_a_slim_would_cut() {
+    let model = fixtures_dir().join("gpt2_step_half_dynamo.onnx");
+    let model = model.display().to_string();
+    let hinted = hinted_inputs(&model);
+    let mut args = vec!["show", model.as_str()];
+    args.extend(hinted.iter().map(String::as_str));
+    let shown = assert_success(&model_slim(&args));
+    assert!(
+        shown.contains("state  past_key_values.1.value → present.1.value: axis 1 keeps 2 of 4"),
+        "{shown}"
+    );
+    assert!(shown.contains("state: 4 of 4 pairs cut, 384 → 192 bytes per token"));
+}

@@ -12,7 +12,7 @@ use model_slim::Report;
 use model_slim::Verification;
 use model_slim::{auto_slim, AutoOptions, AutoSlimmed};
 use model_slim::{groups, Kind};
-use model_slim::{input_names, named_state_pairs, output_names, StatePair};
+use model_slim::{input_names, named_state_pairs, output_names, state_positions, StatePair};
 use model_slim::{write_atomically, write_model, ArtifactCheck, Format};
 use model_slim::{write_pruned_onnx, write_slimmed_onnx};
 use model_slim::{zero_units, Criterion, GlobalCost, KvLayout, Plan, Repair, Targets};
@@ -187,7 +187,7 @@ fn run_slim(
     let expected = if format == Format::Onnx || options.verify {
         let (reference, sets) = import(ctx, &options.import, model)?;
         let values = symbol_values(&reference, &sets);
-        let states = state_positions(&reference, &options.import)?;
+        let states = model_state_positions(&reference, &options.import)?;
         let run = |_: &_| match states.is_empty() {
             true => Expected::of(reference, options.seed, &values),
             false => Expected::of_loop(reference, options.seed, &values, &states, LOOP_CALLS),
@@ -292,20 +292,17 @@ fn model_state(model: &TypedModel, import: &ImportArgs) -> Result<Vec<StatePair>
 }
 
 /// The positions (input, output) of the model's state pairs.
-fn state_positions(
+fn model_state_positions(
     model: &TypedModel,
     import: &ImportArgs,
 ) -> Result<Vec<(usize, usize)>, SlimError> {
     let names = |e| SlimError::stage("import", e);
     let inputs = input_names(model).map_err(names)?;
     let outputs = output_names(model).map_err(names)?;
-    Ok(model_state(model, import)?
-        .iter()
-        .filter_map(|pair| {
-            let input = inputs.iter().position(|n| *n == pair.input)?;
-            let output = outputs.iter().position(|n| *n == pair.output)?;
-            Some((input, output))
-        })
+    let pairs = model_state(model, import)?;
+    Ok(state_positions(&pairs, &inputs, &outputs)
+        .into_iter()
+        .map(|(_, input, output)| (input, output))
         .collect())
 }
 
@@ -629,7 +626,9 @@ fn run_show(
     dot: Option<&Path>,
 ) -> Result<(), Failure> {
     let (original, sets) = import(ctx, import_args, model)?;
-    let slimmer = Slimmer::new()?.with_symbol_values(symbol_values(&original, &sets));
+    let slimmer = Slimmer::new()?
+        .with_symbol_values(symbol_values(&original, &sets))
+        .with_state(model_state(&original, import_args)?);
     let slimmed = slim(ctx, &slimmer, &original)?;
     ctx.say(&groups_table(&original, Some(&slimmed.report))?);
     let r = &slimmed.report;
@@ -637,6 +636,7 @@ fn run_show(
         "slimming would take parameters {} → {} and FLOPs {:.3e} → {:.3e}\n",
         r.params_before, r.params_after, r.flops_before, r.flops_after
     ));
+    ctx.say(&r.state_table());
     if let Some(path) = dot {
         let text = to_dot(&[("before", &original), ("after", &slimmed.model)])
             .map_err(|e| SlimError::stage("dot", e))?;

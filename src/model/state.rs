@@ -35,6 +35,23 @@ pub struct StateCut {
     pub kept: Vec<usize>,
 }
 
+/// The `pairs` that name an input and an output among `inputs` and `outputs`, with those
+/// positions.
+pub fn state_positions(
+    pairs: &[StatePair],
+    inputs: &[String],
+    outputs: &[String],
+) -> Vec<(StatePair, usize, usize)> {
+    pairs
+        .iter()
+        .filter_map(|pair| {
+            let input = inputs.iter().position(|n| *n == pair.input)?;
+            let output = outputs.iter().position(|n| *n == pair.output)?;
+            Some((pair.clone(), input, output))
+        })
+        .collect()
+}
+
 /// Bytes a state pair holds per token (per step of its growing axis, at batch 1): the
 /// elements of the input's other axes but batch (axis 0), with `cut`'s axis at its kept size.
 /// The growing axis is the one where the output's size differs from the input's (a cache's

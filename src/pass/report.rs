@@ -328,7 +328,8 @@ impl Report {
         out
     }
 
-    fn state_table(&self) -> String {
+    /// The state pairs cut, one line each, and a summary line (nothing without state).
+    pub fn state_table(&self) -> String {
         if self.state_pairs == 0 {
             return String::new();
         }

@@ -10,7 +10,7 @@ use crate::egraph::state::{
 use crate::error::{Result, SlimError};
 use crate::io::import::{import_onnx, symbol_values, ImportOptions};
 use crate::model::cost::Nominal;
-use crate::model::state::{bytes_per_token, StateCut, StatePair};
+use crate::model::state::{bytes_per_token, state_positions, StateCut, StatePair};
 use crate::model::verify::verify_cut;
 use crate::model::verify::{input_names, output_names};
 use crate::pass::report::{attention_layers, ffn_layers, flops, params, Report, StageTimes};
@@ -196,14 +196,7 @@ impl Slimmer {
         let (Ok(inputs), Ok(outputs)) = (input_names(model), output_names(model)) else {
             return vec![];
         };
-        self.state
-            .iter()
-            .filter_map(|pair| {
-                let input = inputs.iter().position(|n| *n == pair.input)?;
-                let output = outputs.iter().position(|n| *n == pair.output)?;
-                Some((pair.clone(), input, output))
-            })
-            .collect()
+        state_positions(&self.state, &inputs, &outputs)
     }
 
     /// Bytes of state per token of `model`'s pairs, with `cuts` (see [`bytes_per_token`]).
