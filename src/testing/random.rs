@@ -8,6 +8,7 @@
 use rand::rngs::StdRng;
 use rand::Rng;
 use tract_core::internal::*;
+use tract_core::ops::array::TypedConcat;
 use tract_core::ops::einsum::EinSum;
 use tract_core::ops::math::{add, max, mul};
 use tract_core::ops::nn::{sigmoid, Softmax, SoftmaxKind};
@@ -52,6 +53,10 @@ pub struct Planted {
     /// channels, heads of output projections) where the other operand is provably finite.
     /// Partial zeros and zeros behind ops the rules do not know are not counted.
     pub removable_weights: usize,
+    /// For a model with a KV cache: its heads, and those the pass must keep in it (the heads
+    /// the output projection does not drop). Where it drops every head the block is a bias
+    /// and the cache is left whole: it is not cut to nothing.
+    pub cache_heads: Option<(usize, usize)>,
 }
 
 /// Elements of `t` in whole zero blocks of `width` consecutive slices of `axis`.
@@ -194,6 +199,7 @@ pub fn random_ffn(rng: &mut StdRng) -> Planted {
     Planted {
         model: m,
         removable_weights,
+        cache_heads: None,
     }
 }
 
@@ -225,6 +231,19 @@ pub fn zero_random_heads(
 /// heads merged back, output projection. Random zeros: whole heads in the output projection's
 /// input (removable), whole heads of the V projection (constant heads, folded), and partial ones.
 pub fn random_attention(rng: &mut StdRng) -> Planted {
+    attention_block(rng, false)
+}
+
+/// [`random_attention`] as one generation step: K and V of the new tokens are appended to a
+/// cache of any length (inputs `past_key_values.0.key`/`.value`, `[1, past, heads, d]`, `past`
+/// symbolic), the attention reads the whole, and the updated cache is returned
+/// (`present.0.key`/`.value`) beside the block's output; no mask. The heads the output
+/// projection drops are removable from the cache too.
+pub fn random_cached_attention(rng: &mut StdRng) -> Planted {
+    attention_block(rng, true)
+}
+
+fn attention_block(rng: &mut StdRng, cached: bool) -> Planted {
     let (s, hidden, heads, d) = (
         rng.gen_range(1..5),
         rng.gen_range(2..9),
@@ -234,9 +253,16 @@ pub fn random_attention(rng: &mut StdRng) -> Planted {
     let inner = heads * d;
     let mut m = TypedModel::default();
     let x = m.add_source("x", f32::fact([1, s, hidden])).unwrap();
+    let past: TDim = m.symbols.sym("past").into();
+    let mut caches = vec![];
+    for kv in ["key", "value"].iter().filter(|_| cached) {
+        let shape = tvec![1.into(), past.clone(), heads.into(), d.into()];
+        let name = format!("past_key_values.0.{kv}");
+        caches.push(m.add_source(name, f32::fact(shape)).unwrap());
+    }
     let project = |m: &mut TypedModel, name: &str, rng: &mut StdRng, zero_heads: f64| {
         let mut w = random_tensor(rng, &[hidden, inner]);
-        zero_random_heads(rng, &mut w, 1, d, zero_heads);
+        let zeroed = zero_random_heads(rng, &mut w, 1, d, zero_heads);
         let w = m.add_const(format!("{name}.w"), w).unwrap();
         let y = m.wire_node(name, einsum("amk,kn->amn"), &[x, w]).unwrap()[0];
         let b = m
@@ -244,17 +270,28 @@ pub fn random_attention(rng: &mut StdRng) -> Planted {
             .unwrap();
         let y = m.wire_node(format!("{name}.bias"), add(), &[y, b]).unwrap()[0];
         let split = AxisOp::Reshape(2, tvec!(inner.into()), tvec!(heads.into(), d.into()));
-        m.wire_node(format!("{name}.heads"), split, &[y]).unwrap()[0]
+        (
+            m.wire_node(format!("{name}.heads"), split, &[y]).unwrap()[0],
+            zeroed,
+        )
     };
-    let q = project(&mut m, "q", rng, 0.1);
-    let k = project(&mut m, "k", rng, 0.1);
-    let v = project(&mut m, "v", rng, 0.4);
+    let (q, q_zeroed) = project(&mut m, "q", rng, 0.1);
+    let (mut k, k_zeroed) = project(&mut m, "k", rng, 0.1);
+    let (mut v, v_zeroed) = project(&mut m, "v", rng, 0.4);
+    let mut presents = vec![];
+    for (new, past) in [&mut k, &mut v].into_iter().zip(&caches) {
+        let name = format!("present.0.{}", ["key", "value"][presents.len()]);
+        *new = m
+            .wire_node(&name, TypedConcat::new(1), &[*past, *new])
+            .unwrap()[0];
+        presents.push((*new, name));
+    }
     let scores = m
         .wire_node("scores", einsum("ashd,athd->ahst"), &[q, k])
         .unwrap()[0];
     let scale = m.add_const("scale", tensor4(&[[[[0.5f32]]]])).unwrap();
     let mut scores = m.wire_node("scaled", mul(), &[scores, scale]).unwrap()[0];
-    if rng.gen_bool(0.5) {
+    if rng.gen_bool(0.5) && !cached {
         let mask: Vec<f32> = (0..s)
             .map(|_| if rng.gen_bool(0.3) { -1e4 } else { 0.0 })
             .collect();
@@ -293,10 +330,21 @@ pub fn random_attention(rng: &mut StdRng) -> Planted {
         [x, out]
     };
     let y = m.wire_node("residual", add(), &operands).unwrap()[0];
-    m.select_output_outlets(&[y]).unwrap();
+    let mut outputs = vec![y];
+    for (present, name) in presents {
+        m.set_outlet_label(present, name).unwrap();
+        outputs.push(present);
+    }
+    m.select_output_outlets(&outputs).unwrap();
+    // Claimed only where Q, K and V have no zero heads of their own: with them (constant V
+    // heads, bias-only Q or K heads) the pass may leave the cache whole (missed cuts, listed in
+    // the README's limits); outputs are compared either way.
+    let removable_heads = removable_weights / (d * hidden);
+    let plain = q_zeroed + k_zeroed + v_zeroed == 0;
     Planted {
         model: m,
         removable_weights,
+        cache_heads: (cached && plain).then_some((heads, heads - removable_heads)),
     }
 }
 
@@ -382,6 +430,7 @@ fn random_grouped_attention_checked(rng: &mut StdRng) -> TractResult<Planted> {
     Ok(Planted {
         model: m,
         removable_weights,
+        cache_heads: None,
     })
 }
 
@@ -662,6 +711,7 @@ fn random_stack_checked(rng: &mut StdRng) -> TractResult<Planted> {
     Ok(Planted {
         model: m,
         removable_weights,
+        cache_heads: None,
     })
 }
 
