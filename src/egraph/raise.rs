@@ -19,9 +19,8 @@ pub struct Interface<'a> {
     pub output_names: &'a [String],
     /// The e-classes of the outputs.
     pub outputs: &'a [Id],
-    /// Inputs replaced by a restriction of them (a cut state, see
-    /// [`crate::egraph::state`]): the input's position and the analysis input that takes its
-    /// place, under the same name.
+    /// Inputs replaced by a restriction of them (a cut state, see [`crate::StateCut`]): the
+    /// input's position and the analysis input that takes its place, under the same name.
     pub restricted_inputs: &'a [(usize, u32)],
     /// Names of source e-classes (canonical ids).
     pub names: &'a HashMap<Id, String>,
