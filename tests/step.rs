@@ -245,3 +245,27 @@ fn show_lists_the_state_pairs_a_slim_would_cut() {
     );
     assert!(shown.contains("state: 4 of 4 pairs cut, 384 → 192 bytes per token"));
 }
+
+#[test]
+fn auto_slim_refuses_state_it_would_ignore() {
+    let (model, _) = renamed_step();
+    for command in ["prune", "plan"] {
+        let mut args = vec![
+            command,
+            model.as_str(),
+            "--state",
+            "cache.0.k=cache_out.0.k",
+        ];
+        if command == "prune" {
+            args.extend(["-o", "never-written.nnef.tgz", "--ffn-sparsity", "0.5"]);
+        }
+        let out = model_slim(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{command}");
+        assert!(
+            stderr.contains("does not cut state yet"),
+            "{command}: {stderr}"
+        );
+        assert!(!std::path::Path::new("never-written.nnef.tgz").exists());
+    }
+}

@@ -291,6 +291,17 @@ fn model_state(model: &TypedModel, import: &ImportArgs) -> Result<Vec<StatePair>
     Ok(pairs)
 }
 
+/// `--state` where auto-slim would ignore it (it does not cut state yet): an error, not a
+/// silent no-op.
+fn refuse_state(command: &str, import: &ImportArgs) -> Result<(), SlimError> {
+    match import.states.first() {
+        Some(state) => Err(SlimError::Usage(format!(
+            "--state {state}: `{command}` does not cut state yet; slim the pruned model with `model-slim slim --state`"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// The positions (input, output) of the model's state pairs.
 fn model_state_positions(
     model: &TypedModel,
@@ -331,6 +342,7 @@ fn run_prune(ctx: &Context, args: &PruneArgs) -> Result<(), Failure> {
         check_fraction("--floor", floor)?;
     }
     check_prune_flags(args)?;
+    refuse_state("prune", &args.import)?;
     model_slim::Format::required(&args.output)?;
     let (original, sets) = import(ctx, &args.import, &args.model)?;
     let slimmer = Slimmer::new()?.with_symbol_values(symbol_values(&original, &sets));
@@ -614,6 +626,7 @@ fn groups_table(model: &TypedModel, after: Option<&Report>) -> Result<String, Sl
 }
 
 fn run_plan(ctx: &Context, model: &Path, import_args: &ImportArgs) -> Result<(), Failure> {
+    refuse_state("plan", import_args)?;
     let (original, _) = import(ctx, import_args, model)?;
     ctx.say(&groups_table(&original, None)?);
     Ok(())
