@@ -218,6 +218,7 @@ fn a_state_pair_naming_no_input_or_output_is_a_clear_error() {
         ("cache.0.k=nope", "no output `nope`"),
         ("nope=cache_out.0.k", "no input `nope`"),
         ("cache.0.k", "expected INPUT=OUTPUT"),
+        ("cache.0.k=logits", "cannot be fed back as the input"),
     ] {
         let mut args = vec!["slim", model.as_str(), "-o", output.to_str().unwrap()];
         args.extend(flags.iter().map(String::as_str));

@@ -11,8 +11,10 @@ use model_slim::Limits;
 use model_slim::Report;
 use model_slim::Verification;
 use model_slim::{auto_slim, AutoOptions, AutoSlimmed};
+use model_slim::{
+    feeds_back, input_names, named_state_pairs, output_names, state_positions, StatePair,
+};
 use model_slim::{groups, Kind};
-use model_slim::{input_names, named_state_pairs, output_names, state_positions, StatePair};
 use model_slim::{write_atomically, write_model, ArtifactCheck, Format};
 use model_slim::{write_pruned_onnx, write_slimmed_onnx};
 use model_slim::{zero_units, Criterion, GlobalCost, KvLayout, Plan, Repair, Targets};
@@ -283,9 +285,27 @@ fn model_state(model: &TypedModel, import: &ImportArgs) -> Result<Vec<StatePair>
             }
         }
     }
+    let facts = |pair: &StatePair| -> Option<(&TypedFact, &TypedFact)> {
+        let input = inputs.iter().position(|n| *n == pair.input)?;
+        let output = outputs.iter().position(|n| *n == pair.output)?;
+        Some((
+            model.input_fact(input).ok()?,
+            model.output_fact(output).ok()?,
+        ))
+    };
+    for pair in &given {
+        if let Some((input, output)) = facts(pair).filter(|(i, o)| !feeds_back(i, o)) {
+            return Err(SlimError::Usage(format!(
+                "--state {}={}: the output ({output:?}) cannot be fed back as the input ({input:?}): they must differ along one axis at most",
+                pair.input, pair.output
+            )));
+        }
+    }
+    // Named pairs whose output cannot be fed back are no state.
     let mut pairs: Vec<StatePair> = named_state_pairs(&inputs, &outputs)
         .into_iter()
         .filter(|named| given.iter().all(|g| g.input != named.input))
+        .filter(|named| facts(named).is_some_and(|(i, o)| feeds_back(i, o)))
         .collect();
     pairs.extend(given);
     Ok(pairs)

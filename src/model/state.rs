@@ -52,6 +52,15 @@ pub fn state_positions(
         .collect()
 }
 
+/// Whether `output` can be fed back as `input` on the next call: the same type and rank, and
+/// the same sizes but along at most one axis (the one a cache grows along).
+pub fn feeds_back(input: &TypedFact, output: &TypedFact) -> bool {
+    let (a, b) = (&input.shape, &output.shape);
+    input.datum_type == output.datum_type
+        && a.rank() == b.rank()
+        && (0..a.rank()).filter(|k| a[*k] != b[*k]).count() <= 1
+}
+
 /// Bytes a state pair holds per token (per step of its growing axis, at batch 1): the
 /// elements of the input's other axes but batch (axis 0), with `cut`'s axis at its kept size.
 /// The growing axis is the one where the output's size differs from the input's (a cache's
@@ -138,6 +147,16 @@ mod tests {
                 ("past_key_values.1.decoder.key", "present.1.decoder.key"),
             ]
         );
+    }
+
+    #[test]
+    fn a_state_feeds_back_what_differs_along_one_axis_only() {
+        let fact = |dims: &[usize]| f32::fact(dims);
+        assert!(feeds_back(&fact(&[1, 4, 7, 6]), &fact(&[1, 4, 8, 6])));
+        assert!(feeds_back(&fact(&[1, 4, 7, 6]), &fact(&[1, 4, 7, 6])));
+        assert!(!feeds_back(&fact(&[1, 4, 7, 6]), &fact(&[1, 2, 8, 6])));
+        assert!(!feeds_back(&fact(&[1, 4, 7, 6]), &fact(&[1, 1, 40])));
+        assert!(!feeds_back(&fact(&[1, 4, 7, 6]), &i64::fact([1, 4, 8, 6])));
     }
 
     #[test]

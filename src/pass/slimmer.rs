@@ -10,7 +10,7 @@ use crate::egraph::state::{
 use crate::error::{Result, SlimError};
 use crate::io::import::{import_onnx, symbol_values, ImportOptions};
 use crate::model::cost::Nominal;
-use crate::model::state::{bytes_per_token, state_positions, StateCut, StatePair};
+use crate::model::state::{bytes_per_token, feeds_back, state_positions, StateCut, StatePair};
 use crate::model::verify::verify_cut;
 use crate::model::verify::{input_names, output_names};
 use crate::pass::report::{attention_layers, ffn_layers, flops, params, Report, StageTimes};
@@ -86,7 +86,8 @@ impl Slimmer {
     /// Pairs of inputs and outputs that carry state from one call to the next (a decoder
     /// step's KV cache, see [`crate::named_state_pairs`]): their slices that no kept
     /// computation reads are cut from both, so the slimmed model's interface changes (see
-    /// [`StateCut`]). Pairs naming no input or output of the model are left out.
+    /// [`StateCut`]). Pairs naming no input or output of the model, or whose output cannot be
+    /// fed back as their input ([`crate::feeds_back`]), are left out.
     pub fn with_state(mut self, pairs: Vec<StatePair>) -> Slimmer {
         self.state = pairs;
         self
@@ -191,12 +192,18 @@ impl Slimmer {
     }
 
     /// The state pairs of [`Slimmer::with_state`] the model has, with their input and output
-    /// positions.
+    /// positions: those whose output can be fed back as their input ([`feeds_back`]).
     fn state_positions(&self, model: &TypedModel) -> Vec<(StatePair, usize, usize)> {
         let (Ok(inputs), Ok(outputs)) = (input_names(model), output_names(model)) else {
             return vec![];
         };
         state_positions(&self.state, &inputs, &outputs)
+            .into_iter()
+            .filter(|(_, input, output)| {
+                let facts = (model.input_fact(*input), model.output_fact(*output));
+                matches!(facts, (Ok(i), Ok(o)) if feeds_back(i, o))
+            })
+            .collect()
     }
 
     /// Bytes of state per token of `model`'s pairs, with `cuts` (see [`bytes_per_token`]).
