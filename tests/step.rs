@@ -109,6 +109,12 @@ fn every_step_slims_and_verifies_at_the_hinted_shapes() {
             assert!(verified.contains(&pair.output.as_str()), "{}", step.name);
         }
         assert!(verified.contains(&"logits"));
+        // Both saturations (before and after the cuts are offered) ran to the end.
+        assert_eq!(
+            report["saturation"]["stop_reason"], "saturated",
+            "{}",
+            step.name
+        );
         // Over a loop: each call of the written file fed the cache its previous call wrote.
         assert_eq!(
             report["verification"]["calls"].as_u64(),

@@ -220,14 +220,15 @@ impl Slimmer {
     }
 
     /// Stages 2b and 3 for a model with state pairs: cuts are offered, the rules carry them
-    /// back (a second saturation), and extraction keeps the cuts whose original input the
-    /// chosen graph no longer reads (the others are extracted again with their restricted
-    /// input spelled as a restriction of the original). The saturated model's outputs become
-    /// the restricted ones of the cuts kept.
+    /// back (a second saturation, whose report `saturation` is extended with), and extraction
+    /// keeps the cuts whose original input the chosen graph no longer reads (the others are
+    /// extracted again with their restricted input spelled as a restriction of the original).
+    /// The saturated model's outputs become the restricted ones of the cuts kept.
     fn extract_cutting_state(
         &self,
         model: &TypedModel,
         saturated: Lowered,
+        saturation: &mut SaturationReport,
     ) -> Result<(Lowered, Choice, GraphCost, Vec<OfferedCut>)> {
         let pairs = self.state_positions(model);
         let mut saturated = saturated;
@@ -236,7 +237,8 @@ impl Slimmer {
             let (choice, cost) = self.extract(&saturated);
             return Ok((saturated, choice, cost, vec![]));
         }
-        let (mut saturated, _) = self.saturate(saturated)?;
+        let (mut saturated, again) = self.saturate(saturated)?;
+        *saturation = std::mem::take(saturation).then(again);
         self.announce(Stage::Extract);
         let mut held: Vec<bool> = vec![true; offered.len()];
         loop {
@@ -324,11 +326,12 @@ impl Slimmer {
         let lower_ms = ms(clock);
 
         let clock = Instant::now();
-        let (saturated, saturation) = self.saturate(lowered)?;
+        let (saturated, mut saturation) = self.saturate(lowered)?;
         let saturate_ms = ms(clock);
 
         let clock = Instant::now();
-        let (saturated, choice, cost_after, cuts) = self.extract_cutting_state(model, saturated)?;
+        let (saturated, choice, cost_after, cuts) =
+            self.extract_cutting_state(model, saturated, &mut saturation)?;
         let extract_ms = ms(clock);
 
         // Extraction is greedy: never hand back something the cost model says is worse.

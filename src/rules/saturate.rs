@@ -34,7 +34,7 @@ impl Default for Limits {
 }
 
 /// Why saturation stopped: egg's [`egg::StopReason`], or that the rules never ran.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Default, Clone, Debug, PartialEq)]
 pub enum StopReason {
     /// No rule applies any more: every equivalent graph the rules reach is in the e-graph.
     Saturated,
@@ -47,6 +47,7 @@ pub enum StopReason {
     /// Stopped by a hook, for the reason given.
     Other(String),
     /// The runner did not run.
+    #[default]
     NotRun,
 }
 
@@ -84,7 +85,7 @@ impl Serialize for StopReason {
 }
 
 /// What saturation did.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct SaturationReport {
     /// Why it stopped.
     pub stop_reason: StopReason,
@@ -98,6 +99,24 @@ pub struct SaturationReport {
     pub refused_instantiations: usize,
     /// How many times each rule that fired was applied.
     pub applied: BTreeMap<String, usize>,
+}
+
+impl SaturationReport {
+    /// This run followed by `later` on the same e-graph: iterations, refusals and applications
+    /// add up, the e-graph's size is the later's, and the stop reason is the first that is not
+    /// saturation (a limit hit in either run is reported).
+    pub fn then(mut self, later: SaturationReport) -> SaturationReport {
+        self.iterations += later.iterations;
+        self.refused_instantiations += later.refused_instantiations;
+        for (rule, n) in later.applied {
+            *self.applied.entry(rule).or_default() += n;
+        }
+        (self.enodes, self.eclasses) = (later.enodes, later.eclasses);
+        if self.stop_reason == StopReason::Saturated {
+            self.stop_reason = later.stop_reason;
+        }
+        self
+    }
 }
 
 /// Runs `rules` on the e-graph until saturation or a limit.
@@ -142,4 +161,41 @@ pub fn saturate(
         applied,
     };
     Ok((egraph, report))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(
+        stop_reason: StopReason,
+        iterations: usize,
+        applied: &[(&str, usize)],
+    ) -> SaturationReport {
+        SaturationReport {
+            stop_reason,
+            iterations,
+            enodes: iterations * 10,
+            eclasses: iterations,
+            refused_instantiations: 0,
+            applied: applied.iter().map(|(r, n)| (r.to_string(), *n)).collect(),
+        }
+    }
+
+    #[test]
+    fn a_second_run_adds_up_and_a_limit_in_either_is_reported() {
+        let first = run(StopReason::Saturated, 3, &[("a", 2)]);
+        let later = run(StopReason::IterationLimit(4), 4, &[("a", 1), ("b", 5)]);
+        let both = first.clone().then(later);
+        assert_eq!(both.stop_reason, StopReason::IterationLimit(4));
+        assert_eq!((both.iterations, both.enodes), (7, 40));
+        assert_eq!(both.applied["a"], 3);
+        assert_eq!(both.applied["b"], 5);
+        let limited = run(StopReason::NodeLimit(9), 1, &[]);
+        let saturated = run(StopReason::Saturated, 2, &[]);
+        assert_eq!(
+            limited.then(saturated).stop_reason,
+            StopReason::NodeLimit(9)
+        );
+    }
 }
