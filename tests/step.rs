@@ -276,3 +276,31 @@ fn auto_slim_refuses_state_it_would_ignore() {
         assert!(!std::path::Path::new("never-written.nnef.tgz").exists());
     }
 }
+
+#[test]
+fn a_step_at_a_fixed_cache_length_says_it_was_checked_once() {
+    let model = fixtures_dir().join("gpt2_step_half_dynamo.onnx");
+    let model = model.display().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("step.nnef.tgz");
+    let mut args = vec![
+        "slim",
+        model.as_str(),
+        "-o",
+        output.to_str().unwrap(),
+        "--verify",
+    ];
+    args.extend(["-i", "input_ids:1,1,i64", "-i", "attention_mask:1,8,i64"]);
+    let caches: Vec<String> = ["0.key", "0.value", "1.key", "1.value"]
+        .iter()
+        .map(|n| format!("past_key_values.{n}:1,4,7,6,f32"))
+        .collect();
+    for cache in &caches {
+        args.extend(["-i", cache.as_str()]);
+    }
+    let out = assert_success(&model_slim(&args));
+    assert!(
+        out.contains("run on seed 0 once: the state's length is fixed"),
+        "{out}"
+    );
+}

@@ -299,7 +299,7 @@ impl Report {
             self.times.raise_ms
         );
         if let Some(v) = &self.verification {
-            out += &verification_lines(v);
+            out += &verification_lines(v, self.state_pairs > 0);
         }
         out
     }
@@ -378,10 +378,12 @@ impl Report {
 }
 
 /// What the verification compared, and how each output came out.
-fn verification_lines(v: &Verification) -> String {
-    let calls = match v.calls {
-        1 => String::new(),
-        n => format!(" in a loop of {n} calls, each fed its own state"),
+/// The verification's lines; a model with state says whether it was checked over a loop.
+fn verification_lines(v: &Verification, state: bool) -> String {
+    let calls = match (v.calls, state) {
+        (1, false) => String::new(),
+        (1, true) => " once: the state's length is fixed by the given shapes, so no call can take the previous one's (give it a symbolic length to check a loop)".into(),
+        (n, _) => format!(" in a loop of {n} calls, each fed its own state"),
     };
     let mut out = match &v.artifact {
         Some(file) => format!(
