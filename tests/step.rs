@@ -64,6 +64,12 @@ fn hinted_inputs(model: &str) -> Vec<String> {
     hint.split_whitespace().map(str::to_string).collect()
 }
 
+/// One number of every entry of a report's list (`heads_after` of every attention layer).
+fn column(report: &serde_json::Value, list: &str, field: &str) -> Vec<u64> {
+    let entries = report[list].as_array().unwrap();
+    entries.iter().map(|e| e[field].as_u64().unwrap()).collect()
+}
+
 #[test]
 fn every_step_slims_and_verifies_at_the_hinted_shapes() {
     let dir = tempfile::tempdir().unwrap();
@@ -124,20 +130,10 @@ fn every_step_slims_and_verifies_at_the_hinted_shapes() {
         );
         // Query heads by the report; KV heads by the cache below (where groups keep different
         // numbers of query heads, the report counts the KV heads gathered for them).
-        let heads: Vec<u64> = report["attention_layers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|l| l["heads_after"].as_u64().unwrap())
-            .collect();
+        let heads = column(&report, "attention_layers", "heads_after");
         let expected: Vec<u64> = step.layers.iter().map(|l| l.heads_kept as u64).collect();
         assert_eq!(heads, expected, "{}: query heads kept", step.name);
-        let channels: Vec<u64> = report["ffn_layers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|l| l["channels_after"].as_u64().unwrap())
-            .collect();
+        let channels = column(&report, "ffn_layers", "channels_after");
         let expected: Vec<u64> = step.layers.iter().map(|l| l.ffn_kept as u64).collect();
         assert_eq!(channels, expected, "{}: FFN channels kept", step.name);
 
