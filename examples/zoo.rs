@@ -49,6 +49,7 @@ fn options(fixture: &Fixture) -> ImportOptions {
     ImportOptions {
         inputs,
         sets: vec![],
+        states: vec![],
     }
 }
 

@@ -19,6 +19,7 @@ fn options() -> ImportOptions {
     ImportOptions {
         inputs: vec![],
         sets: vec![("batch".into(), 1), ("sequence".into(), 16)],
+        states: vec![],
     }
 }
 

@@ -25,6 +25,7 @@ fn options() -> ImportOptions {
             .map(|s| s.parse().unwrap())
             .collect(),
         sets: vec![],
+        states: vec![],
     }
 }
 

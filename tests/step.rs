@@ -161,6 +161,82 @@ fn every_step_slims_and_verifies_at_the_hinted_shapes() {
     }
 }
 
+/// The declared dimensions of a model input or output of an ONNX file: sizes, or the names of
+/// symbolic ones.
+fn declared_dims(proto: &tract_onnx::pb::ModelProto, name: &str) -> Vec<String> {
+    use tract_onnx::pb::{tensor_shape_proto::dimension::Value, type_proto};
+    let graph = proto.graph.as_ref().unwrap();
+    let value = graph
+        .input
+        .iter()
+        .chain(&graph.output)
+        .find(|v| v.name == name);
+    let Some(type_proto::Value::TensorType(t)) =
+        value.and_then(|v| v.r#type.as_ref()?.value.clone())
+    else {
+        panic!("`{name}` is not declared as a tensor");
+    };
+    let dims = t.shape.unwrap().dim.into_iter().map(|d| match d.value {
+        Some(Value::DimValue(v)) => v.to_string(),
+        Some(Value::DimParam(p)) => p,
+        None => "?".into(),
+    });
+    dims.collect()
+}
+
+#[test]
+fn every_step_written_as_onnx_declares_its_cut_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    for step in steps() {
+        let model = fixtures_dir().join(&step.file).display().to_string();
+        let output = dir.path().join(format!("{}.onnx", step.name));
+        let report = dir.path().join(format!("{}.json", step.name));
+        let mut args = vec!["slim", &model, "-o", output.to_str().unwrap()];
+        args.extend(["--report", report.to_str().unwrap()]);
+        let hinted = hinted_inputs(&model);
+        args.extend(hinted.iter().map(String::as_str));
+        assert_success(&model_slim(&args));
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+        // The edited file, fed the kept slices of the cache and then its own, was checked.
+        assert_eq!(
+            report["verification"]["calls"].as_u64(),
+            Some(model_slim::LOOP_CALLS as u64),
+            "{}",
+            step.name
+        );
+        let source = tract_onnx::onnx().proto_model_for_path(&model).unwrap();
+        let written = tract_onnx::onnx().proto_model_for_path(&output).unwrap();
+        let cuts = report["state_cuts"].as_array().unwrap();
+        for pair in &step.state {
+            let cut = cuts
+                .iter()
+                .find(|c| c["pair"]["input"] == pair.input.as_str());
+            for name in [&pair.input, &pair.output] {
+                let mut expected = declared_dims(&source, name);
+                if let Some(cut) = cut {
+                    let axis = cut["axis"].as_u64().unwrap() as usize;
+                    expected[axis] = cut["kept"].as_array().unwrap().len().to_string();
+                }
+                // The cut axis only: the cache's length stays symbolic.
+                assert_eq!(
+                    declared_dims(&written, name),
+                    expected,
+                    "{}: {name}",
+                    step.name
+                );
+            }
+        }
+        let cut_pairs = step
+            .layers
+            .iter()
+            .filter(|l| kv_heads_read(l).is_some())
+            .count()
+            * 2;
+        assert_eq!(cuts.len(), cut_pairs, "{}", step.name);
+    }
+}
+
 /// The Qwen2 step with its cache named outside the HF/optimum layout (`cache.{i}.k` in,
 /// `cache_out.{i}.k` out) and the shapes to slim it at.
 fn renamed_step() -> (String, Vec<String>) {
@@ -209,6 +285,27 @@ fn state_pairs_named_otherwise_are_given_with_state() {
         .collect();
     let loop_calls = model_slim::LOOP_CALLS as u64;
     assert_eq!(cuts_and_calls(&model, &flags, &given), (4, loop_calls));
+}
+
+#[test]
+fn the_shape_hint_follows_the_state_pairs_given() {
+    let (model, _) = renamed_step();
+    let given = ["0.k", "0.v", "1.k", "1.v"].map(|n| format!("cache.{n}=cache_out.{n}"));
+    let mut args = vec!["show", model.as_str()];
+    for state in &given {
+        args.extend(["--state", state.as_str()]);
+    }
+    let out = model_slim(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    // One new token, the mask over the past and it, every cache at the past's length.
+    for flag in [
+        "input_ids:1,1,i64",
+        "attention_mask:1,past+1,i64",
+        "cache.1.v:1,2,past,4,f32",
+    ] {
+        assert!(stderr.contains(flag), "{flag}: {stderr}");
+    }
 }
 
 #[test]

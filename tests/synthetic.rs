@@ -125,6 +125,7 @@ fn the_builder_announces_stages_and_slims_onnx_files() {
     let options = ImportOptions {
         inputs: vec![],
         sets: vec![("batch".into(), 1), ("sequence".into(), 16)],
+        states: vec![],
     };
     // GPT-2 from dynamo only runs with concrete sizes: verification works because the --set
     // values reach it.

@@ -24,6 +24,7 @@ fn import_options(fixture: &Fixture) -> ImportOptions {
             .map(|s| s.parse::<InputSpec>().unwrap())
             .collect(),
         sets: vec![],
+        states: vec![],
     }
 }
 

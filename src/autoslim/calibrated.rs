@@ -761,6 +761,7 @@ pub(crate) mod tests {
             .map(|s| s.parse().unwrap())
             .collect(),
             sets: vec![],
+            states: vec![],
         };
         import_onnx(&path, &options).unwrap()
     }

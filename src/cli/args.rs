@@ -149,7 +149,11 @@ impl ImportArgs {
             .iter()
             .map(|s| parse_set(s))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(ImportOptions { inputs, sets })
+        Ok(ImportOptions {
+            inputs,
+            sets,
+            states: self.state_pairs()?,
+        })
     }
 
     /// The `--state` pairs.

@@ -203,7 +203,7 @@ fn run_slim(
     let values = symbol_values(&original, &sets);
     let slimmer = slimmer
         .with_symbol_values(values.clone())
-        .with_state(state_pairs(ctx, &original, &options.import, format)?);
+        .with_state(model_state(&original, &options.import)?);
     let mut slimmed = slim(ctx, &slimmer, &original)?;
     let check = expected.as_ref().map(|expected| ArtifactCheck {
         expected,
@@ -240,27 +240,6 @@ fn run_slim(
         options.report.as_deref(),
         Some(output),
     )
-}
-
-/// The pairs of inputs and outputs that carry state for output in `format` (see
-/// [`model_state`]): the ONNX writer cannot change a model's interface yet, so there the state
-/// stays whole, and the run says so.
-fn state_pairs(
-    ctx: &Context,
-    model: &TypedModel,
-    import: &ImportArgs,
-    format: Format,
-) -> Result<Vec<StatePair>, SlimError> {
-    let pairs = model_state(model, import)?;
-    if format == Format::Onnx && !pairs.is_empty() {
-        ctx.say(&format!(
-            "note: {} state inputs ({} …) keep every slice in ONNX output; write NNEF to cut them\n",
-            pairs.len(),
-            pairs[0].input
-        ));
-        return Ok(vec![]);
-    }
-    Ok(pairs)
 }
 
 /// The model's state pairs: by the HF/optimum names, and those given with `--state`, which

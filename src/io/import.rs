@@ -4,7 +4,7 @@
 //! as in the tract command line; without them the model's own (possibly symbolic) shapes are used.
 
 use crate::io::error::{IoError, IoResult};
-use crate::model::state::named_state_pairs;
+use crate::model::state::{named_state_pairs, StateCut, StatePair};
 use std::collections::HashMap;
 use std::path::Path;
 use tract_onnx::prelude::*;
@@ -84,6 +84,24 @@ pub struct ImportOptions {
     pub inputs: Vec<InputSpec>,
     /// Values of symbolic dimensions (`--set`).
     pub sets: Vec<(String, i64)>,
+    /// Inputs and outputs that carry state besides those named as HF/optimum name them
+    /// (`--state`): shape hints treat them as a generation step's cache.
+    pub states: Vec<StatePair>,
+}
+
+impl ImportOptions {
+    /// These options for the model `cuts` make of the one they were given for: the facts of
+    /// its state inputs keep the kept slices only along the cut axis.
+    pub fn with_cut_state(&self, cuts: &[StateCut]) -> ImportOptions {
+        let mut options = self.clone();
+        for cut in cuts {
+            let spec = options.inputs.iter_mut().find(|s| s.name == cut.pair.input);
+            if let Some(dim) = spec.and_then(|s| s.dims.get_mut(cut.axis)) {
+                *dim = cut.kept.len().to_string();
+            }
+        }
+        options
+    }
 }
 
 /// The `--set` values as tract symbol values of `model` (for costing and running it).
@@ -388,7 +406,7 @@ const HINT_TOKENS: i64 = 128;
 
 /// Suggests the `--input` flags that give every declared input a shape tract can analyse, one
 /// value per symbol so that inputs agree: batch (axis 0) 1, lengths [`HINT_TOKENS`]. A
-/// generation step (inputs that carry state, see [`named_state_pairs`]) is given one new
+/// generation step (inputs that carry state, see [`named_state_pairs`], or given as state) is given one new
 /// token and keeps its state's length symbolic, `past` (whatever the model names it), with a
 /// mask over `past+1`: tract analyses that, and the slimmed model then runs at any length.
 fn concrete_input_hint(
@@ -407,6 +425,7 @@ fn concrete_input_hint(
     let names: Vec<String> = declared.iter().map(|(name, _, _)| name.clone()).collect();
     let states: Vec<String> = named_state_pairs(&names, outputs)
         .into_iter()
+        .chain(options.states.iter().cloned())
         .map(|pair| pair.input)
         .collect();
     // The state's symbolic length, from the first state input that has one.

@@ -124,6 +124,7 @@ impl Fixture {
             &ImportOptions {
                 inputs,
                 sets: vec![],
+                states: vec![],
             },
         )
         .expect("fixture imports")

@@ -101,6 +101,12 @@ pub enum EditError {
     /// The edited file, reloaded, does not have the slimmed widths.
     #[error("`{0}` did not shrink as slimming did")]
     NotShrunk(String),
+    /// A state input or output slimming cut (a KV cache) whose cut the edits of the ONNX graph
+    /// around it do not meet.
+    #[error(
+        "the state `{0}` cannot be cut in the ONNX graph as slimming cut it (write NNEF to cut it)"
+    )]
+    StateNotCut(String),
     /// The slimming cannot be read off the tract models (a tract error).
     #[error("cannot map the slimming back to ONNX: {0}")]
     Unmapped(String),

@@ -9,7 +9,7 @@ use prost::Message;
 use std::path::Path;
 use tract_core::prelude::f16;
 use tract_onnx::pb::tensor_proto::DataType;
-use tract_onnx::pb::{GraphProto, ModelProto, NodeProto, TensorProto};
+use tract_onnx::pb::{GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto};
 
 /// Field numbers of the ONNX protobuf schema (`onnx.proto`) that re-encoding walks.
 mod field {
@@ -19,6 +19,10 @@ mod field {
     pub const GRAPH_NODE: u64 = 1;
     /// `GraphProto.initializer`.
     pub const GRAPH_INITIALIZER: u64 = 5;
+    /// `GraphProto.input`.
+    pub const GRAPH_INPUT: u64 = 11;
+    /// `GraphProto.output`.
+    pub const GRAPH_OUTPUT: u64 = 12;
     /// `GraphProto.value_info`.
     pub const GRAPH_VALUE_INFO: u64 = 13;
 }
@@ -373,8 +377,24 @@ pub fn encode_preserving(original: &[u8], edited: &ModelProto) -> EditResult<Vec
                 }
             }
             field::GRAPH_NODE | field::GRAPH_INITIALIZER => {}
+            // A cut state input or output (a KV cache) is declared with its new shape.
+            field::GRAPH_INPUT | field::GRAPH_OUTPUT => {
+                let info = ValueInfoProto::decode(raw.payload)?;
+                let declared = match raw.number {
+                    field::GRAPH_INPUT => &graph.input,
+                    _ => &graph.output,
+                };
+                let edited = declared.iter().find(|v| v.name == info.name);
+                match edited {
+                    Some(edited) if *edited != info => {
+                        let bytes = encode_like(edited, Some(raw.payload))?;
+                        graph_bytes.extend(length_delimited(raw.number, &bytes));
+                    }
+                    _ => graph_bytes.extend_from_slice(raw.bytes),
+                }
+            }
             field::GRAPH_VALUE_INFO => {
-                let info = tract_onnx::pb::ValueInfoProto::decode(raw.payload)?;
+                let info = ValueInfoProto::decode(raw.payload)?;
                 if graph.value_info.iter().any(|v| v.name == info.name) {
                     graph_bytes.extend_from_slice(raw.bytes);
                 }

@@ -22,8 +22,10 @@ use crate::util::slices::{
 };
 use std::collections::{BTreeMap, HashMap};
 use tract_core::internal::*;
+use tract_onnx::pb::tensor_shape_proto::dimension;
 use tract_onnx::pb::{
-    tensor_proto::DataType, AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto,
+    tensor_proto::DataType, type_proto, AttributeProto, GraphProto, ModelProto, NodeProto,
+    TensorProto,
 };
 
 /// Slices kept along each restricted axis (axes absent are kept whole).
@@ -34,6 +36,11 @@ pub struct OnnxGraph<'a> {
     proto: &'a mut ModelProto,
     shapes: HashMap<String, TVec<TDim>>,
     fresh: usize,
+    /// Model inputs and outputs that carry state from one call to the next (a decoder's KV
+    /// cache) and are cut to these slices: see [`OnnxGraph::cut_state`].
+    state: HashMap<String, Need>,
+    /// Those of them declared with their slices so far.
+    declared: Vec<String>,
 }
 
 /// Needs asked of one tensor: by which reader (node, input slot), and what.
@@ -46,7 +53,57 @@ impl<'a> OnnxGraph<'a> {
             proto,
             shapes,
             fresh: 0,
+            state: HashMap::new(),
+            declared: vec![],
         }
+    }
+
+    /// Cuts model input or output `name` to `need`, a state slimming found exact: an output
+    /// then counts as a reader needing only those slices, so that the need of the nodes
+    /// computing it can travel back; an input is declared with only those slices when every
+    /// reader needs only them. [`OnnxGraph::undeclared_state`] lists what did not happen.
+    pub fn cut_state(&mut self, name: &str, need: Need) {
+        self.state.insert(name.to_string(), need);
+    }
+
+    /// The state inputs and outputs not declared with their slices: the needs of their readers
+    /// (an input) or of the model (an output) did not meet the edits of their neighbours.
+    pub fn undeclared_state(&self) -> Vec<String> {
+        let mut left: Vec<String> = self
+            .state
+            .keys()
+            .filter(|name| !self.declared.contains(name))
+            .cloned()
+            .collect();
+        left.sort();
+        left
+    }
+
+    /// Declares model input or output `name` with the slices `need` keeps.
+    fn declare(&mut self, name: &str, need: &Need) {
+        let graph = self.graph_mut();
+        let value = graph
+            .input
+            .iter_mut()
+            .chain(graph.output.iter_mut())
+            .find(|v| v.name == name);
+        let dims = value
+            .and_then(|v| v.r#type.as_mut()?.value.as_mut())
+            .and_then(|type_proto::Value::TensorType(t)| t.shape.as_mut());
+        if let Some(shape) = dims {
+            for (&axis, kept) in need {
+                if let Some(dim) = shape.dim.get_mut(axis) {
+                    dim.value = Some(dimension::Value::DimValue(kept.len() as i64));
+                }
+            }
+        }
+        if let Some(mut dims) = self.dims(name) {
+            for (&axis, kept) in need {
+                dims[axis] = kept.len().into();
+            }
+            self.shapes.insert(name.to_string(), dims);
+        }
+        self.declared.push(name.to_string());
     }
 
     /// The model being edited.
@@ -356,9 +413,14 @@ impl<'a> OnnxGraph<'a> {
         for ix in (0..nodes).rev() {
             self.visit(&mut asks, ix)?;
         }
-        // What is left was asked of tensors no node computes (model inputs).
+        // What is left was asked of tensors no node computes (model inputs): a state input
+        // is declared narrower when its readers agree on its cut, others are gathered from.
         for (name, asked) in asks {
-            self.gather_for(&name, &asked)?;
+            let cut = self.state.get(&name).cloned();
+            match cut.filter(|cut| self.agreed(&name, &asked).as_ref() == Some(cut)) {
+                Some(cut) => self.declare(&name, &cut),
+                None => self.gather_for(&name, &asked)?,
+            }
         }
         Ok(())
     }
@@ -460,10 +522,13 @@ impl<'a> OnnxGraph<'a> {
 
     /// The need every reader of `output` agrees on, if they all ask the same (readers of its
     /// shape only do not count: the shape they read shrinks with it).
+    /// A model output cut as state is read by the model at its cut, any other by the model as
+    /// a whole.
     fn agreed(&self, output: &str, asked: &[(usize, usize, Need)]) -> Option<Need> {
-        if self.is_output(output) {
-            return None;
-        }
+        let model_reads = match self.is_output(output) {
+            true => Some(self.state.get(output)?),
+            false => None,
+        };
         let readers: Vec<(usize, usize)> = self
             .readers(output)
             .into_iter()
@@ -473,7 +538,8 @@ impl<'a> OnnxGraph<'a> {
         let all_ask = readers
             .iter()
             .all(|(r, s)| asked.iter().any(|(ar, as_, _)| ar == r && as_ == s));
-        let same = asked.iter().all(|(_, _, n)| n == first);
+        let same =
+            asked.iter().all(|(_, _, n)| n == first) && model_reads.is_none_or(|n| n == first);
         (all_ask && same).then(|| first.clone())
     }
 
@@ -560,6 +626,9 @@ impl<'a> OnnxGraph<'a> {
                     dims[axis] = kept.len().into();
                 }
                 self.shapes.insert(outputs[k].clone(), dims);
+                if self.is_output(&outputs[k]) {
+                    self.declare(&outputs[k].clone(), need);
+                }
             }
         }
         for (slot, need) in plan.inputs {
@@ -1031,9 +1100,11 @@ impl OnnxGraph<'_> {
         let mut inputs = vec![];
         let mut offset = 0;
         for (slot, input) in node.input.iter().enumerate() {
-            let len = self.dims(input)?.get(axis)?.to_usize().ok()?;
             let mut mine = need.clone();
+            // Only a need along the concatenation axis asks for its sizes (a cache's length is
+            // symbolic).
             if let Some(kept) = need.get(&axis) {
+                let len = self.dims(input)?.get(axis)?.to_usize().ok()?;
                 let local: Vec<usize> = kept
                     .iter()
                     .filter(|&&i| i >= offset && i < offset + len)
@@ -1041,9 +1112,9 @@ impl OnnxGraph<'_> {
                     .collect();
                 // The kept slices must come input by input, in order.
                 mine.insert(axis, local);
+                offset += len;
             }
             inputs.push((slot, mine));
-            offset += len;
         }
         if let Some(kept) = need.get(&axis) {
             if kept.windows(2).any(|w| w[1] <= w[0])

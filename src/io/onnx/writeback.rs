@@ -9,7 +9,9 @@
 //! layers computing its units (walking back from the consumer, through element-wise ops, head
 //! reshapes, the attention products and splits, up to the projections) lose those units' output
 //! channels and bias entries, and the reshape targets between them (head count, all-head width,
-//! hard-coded Conv1D widths) and split sizes shrink with them. Everything else in the file stays
+//! hard-coded Conv1D widths) and split sizes shrink with them. State inputs and outputs slimming
+//! cut (a decoder step's KV cache) are declared with their kept slices, and the model's own
+//! reading of such an output is one more reader needing them. Everything else in the file stays
 //! as it was, except the optional shape annotations of intermediate tensors (`value_info`),
 //! which would state the old widths. A pruned model's edits come first (zeros, repaired biases,
 //! and refit weights, written slice by slice along the weight's input axis so that the file's
@@ -26,6 +28,7 @@ use crate::io::onnx::proto::{
 };
 use crate::io::onnx::restrict::{Need, OnnxGraph};
 use crate::model::discover::{base_name, groups, Group, Kind, Units};
+use crate::model::state::StateCut;
 use crate::model::stats::{activation_stats, capture, compensation, weight_of, zero_units};
 use crate::model::verify::random_inputs;
 use crate::model::verify::Verification;
@@ -293,18 +296,28 @@ fn apply_cut(graph: &mut OnnxGraph, cut: &Cut) -> EditResult<()> {
     graph.restrict(target.consumer, 0, Need::from([(target.data_axis, kept)]))
 }
 
-/// Applies every cut to the protobuf; `shapes` are the source model's tensor shapes.
+/// Applies every cut to the protobuf, and cuts the state inputs and outputs `state` says (the
+/// model's interface changes with them); `shapes` are the source model's tensor shapes.
 pub fn apply_cuts(
     proto: &mut ModelProto,
     shapes: HashMap<String, TVec<TDim>>,
     cuts: &[Cut],
+    state: &[StateCut],
 ) -> EditResult<()> {
     if proto.graph.is_none() {
         return Err(EditError::NoGraph);
     }
     let mut graph = OnnxGraph::new(proto, shapes);
+    for cut in state {
+        let need = Need::from([(cut.axis, cut.kept.clone())]);
+        graph.cut_state(&cut.pair.input, need.clone());
+        graph.cut_state(&cut.pair.output, need);
+    }
     for cut in cuts {
         apply_cut(&mut graph, cut)?;
+    }
+    if let Some(name) = graph.undeclared_state().into_iter().next() {
+        return Err(EditError::StateNotCut(name));
     }
     let graph = proto.graph.as_mut().ok_or(EditError::NoGraph)?;
     if !cuts.is_empty() {
@@ -372,6 +385,7 @@ fn write_checked(
     cuts: &[Cut],
 ) -> IoResult<Verification> {
     let refuse = |e: &dyn std::fmt::Display| IoError::write(output, e);
+    let import = &import.with_cut_state(check.cuts);
     let inline_bytes: usize = proto
         .graph
         .iter()
@@ -464,7 +478,7 @@ pub fn write_slimmed_onnx(
     let mut proto = decode(source, &source_bytes)?;
     let shapes = shapes_of(&proto, source, import)?;
     let external = internalize(&mut proto, source)?;
-    apply_cuts(&mut proto, shapes, &cuts).map_err(|e| edit_error(output, e))?;
+    apply_cuts(&mut proto, shapes, &cuts, check.cuts).map_err(|e| edit_error(output, e))?;
     write_checked(&source_bytes, proto, external, output, import, check, &cuts)
 }
 
@@ -546,7 +560,7 @@ pub fn write_pruned_onnx(
     let cuts = match slimmed {
         Some(slimmed) => {
             let cuts = cuts_between(pruned, slimmed, check.values, output)?;
-            apply_cuts(&mut proto, shapes, &cuts).map_err(|e| edit_error(output, e))?;
+            apply_cuts(&mut proto, shapes, &cuts, check.cuts).map_err(|e| edit_error(output, e))?;
             cuts
         }
         None => vec![],
