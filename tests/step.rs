@@ -346,27 +346,50 @@ fn show_lists_the_state_pairs_a_slim_would_cut() {
     assert!(shown.contains("state: 4 of 4 pairs cut, 384 → 192 bytes per token"));
 }
 
+/// `prune`'s report on a step fixture calibrated with prompts (each a prefill's cache and the
+/// next token): the cache pairs cut, the calls verified, the warnings.
+fn prune_step(file: &str, flags: &[&str]) -> (usize, u64, Vec<String>) {
+    let model = fixtures_dir().join(file).display().to_string();
+    let family = file.split('_').next().unwrap();
+    let calibration = fixtures_dir().join(format!("{family}_step_calibration.npz"));
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("step.onnx");
+    let report = dir.path().join("report.json");
+    let mut args = vec!["prune", &model, "-o", output.to_str().unwrap()];
+    args.extend(["--calibration", calibration.to_str().unwrap()]);
+    args.extend(["--report", report.to_str().unwrap()]);
+    args.extend(flags);
+    let hinted = hinted_inputs(&model);
+    args.extend(hinted.iter().map(String::as_str));
+    assert_success(&model_slim(&args));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let slim = &report["slim"];
+    let warnings = report["warnings"].as_array().unwrap().iter();
+    (
+        slim["state_cuts"].as_array().unwrap().len(),
+        slim["verification"]["calls"].as_u64().unwrap(),
+        warnings.map(|w| w.as_str().unwrap().to_string()).collect(),
+    )
+}
+
 #[test]
-fn auto_slim_refuses_state_it_would_ignore() {
-    let (model, _) = renamed_step();
-    for command in ["prune", "plan"] {
-        let mut args = vec![
-            command,
-            model.as_str(),
-            "--state",
-            "cache.0.k=cache_out.0.k",
-        ];
-        if command == "prune" {
-            args.extend(["-o", "never-written.nnef.tgz", "--ffn-sparsity", "0.5"]);
-        }
-        let out = model_slim(&args);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{command}");
-        assert!(
-            stderr.contains("does not cut state yet"),
-            "{command}: {stderr}"
+fn prune_cuts_the_cache_of_the_heads_it_removes() {
+    let loop_calls = model_slim::LOOP_CALLS as u64;
+    let halves = ["--ffn-sparsity", "0.5", "--mha-sparsity", "0.5"];
+    for exporter in ["torchscript", "dynamo"] {
+        let gpt2 = format!("gpt2_step_dense_{exporter}.onnx");
+        let qwen2 = format!("qwen2_step_dense_{exporter}.onnx");
+        // Every removed head leaves the cache; the mask of a step lines up with its new token.
+        assert_eq!(
+            prune_step(&gpt2, &halves),
+            (4, loop_calls, vec![]),
+            "{exporter}"
         );
-        assert!(!std::path::Path::new("never-written.nnef.tgz").exists());
+        // Grouped-query attention: whole KV groups leave the cache, equal layouts keep it.
+        let whole = [&halves[..], &["--kv-layout", "whole"]].concat();
+        assert_eq!(prune_step(&qwen2, &whole).0, 4, "{exporter}");
+        assert_eq!(prune_step(&qwen2, &halves).0, 0, "{exporter}");
     }
 }
 

@@ -577,9 +577,19 @@ pub fn auto_slim(
         report: mut slim,
     } = slimmer.slim(&pruned)?;
     let values = &slimmer.nominal().values;
-    // Slimming must not change the pruned model's outputs.
-    let expected = Expected::of(pruned.clone(), options.seed, values).map_err(stage("verify"))?;
-    slim.verification = Some(expected.compare(slimmed.clone()).map_err(stage("verify"))?);
+    // Slimming must not change the pruned model's outputs (over a loop of calls where the
+    // model carries state).
+    let states = slimmer.state_loop(&pruned);
+    let expected = Expected::of_state(pruned.clone(), options.seed, values, &states)
+        .map_err(stage("verify"))?;
+    let verification = expected.compare_cut(slimmed.clone(), &slim.state_cuts);
+    slim.verification = Some(verification.map_err(stage("verify"))?);
+    // A model whose state slimming cut takes the kept slices of it: fidelity, which feeds
+    // every model the same inputs, measures the pruned model, which the slimmed one computes.
+    let judged = match slim.state_cuts.is_empty() {
+        true => &slimmed,
+        false => &pruned,
+    };
     stages.start(AutoStage::Fidelity);
     let (samples, fidelity_inputs) = fidelity_samples(model, options, values)?;
     let mask = options
@@ -588,10 +598,10 @@ pub fn auto_slim(
         .or(options.calibration.as_ref())
         .and_then(|c| c.mask);
     let fidelity = if dense_outputs.is_empty() {
-        fidelity(model, &slimmed, &samples, mask)
+        fidelity(model, judged, &samples, mask)
     } else {
         output_names(model)
-            .and_then(|names| fidelity_to_outputs(&names, &dense_outputs, &slimmed, &samples, mask))
+            .and_then(|names| fidelity_to_outputs(&names, &dense_outputs, judged, &samples, mask))
     }
     .map_err(stage("fidelity"))?;
     stages.finish();

@@ -3,8 +3,8 @@
 //! Calibration sentences are padded: most positions of a 128-token sample are padding, and
 //! their activations describe nothing a user will see. Every statistic here is weighted by the
 //! model's attention mask (a model input whose name contains `mask`), flattened over the
-//! consumer's token axes; without such an input, or when its shape does not line up with the
-//! token axes, every position counts.
+//! consumer's token axes (for a generation step, the new tokens' end of it); without such an
+//! input, or when its shape does not line up with the token axes, every position counts.
 //!
 //! The consumer of a group is seen as a matrix product `X · W (+ b)`: `X` has one row per token
 //! and one column per contracted input position (a channel, or one element of a head), `W` one
@@ -301,22 +301,40 @@ fn real_tokens(x: Array2<f32>, weights: Option<&[f64]>) -> Array2<f32> {
 }
 
 /// Per-token weights of a sample (1 for a real token, 0 for padding) in the order of the
-/// activation matrix's rows, or `None` when every position counts.
+/// activation matrix's rows, or `None` when every position counts. A generation step's mask
+/// spans the cached tokens and then the new ones, whose activations these are: each row's last
+/// entries are theirs.
 fn token_weights(mask: Option<&Tensor>, tokens: usize) -> TractResult<Option<Vec<f64>>> {
     let Some(mask) = mask else {
         return Ok(None);
     };
-    if mask.len() != tokens {
+    let Some(new) = new_tokens_per_row(mask.shape(), tokens) else {
         return Ok(None);
-    }
+    };
     let mask = mask.cast_to::<f32>()?;
-    let weights: Vec<f64> = mask
-        .try_as_plain_ram()?
-        .as_slice::<f32>()?
-        .iter()
+    let rows = mask.try_as_plain_ram()?.as_slice::<f32>()?;
+    let row_length = mask.shape().last().copied().unwrap_or(1).max(1);
+    let weights: Vec<f64> = rows
+        .chunks(row_length)
+        .flat_map(|row| &row[row.len() - new..])
         .map(|m| if *m > 0.0 { 1.0 } else { 0.0 })
         .collect();
     Ok(Some(weights))
+}
+
+/// How many of the last entries of each row of a mask shaped `shape` the `tokens` rows of an
+/// activation stand for: all of them, or, for a `[batch, past + new]` mask, `new`.
+fn new_tokens_per_row(shape: &[usize], tokens: usize) -> Option<usize> {
+    let len: usize = shape.iter().product();
+    let row_length = shape.last().copied().unwrap_or(1).max(1);
+    let rows = len / row_length;
+    match len {
+        _ if len == tokens => Some(row_length),
+        _ if shape.len() == 2 && tokens.is_multiple_of(rows) && tokens / rows <= row_length => {
+            Some(tokens / rows)
+        }
+        _ => None,
+    }
 }
 
 /// What calibration data says about one group.
@@ -745,6 +763,18 @@ pub(crate) mod tests {
     use crate::io::import::{import_onnx, ImportOptions};
     use crate::model::discover::groups;
     use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn a_step_mask_weighs_the_new_tokens_by_its_last_entries() {
+        let weights = |mask: Tensor, tokens| token_weights(Some(&mask), tokens).unwrap();
+        let padded = tensor2(&[[0i64, 1, 1, 1]]);
+        assert_eq!(weights(padded.clone(), 4), Some(vec![0.0, 1.0, 1.0, 1.0]));
+        // One new token after three cached ones, in each of two rows.
+        let step = tensor2(&[[1i64, 1, 0, 1], [0, 1, 1, 0]]);
+        assert_eq!(weights(step, 2), Some(vec![1.0, 0.0]));
+        // More tokens than the mask has entries: every position counts.
+        assert_eq!(weights(padded, 8), None);
+    }
 
     /// The BERT fixture (TorchScript, default attention) at its fixture shapes.
     pub(crate) fn bert() -> TypedModel {

@@ -243,8 +243,8 @@ pub struct PruneArgs {
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub heads_multiple_of: usize,
     /// How grouped-query attention loses query heads: as many from every KV group (the layout
-    /// every loader accepts), whole KV groups (their query heads and KV head), or any.
-    /// (default: equal)
+    /// every loader accepts), whole KV groups (their query heads and KV head, and in a
+    /// generation step the KV head's slice of the cache), or any. (default: equal)
     #[arg(long, value_enum)]
     pub kv_layout: Option<KvLayoutArg>,
     /// Calibration inputs (.npz): activation-aware scores and the consumers' repair, over the

@@ -7,6 +7,7 @@ use super::progress::Progress;
 use model_slim::compare_latency;
 use model_slim::symbol_values;
 use model_slim::to_dot;
+use model_slim::Expected;
 use model_slim::Limits;
 use model_slim::Report;
 use model_slim::Verification;
@@ -18,7 +19,6 @@ use model_slim::{groups, Kind};
 use model_slim::{write_atomically, write_model, ArtifactCheck, Format};
 use model_slim::{write_pruned_onnx, write_slimmed_onnx};
 use model_slim::{zero_units, Criterion, GlobalCost, KvLayout, Plan, Repair, Targets};
-use model_slim::{Expected, LOOP_CALLS};
 use model_slim::{IoError, Mismatch, SlimError, Slimmed, Slimmer};
 use serde::Serialize;
 use std::path::Path;
@@ -190,10 +190,7 @@ fn run_slim(
         let (reference, sets) = import(ctx, &options.import, model)?;
         let values = symbol_values(&reference, &sets);
         let states = model_state_positions(&reference, &options.import)?;
-        let run = |_: &_| match states.is_empty() {
-            true => Expected::of(reference, options.seed, &values),
-            false => Expected::of_loop(reference, options.seed, &values, &states, LOOP_CALLS),
-        };
+        let run = |_: &_| Expected::of_state(reference, options.seed, &values, &states);
         let expected = ctx.progress.during("running the original", run);
         Some(expected.map_err(|e| SlimError::stage("verify", e))?)
     } else {
@@ -290,17 +287,6 @@ fn model_state(model: &TypedModel, import: &ImportArgs) -> Result<Vec<StatePair>
     Ok(pairs)
 }
 
-/// `--state` where auto-slim would ignore it (it does not cut state yet): an error, not a
-/// silent no-op.
-fn refuse_state(command: &str, import: &ImportArgs) -> Result<(), SlimError> {
-    match import.states.first() {
-        Some(state) => Err(SlimError::Usage(format!(
-            "--state {state}: `{command}` does not cut state yet; slim the pruned model with `model-slim slim --state`"
-        ))),
-        None => Ok(()),
-    }
-}
-
 /// The positions (input, output) of the model's state pairs.
 fn model_state_positions(
     model: &TypedModel,
@@ -341,10 +327,11 @@ fn run_prune(ctx: &Context, args: &PruneArgs) -> Result<(), Failure> {
         check_fraction("--floor", floor)?;
     }
     check_prune_flags(args)?;
-    refuse_state("prune", &args.import)?;
     model_slim::Format::required(&args.output)?;
     let (original, sets) = import(ctx, &args.import, &args.model)?;
-    let slimmer = Slimmer::new()?.with_symbol_values(symbol_values(&original, &sets));
+    let slimmer = Slimmer::new()?
+        .with_symbol_values(symbol_values(&original, &sets))
+        .with_state(model_state(&original, &args.import)?);
     let options = auto_options(args, &original)?;
     let result = ctx.progress.during("pruning and slimming", |bar| {
         let options = AutoOptions {
@@ -380,7 +367,7 @@ fn run_prune(ctx: &Context, args: &PruneArgs) -> Result<(), Failure> {
     let check = ArtifactCheck {
         expected: &expected,
         values: &values,
-        cuts: &[],
+        cuts: &report.slim.state_cuts,
     };
     let import_options = args.import.options()?;
     // Only the ONNX writers read the pruned model.
@@ -426,7 +413,8 @@ fn run_prune(ctx: &Context, args: &PruneArgs) -> Result<(), Failure> {
             &edits,
             pruned,
             None,
-            check,
+            // The pruned model keeps its whole state.
+            ArtifactCheck { cuts: &[], ..check },
         )?;
         if let Some(error) = v.failure() {
             return Err(error.into());
@@ -625,7 +613,6 @@ fn groups_table(model: &TypedModel, after: Option<&Report>) -> Result<String, Sl
 }
 
 fn run_plan(ctx: &Context, model: &Path, import_args: &ImportArgs) -> Result<(), Failure> {
-    refuse_state("plan", import_args)?;
     let (original, _) = import(ctx, import_args, model)?;
     ctx.say(&groups_table(&original, None)?);
     Ok(())

@@ -536,6 +536,20 @@ impl Expected {
         })
     }
 
+    /// [`Expected::of`] for a model without state, [`Expected::of_loop`] over [`LOOP_CALLS`]
+    /// calls for one with `states` (input, output positions).
+    pub fn of_state(
+        model: TypedModel,
+        seed: u64,
+        values: &SymbolValues,
+        states: &[(usize, usize)],
+    ) -> TractResult<Expected> {
+        match states.is_empty() {
+            true => Expected::of(model, seed, values),
+            false => Expected::of_loop(model, seed, values, states, LOOP_CALLS),
+        }
+    }
+
     /// Runs `model` in a loop of up to `calls` calls, each fed the previous call's outputs of
     /// the `states` pairs (input, output positions) and fresh random inputs otherwise, at the
     /// lengths the state has grown to. The loop needs the state's growing length to be a
@@ -687,12 +701,7 @@ pub fn verify_cut(
     seed: u64,
     values: &SymbolValues,
 ) -> TractResult<Verification> {
-    let expected = if states.is_empty() {
-        Expected::of(original.clone(), seed, values)?
-    } else {
-        Expected::of_loop(original.clone(), seed, values, states, LOOP_CALLS)?
-    };
-    expected.compare_cut(slim.clone(), cuts)
+    Expected::of_state(original.clone(), seed, values, states)?.compare_cut(slim.clone(), cuts)
 }
 
 #[cfg(test)]

@@ -191,6 +191,15 @@ impl Slimmer {
         (choice, cost)
     }
 
+    /// The (input, output) positions of `model`'s state pairs, as a loop of calls feeds them
+    /// back (see [`crate::Expected::of_state`]).
+    pub fn state_loop(&self, model: &TypedModel) -> Vec<(usize, usize)> {
+        self.state_positions(model)
+            .into_iter()
+            .map(|(_, input, output)| (input, output))
+            .collect()
+    }
+
     /// The state pairs of [`Slimmer::with_state`] the model has, with their input and output
     /// positions: those whose output can be fed back as their input ([`feeds_back`]).
     fn state_positions(&self, model: &TypedModel) -> Vec<(StatePair, usize, usize)> {
@@ -384,15 +393,10 @@ impl Slimmer {
         };
         if let Some(seed) = self.verification {
             self.announce(Stage::Verify);
-            let states: Vec<(usize, usize)> = self
-                .state_positions(model)
-                .into_iter()
-                .map(|(_, input, output)| (input, output))
-                .collect();
             let v = verify_cut(
                 model,
                 &slimmed.model,
-                (&states, &slimmed.report.state_cuts),
+                (&self.state_loop(model), &slimmed.report.state_cuts),
                 seed,
                 &self.nominal.values,
             )
