@@ -99,6 +99,9 @@ pub fn raise_counting(
     for (outlet, name) in outputs.iter().zip(interface.output_names) {
         model.set_outlet_label(*outlet, name.clone())?;
     }
+    // tract evaluates a node whose inputs are all constants as it is wired: a chain of them
+    // (an activation of a folded bias) leaves each link's constant unread, then dropped here.
+    model.compact()?;
     Ok(model)
 }
 
