@@ -44,6 +44,19 @@ pub enum SlimError {
         /// What was found instead.
         reason: String,
     },
+    /// Nothing was cut from a model some of whose layers have whole zero input channels: the
+    /// rules do not reach them, and an unchanged file is not what was asked for.
+    #[error("nothing was cut, though `{node}` has {zero} of {channels} input channels all zero (layers with zero input channels: {layers}); the rules do not reach them, --allow-unchanged writes the model anyway")]
+    NothingCut {
+        /// The first such layer.
+        node: String,
+        /// Its zero input channels.
+        zero: usize,
+        /// Its input channels.
+        channels: usize,
+        /// How many layers have zero input channels.
+        layers: usize,
+    },
     /// A plan does not fit the model.
     #[error("{path}: bad plan: {message}")]
     Plan {

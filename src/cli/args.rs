@@ -205,6 +205,10 @@ pub struct PassOptions {
     /// Saturation limit: seconds.
     #[arg(long, default_value_t = Limits::default().time.as_secs_f64())]
     pub max_seconds: f64,
+    /// Write the model even when nothing was cut from it although some layer has whole zero
+    /// input channels (else an error naming that layer).
+    #[arg(long)]
+    pub allow_unchanged: bool,
 }
 
 /// Arguments of `prune`.

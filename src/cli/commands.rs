@@ -15,7 +15,7 @@ use model_slim::{auto_slim, AutoOptions, AutoSlimmed};
 use model_slim::{
     feeds_back, input_names, named_state_pairs, output_names, state_positions, StatePair,
 };
-use model_slim::{groups, Kind};
+use model_slim::{groups, zero_inputs, Kind};
 use model_slim::{write_atomically, write_model, ArtifactCheck, Format};
 use model_slim::{write_pruned_onnx, write_slimmed_onnx};
 use model_slim::{zero_units, Criterion, GlobalCost, KvLayout, Plan, Repair, Targets};
@@ -202,6 +202,9 @@ fn run_slim(
         .with_symbol_values(values.clone())
         .with_state(model_state(&original, &options.import)?);
     let mut slimmed = slim(ctx, &slimmer, &original)?;
+    if !options.allow_unchanged {
+        refuse_nothing_cut(&slimmed.report, &original)?;
+    }
     let check = expected.as_ref().map(|expected| ArtifactCheck {
         expected,
         values: &values,
@@ -237,6 +240,26 @@ fn run_slim(
         options.report.as_deref(),
         Some(output),
     )
+}
+
+/// A slimming that cut nothing from a model with whole zero input channels: an error naming the
+/// first such layer, not a file written unchanged as if it were slimmed.
+fn refuse_nothing_cut(report: &Report, original: &TypedModel) -> Result<(), SlimError> {
+    let cut =
+        report.params_after < report.params_before || report.flops_after < report.flops_before;
+    if cut {
+        return Ok(());
+    }
+    let zero = zero_inputs(original);
+    match zero.first() {
+        Some(first) => Err(SlimError::NothingCut {
+            node: first.node.clone(),
+            zero: first.zero,
+            channels: first.channels,
+            layers: zero.len(),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// The model's state pairs: by the HF/optimum names, and those given with `--state`, which

@@ -18,13 +18,14 @@
 //!   bookkeeping (the reshape merging heads × head_dim) to the output projection.
 
 use crate::model::ops;
-use crate::util::slices::{around, fill_runs};
+use crate::util::slices::{around, fill_runs, zero_slices_of};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use tract_core::internal::*;
 use tract_core::ops::array::{Gather, MultiBroadcastTo};
 use tract_core::ops::binary::TypedBinOp;
 use tract_core::ops::cast::Cast;
+use tract_core::ops::cnn::Conv;
 use tract_core::ops::einsum::EinSum;
 use tract_core::ops::konst::Const;
 use tract_core::ops::logic::Iff;
@@ -209,6 +210,58 @@ fn contracted(model: &TypedModel, node: &TypedNode) -> Vec<Axis> {
         })
         .cloned()
         .collect()
+}
+
+/// A consumer whose weight has whole zero input channels: what structured pruning leaves for
+/// slimming to cut.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ZeroInputs {
+    /// The consumer's node.
+    pub node: String,
+    /// Its input channels whose weights are all zero.
+    pub zero: usize,
+    /// Its input channels (per group, for a grouped convolution).
+    pub channels: usize,
+}
+
+/// The consumers of `model` — linear layers (along each axis they contract) and convolutions —
+/// whose constant weight has whole zero input channels, in model order.
+pub fn zero_inputs(model: &TypedModel) -> Vec<ZeroInputs> {
+    model
+        .eval_order()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|id| zero_inputs_of(model, model.node(id)))
+        .collect()
+}
+
+fn zero_inputs_of(model: &TypedModel, node: &TypedNode) -> Option<ZeroInputs> {
+    let (weight, axes) = if let Some(conv) = node.op_as::<Conv>() {
+        let kernel = const_value(model, node.inputs.get(1)?)?;
+        let axis = conv.kernel_fmt.i_axis(kernel.shape());
+        (kernel, vec![axis])
+    } else if is_linear(model, node) {
+        let slot = const_input(model, node)?;
+        let letters = contracted(model, node);
+        let axes = letters
+            .iter()
+            .filter_map(|l| l.inputs[slot].first().copied());
+        (const_value(model, &node.inputs[slot])?, axes.collect())
+    } else {
+        return None;
+    };
+    let zeros = zero_slices_of(&weight);
+    axes.into_iter()
+        .map(|axis| ZeroInputs {
+            node: node.name.clone(),
+            zero: zeros[axis].len(),
+            channels: weight.shape()[axis],
+        })
+        .find(|z| z.zero > 0)
+}
+
+fn const_value(model: &TypedModel, outlet: &OutletId) -> Option<Arc<Tensor>> {
+    Some(model.node(outlet.node).op_as::<Const>()?.val().clone())
 }
 
 /// The axis of a producer linear's constant weight that carries `size` output channels.

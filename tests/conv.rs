@@ -1,0 +1,66 @@
+//! Convolutional networks as the pass meets them before it cuts convolutions: every
+//! convolution is costed, and a model whose zero channels the rules do not reach is refused
+//! with the layer named, not written unchanged as if it were slimmed.
+
+mod common;
+
+use common::{assert_success, fixtures_dir, model_slim};
+
+/// `conv_pruned_*`: 3×3 convolutions 3 → 8 → 8 over 16×16 (padding 1), half of the second's
+/// input channels zero, then a global pool and a linear 8 → 4.
+fn fixture(exporter: &str) -> String {
+    let path = fixtures_dir().join(format!("conv_pruned_{exporter}.onnx"));
+    path.display().to_string()
+}
+
+#[test]
+fn zero_channels_the_rules_do_not_reach_are_refused_not_copied() {
+    let dir = tempfile::tempdir().unwrap();
+    for exporter in ["torchscript", "dynamo"] {
+        let model = fixture(exporter);
+        let output = dir.path().join(format!("{exporter}.nnef.tgz"));
+        let out = model_slim(&["slim", &model, "-o", output.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{exporter}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains("nothing was cut, though") && stderr.contains("4 of 8 input channels"),
+            "{exporter}: {stderr}"
+        );
+        assert!(!output.exists());
+
+        let allowed = [
+            "slim",
+            &model,
+            "-o",
+            output.to_str().unwrap(),
+            "--allow-unchanged",
+        ];
+        assert_success(&model_slim(&allowed));
+        assert!(output.exists());
+    }
+}
+
+#[test]
+fn every_convolution_is_costed() {
+    // Multiply-adds of the two 3×3 convolutions at batch 1, two FLOPs each.
+    let convolutions = 2.0 * (16.0 * 16.0 * 8.0 * 9.0) * (3.0 + 8.0);
+    let dir = tempfile::tempdir().unwrap();
+    for exporter in ["torchscript", "dynamo"] {
+        let model = fixture(exporter);
+        let output = dir.path().join("out.nnef.tgz");
+        let report = dir.path().join("report.json");
+        let mut args = vec!["slim", &model, "-o", output.to_str().unwrap()];
+        args.extend(["--allow-unchanged", "--report", report.to_str().unwrap()]);
+        args.extend(["-i", "pixel_values:1,3,16,16,f32"]);
+        assert_success(&model_slim(&args));
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+        let flops = report["flops_before"].as_f64().unwrap();
+        // The rest (activations, pool, classifier) is a few thousand.
+        assert!(
+            flops >= convolutions && flops < convolutions * 1.05,
+            "{exporter}: {flops} FLOPs, the convolutions alone {convolutions}"
+        );
+    }
+}
