@@ -99,8 +99,15 @@ pub enum EditError {
     #[error("the edited graph has a cycle or a missing input")]
     Cycle,
     /// The edited file, reloaded, does not have the slimmed widths.
-    #[error("`{0}` did not shrink as slimming did")]
-    NotShrunk(String),
+    #[error("`{node}` did not shrink as slimming did: it has {found} units, slimming kept {kept}")]
+    NotShrunk {
+        /// The consumer.
+        node: String,
+        /// Its units in the edited file (as discovered there; none when no group is found).
+        found: String,
+        /// Its units slimming kept.
+        kept: usize,
+    },
     /// A state input or output slimming cut (a KV cache) whose cut the edits of the ONNX graph
     /// around it do not meet.
     #[error(

@@ -525,7 +525,11 @@ fn shrunk_as_planned(reloaded: &TypedModel, cuts: &[Cut]) -> EditResult<()> {
         let size = sizes.get(base_name(&cut.consumer));
         let shrunk = size == Some(&cut.kept.len()) || (!cut.zeroed.is_empty() && size.is_none());
         if !shrunk {
-            return Err(EditError::NotShrunk(cut.consumer.clone()));
+            return Err(EditError::NotShrunk {
+                node: cut.consumer.clone(),
+                found: size.map_or("no".into(), |s| s.to_string()),
+                kept: cut.kept.len(),
+            });
         }
     }
     Ok(())
