@@ -393,12 +393,33 @@ impl HeadAxes {
     }
 }
 
-/// For a softmax · V EinSum: the axes of its heads. Heads are the probabilities' axes the output
-/// keeps, less the query axis (just before the key axis the product contracts) and the batch
-/// (the probabilities' first axis, when heads are found besides it). With grouped-query
-/// attention there are two, adjacent in the output: the KV group, which V has too, then the head
-/// within the group, which V lacks.
+/// For a softmax · V EinSum: the axes of its heads, those an output projection contracts. Heads
+/// are the probabilities' axes the output keeps, less the query axis and the batch (see
+/// [`read_head_axes`]). With one new token tract may drop the query axis, and the axis just
+/// before the key axis is then a head axis (the heads within a KV group): the reading without a
+/// query axis is kept where an output projection contracts its heads, else the query axis is
+/// the one before the key axis.
 pub fn head_axes(model: &TypedModel, node: &TypedNode) -> Option<HeadAxes> {
+    read_head_axes(model, node, QueryAxis::Dropped)
+        .filter(|heads| heads_consumer(model, node, heads).is_some())
+        .or_else(|| read_head_axes(model, node, QueryAxis::BeforeKey))
+}
+
+/// Where the query axis of attention probabilities is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum QueryAxis {
+    /// Just before the key axis the product contracts.
+    BeforeKey,
+    /// Not there (one query, its axis dropped).
+    Dropped,
+}
+
+/// The heads of a softmax · V EinSum with the query axis where `query` says: the
+/// probabilities' axes the output keeps, less the query axis and the batch (the probabilities'
+/// first axis, when heads are found besides it). With grouped-query attention there are two,
+/// adjacent in the output: the KV group, which V has too, then the head within the group,
+/// which V lacks.
+fn read_head_axes(model: &TypedModel, node: &TypedNode, query: QueryAxis) -> Option<HeadAxes> {
     let einsum = node.op_as::<EinSum>()?;
     if node.inputs.len() != 2 {
         return None;
@@ -410,12 +431,15 @@ pub fn head_axes(model: &TypedModel, node: &TypedNode) -> Option<HeadAxes> {
         .axes
         .iter_all_axes()
         .find(|l| l.outputs[0].is_empty() && l.inputs[values].len() == 1 && size(l) != Some(1))?;
-    let query_axis = key.inputs[probs].first()?.checked_sub(1)?;
+    let query_axis = match query {
+        QueryAxis::BeforeKey => Some(key.inputs[probs].first()?.checked_sub(1)?),
+        QueryAxis::Dropped => None,
+    };
     let mut heads: Vec<&Axis> = einsum
         .axes
         .iter_all_axes()
         .filter(|l| l.inputs[probs].len() == 1 && l.outputs[0].len() == 1)
-        .filter(|l| l.inputs[probs][0] != query_axis)
+        .filter(|l| Some(l.inputs[probs][0]) != query_axis)
         .collect();
     if heads.len() > 1 {
         heads.retain(|l| l.inputs[probs][0] != 0);
@@ -666,6 +690,45 @@ fn reading_linear(model: &TypedModel, mut outlet: OutletId) -> Option<usize> {
 /// The heads group of a softmax · V EinSum, if its heads reach an output projection.
 fn heads_group(model: &TypedModel, product: &TypedNode) -> Option<Group> {
     let heads = head_axes(model, product)?;
+    let found = heads_consumer(model, product, &heads)?;
+    let consumer = model.node(found.consumer);
+    let (value, kv_heads) = kv_heads_of(model, product, &heads)?;
+    let producers = value.into_iter().collect();
+    Some(Group {
+        kind: Kind::Heads,
+        layer: 0,
+        name: consumer.name.clone(),
+        units: heads.heads(),
+        kv_heads,
+        consumer: found.consumer,
+        weight: consumer.inputs[found.weight_slot].node,
+        weight_units: found.weight_units,
+        activation: found.activation,
+        activation_units: found.activation_units,
+        producers,
+        bias: bias_of(model, found.consumer),
+        linears: vec![product.id, found.consumer],
+        consts: vec![consumer.inputs[found.weight_slot].node],
+    })
+}
+
+/// The output projection contracting a softmax · V product's heads, and where they lie in it.
+struct HeadsConsumer {
+    consumer: usize,
+    weight_slot: usize,
+    weight_units: Units,
+    activation: OutletId,
+    activation_units: Units,
+}
+
+/// The output projection of `heads` of `product`: reached through axis bookkeeping, it
+/// contracts the axes the heads span against adjacent weight axes, in order, as many rows as
+/// there are heads times a block.
+fn heads_consumer(
+    model: &TypedModel,
+    product: &TypedNode,
+    heads: &HeadAxes,
+) -> Option<HeadsConsumer> {
     let start = Units {
         axis: heads.axis,
         block: 1,
@@ -703,26 +766,12 @@ fn heads_group(model: &TypedModel, product: &TypedNode) -> Option<Group> {
         .iter()
         .map(|&a| weight_fact.shape[a].to_usize().ok())
         .product::<Option<usize>>()?;
-    if spanned != heads.heads() * weight_units.block {
-        return None;
-    }
-    let (value, kv_heads) = kv_heads_of(model, product, &heads)?;
-    let producers = value.into_iter().collect();
-    Some(Group {
-        kind: Kind::Heads,
-        layer: 0,
-        name: consumer.name.clone(),
-        units: heads.heads(),
-        kv_heads,
+    (spanned == heads.heads() * weight_units.block).then_some(HeadsConsumer {
         consumer: consumer_id,
-        weight: consumer.inputs[weight_slot].node,
+        weight_slot,
         weight_units,
         activation,
         activation_units,
-        producers,
-        bias: bias_of(model, consumer_id),
-        linears: vec![product.id, consumer_id],
-        consts: vec![consumer.inputs[weight_slot].node],
     })
 }
 
@@ -759,4 +808,53 @@ pub fn base_name(name: &str) -> &str {
         base = head;
     }
     base
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tract_core::ops::nn::SoftmaxKind;
+
+    fn einsum(expr: &str) -> EinSum {
+        EinSum::new(expr.parse().unwrap(), f32::datum_type())
+    }
+
+    /// One new token's grouped-query attention as tract leaves it when it drops the size-1
+    /// query axis: probabilities `[batch, 2 KV groups, 7 heads each, keys]` times V `[batch, 2,
+    /// keys, 4]`, merged into `[batch, 56]` for the output projection.
+    fn one_token_gqa() -> TypedModel {
+        let mut m = TypedModel::default();
+        let scores = m.add_source("scores", f32::fact([1, 2, 7, 5])).unwrap();
+        let softmax = Softmax {
+            axes: tvec![3],
+            quant_output_dt: None,
+            kind: SoftmaxKind::default(),
+        };
+        let probs = m.wire_node("softmax", softmax, &[scores]).unwrap()[0];
+        let v = m.add_source("v", f32::fact([1, 2, 5, 4])).unwrap();
+        let context = m
+            .wire_node("context", einsum("bgwk,bgkd->bgwd"), &[probs, v])
+            .unwrap()[0];
+        let merge = AxisOp::Reshape(1, tvec![2.into(), 7.into(), 4.into()], tvec![56.into()]);
+        let merged = m.wire_node("merge", merge, &[context]).unwrap()[0];
+        let w = m
+            .add_const("o.w", Tensor::zero::<f32>(&[56, 8]).unwrap())
+            .unwrap();
+        let out = m.wire_node("o", einsum("bm,mn->bn"), &[merged, w]).unwrap()[0];
+        m.select_output_outlets(&[out]).unwrap();
+        m
+    }
+
+    #[test]
+    fn heads_are_read_where_a_one_token_query_axis_was_dropped() {
+        let model = one_token_gqa();
+        let found = groups(&model).unwrap();
+        let heads: Vec<(usize, usize)> = found
+            .iter()
+            .filter(|g| g.kind == Kind::Heads)
+            .map(|g| (g.units, g.kv_heads))
+            .collect();
+        // Not 2 units (the KV groups, taking the heads within a group for the query axis).
+        assert_eq!(heads, [(14, 2)]);
+    }
 }
