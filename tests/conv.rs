@@ -1,15 +1,18 @@
 //! Convolutional networks as the pass meets them before it cuts convolutions: every
-//! convolution is costed, and a model whose zero channels the rules do not reach is refused
-//! with the layer named, not written unchanged as if it were slimmed.
+//! convolution is costed, and a model whose zero channels the rules do not reach (a 3×3
+//! convolution's, torchvision ResNet blocks') is refused with the layer named, not written
+//! unchanged as if it were slimmed.
 
 mod common;
 
 use common::{assert_success, fixtures_dir, model_slim};
 
-/// `conv_pruned_*`: 3×3 convolutions 3 → 8 → 8 over 16×16 (padding 1), half of the second's
-/// input channels zero, then a global pool and a linear 8 → 4.
-fn fixture(exporter: &str) -> String {
-    let path = fixtures_dir().join(format!("conv_pruned_{exporter}.onnx"));
+/// A conv fixture (`make_fixtures.py conv`): `conv` (3×3 convolutions 3 → 8 → 8 over 16×16,
+/// padding 1, a global pool and a linear 8 → 4), `resnet` (torchvision's BasicBlock and
+/// Bottleneck at widths 8–32), `mobilenet_v2` (torchvision's, width 0.1); `pruned` zeroes half
+/// of every inner width.
+fn fixture(name: &str, exporter: &str) -> String {
+    let path = fixtures_dir().join(format!("{name}_{exporter}.onnx"));
     path.display().to_string()
 }
 
@@ -17,27 +20,45 @@ fn fixture(exporter: &str) -> String {
 fn zero_channels_the_rules_do_not_reach_are_refused_not_copied() {
     let dir = tempfile::tempdir().unwrap();
     for exporter in ["torchscript", "dynamo"] {
-        let model = fixture(exporter);
-        let output = dir.path().join(format!("{exporter}.nnef.tgz"));
-        let out = model_slim(&["slim", &model, "-o", output.to_str().unwrap()]);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{exporter}: {stderr}");
-        assert_eq!(stderr.lines().count(), 1, "{stderr}");
-        assert!(
-            stderr.contains("nothing was cut, though") && stderr.contains("4 of 8 input channels"),
-            "{exporter}: {stderr}"
-        );
-        assert!(!output.exists());
+        // The first layer with zero input channels: the second conv, and the first
+        // BasicBlock's `conv2`.
+        for (name, zero) in [("conv_pruned", "4 of 8"), ("resnet_pruned", "4 of 8")] {
+            let model = fixture(name, exporter);
+            let output = dir.path().join(format!("{name}_{exporter}.nnef.tgz"));
+            let out = model_slim(&["slim", &model, "-o", output.to_str().unwrap()]);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{name} {exporter}: {stderr}");
+            assert_eq!(stderr.lines().count(), 1, "{stderr}");
+            let needle = format!("{zero} input channels all zero");
+            assert!(
+                stderr.contains("nothing was cut, though") && stderr.contains(&needle),
+                "{name} {exporter}: {stderr}"
+            );
+            assert!(!output.exists());
 
-        let allowed = [
-            "slim",
-            &model,
-            "-o",
-            output.to_str().unwrap(),
-            "--allow-unchanged",
-        ];
-        assert_success(&model_slim(&allowed));
-        assert!(output.exists());
+            let allowed = [
+                "slim",
+                &model,
+                "-o",
+                output.to_str().unwrap(),
+                "--allow-unchanged",
+            ];
+            assert_success(&model_slim(&allowed));
+            assert!(output.exists());
+        }
+    }
+}
+
+#[test]
+fn a_model_without_zero_channels_is_written_without_complaint() {
+    let dir = tempfile::tempdir().unwrap();
+    for exporter in ["torchscript", "dynamo"] {
+        for name in ["conv_dense", "resnet_dense"] {
+            let model = fixture(name, exporter);
+            let output = dir.path().join(format!("{name}_{exporter}.nnef.tgz"));
+            let args = ["slim", &model, "-o", output.to_str().unwrap(), "--verify"];
+            assert_success(&model_slim(&args));
+        }
     }
 }
 
@@ -47,7 +68,7 @@ fn every_convolution_is_costed() {
     let convolutions = 2.0 * (16.0 * 16.0 * 8.0 * 9.0) * (3.0 + 8.0);
     let dir = tempfile::tempdir().unwrap();
     for exporter in ["torchscript", "dynamo"] {
-        let model = fixture(exporter);
+        let model = fixture("conv_pruned", exporter);
         let output = dir.path().join("out.nnef.tgz");
         let report = dir.path().join("report.json");
         let mut args = vec!["slim", &model, "-o", output.to_str().unwrap()];
