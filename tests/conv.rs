@@ -85,3 +85,34 @@ fn every_convolution_is_costed() {
         );
     }
 }
+
+#[test]
+fn cuts_the_onnx_writer_cannot_replay_are_refused_not_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    for exporter in ["torchscript", "dynamo"] {
+        // MobileNetV2's 1×1 convolutions reach the rules as matrix products, and some of their
+        // channels go (NNEF keeps the cut); the ONNX writer finds no FFN or heads group there.
+        let model = fixture("mobilenet_v2_pruned", exporter);
+        let nnef = dir.path().join(format!("{exporter}.nnef.tgz"));
+        let report = dir.path().join(format!("{exporter}.json"));
+        let args = ["slim", &model, "-o", nnef.to_str().unwrap()];
+        assert_success(&model_slim(
+            &[&args[..], &["--report", report.to_str().unwrap()]].concat(),
+        ));
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+        let (before, after) = (
+            report["params_before"].as_u64(),
+            report["params_after"].as_u64(),
+        );
+        assert!(after < before, "{exporter}: {before:?} → {after:?}");
+
+        let onnx = dir.path().join(format!("{exporter}.onnx"));
+        let out = model_slim(&["slim", &model, "-o", onnx.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{exporter}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains("the ONNX writer cannot replay"), "{stderr}");
+        assert!(!onnx.exists());
+    }
+}

@@ -114,6 +114,13 @@ pub enum EditError {
         "the state `{0}` cannot be cut in the ONNX graph as slimming cut it (write NNEF to cut it)"
     )]
     StateNotCut(String),
+    /// Slimming cut weights the writer cannot replay on the ONNX file (it replays FFN channels
+    /// and attention heads): the file would be written unchanged.
+    #[error("slimming cut {removed} zero input channels the ONNX writer cannot replay (it replays FFN channels and attention heads; here no such cut was found): write NNEF (.nnef.tgz) to keep them")]
+    Unreplayed {
+        /// Zero input channels of consumers slimming removed.
+        removed: usize,
+    },
     /// The slimming cannot be read off the tract models (a tract error).
     #[error("cannot map the slimming back to ONNX: {0}")]
     Unmapped(String),

@@ -27,7 +27,7 @@ use crate::io::onnx::proto::{
     decode, encode_preserving, is_float, linear_weight, onnx_node, read_bytes,
 };
 use crate::io::onnx::restrict::{Need, OnnxGraph};
-use crate::model::discover::{base_name, groups, Group, Kind, Units};
+use crate::model::discover::{base_name, groups, zero_inputs, Group, Kind, Units};
 use crate::model::state::StateCut;
 use crate::model::stats::{activation_stats, capture, compensation, weight_of, zero_units};
 use crate::model::verify::random_inputs;
@@ -490,8 +490,18 @@ fn cuts_between(
     values: &SymbolValues,
     output: &Path,
 ) -> IoResult<Vec<Cut>> {
-    derive_cuts(original, slimmed, values)
-        .map_err(|e| edit_error(output, EditError::Unmapped(format!("{e:#}"))))
+    let cuts = derive_cuts(original, slimmed, values)
+        .map_err(|e| edit_error(output, EditError::Unmapped(format!("{e:#}"))))?;
+    // A slimming that cut zero input channels of which the writer finds none would be written
+    // as the unchanged source file, reported slimmed.
+    if cuts.is_empty() {
+        let zero = |model| zero_inputs(model).iter().map(|z| z.zero).sum::<usize>();
+        let removed = zero(original).saturating_sub(zero(slimmed));
+        if removed > 0 {
+            return Err(edit_error(output, EditError::Unreplayed { removed }));
+        }
+    }
+    Ok(cuts)
 }
 
 /// The tensor shapes of `proto` (read from `source`), taken before its external data is read
