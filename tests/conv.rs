@@ -116,3 +116,22 @@ fn cuts_the_onnx_writer_cannot_replay_are_refused_not_dropped() {
         assert!(!onnx.exists());
     }
 }
+
+#[test]
+fn show_names_every_layer_that_keeps_zero_input_channels() {
+    for exporter in ["torchscript", "dynamo"] {
+        let model = fixture("resnet_pruned", exporter);
+        let shown = assert_success(&model_slim(&["show", &model]));
+        let kept: Vec<&str> = shown
+            .lines()
+            .filter(|l| l.starts_with("kept zero"))
+            .collect();
+        // The three blocks' inner 3×3 convolutions, and the Bottleneck's 1×1 `conv3`, whose
+        // restriction stops at the 3×3 convolution computing its input.
+        assert_eq!(kept.len(), 4, "{exporter}: {shown}");
+        assert!(
+            kept[0].ends_with("4 of 8 input channels all zero"),
+            "{kept:?}"
+        );
+    }
+}

@@ -242,6 +242,20 @@ fn run_slim(
     )
 }
 
+/// The layers of `slimmed` that still have whole zero input channels (the rules did not reach
+/// them), a line each.
+fn zero_inputs_table(slimmed: &TypedModel) -> String {
+    zero_inputs(slimmed)
+        .iter()
+        .map(|z| {
+            format!(
+                "kept zero  {}: {} of {} input channels all zero\n",
+                z.node, z.zero, z.channels
+            )
+        })
+        .collect()
+}
+
 /// A slimming that cut nothing from a model with whole zero input channels: an error naming the
 /// first such layer, not a file written unchanged as if it were slimmed.
 fn refuse_nothing_cut(report: &Report, original: &TypedModel) -> Result<(), SlimError> {
@@ -659,6 +673,7 @@ fn run_show(
         r.params_before, r.params_after, r.flops_before, r.flops_after
     ));
     ctx.say(&r.state_table());
+    ctx.say(&zero_inputs_table(&slimmed.model));
     if let Some(path) = dot {
         let text = to_dot(&[("before", &original), ("after", &slimmed.model)])
             .map_err(|e| SlimError::stage("dot", e))?;
