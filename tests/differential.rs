@@ -44,6 +44,11 @@ fn check_seed(slimmer: &Slimmer, seed: u64) -> Result<(), String> {
             planted.removable_weights
         ));
     }
+    if let Some(node) = unread_node(&slimmed.model) {
+        return Err(format!(
+            "the slimmed model holds `{node}`, which nothing reads"
+        ));
+    }
     for input_seed in 0..3 {
         let v = verify(
             &model,
@@ -68,6 +73,20 @@ fn weights(model: &TypedModel) -> usize {
         .filter(|c| c.val().datum_type().is_float())
         .map(|c| c.val().len())
         .sum()
+}
+
+/// A node of `model` that neither an output nor another node reads (its sources aside: an
+/// unread input is still the model's interface).
+fn unread_node(model: &TypedModel) -> Option<String> {
+    let read: std::collections::HashSet<usize> = model
+        .nodes()
+        .iter()
+        .flat_map(|n| n.inputs.iter().map(|i| i.node))
+        .chain(model.outputs.iter().map(|o| o.node))
+        .chain(model.inputs.iter().map(|i| i.node))
+        .collect();
+    let unread = model.nodes().iter().find(|n| !read.contains(&n.id));
+    unread.map(|n| n.name.clone())
 }
 
 fn save_reproducer(seed: u64) -> Option<PathBuf> {
