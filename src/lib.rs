@@ -56,8 +56,7 @@ pub mod testing;
 // The pass, for tract deployments.
 pub use egraph::extract::GraphCost;
 pub use error::{Result, SlimError};
-pub use model::cost::params;
-pub use pass::report::{flops, AttentionLayer, FfnLayer, Report, StageTimes};
+pub use pass::report::{flops, params, AttentionLayer, FfnLayer, Report, StageTimes};
 pub use pass::slimmer::{Observer, Slimmed, Slimmer, Stage};
 pub use rules::saturate::{Limits, SaturationReport, StopReason};
 pub use tools::transform::{ensure_linked, SlimTransform};

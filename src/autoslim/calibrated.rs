@@ -328,12 +328,12 @@ fn new_tokens_per_row(shape: &[usize], tokens: usize) -> Option<usize> {
     let len: usize = shape.iter().product();
     let row_length = shape.last().copied().unwrap_or(1).max(1);
     let rows = len / row_length;
-    match len {
-        _ if len == tokens => Some(row_length),
-        _ if shape.len() == 2 && tokens.is_multiple_of(rows) && tokens / rows <= row_length => {
-            Some(tokens / rows)
-        }
-        _ => None,
+    if len == tokens {
+        Some(row_length)
+    } else if shape.len() == 2 && tokens.is_multiple_of(rows) && tokens / rows <= row_length {
+        Some(tokens / rows)
+    } else {
+        None
     }
 }
 

@@ -6,26 +6,6 @@
 use tract_core::internal::*;
 use tract_core::ops::cnn::Conv;
 use tract_core::ops::einsum::EinSum;
-use tract_core::ops::konst::Const;
-
-/// Elements of constant node `id` (0 for another node).
-pub fn const_len(model: &TypedModel, id: usize) -> usize {
-    model
-        .node(id)
-        .op_as::<Const>()
-        .map(|c| c.val().len())
-        .unwrap_or(0)
-}
-
-/// Parameters (constant elements) of a model.
-pub fn params(model: &TypedModel) -> usize {
-    model
-        .nodes()
-        .iter()
-        .filter(|n| n.op_is::<Const>())
-        .map(|n| const_len(model, n.id))
-        .sum()
-}
 
 /// Value given to a symbol that has none, when costing.
 pub const NOMINAL_DIM: i64 = 16;

@@ -7,7 +7,7 @@
 
 use crate::egraph::extract::GraphCost;
 use crate::error::SlimError;
-use crate::model::cost::{const_len, Nominal};
+use crate::model::cost::Nominal;
 use crate::model::discover::{attention_blocks, base_name, groups, Group, Kind};
 use crate::model::state::StateCut;
 use crate::model::verify::Verification;
@@ -107,12 +107,30 @@ pub struct Report {
     pub verification: Option<Verification>,
 }
 
+fn const_len(model: &TypedModel, id: usize) -> usize {
+    model
+        .node(id)
+        .op_as::<Const>()
+        .map(|c| c.val().len())
+        .unwrap_or(0)
+}
+
 fn node_flops(model: &TypedModel, nominal: &Nominal, id: usize) -> f64 {
     let node = model.node(id);
     let Ok(inputs) = model.node_input_facts(id) else {
         return 0.0;
     };
     nominal.op_flops(node.op.as_ref(), &inputs, &node.outputs[0].fact)
+}
+
+/// Parameters (constant elements) of a model.
+pub fn params(model: &TypedModel) -> usize {
+    model
+        .nodes()
+        .iter()
+        .filter(|n| n.op_is::<Const>())
+        .map(|n| const_len(model, n.id))
+        .sum()
 }
 
 /// FLOPs of a model at nominal shapes.

@@ -9,12 +9,11 @@ use crate::egraph::state::{
 };
 use crate::error::{Result, SlimError};
 use crate::io::import::{import_onnx, symbol_values, ImportOptions};
-use crate::model::cost::params;
 use crate::model::cost::Nominal;
 use crate::model::state::{bytes_per_token, feeds_back, state_positions, StateCut, StatePair};
 use crate::model::verify::verify_cut;
 use crate::model::verify::{input_names, output_names};
-use crate::pass::report::{attention_layers, ffn_layers, flops, Report, StageTimes};
+use crate::pass::report::{attention_layers, ffn_layers, flops, params, Report, StageTimes};
 use crate::rules::parser::{default_rules, load_dir, Rule};
 use crate::rules::saturate::{saturate, Limits, SaturationReport};
 use std::collections::HashMap;

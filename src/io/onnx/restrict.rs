@@ -522,6 +522,7 @@ impl<'a> OnnxGraph<'a> {
 
     /// The need every reader of `output` agrees on, if they all ask the same (readers of its
     /// shape only do not count: the shape they read shrinks with it).
+    ///
     /// A model output cut as state is read by the model at its cut, any other by the model as
     /// a whole.
     fn agreed(&self, output: &str, asked: &[(usize, usize, Need)]) -> Option<Need> {
