@@ -1,6 +1,8 @@
 //! Differential testing of the whole pass: random models in the family it targets
 //! ([`model_slim::testing::random`]: FFNs, attention blocks with 1–8 heads, fused or separate QKV, masks,
-//! stacks with layer norms, residuals, shared weights, unknown ops; random zero structure) are
+//! stacks with layer norms, residuals, shared weights, unknown ops; and
+//! [`model_slim::testing::random_conv`]: convolutions of random geometry and groups; random zero
+//! structure) are
 //! slimmed and compared with the original on several random inputs, and must have lost at least
 //! the weights the generator planted as removable (whole zero channels and heads of consumers).
 //!
@@ -14,8 +16,9 @@
 //! A failure names its seed; `MODEL_SLIM_DIFF_SEED=<seed>` re-runs that model alone, and the
 //! model is saved as NNEF under `target/differential-failures/`.
 
-use model_slim::testing::check::model_for_seed;
+use model_slim::testing::check::{conv_model_for_seed, model_for_seed};
 use model_slim::testing::random::random_cached_attention;
+use model_slim::testing::random::Planted;
 use model_slim::verify;
 use model_slim::write_model;
 use model_slim::Slimmer;
@@ -29,10 +32,18 @@ fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
-/// Slims the model of `seed`, checks that its planted zero units were cut and compares outputs
-/// on three inputs; an error describes how the model failed.
-fn check_seed(slimmer: &Slimmer, seed: u64) -> Result<(), String> {
-    let planted = model_for_seed(seed);
+/// Makes the random model of a seed.
+type ModelOf = fn(u64) -> Planted;
+
+/// The random model of `seed` of each family: transformer-shaped, and convolutional.
+const FAMILIES: &[(&str, ModelOf)] = &[
+    ("model", model_for_seed),
+    ("conv model", conv_model_for_seed),
+];
+
+/// Slims `planted` (made from `seed`), checks that its planted zero units were cut and compares
+/// outputs on three inputs; an error describes how the model failed.
+fn check_seed(slimmer: &Slimmer, planted: Planted, seed: u64) -> Result<(), String> {
     let model = planted.model;
     let slimmed = slimmer
         .slim(&model)
@@ -89,11 +100,12 @@ fn unread_node(model: &TypedModel) -> Option<String> {
     unread.map(|n| n.name.clone())
 }
 
-fn save_reproducer(seed: u64) -> Option<PathBuf> {
+fn save_reproducer(planted: Planted, seed: u64, family: &str) -> Option<PathBuf> {
     let dir = model_slim::testing::checkout().join("target/differential-failures");
     std::fs::create_dir_all(&dir).ok()?;
-    let path = dir.join(format!("seed-{seed}.nnef.tgz"));
-    write_model(model_for_seed(seed).model, &path, None).ok()?;
+    let family = family.replace(' ', "-");
+    let path = dir.join(format!("{family}-seed-{seed}.nnef.tgz"));
+    write_model(planted.model, &path, None).ok()?;
     Some(path)
 }
 
@@ -106,17 +118,19 @@ fn slimming_never_changes_outputs() {
     };
     let mut failures = vec![];
     for &seed in &seeds {
-        if let Err(how) = check_seed(&slimmer, seed) {
-            let saved = save_reproducer(seed)
-                .map(|p| format!(", saved as {}", p.display()))
-                .unwrap_or_default();
-            failures.push(format!(
-                "seed {seed}: {how} (re-run with MODEL_SLIM_DIFF_SEED={seed}{saved})"
-            ));
+        for (family, model_of) in FAMILIES {
+            if let Err(how) = check_seed(&slimmer, model_of(seed), seed) {
+                let saved = save_reproducer(model_of(seed), seed, family)
+                    .map(|p| format!(", saved as {}", p.display()))
+                    .unwrap_or_default();
+                failures.push(format!(
+                    "{family} of seed {seed}: {how} (re-run with MODEL_SLIM_DIFF_SEED={seed}{saved})"
+                ));
+            }
         }
     }
     println!(
-        "{} random models slimmed and compared, {} failed",
+        "{} random models of each family slimmed and compared, {} failed",
         seeds.len(),
         failures.len()
     );

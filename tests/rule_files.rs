@@ -6,9 +6,10 @@
 
 mod common;
 
-use common::{manifest, Fixture};
-use model_slim::{default_rules, Slimmer};
+use common::{fixtures_dir, manifest};
+use model_slim::{default_rules, import_onnx, ImportOptions, Slimmer};
 use std::collections::{BTreeMap, BTreeSet};
+use tract_core::internal::TypedModel;
 
 /// On `fixture`, every rule of `fires` fires and none of `quiet` does, because `why`.
 struct Case {
@@ -81,6 +82,13 @@ const CASES: &[(&str, &[Case])] = &[
         quiet("llama_heads_torchscript", &["merge-zero-heads-right", "keep-through-repeat", "keep-through-repeat-unequal"], "multi-head attention: nothing is repeated"),
         quiet("qwen2_ffn_torchscript", &["merge-zero-heads-right", "unfold-split-operand-left", "keep-through-repeat"], "grouped-query attention with no zero head"),
     ]),
+    ("conv.rules", &[
+        fires("resnet_pruned_torchscript", &["conv-drop-zero-inputs", "keep-through-conv"], "zero input channels of plain and strided 3×3 convs, whose producers then lose those filters"),
+        fires("mobilenet_v2_pruned_torchscript", &["keep-through-conv-groups"], "depthwise convs lose the channels the 1×1 projection does not read"),
+        fires("grouped_pruned_dynamo", &["conv-drop-zero-inputs"], "a grouped conv's positions zero in every group"),
+        quiet("grouped_onegroup_torchscript", &["conv-drop-zero-inputs", "keep-through-conv"], "zero positions in one group only stay"),
+        quiet("mobilenet_v2_pruned_torchscript", &["conv-drop-zero-inputs"], "the zeros are in 1×1 convs, which tract makes matrix products"),
+    ]),
 ];
 
 /// Rules whose left side real exports never produce, as they are mirror images of rules with
@@ -95,17 +103,22 @@ const MIRRORS: &[(&str, &str)] = &[
     ("unfold-split-operand-right", "unfold-split-operand-left"),
 ];
 
-fn fixture(name: &str) -> Fixture {
-    manifest()
-        .fixtures
-        .into_iter()
-        .find(|f| f.name == name)
-        .unwrap_or_else(|| panic!("no fixture {name} in the manifest"))
+/// A fixture of the manifest at its recorded shapes, or another committed export (the conv
+/// fixtures, whose shapes the files state) as it is.
+fn load(name: &str) -> TypedModel {
+    match manifest().fixtures.into_iter().find(|f| f.name == name) {
+        Some(fixture) => fixture.load(),
+        None => {
+            let path = fixtures_dir().join(format!("{name}.onnx"));
+            import_onnx(&path, &ImportOptions::default())
+                .unwrap_or_else(|e| panic!("fixture {name}: {e}"))
+        }
+    }
 }
 
 /// How many times each rule fired when slimming the fixture.
 fn fired(name: &str) -> BTreeMap<String, usize> {
-    let slimmed = Slimmer::new().unwrap().slim(&fixture(name).load()).unwrap();
+    let slimmed = Slimmer::new().unwrap().slim(&load(name)).unwrap();
     slimmed.report.saturation.applied
 }
 

@@ -11,8 +11,8 @@ use tract_core::internal::*;
 #[command(
     name = "model-slim",
     version,
-    about = "Cut the all-zero channels of pruned transformer models out, exactly.",
-    long_about = "Cut the all-zero channels and heads of pruned transformer models out of their tract graphs, exactly:\nthe slimmed model computes what the original computes, with smaller weights and fewer FLOPs."
+    about = "Cut the all-zero channels of pruned transformer and convolutional models out, exactly.",
+    long_about = "Cut the all-zero channels and heads of pruned transformer and convolutional models out of their tract graphs, exactly:\nthe slimmed model computes what the original computes, with smaller weights and fewer FLOPs."
 )]
 #[command(
     after_help = "Exit codes: 0 ok, 1 user error (bad file, flag, rule or plan), 2 verification failed\n(slimmed outputs differ), 70 internal error (a bug; please report it).\n\nStart with: model-slim demo"
@@ -101,7 +101,8 @@ pub enum Command {
     CheckRules {
         /// A directory of *.rules files to check (default: the built-in rules).
         dir: Option<PathBuf>,
-        /// Random models to try.
+        /// Seeds of random models to try (each gives a transformer-shaped model; every fourth
+        /// a convolutional one too).
         #[arg(long, default_value_t = 60)]
         models: usize,
         /// Seed of the first model.

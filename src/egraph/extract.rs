@@ -207,15 +207,9 @@ fn reuse_needed(
                 continue; // no longer needed after an earlier switch
             };
             for node in egraph[class].iter().filter(|n| **n != current) {
-                let reuses = node
-                    .children()
-                    .iter()
-                    .all(|c| nodes.contains_key(&egraph.find(*c)));
-                if !reuses {
+                let Some(switched) = switch_reusing(egraph, &nodes, class, node) else {
                     continue;
-                }
-                let mut switched = nodes.clone();
-                switched.insert(class, node.clone());
+                };
                 match needed(egraph, roots, nominal, &switched) {
                     Some((cost, kept)) if cost < total => {
                         (total, nodes, improved) = (cost, kept, true);
@@ -229,6 +223,32 @@ fn reuse_needed(
             return nodes;
         }
     }
+}
+
+/// `nodes` with `class` switched to `node`, when every child of `node` is needed already or is
+/// a parameter (an axis, a set, an op: free, and added with its leaf).
+fn switch_reusing(
+    egraph: &SlimGraph,
+    nodes: &HashMap<Id, TensorLang>,
+    class: Id,
+    node: &TensorLang,
+) -> Option<HashMap<Id, TensorLang>> {
+    let mut switched = nodes.clone();
+    for child in node.children() {
+        let child = egraph.find(*child);
+        if switched.contains_key(&child) {
+            continue;
+        }
+        let leaf = egraph[child].nodes.iter().find(|n| n.is_leaf());
+        match leaf {
+            Some(leaf) if egraph[child].data.fact.is_none() => {
+                switched.insert(child, leaf.clone());
+            }
+            _ => return None,
+        }
+    }
+    switched.insert(class, node.clone());
+    Some(switched)
 }
 
 fn evaluate(

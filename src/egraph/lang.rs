@@ -13,6 +13,7 @@
 //! (where op c x y)      element-wise choice: x where c holds, else y (ONNX Where, tract Iff)
 //! (bcast op x)          x broadcast to a larger shape (ONNX Expand, tract MultiBroadcastTo)
 //! (concat op x y)       two tensors side by side along the op's axis (tract TypedConcat)
+//! (conv op x k b)       convolution of x by kernel k plus bias b (tract Conv, float)
 //! (keep axis set x)     x restricted to the slices `set` of `axis` (introduced by rules)
 //! (opaque op slot x..)  any other op's output `slot`: rules never look through it
 //! ```
@@ -118,6 +119,7 @@ define_language! {
         "where" = Where([Id; 4]),
         "bcast" = Bcast([Id; 2]),
         "concat" = Concat([Id; 3]),
+        "conv" = Conv([Id; 4]),
         "opaque" = Opaque(Box<[Id]>),
         Num(i64),
         Key(Key),
@@ -144,7 +146,7 @@ impl TensorLang {
             | TensorLang::Axis(c)
             | TensorLang::Bcast(c) => &c[1..],
             TensorLang::Bin(c) | TensorLang::EinSum(c) | TensorLang::Concat(c) => &c[1..],
-            TensorLang::Where(c) => &c[1..],
+            TensorLang::Where(c) | TensorLang::Conv(c) => &c[1..],
             TensorLang::Keep(c) => &c[2..],
             TensorLang::Opaque(c) => &c[2..],
             TensorLang::Num(_) | TensorLang::Key(_) => &[],
@@ -162,6 +164,7 @@ impl TensorLang {
             TensorLang::Where(_) => Family::Where,
             TensorLang::Bcast(_) => Family::Bcast,
             TensorLang::Concat(_) => Family::Concat,
+            TensorLang::Conv(_) => Family::Conv,
             TensorLang::Opaque(_) => Family::Opaque,
             TensorLang::Keep(_) | TensorLang::Num(_) | TensorLang::Key(_) => return None,
         })
@@ -175,7 +178,7 @@ impl TensorLang {
             | TensorLang::Axis(c)
             | TensorLang::Bcast(c) => Some(c[0]),
             TensorLang::Bin(c) | TensorLang::EinSum(c) | TensorLang::Concat(c) => Some(c[0]),
-            TensorLang::Where(c) => Some(c[0]),
+            TensorLang::Where(c) | TensorLang::Conv(c) => Some(c[0]),
             TensorLang::Opaque(c) => Some(c[0]),
             _ => None,
         }

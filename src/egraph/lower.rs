@@ -139,6 +139,7 @@ fn lower_outlet(
         (Family::Where, &[c, x, y]) => TensorLang::Where([op_leaf, c, x, y]),
         (Family::Bcast, &[x]) => TensorLang::Bcast([op_leaf, x]),
         (Family::Concat, &[x, y]) => TensorLang::Concat([op_leaf, x, y]),
+        (Family::Conv, &[x, k, b]) => TensorLang::Conv([op_leaf, x, k, b]),
         _ => {
             let slot = egraph.add(TensorLang::Num(slot as i64));
             let mut children = with_op(&[slot]);

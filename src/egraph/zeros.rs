@@ -1,8 +1,8 @@
 //! The zero fact: which slices of each axis of a tensor are provably all zero, from its
 //! operands'. Zeros come from constant data ([`crate::egraph::consts`]) and cross ops whose
 //! output slice is zero when the matching operand slices are: EinSum products, element-wise
-//! ops with `f(0) = 0`, multiplications, choices between two zeros, broadcasts, concatenations
-//! and axis bookkeeping. A zero factor makes a zero product only against a finite factor
+//! ops with `f(0) = 0`, multiplications, choices between two zeros, broadcasts, concatenations,
+//! convolutions (a zero filter with a zero bias) and axis bookkeeping. A zero factor makes a zero product only against a finite factor
 //! (0 · NaN is NaN), so products count an operand's zeros only when the others are finite.
 
 use crate::egraph::lang::TensorLang;
@@ -10,6 +10,7 @@ use crate::model::ops;
 use crate::util::slices::ZeroSlices;
 use tract_core::internal::*;
 use tract_core::ops::array::TypedConcat;
+use tract_core::ops::cnn::Conv;
 use tract_core::ops::einsum::EinSum;
 
 /// Axes longer than this have their zero slices listed only when a constant has them, so a
@@ -76,6 +77,10 @@ pub fn propagate(
             .collect(),
         TensorLang::Concat(_) => match op.downcast_ref::<TypedConcat>() {
             Some(concat) => concat_zeros(operands, concat.axis, out.rank()),
+            None => none(),
+        },
+        TensorLang::Conv(_) => match ops::plain_conv(op) {
+            Some(conv) => conv_zeros(conv, operands, out),
             None => none(),
         },
         TensorLang::Axis(_) => match op.downcast_ref::<AxisOp>() {
@@ -183,6 +188,25 @@ fn every_product_has_a_zero_factor(einsum: &EinSum, operands: &[Operand]) -> boo
                 && operands[1].fact.shape[ay].to_usize().ok() == Some(n)
                 && union(zeros_counted(0, ax), zeros_counted(1, ay)).len() == n
         })
+}
+
+/// A convolution's output channel is zero where its kernel's output slice is (against finite
+/// data: zero padding only adds zero terms) and its bias is zero.
+fn conv_zeros(conv: &Conv, operands: &[Operand], out: &TypedFact) -> ZeroSlices {
+    let mut zeros = vec![vec![]; out.rank()];
+    let [data, kernel, bias] = operands else {
+        return zeros;
+    };
+    if !data.finite {
+        return zeros;
+    }
+    let zero_bias = |o: &usize| match bias.fact.rank() {
+        0 => bias.is_all_zero(),
+        _ => bias.zeros[0].binary_search(o).is_ok(),
+    };
+    zeros[ops::conv_channel_axis(conv)] =
+        kernel.zeros[0].iter().copied().filter(zero_bias).collect();
+    zeros
 }
 
 /// Zero slices of an operand as seen in the broadcast output: a size-1 zero axis is zero everywhere.

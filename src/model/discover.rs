@@ -236,28 +236,56 @@ pub fn zero_inputs(model: &TypedModel) -> Vec<ZeroInputs> {
 }
 
 fn zero_inputs_of(model: &TypedModel, node: &TypedNode) -> Option<ZeroInputs> {
-    let (weight, axes) = if let Some(conv) = node.op_as::<Conv>() {
+    if let Some(conv) = node.op_as::<Conv>() {
         let kernel = const_value(model, node.inputs.get(1)?)?;
-        let axis = conv.kernel_fmt.i_axis(kernel.shape());
-        (kernel, vec![axis])
-    } else if is_linear(model, node) {
-        let slot = const_input(model, node)?;
-        let letters = contracted(model, node);
-        let axes = letters
-            .iter()
-            .filter_map(|l| l.inputs[slot].first().copied());
-        (const_value(model, &node.inputs[slot])?, axes.collect())
-    } else {
+        return conv_zero_inputs(node, conv, &kernel);
+    }
+    if !is_linear(model, node) {
         return None;
-    };
+    }
+    let slot = const_input(model, node)?;
+    let weight = const_value(model, &node.inputs[slot])?;
     let zeros = zero_slices_of(&weight);
-    axes.into_iter()
+    contracted(model, node)
+        .iter()
+        .filter_map(|l| l.inputs[slot].first().copied())
         .map(|axis| ZeroInputs {
             node: node.name.clone(),
             zero: zeros[axis].len(),
             channels: weight.shape()[axis],
         })
         .find(|z| z.zero > 0)
+}
+
+/// A convolution's input channel `c` of group `g` is unread when the kernel rows of `g` are
+/// zero at `c`'s position within the group (all of one input slice of the kernel, for one group).
+fn conv_zero_inputs(node: &TypedNode, conv: &Conv, kernel: &Tensor) -> Option<ZeroInputs> {
+    let (o_axis, i_axis) = (
+        conv.kernel_fmt.o_axis(kernel.shape()),
+        conv.kernel_fmt.i_axis(kernel.shape()),
+    );
+    let view = kernel.cast_to::<f32>().ok()?;
+    let view = view.to_plain_array_view::<f32>().ok()?;
+    let (rows, in_g) = (kernel.shape()[o_axis], kernel.shape()[i_axis]);
+    let rows_per_group = rows / conv.group;
+    let unread = |c: usize| {
+        let (g, j) = (c / in_g, c % in_g);
+        let slice = view.index_axis(tract_ndarray::Axis(i_axis), j);
+        let o_axis = if o_axis > i_axis { o_axis - 1 } else { o_axis };
+        (g * rows_per_group..(g + 1) * rows_per_group).all(|o| {
+            slice
+                .index_axis(tract_ndarray::Axis(o_axis), o)
+                .iter()
+                .all(|v| *v == 0.0)
+        })
+    };
+    let channels = conv.input_channels();
+    let zero = (0..channels).filter(|&c| unread(c)).count();
+    (zero > 0).then(|| ZeroInputs {
+        node: node.name.clone(),
+        zero,
+        channels,
+    })
 }
 
 fn const_value(model: &TypedModel, outlet: &OutletId) -> Option<Arc<Tensor>> {

@@ -9,7 +9,8 @@ use tract_core::ops::array::{
 };
 use tract_core::ops::binary::{BinMiniOp, TypedBinOp};
 use tract_core::ops::cast::Cast;
-use tract_core::ops::cnn::Conv;
+use tract_core::ops::cnn::{Conv, KernelFormat, MaxPool, PoolSpec, SumPool};
+use tract_core::ops::downsample::Downsample;
 use tract_core::ops::einsum::EinSum;
 use tract_core::ops::element_wise::{ElementWiseMiniOp, ElementWiseOp};
 use tract_core::ops::logic::{And, CompEq, CompGT, CompGTE, CompLT, CompLTE, CompNE, Iff, Not, Or};
@@ -29,7 +30,7 @@ pub enum Family {
     /// A tensor contraction without quantization.
     EinSum,
     /// Works along some axes; slices across the others are independent (softmax, reductions,
-    /// norms, slices).
+    /// norms, slices, poolings and downsamplings along their spatial axes).
     Along,
     /// Moves positions without computing (reshapes, permutations, added or removed axes).
     Axis,
@@ -39,6 +40,8 @@ pub enum Family {
     Bcast,
     /// Concatenates two inputs.
     Concat,
+    /// A float convolution of data by a kernel plus a bias ([`plain_conv`]).
+    Conv,
     /// Anything else: the pass sees through it nothing.
     Opaque,
 }
@@ -54,6 +57,7 @@ pub fn family(op: &dyn TypedOp, inputs: usize) -> Family {
         3 if op.is::<Iff>() => Family::Where,
         1 if op.is::<MultiBroadcastTo>() => Family::Bcast,
         2 if op.is::<TypedConcat>() => Family::Concat,
+        3 if plain_conv(op).is_some() => Family::Conv,
         _ => Family::Opaque,
     }
 }
@@ -69,9 +73,43 @@ pub fn is_plain_einsum(op: &dyn Op) -> bool {
         .is_some_and(|e| e.q_params.is_none())
 }
 
+/// The op as a convolution the conv rules reason about: float (no quantization) with an
+/// `OIHW` kernel (ONNX's layout), so that the kernel's output channels are axis 0, its input
+/// channels within a group axis 1, and output channel `o` belongs to group `o / (O / group)`.
+pub fn plain_conv(op: &dyn Op) -> Option<&Conv> {
+    op.downcast_ref::<Conv>()
+        .filter(|c| c.q_params.is_none() && c.kernel_fmt == KernelFormat::OIHW)
+}
+
+/// The channel axis of a convolution's data input and output: they have the same rank (the
+/// kernel's spatial axes, channels, and a batch axis when the data format has one).
+pub fn conv_channel_axis(conv: &Conv) -> usize {
+    let format = conv.pool_spec.data_format;
+    if format.c_is_last() {
+        format.has_n() as usize + conv.pool_spec.rank()
+    } else {
+        format.has_n() as usize
+    }
+}
+
 /// Whether an op belongs to the [`Family::Along`] family.
 pub fn is_along(op: &dyn Op) -> bool {
-    op.is::<Softmax>() || op.is::<Reduce>() || op.is::<RmsNorm>() || op.is::<Slice>()
+    op.is::<Softmax>()
+        || op.is::<Reduce>()
+        || op.is::<RmsNorm>()
+        || op.is::<Slice>()
+        || op.is::<Downsample>()
+        || op.is::<SumPool>()
+        || op
+            .downcast_ref::<MaxPool>()
+            .is_some_and(|p| p.with_index_outputs.is_none())
+}
+
+/// The spatial axes of the data a pooling or convolution of `spec` reads.
+fn pooled_axes(spec: &PoolSpec) -> TVec<usize> {
+    let format = spec.data_format;
+    let first = format.has_n() as usize + !format.c_is_last() as usize;
+    (first..first + spec.rank()).collect()
 }
 
 /// The axes an [`Family::Along`] op works along: slices across other axes are independent.
@@ -84,6 +122,12 @@ pub fn along_axes(op: &dyn Op) -> TVec<usize> {
         tvec!(n.axis)
     } else if let Some(s) = op.downcast_ref::<Slice>() {
         tvec!(s.axis)
+    } else if let Some(d) = op.downcast_ref::<Downsample>() {
+        tvec!(d.axis)
+    } else if let Some(p) = op.downcast_ref::<MaxPool>() {
+        pooled_axes(&p.pool_spec)
+    } else if let Some(p) = op.downcast_ref::<SumPool>() {
+        pooled_axes(&p.pool_spec)
     } else {
         tvec!()
     }
@@ -139,6 +183,7 @@ pub fn keeps_finite(family: Family, op: &dyn Op) -> bool {
         | Family::Axis
         | Family::Bcast
         | Family::Concat
+        | Family::Conv
         | Family::Along => true,
         Family::Bin => bin_keeps_finite(op),
         Family::Map => is_cast(op) || map_keeps_finite(op),

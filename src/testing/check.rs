@@ -20,6 +20,7 @@ use crate::rules::saturate::{saturate, Limits};
 use crate::testing::random::{
     random_attention, random_ffn, random_grouped_attention, random_stack, Planted,
 };
+use crate::testing::random_conv::random_conv;
 use egg::Id;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -56,6 +57,18 @@ pub fn model_for_seed(seed: u64) -> Planted {
         2 => random_grouped_attention(&mut rng),
         _ => random_stack(&mut rng),
     };
+    decluttered_half_the_time(planted, &mut rng)
+}
+
+/// The random convolutional model of a seed (a family of its own, so that the seeds of
+/// [`model_for_seed`] keep naming the models they always did).
+pub fn conv_model_for_seed(seed: u64) -> Planted {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let planted = random_conv(&mut rng);
+    decluttered_half_the_time(planted, &mut rng)
+}
+
+fn decluttered_half_the_time(planted: Planted, rng: &mut StdRng) -> Planted {
     if rng.gen_bool(0.5) {
         let model = planted.model.clone().into_decluttered();
         Planted {
@@ -67,20 +80,38 @@ pub fn model_for_seed(seed: u64) -> Planted {
     }
 }
 
-/// Checks `rules` on the random models of seeds `first_seed..first_seed + models`.
+/// Checks `rules` on the random models of seeds `first_seed..first_seed + models`, and on the
+/// convolutional models of every fourth of those seeds.
 pub fn check_rules(rules: &[Rule], models: usize, first_seed: u64) -> TractResult<CheckReport> {
     let mut report = CheckReport::default();
     for seed in first_seed..first_seed + models as u64 {
-        check_model(rules, seed, &mut report)?;
+        let model = model_for_seed(seed).model;
+        check_model(
+            rules,
+            &model,
+            seed,
+            &format!("model of seed {seed}"),
+            &mut report,
+        )?;
+        if seed % 4 == 0 {
+            let model = conv_model_for_seed(seed).model;
+            let name = format!("conv model of seed {seed}");
+            check_model(rules, &model, seed, &name, &mut report)?;
+        }
     }
     Ok(report)
 }
 
-fn check_model(rules: &[Rule], seed: u64, report: &mut CheckReport) -> TractResult<()> {
-    let model = model_for_seed(seed).model;
-    let inputs = random_inputs(&model, seed, &SymbolValues::default())?;
-    let expected = run(&model, inputs.clone())?;
-    let lowered = lower(&model)?;
+fn check_model(
+    rules: &[Rule],
+    model: &TypedModel,
+    seed: u64,
+    name: &str,
+    report: &mut CheckReport,
+) -> TractResult<()> {
+    let inputs = random_inputs(model, seed, &SymbolValues::default())?;
+    let expected = run(model, inputs.clone())?;
+    let lowered = lower(model)?;
     let (egraph, saturation) =
         saturate(lowered.egraph, rules, &Limits::default()).map_err(|e| anyhow!(e))?;
     report.models += 1;
@@ -102,13 +133,7 @@ fn check_model(rules: &[Rule], seed: u64, report: &mut CheckReport) -> TractResu
         names: &names,
         symbols: &model.symbols,
     };
-    let checked = check_alternatives(
-        &egraph,
-        &interface,
-        &inputs,
-        &expected,
-        &format!("model of seed {seed}"),
-    )?;
+    let checked = check_alternatives(&egraph, &interface, &inputs, &expected, name)?;
     report.alternatives += checked.compared;
     report.unextractable += checked.unextractable;
     report.failures.extend(checked.failures);

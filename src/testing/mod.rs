@@ -3,6 +3,7 @@
 
 pub mod check;
 pub mod random;
+pub mod random_conv;
 
 pub use crate::egraph::analysis::{op_of, SlimAnalysis, SlimGraph, Tables};
 pub use crate::egraph::extract::extract;

@@ -15,7 +15,7 @@
 //!
 //! The guards, generated from [`GUARDS`] (`rules/GUARDS.md`, which a test keeps equal to it):
 //!
-#![doc = include_str!("../../rules/GUARDS.md")]
+#![doc = include_str!("../../../rules/GUARDS.md")]
 
 use crate::egraph::analysis::{const_of, infer, num_of, op_of, set_key_of, set_of, SlimGraph};
 use crate::egraph::known;
@@ -28,6 +28,8 @@ use tract_core::ops::array::{MultiBroadcastTo, TypedConcat};
 use tract_core::ops::einsum::EinSum;
 use tract_core::ops::nn::Softmax;
 use Sort as S;
+
+mod conv;
 
 /// An argument of a guard call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -182,7 +184,7 @@ pub static GUARDS: &[Guard] = &[
         name: "restricted",
         params: &[("?t", S::Tensor), ("?a", S::Axis), ("?i", S::Set)],
         binds: &[S::Tensor],
-        doc: "`(keep ?a ?i ?t)` when ?t has full size on axis ?a; ?t itself when it is broadcast there (size 1)",
+        doc: "`(keep ?a ?i ?t)` when ?t has full size on axis ?a; ?t itself when it is broadcast there (size 1) or a scalar",
         run: restricted,
     },
     Guard {
@@ -226,6 +228,27 @@ pub static GUARDS: &[Guard] = &[
         binds: &[S::Set, S::Op],
         doc: "the same repetition restricted to different numbers of slices per group (or one per group): the group of each kept slice (a selection with repeats) and the op removing the inner axis",
         run: repeat_picks,
+    },
+    Guard {
+        name: "conv-output",
+        params: &[("?op", S::Op), ("?a", S::Axis), ("?i", S::Set)],
+        binds: &[S::Op],
+        doc: "the convolution ?op computing only output channels ?i (a strictly increasing set of its output channel axis ?a), when they are the same number in every group",
+        run: conv::conv_output,
+    },
+    Guard {
+        name: "conv-groups",
+        params: &[("?op", S::Op), ("?a", S::Axis), ("?i", S::Set)],
+        binds: &[S::Axis, S::Set, S::Set, S::Op, S::Set],
+        doc: "for a grouped convolution ?op restricted to output channels ?i that leave some groups untouched: the data's channel axis, the input and the output channels of the groups ?i touches, the convolution of those groups alone, and ?i within their outputs",
+        run: conv::conv_groups,
+    },
+    Guard {
+        name: "conv-zero-inputs",
+        params: &[("?op", S::Op), ("?x", S::Tensor), ("?k", S::Tensor)],
+        binds: &[S::Axis, S::Set, S::Set, S::Op],
+        doc: "positions within a group whose input channel contributes nothing in every group of the convolution ?op (kernel ?k's input slice zero against finite data ?x, or ?x's channel zero against a finite kernel): the data's channel axis, the data channels and kernel positions to keep, and the smaller convolution (only when some go and some stay)",
+        run: conv::conv_zero_inputs,
     },
     Guard {
         name: "everything",
@@ -711,7 +734,9 @@ fn restricted(egraph: &mut SlimGraph, args: &[Arg]) -> Alternatives {
     else {
         return vec![];
     };
+    let scalar = egraph[t].data.fact.as_ref().is_some_and(|f| f.rank() == 0);
     match dim(egraph, args[0], args[1]) {
+        _ if scalar => vec![vec![t]],
         Some(d) if d.is_one() => vec![vec![t]],
         Some(_) => {
             let axis = add_num(egraph, a);
@@ -1079,12 +1104,12 @@ mod tests {
     #[test]
     fn the_guard_table_is_generated_from_the_registry() {
         let expected = guards_markdown();
-        let written = include_str!("../../rules/GUARDS.md");
+        let written = include_str!("../../../rules/GUARDS.md");
         assert!(
             written == expected,
             "rules/GUARDS.md differs from the registry; write this:\n{expected}"
         );
-        let readme = include_str!("../../rules/README.md");
+        let readme = include_str!("../../../rules/README.md");
         assert!(
             readme.contains("(GUARDS.md)"),
             "rules/README.md must link GUARDS.md"

@@ -1,0 +1,231 @@
+//! Random convolutional models for the conv rules' soundness checks and the differential test:
+//! a producer convolution, an optional grouped or depthwise convolution, and a consumer (with,
+//! sometimes, a second consumer of the same shape added to it: a zero in one branch only must
+//! stay), over 1-D or 2-D data, with random kernel sizes, strides, dilations, padding, groups
+//! and zero structure (zero filters under zero or non-zero biases, zero input slices).
+
+use crate::testing::random::{random_tensor, zero_block_elements, zero_random_slices, Planted};
+use rand::rngs::StdRng;
+use rand::Rng;
+use tract_core::internal::*;
+use tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec, PoolSpec};
+use tract_core::ops::math::{add, max};
+use tract_core::ops::nn::{sigmoid, DataFormat};
+
+/// A random divisor of `n`.
+fn divisor(rng: &mut StdRng, n: usize) -> usize {
+    let divisors: Vec<usize> = (1..=n).filter(|d| n.is_multiple_of(*d)).collect();
+    divisors[rng.gen_range(0..divisors.len())]
+}
+
+/// A random geometry over `spatial`: kernel sizes, strides, dilations and padding, any of them
+/// when `keep_size` is false, else stride 1 and tract's `SameUpper` padding so the output has
+/// the input's spatial shape.
+fn random_geometry(rng: &mut StdRng, spatial: &[usize], keep_size: bool) -> PoolSpec {
+    let rank = spatial.len();
+    let dilations: TVec<usize> = (0..rank)
+        .map(|_| if keep_size { 1 } else { rng.gen_range(1..3) })
+        .collect();
+    let strides: TVec<usize> = (0..rank)
+        .map(|_| if keep_size { 1 } else { rng.gen_range(1..3) })
+        .collect();
+    let pads: TVec<usize> = (0..rank).map(|_| rng.gen_range(0..2)).collect();
+    let padding = match (keep_size, rng.gen_range(0..2)) {
+        (true, _) => PaddingSpec::SameUpper,
+        (false, 0) => PaddingSpec::Valid,
+        (false, _) => PaddingSpec::Explicit(pads.clone(), pads.clone()),
+    };
+    let padded = |a: usize| match padding {
+        PaddingSpec::Explicit(..) => spatial[a] + 2 * pads[a],
+        _ => spatial[a],
+    };
+    // A kernel no larger than the (padded) data, so every output has at least one position.
+    let kernel_shape: TVec<usize> = (0..rank)
+        .map(|a| {
+            let k = rng.gen_range(1..4);
+            if dilations[a] * (k - 1) < padded(a) {
+                k
+            } else {
+                1
+            }
+        })
+        .collect();
+    PoolSpec {
+        data_format: DataFormat::NCHW,
+        kernel_shape,
+        padding,
+        dilations: Some(dilations),
+        strides: Some(strides),
+        input_channels: 0,
+        output_channels: 0,
+    }
+}
+
+/// Wires a convolution of `x` from `input` to `output` channels in `group` groups with a random
+/// kernel and bias, parts of which `zero` zeroes: its output, its kernel, and whether it has
+/// an all-zero output channel (a zero filter under a zero bias).
+fn wire_conv(
+    m: &mut TypedModel,
+    rng: &mut StdRng,
+    name: &str,
+    x: OutletId,
+    mut pool_spec: PoolSpec,
+    (output, group): (usize, usize),
+    zero: impl FnOnce(&mut StdRng, &mut Tensor, &mut Tensor),
+) -> TractResult<(OutletId, Tensor, bool)> {
+    let input = m.outlet_fact(x)?.shape[1].to_usize()?;
+    pool_spec.input_channels = input;
+    pool_spec.output_channels = output;
+    let mut kernel_shape = vec![output, input / group];
+    kernel_shape.extend(pool_spec.kernel_shape.iter().copied());
+    let mut kernel = random_tensor(rng, &kernel_shape);
+    let mut bias = random_tensor(rng, &[output]);
+    zero(rng, &mut kernel, &mut bias);
+    let zero_channel = (0..output).any(|o| zero_row(&kernel, o) && zero_row(&bias, o));
+    let k = m.add_const(format!("{name}.kernel"), kernel.clone())?;
+    let b = m.add_const(format!("{name}.bias"), bias)?;
+    let conv = Conv::new(pool_spec, KernelFormat::OIHW, group, None);
+    Ok((
+        m.wire_node(name, conv, &[x, k, b])?[0],
+        kernel,
+        zero_channel,
+    ))
+}
+
+/// Whether slice `o` of `t`'s first axis is all zero.
+fn zero_row(t: &Tensor, o: usize) -> bool {
+    let view = t.to_plain_array_view::<f32>().unwrap();
+    let row = view.index_axis(tract_ndarray::Axis(0), o);
+    row.iter().all(|v| *v == 0.0)
+}
+
+/// Zeroes random filters (output rows) and, sometimes, their biases: zero or constant channels.
+fn zero_filters(rng: &mut StdRng, kernel: &mut Tensor, bias: &mut Tensor) {
+    if rng.gen_bool(0.4) {
+        zero_random_slices(rng, kernel, 0);
+        if rng.gen_bool(0.5) {
+            let zero: Vec<bool> = (0..bias.len()).map(|o| zero_row(kernel, o)).collect();
+            let mut view = bias.to_plain_array_view_mut::<f32>().unwrap();
+            for (b, zero) in view.iter_mut().zip(zero) {
+                if zero {
+                    *b = 0.0;
+                }
+            }
+        }
+    }
+}
+
+/// ReLU (as `max` with zero), sigmoid or nothing.
+fn conv_activation(m: &mut TypedModel, rng: &mut StdRng, name: &str, a: OutletId) -> OutletId {
+    let rank = m.outlet_fact(a).unwrap().rank();
+    match rng.gen_range(0..3) {
+        0 => {
+            let zero = tensor0(0f32).broadcast_into_rank(rank).unwrap();
+            let zero = m.add_const(format!("{name}.zero"), zero).unwrap();
+            m.wire_node(name, max(), &[a, zero]).unwrap()[0]
+        }
+        1 => m.wire_node(name, sigmoid(), &[a]).unwrap()[0],
+        _ => a,
+    }
+}
+
+/// A random convolutional model (see the module docs).
+pub fn random_conv(rng: &mut StdRng) -> Planted {
+    random_conv_checked(rng).expect("random conv model")
+}
+
+fn random_conv_checked(rng: &mut StdRng) -> TractResult<Planted> {
+    let spatial: Vec<usize> = (0..rng.gen_range(1..3))
+        .map(|_| rng.gen_range(3..8))
+        .collect();
+    let c0 = rng.gen_range(1..5);
+    let c1 = rng.gen_range(2..9);
+    let mut shape = vec![1, c0];
+    shape.extend(&spatial);
+    let mut m = TypedModel::default();
+    let x = m.add_source("x", f32::fact(&shape))?;
+
+    let group = divisor(rng, gcd(c0, c1));
+    let geometry = random_geometry(rng, &spatial, false);
+    let (mut a, _, mut zero_data) = wire_conv(
+        &mut m,
+        rng,
+        "producer",
+        x,
+        geometry,
+        (c1, group),
+        zero_filters,
+    )?;
+    a = conv_activation(&mut m, rng, "producer.act", a);
+    let inner: Vec<usize> = m.outlet_fact(a)?.shape[2..]
+        .iter()
+        .map(|d| d.to_usize().map_err(|e| anyhow!("{e:?}")))
+        .collect::<TractResult<_>>()?;
+    if rng.gen_bool(0.6) {
+        // Depthwise half of the time, else any grouping.
+        let group = if rng.gen_bool(0.5) {
+            c1
+        } else {
+            divisor(rng, c1)
+        };
+        let geometry = random_geometry(rng, &inner, true);
+        let grouped = wire_conv(
+            &mut m,
+            rng,
+            "grouped",
+            a,
+            geometry,
+            (c1, group),
+            zero_filters,
+        )?;
+        (a, zero_data) = (grouped.0, zero_data || grouped.2);
+        a = conv_activation(&mut m, rng, "grouped.act", a);
+    }
+
+    let group = divisor(rng, c1);
+    let c2 = group * rng.gen_range(1..3);
+    let geometry = random_geometry(rng, &inner, true);
+    let zero_inputs = |rng: &mut StdRng, kernel: &mut Tensor, _: &mut Tensor| {
+        if rng.gen_bool(0.7) {
+            zero_random_slices(rng, kernel, 1);
+        }
+    };
+    let (mut y, kernel, _) = wire_conv(
+        &mut m,
+        rng,
+        "consumer",
+        a,
+        geometry.clone(),
+        (c2, group),
+        zero_inputs,
+    )?;
+    // The consumer's zero input positions go, unless every position is zero, in the kernel or
+    // (not counted here) in the data: the output is then its bias, which no rule writes.
+    let zero_positions = zero_block_elements(&kernel, 1, 1);
+    let mut removable_weights = if zero_positions < kernel.len() && !zero_data {
+        zero_positions
+    } else {
+        0
+    };
+    if rng.gen_bool(0.3) {
+        // A second branch of the same shape: a position zero in one branch only stays.
+        let (other, _, _) =
+            wire_conv(&mut m, rng, "branch", a, geometry, (c2, group), zero_inputs)?;
+        y = m.wire_node("sum", add(), &[y, other])?[0];
+        removable_weights = 0;
+    }
+    m.select_output_outlets(&[y])?;
+    Ok(Planted {
+        model: m,
+        removable_weights,
+        cache_heads: None,
+    })
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
