@@ -129,19 +129,20 @@ pub fn extract_forcing(
         }
     }
     let chosen: HashMap<Id, TensorLang> = best.into_iter().map(|(c, b)| (c, b.node)).collect();
-    let (_, nodes) = needed(egraph, roots, nominal, &chosen)?;
+    let (_, nodes) = needed(egraph, roots, nominal, &chosen, &HashMap::new())?;
     Some(Choice {
-        nodes: reuse_needed(egraph, roots, nominal, forced, nodes),
+        nodes: reuse_needed(egraph, roots, nominal, forced, nodes, &chosen),
     })
 }
 
-/// The classes `roots` need under the choice `chosen` (each class's node), and their total
-/// cost; `None` when a needed class has no choice or the choice has a cycle.
+/// The classes `roots` need under the choice `chosen` (each class's node, else `fallback`'s),
+/// and their total cost; `None` when a needed class has no choice or the choice has a cycle.
 fn needed(
     egraph: &SlimGraph,
     roots: &[Id],
     nominal: &Nominal,
     chosen: &HashMap<Id, TensorLang>,
+    fallback: &HashMap<Id, TensorLang>,
 ) -> Option<(f64, HashMap<Id, TensorLang>)> {
     enum Visit {
         Enter(Id),
@@ -168,7 +169,7 @@ fn needed(
         if nodes.contains_key(&class) {
             continue;
         }
-        let node = chosen.get(&class)?;
+        let node = chosen.get(&class).or_else(|| fallback.get(&class))?;
         total += node_cost(egraph, nominal, class, node).total();
         open.insert(class);
         stack.push(Visit::Leave(class));
@@ -185,17 +186,21 @@ fn needed(
 /// Improves a choice where a class can reuse what the graph computes anyway. The greedy pass
 /// compares a class's nodes by everything each needs on its own, so a restriction recomputed
 /// from sliced weights beats a gather of a tensor whose whole the outputs need too (a KV
-/// projection restricted for attention and whole for the cache): both get paid. Switching a
-/// class to a node whose children are all needed already, when the whole graph then costs
-/// less, pays for shared work once. Repeated until no switch helps; `forced` classes stay.
+/// projection restricted for attention and whole for the cache): both get paid; and a gather
+/// of a whole product beats the product of gathered operands when one operand is needed whole
+/// anyway (a squeeze-and-excitation gate's input). A class is switched to a gather of a tensor
+/// needed anyway, and a gather to any other node, when the whole graph then costs less; the
+/// node's children not needed yet take a node that reuses what is, or their greedy choice
+/// (`greedy`), whichever is cheaper. Repeated until no switch helps; `forced` classes stay.
 fn reuse_needed(
     egraph: &SlimGraph,
     roots: &[Id],
     nominal: &Nominal,
     forced: &HashMap<Id, TensorLang>,
     mut nodes: HashMap<Id, TensorLang>,
+    greedy: &HashMap<Id, TensorLang>,
 ) -> HashMap<Id, TensorLang> {
-    let Some((mut total, _)) = needed(egraph, roots, nominal, &nodes) else {
+    let Some((mut total, _)) = needed(egraph, roots, nominal, &nodes, greedy) else {
         return nodes;
     };
     loop {
@@ -206,16 +211,20 @@ fn reuse_needed(
             let Some(current) = nodes.get(&class).cloned() else {
                 continue; // no longer needed after an earlier switch
             };
-            for node in egraph[class].iter().filter(|n| **n != current) {
-                let Some(switched) = switch_reusing(egraph, &nodes, class, node) else {
-                    continue;
-                };
-                match needed(egraph, roots, nominal, &switched) {
-                    Some((cost, kept)) if cost < total => {
-                        (total, nodes, improved) = (cost, kept, true);
-                        break;
+            // A gather may give way to any node; any node to a gather of what is needed.
+            let gathers = matches!(current, TensorLang::Keep(_));
+            let candidates = egraph[class]
+                .iter()
+                .filter(|n| **n != current && (gathers || is_gather_of_needed(egraph, n, &nodes)));
+            'nodes: for node in candidates {
+                for switched in switches(egraph, &nodes, class, node) {
+                    match needed(egraph, roots, nominal, &switched, greedy) {
+                        Some((cost, kept)) if cost < total => {
+                            (total, nodes, improved) = (cost, kept, true);
+                            break 'nodes;
+                        }
+                        _ => {}
                     }
-                    _ => {}
                 }
             }
         }
@@ -225,30 +234,60 @@ fn reuse_needed(
     }
 }
 
-/// `nodes` with `class` switched to `node`, when every child of `node` is needed already or is
-/// a parameter (an axis, a set, an op: free, and added with its leaf).
-fn switch_reusing(
+/// Whether `node` keeps slices of a tensor `nodes` computes anyway.
+fn is_gather_of_needed(
+    egraph: &SlimGraph,
+    node: &TensorLang,
+    nodes: &HashMap<Id, TensorLang>,
+) -> bool {
+    matches!(node, TensorLang::Keep([_, _, x]) if nodes.contains_key(&egraph.find(*x)))
+}
+
+/// `nodes` with `class` switched to `node`, in every way its children not needed yet can
+/// come: each from a node whose own children are all needed already (or parameters), when it
+/// has one, or from its greedy choice.
+fn switches(
     egraph: &SlimGraph,
     nodes: &HashMap<Id, TensorLang>,
     class: Id,
     node: &TensorLang,
-) -> Option<HashMap<Id, TensorLang>> {
+) -> Vec<HashMap<Id, TensorLang>> {
+    let available = |c: &Id| {
+        let c = egraph.find(*c);
+        nodes.contains_key(&c) || egraph[c].data.fact.is_none()
+    };
     let mut switched = nodes.clone();
+    switched.insert(class, node.clone());
+    let mut reusable = vec![];
     for child in node.children() {
         let child = egraph.find(*child);
         if switched.contains_key(&child) {
             continue;
         }
-        let leaf = egraph[child].nodes.iter().find(|n| n.is_leaf());
-        match leaf {
+        let reusing = egraph[child]
+            .iter()
+            .find(|n| n.children().iter().all(available));
+        match reusing {
+            // A parameter costs nothing: no choice to make.
             Some(leaf) if egraph[child].data.fact.is_none() => {
                 switched.insert(child, leaf.clone());
             }
-            _ => return None,
+            Some(reusing) => reusable.push((child, reusing.clone())),
+            None => {}
         }
     }
-    switched.insert(class, node.clone());
-    Some(switched)
+    // At most three tensor operands: eight ways.
+    (0..1usize << reusable.len())
+        .map(|mask| {
+            let mut way = switched.clone();
+            for (bit, (child, reusing)) in reusable.iter().enumerate() {
+                if mask & (1 << bit) != 0 {
+                    way.insert(*child, reusing.clone());
+                }
+            }
+            way
+        })
+        .collect()
 }
 
 fn evaluate(

@@ -15,10 +15,12 @@ use tract_core::ops::einsum::EinSum;
 use tract_core::ops::element_wise::{ElementWiseMiniOp, ElementWiseOp};
 use tract_core::ops::logic::{And, CompEq, CompGT, CompGTE, CompLT, CompLTE, CompNE, Iff, Not, Or};
 use tract_core::ops::math::{
-    Abs, Add, Ceil, Cos, Erf, Floor, IsNan, Max, Min, Mul, Neg, PowConst, Round, Sign, Sin, Square,
-    Sub, Tanh,
+    Abs, Add, Atan, Ceil, Cos, Erf, Floor, IsNan, Max, Min, Mul, Neg, PowConst, Round,
+    RoundHalfToEven, Sign, Sin, Square, Sub, Tanh,
 };
-use tract_core::ops::nn::{GeluExact, Reduce, RmsNorm, Sigmoid, Silu, Softmax};
+use tract_core::ops::nn::{
+    GeluApproximate, GeluExact, HardSwish, LeakyRelu, Reduce, RmsNorm, Sigmoid, Silu, Softmax,
+};
 
 /// How an op's output positions depend on its inputs'.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -221,6 +223,11 @@ fn map_keeps_finite(op: &dyn Op) -> bool {
         || map_is::<Sigmoid>(op)
         || map_is::<Silu>(op)
         || map_is::<GeluExact>(op)
+        || map_is::<GeluApproximate>(op)
+        || map_is::<HardSwish>(op)
+        || map_is::<LeakyRelu>(op)
+        || map_is::<Atan>(op)
+        || map_is::<RoundHalfToEven>(op)
         || map_is::<Cos>(op)
         || map_is::<Sin>(op)
         || map_is::<IsNan>(op)

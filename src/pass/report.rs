@@ -107,10 +107,13 @@ pub struct Report {
     pub verification: Option<Verification>,
 }
 
+/// Elements of a floating-point constant: a weight (not an index table a gather keeps slices
+/// with, nor a shape).
 fn const_len(model: &TypedModel, id: usize) -> usize {
     model
         .node(id)
         .op_as::<Const>()
+        .filter(|c| c.val().datum_type().is_float())
         .map(|c| c.val().len())
         .unwrap_or(0)
 }
@@ -123,7 +126,7 @@ fn node_flops(model: &TypedModel, nominal: &Nominal, id: usize) -> f64 {
     nominal.op_flops(node.op.as_ref(), &inputs, &node.outputs[0].fact)
 }
 
-/// Parameters (constant elements) of a model.
+/// Parameters (floating-point constant elements) of a model.
 pub fn params(model: &TypedModel) -> usize {
     model
         .nodes()
