@@ -114,9 +114,9 @@ pub enum EditError {
         "the state `{0}` cannot be cut in the ONNX graph as slimming cut it (write NNEF to cut it)"
     )]
     StateNotCut(String),
-    /// Slimming cut weights the writer cannot replay on the ONNX file (it replays FFN channels
-    /// and attention heads): the file would be written unchanged.
-    #[error("slimming cut {removed} zero input channels the ONNX writer cannot replay (it replays FFN channels and attention heads; here no such cut was found): write NNEF (.nnef.tgz) to keep them")]
+    /// Slimming cut weights the writer cannot replay on the ONNX file (it replays FFN channels,
+    /// attention heads and convolutions): the file would be written unchanged.
+    #[error("slimming cut {removed} zero input channels the ONNX writer cannot replay (it replays FFN channels, attention heads and convolutions; here no such cut was found): write NNEF (.nnef.tgz) to keep them")]
     Unreplayed {
         /// Zero input channels of consumers slimming removed.
         removed: usize,

@@ -1313,7 +1313,7 @@ fn attribute_ints<'n>(node: &'n NodeProto, name: &str) -> Option<&'n [i64]> {
         .map(|a| a.ints.as_slice())
 }
 
-fn int_attribute(name: &str, value: i64) -> AttributeProto {
+pub(crate) fn int_attribute(name: &str, value: i64) -> AttributeProto {
     AttributeProto {
         name: name.into(),
         i: value,

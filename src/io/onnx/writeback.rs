@@ -13,6 +13,8 @@
 //! cut (a decoder step's KV cache) are declared with their kept slices, and the model's own
 //! reading of such an output is one more reader needing them. Everything else in the file stays
 //! as it was, except the optional shape annotations of intermediate tensors (`value_info`),
+//! and the convolutions slimming cut, which take the slimmed model's weights and groups
+//! ([`crate::io::onnx::convs`]),
 //! which would state the old widths. A pruned model's edits come first (zeros, repaired biases,
 //! and refit weights, written slice by slice along the weight's input axis so that the file's
 //! layout need not be tract's). The written file is imported again and must compute what the
@@ -21,6 +23,7 @@
 use crate::io::error::{IoError, IoResult};
 use crate::io::import::{import_onnx, tensor_shapes, ImportOptions};
 use crate::io::nnef::ArtifactCheck;
+use crate::io::onnx::convs::{apply_conv_replay, conv_replay, ConvReplay};
 use crate::io::onnx::error::{EditError, EditResult};
 use crate::io::onnx::external::{externalize, internalize};
 use crate::io::onnx::proto::{
@@ -146,12 +149,14 @@ pub fn derive_cuts(
     original: &TypedModel,
     slimmed: &TypedModel,
     values: &SymbolValues,
+    replay: &ConvReplay,
 ) -> TractResult<Vec<Cut>> {
     let before = groups(original)?;
     let after = groups(slimmed)?;
     let mut cuts = vec![];
     let mut sample = None;
-    for group in &before {
+    // A convolution the replay writes is not cut again through its units.
+    for group in before.iter().filter(|g| !replay.covers(&g.name)) {
         let matching = after
             .iter()
             .find(|a| a.kind == group.kind && base_name(&a.name) == base_name(&group.name));
@@ -328,6 +333,18 @@ pub fn apply_cuts(
     sort_topologically(graph)
 }
 
+/// Gives cut convolutions their slimmed weights and groups (see [`crate::io::onnx::convs`]).
+fn replay_convs(proto: &mut ModelProto, replay: &ConvReplay) -> EditResult<()> {
+    if replay.is_empty() {
+        return Ok(());
+    }
+    apply_conv_replay(proto, replay)?;
+    let graph = proto.graph.as_mut().ok_or(EditError::NoGraph)?;
+    // Shape annotations of intermediate tensors would state the old widths.
+    graph.value_info.clear();
+    sort_topologically(graph)
+}
+
 /// Orders the nodes so that each comes after the producers of its inputs (as ONNX requires),
 /// keeping the original order where it already holds.
 fn sort_topologically(graph: &mut GraphProto) -> EditResult<()> {
@@ -472,13 +489,16 @@ pub fn write_slimmed_onnx(
     slimmed: TypedModel,
     check: ArtifactCheck,
 ) -> IoResult<Verification> {
-    let cuts = cuts_between(&original, &slimmed, check.values, output)?;
+    let unmapped = |e: TractError| edit_error(output, EditError::Unmapped(format!("{e:#}")));
+    let replay = conv_replay(&original, &slimmed).map_err(unmapped)?;
+    let cuts = cuts_between(&original, &slimmed, check.values, output, &replay)?;
     drop((original, slimmed));
     let source_bytes = read_bytes(source)?;
     let mut proto = decode(source, &source_bytes)?;
     let shapes = shapes_of(&proto, source, import)?;
     let external = internalize(&mut proto, source)?;
     apply_cuts(&mut proto, shapes, &cuts, check.cuts).map_err(|e| edit_error(output, e))?;
+    replay_convs(&mut proto, &replay).map_err(|e| edit_error(output, e))?;
     write_checked(&source_bytes, proto, external, output, import, check, &cuts)
 }
 
@@ -489,12 +509,13 @@ fn cuts_between(
     slimmed: &TypedModel,
     values: &SymbolValues,
     output: &Path,
+    replay: &ConvReplay,
 ) -> IoResult<Vec<Cut>> {
-    let cuts = derive_cuts(original, slimmed, values)
+    let cuts = derive_cuts(original, slimmed, values, replay)
         .map_err(|e| edit_error(output, EditError::Unmapped(format!("{e:#}"))))?;
     // A slimming that cut zero input channels of which the writer finds none would be written
     // as the unchanged source file, reported slimmed.
-    if cuts.is_empty() {
+    if cuts.is_empty() && replay.is_empty() {
         let zero = |model| zero_inputs(model).iter().map(|z| z.zero).sum::<usize>();
         let removed = zero(original).saturating_sub(zero(slimmed));
         if removed > 0 {
@@ -573,8 +594,11 @@ pub fn write_pruned_onnx(
     }
     let cuts = match slimmed {
         Some(slimmed) => {
-            let cuts = cuts_between(pruned, slimmed, check.values, output)?;
+            let replay = conv_replay(pruned, slimmed)
+                .map_err(|e| edit_error(output, EditError::Unmapped(format!("{e:#}"))))?;
+            let cuts = cuts_between(pruned, slimmed, check.values, output, &replay)?;
             apply_cuts(&mut proto, shapes, &cuts, check.cuts).map_err(|e| edit_error(output, e))?;
+            replay_convs(&mut proto, &replay).map_err(|e| edit_error(output, e))?;
             cuts
         }
         None => vec![],

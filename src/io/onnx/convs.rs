@@ -1,0 +1,373 @@
+//! Convolutions replayed from the slimmed model itself. Raising names every rebuilt node after
+//! the node it came from, so each ONNX `Conv` the rules cut has a counterpart in the slimmed tract
+//! model: a convolution (`N`, `N.kept`) holding its new kernel, bias and group, or, for a 1×1
+//! convolution tract made a matrix product, an EinSum `N.einsum` over `N.filters_as_co_ci` and
+//! the bias addition `N`. The ONNX node takes those weights and that group as they are: no
+//! channel bookkeeping is repeated here, and the tensors between convolutions change width by
+//! themselves. Where slimming kept some channels of a tensor the model computes whole (a gather
+//! the rules could not push further), the same `Gather` goes in front of the ONNX readers. The
+//! written file is then verified against the original like any other edit.
+
+use crate::io::onnx::error::{EditError, EditResult};
+use crate::io::onnx::proto::{initializer_index, onnx_node, set_float_data};
+use crate::io::onnx::restrict::{int64_tensor, int_attribute};
+use crate::model::discover::base_name;
+use std::collections::{HashMap, HashSet};
+use tract_core::internal::*;
+use tract_core::ops::array::Gather;
+use tract_core::ops::cnn::Conv;
+use tract_core::ops::einsum::EinSum;
+use tract_core::ops::konst::Const;
+use tract_onnx::pb::{ModelProto, NodeProto};
+
+/// A convolution as slimming left it.
+#[derive(Clone, Debug)]
+pub struct ConvEdit {
+    /// The ONNX node's name.
+    pub node: String,
+    /// The kernel, `[O, I / group, spatial..]` (spatial axes absent for a 1×1 matrix product).
+    pub kernel: Tensor,
+    /// The bias, one per output channel (`None`: zero).
+    pub bias: Option<Tensor>,
+    /// The group count.
+    pub group: usize,
+}
+
+/// Slices slimming keeps of a tensor the model computes whole.
+#[derive(Clone, Debug)]
+pub struct GatherEdit {
+    /// The tract node computing the tensor.
+    pub source: String,
+    /// The axis and the kept slices.
+    pub axis: usize,
+    pub kept: Vec<usize>,
+    /// The tract nodes reading the kept slices.
+    pub readers: Vec<String>,
+}
+
+/// What slimming did to the convolutions of a model.
+#[derive(Clone, Debug, Default)]
+pub struct ConvReplay {
+    pub convs: Vec<ConvEdit>,
+    pub gathers: Vec<GatherEdit>,
+}
+
+impl ConvReplay {
+    /// Whether slimming cut any convolution.
+    pub fn is_empty(&self) -> bool {
+        self.convs.is_empty()
+    }
+
+    /// Whether the tract node `name` is a convolution this replay writes (its matrix product or
+    /// its bias, for a 1×1 one), so that no other writer edits it.
+    pub fn covers(&self, name: &str) -> bool {
+        let base = base_name(name);
+        let conv = base.strip_suffix(".einsum").unwrap_or(base);
+        self.convs.iter().any(|c| c.node == conv)
+    }
+}
+
+/// The convolutions of `original` whose weights `slimmed` changes, and the gathers it keeps
+/// (only when it changes a convolution: transformer gathers are the restriction writer's).
+pub fn conv_replay(original: &TypedModel, slimmed: &TypedModel) -> TractResult<ConvReplay> {
+    let before: HashMap<String, ConvEdit> = convolutions(original)?.into_iter().collect();
+    let mut convs = vec![];
+    for (name, after) in convolutions(slimmed)? {
+        let Some(was) = before.get(&name) else {
+            continue;
+        };
+        if was.kernel.shape() != after.kernel.shape() || was.group != after.group {
+            convs.push(after);
+        }
+    }
+    ensure!(
+        convs.len() == convs.iter().map(|c| &c.node).collect::<HashSet<_>>().len(),
+        "a convolution is computed twice, restricted and whole"
+    );
+    let gathers = if convs.is_empty() {
+        vec![]
+    } else {
+        kept_gathers(original, slimmed)?
+    };
+    Ok(ConvReplay { convs, gathers })
+}
+
+/// Every convolution of a model by its ONNX node's name: tract convolutions, and the 1×1
+/// convolutions tract turned into matrix products.
+fn convolutions(model: &TypedModel) -> TractResult<Vec<(String, ConvEdit)>> {
+    let mut found = vec![];
+    for node in model.nodes() {
+        if let Some(conv) = node.op_as::<Conv>() {
+            let kernel = const_input(model, node, 1).context("a convolution's kernel")?;
+            let bias = const_input(model, node, 2).filter(|b| !is_zero(b));
+            let o = conv.output_channels();
+            let bias = bias.map(|b| b.broadcast_to_shape(&[o])).transpose()?;
+            let name = base_name(&node.name).to_string();
+            let edit = ConvEdit {
+                node: name.clone(),
+                kernel: kernel.into_tensor(),
+                bias,
+                group: conv.group,
+            };
+            found.push((name, edit));
+        } else if let Some(edit) = matmul_conv(model, node)? {
+            found.push((edit.node.clone(), edit));
+        }
+    }
+    Ok(found)
+}
+
+/// A 1×1 convolution tract made an EinSum (`N.einsum`, or `N` when its bias is zero) of the
+/// data by `N.filters_as_co_ci` (`[O, I]`), its bias added by the node `N` that reads it.
+fn matmul_conv(model: &TypedModel, node: &TypedNode) -> TractResult<Option<ConvEdit>> {
+    let Some(einsum) = node.op_as::<EinSum>() else {
+        return Ok(None);
+    };
+    let filters = node.inputs.iter().enumerate().find_map(|(slot, i)| {
+        let name = &model.node(i.node).name;
+        let conv = base_name(name).strip_suffix(".filters_as_co_ci")?;
+        Some((slot, conv.to_string()))
+    });
+    let Some((slot, conv)) = filters else {
+        return Ok(None);
+    };
+    let weight = const_input(model, node, slot).context("filters")?;
+    ensure!(weight.rank() == 2, "`{}`: filters of rank 2", node.name);
+    // The weight axis the output carries holds the output channels.
+    let output_axis = einsum
+        .axes
+        .iter_all_axes()
+        .find(|a| !a.outputs[0].is_empty() && !a.inputs[slot].is_empty())
+        .map(|a| a.inputs[slot][0])
+        .with_context(|| format!("`{}`: no output channel axis", node.name))?;
+    let kernel = if output_axis == 0 {
+        weight.into_tensor()
+    } else {
+        weight.into_tensor().permute_axes(&[1, 0])?
+    };
+    let bias = bias_after(model, node, &conv)?;
+    Ok(Some(ConvEdit {
+        node: conv,
+        kernel,
+        bias,
+        group: 1,
+    }))
+}
+
+/// The bias the node named `conv` adds to the EinSum's output: `[1, O, 1, ..]` made `[O]`.
+fn bias_after(model: &TypedModel, einsum: &TypedNode, conv: &str) -> TractResult<Option<Tensor>> {
+    let readers = &einsum.outputs[0].successors;
+    let add = readers
+        .iter()
+        .map(|r| model.node(r.node))
+        .find(|n| base_name(&n.name) == conv);
+    let Some(add) = add else {
+        return Ok(None);
+    };
+    let bias = (0..add.inputs.len()).find_map(|slot| const_input(model, add, slot));
+    bias.filter(|b| !is_zero(b))
+        .map(|b| {
+            let len = b.len();
+            b.into_tensor().into_shape(&[len])
+        })
+        .transpose()
+}
+
+fn const_input(model: &TypedModel, node: &TypedNode, slot: usize) -> Option<Arc<Tensor>> {
+    let input = node.inputs.get(slot)?;
+    Some(model.node(input.node).op_as::<Const>()?.val().clone())
+}
+
+fn is_zero(t: &Tensor) -> bool {
+    let values = t.cast_to::<f32>();
+    let view = values
+        .as_ref()
+        .ok()
+        .and_then(|t| t.to_plain_array_view::<f32>().ok());
+    view.is_some_and(|v| v.iter().all(|x| *x == 0.0))
+}
+
+/// The gathers raising wrote for restrictions of tensors the model needs whole (`X.kept`, a
+/// node the original does not have, reading `X`).
+fn kept_gathers(original: &TypedModel, slimmed: &TypedModel) -> TractResult<Vec<GatherEdit>> {
+    let mut found = vec![];
+    for node in slimmed.nodes() {
+        let Some(gather) = node.op_as::<Gather>() else {
+            continue;
+        };
+        if original.node_by_name(&node.name).is_ok() {
+            continue;
+        }
+        let indices = const_input(slimmed, node, 1).context("a gather's indices")?;
+        let indices = indices.cast_to::<i64>()?;
+        let kept = indices
+            .to_plain_array_view::<i64>()?
+            .iter()
+            .map(|&i| i as usize)
+            .collect();
+        let readers = node.outputs[0]
+            .successors
+            .iter()
+            .map(|r| slimmed.node(r.node).name.clone())
+            .collect();
+        found.push(GatherEdit {
+            source: slimmed.node(node.inputs[0].node).name.clone(),
+            axis: gather.axis,
+            kept,
+            readers,
+        });
+    }
+    Ok(found)
+}
+
+/// Writes the replay into the ONNX graph: kernels, biases and group attributes, then gathers.
+pub fn apply_conv_replay(proto: &mut ModelProto, replay: &ConvReplay) -> EditResult<()> {
+    for conv in &replay.convs {
+        apply_conv(proto, conv)?;
+    }
+    for (n, gather) in replay.gathers.iter().enumerate() {
+        insert_gather(proto, gather, n)?;
+    }
+    Ok(())
+}
+
+fn apply_conv(proto: &mut ModelProto, conv: &ConvEdit) -> EditResult<()> {
+    let graph = proto.graph.as_ref().ok_or(EditError::NoGraph)?;
+    let ix = graph
+        .node
+        .iter()
+        .position(|n| n.name == conv.node && n.op_type == "Conv")
+        .ok_or_else(|| EditError::NoOnnxNode(conv.node.clone()))?;
+    let weight = own_initializer(proto, ix, 1)?;
+    set_initializer(proto, &weight, &conv.kernel, None)?;
+    let bias = proto.graph.as_ref().ok_or(EditError::NoGraph)?.node[ix]
+        .input
+        .get(2)
+        .filter(|b| !b.is_empty())
+        .cloned();
+    match (bias, &conv.bias) {
+        (Some(_), Some(values)) => {
+            let bias = own_initializer(proto, ix, 2)?;
+            set_initializer(proto, &bias, values, Some(1))?
+        }
+        (None, Some(_)) => return Err(EditError::NoWeight(conv.node.clone())),
+        // A zero bias: zeros where the file stores one, else no bias (an optional input).
+        (Some(bias), None) if initializer_index(proto, &bias).is_some() => {
+            let bias = own_initializer(proto, ix, 2)?;
+            let o = conv.kernel.shape()[0];
+            let zero = Tensor::zero::<f32>(&[o]).map_err(|_| EditError::NotFloat(bias.clone()))?;
+            set_initializer(proto, &bias, &zero, Some(1))?
+        }
+        (_, None) => proto.graph.as_mut().ok_or(EditError::NoGraph)?.node[ix]
+            .input
+            .truncate(2),
+    }
+    let node = &mut proto.graph.as_mut().ok_or(EditError::NoGraph)?.node[ix];
+    node.attribute.retain(|a| a.name != "group");
+    node.attribute
+        .push(int_attribute("group", conv.group as i64));
+    Ok(())
+}
+
+/// The initializer input `slot` of node `ix` reads, made its own: exporters share identical
+/// tensors (zero biases) between nodes, and the others must keep theirs.
+fn own_initializer(proto: &mut ModelProto, ix: usize, slot: usize) -> EditResult<String> {
+    let graph = proto.graph.as_mut().ok_or(EditError::NoGraph)?;
+    let name = graph.node[ix].input.get(slot).cloned().unwrap_or_default();
+    let position = graph
+        .initializer
+        .iter()
+        .position(|t| t.name == name)
+        .ok_or_else(|| EditError::NotInitializer(name.clone()))?;
+    let readers = graph
+        .node
+        .iter()
+        .flat_map(|n| &n.input)
+        .filter(|i| **i == name)
+        .count();
+    if readers == 1 {
+        return Ok(name);
+    }
+    let own = format!("{name}.{}", graph.node[ix].name);
+    let mut copy = graph.initializer[position].clone();
+    copy.name = own.clone();
+    graph.initializer.push(copy);
+    graph.node[ix].input[slot] = own.clone();
+    Ok(own)
+}
+
+/// Sets initializer `name` to `values`, keeping its element type and rank: a 1×1 kernel comes
+/// without its spatial axes, which are 1; `rank` overrides the rank (a bias is a vector).
+fn set_initializer(
+    proto: &mut ModelProto,
+    name: &str,
+    values: &Tensor,
+    rank: Option<usize>,
+) -> EditResult<()> {
+    let ix =
+        initializer_index(proto, name).ok_or_else(|| EditError::NotInitializer(name.into()))?;
+    let graph = proto.graph.as_mut().ok_or(EditError::NoGraph)?;
+    let t = &mut graph.initializer[ix];
+    let rank = rank.unwrap_or(t.dims.len());
+    let mut dims: Vec<i64> = values.shape().iter().map(|&d| d as i64).collect();
+    if dims.len() > rank {
+        return Err(EditError::AxisOutOfRank {
+            tensor: name.into(),
+            axis: dims.len(),
+            rank,
+        });
+    }
+    dims.resize(rank, 1);
+    let not_float = |_| EditError::NotFloat(name.into());
+    let values = values.cast_to::<f32>().map_err(not_float)?;
+    let data: Vec<f32> = values
+        .to_plain_array_view::<f32>()
+        .map_err(not_float)?
+        .iter()
+        .copied()
+        .collect();
+    t.dims = dims;
+    set_float_data(t, &data);
+    Ok(())
+}
+
+/// Puts a `Gather` of the kept slices in front of the ONNX nodes the gather's readers come
+/// from, reading the output of the ONNX node its source comes from.
+fn insert_gather(proto: &mut ModelProto, gather: &GatherEdit, n: usize) -> EditResult<()> {
+    let source = onnx_node(proto, &gather.source)
+        .and_then(|node| node.output.first().cloned())
+        .ok_or_else(|| EditError::NoOnnxNode(gather.source.clone()))?;
+    let readers: Vec<String> = gather
+        .readers
+        .iter()
+        .map(|r| {
+            onnx_node(proto, r)
+                .map(|node| node.name.clone())
+                .ok_or_else(|| EditError::NoOnnxNode(r.clone()))
+        })
+        .collect::<EditResult<_>>()?;
+    let output = format!("{source}.kept{n}");
+    let indices = format!("{output}.indices");
+    let graph = proto.graph.as_mut().ok_or(EditError::NoGraph)?;
+    graph.initializer.push(int64_tensor(
+        &indices,
+        &[gather.kept.len() as i64],
+        gather.kept.iter().map(|&i| i as i64),
+    ));
+    let mut node = NodeProto {
+        name: output.clone(),
+        op_type: "Gather".into(),
+        input: vec![source.clone(), indices],
+        output: vec![output.clone()],
+        ..NodeProto::default()
+    };
+    node.attribute
+        .push(int_attribute("axis", gather.axis as i64));
+    for reader in graph.node.iter_mut().filter(|n| readers.contains(&n.name)) {
+        for input in reader.input.iter_mut().filter(|i| **i == source) {
+            *input = output.clone();
+        }
+    }
+    graph.node.push(node);
+    Ok(())
+}
