@@ -124,6 +124,9 @@ fn a_grouped_conv_keeps_channels_zero_in_one_group_only_and_says_so() {
             .collect();
         assert_eq!(kept.len(), 1, "{exporter}: {shown}");
         assert!(kept[0].ends_with("2 of 8 input channels all zero"));
+        let layers = zero_layers(&shown);
+        assert_eq!(layers.len(), 1, "{shown}");
+        assert_eq!((layers[0].1, layers[0].2, layers[0].3), (8, 2, Some(8)));
     }
 }
 
@@ -187,13 +190,39 @@ fn pruned_conv_nets_are_written_as_onnx_with_the_hand_counted_weights_fewer() {
     }
 }
 
+/// The rows of `show`'s table of layers with zero input channels: layer, inputs, zero, and
+/// inputs after slimming (`None`: the layer is gone).
+fn zero_layers(shown: &str) -> Vec<(String, usize, usize, Option<usize>)> {
+    let rows = shown
+        .lines()
+        .skip_while(|l| !l.starts_with("layer with zero input channels"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("kept zero"));
+    rows.map(|row| {
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        let number = |i: usize| cells[i].parse::<usize>().unwrap();
+        (
+            cells[0].to_string(),
+            number(1),
+            number(2),
+            cells[3].parse().ok(),
+        )
+    })
+    .collect()
+}
+
 #[test]
 fn show_finds_no_zero_channel_left_in_slimmable_conv_nets() {
     for exporter in ["torchscript", "dynamo"] {
         for (name, _) in HAND_COUNTS {
             let shown = assert_success(&model_slim(&["show", &fixture(name, exporter)]));
             assert!(!shown.contains("kept zero"), "{name} {exporter}: {shown}");
-            assert!(shown.contains("slimming would take parameters"), "{shown}");
+            // Every layer with zero input channels keeps exactly the others.
+            let layers = zero_layers(&shown);
+            assert!(!layers.is_empty(), "{name} {exporter}: {shown}");
+            for (layer, inputs, zero, after) in layers {
+                assert_eq!(after, Some(inputs - zero), "{name} {exporter}: {layer}");
+            }
         }
     }
 }

@@ -15,7 +15,7 @@ use model_slim::{auto_slim, AutoOptions, AutoSlimmed};
 use model_slim::{
     feeds_back, input_names, named_state_pairs, output_names, state_positions, StatePair,
 };
-use model_slim::{groups, zero_inputs, Kind};
+use model_slim::{groups, layer_input_channels, zero_inputs, Kind};
 use model_slim::{write_atomically, write_model, ArtifactCheck, Format};
 use model_slim::{write_pruned_onnx, write_slimmed_onnx};
 use model_slim::{zero_units, Criterion, GlobalCost, KvLayout, Plan, Repair, Targets};
@@ -244,6 +244,26 @@ fn run_slim(
 
 /// The layers of `slimmed` that still have whole zero input channels (the rules did not reach
 /// them), a line each.
+/// The layers (convolutions, linear layers) of `original` with whole zero input channels: their
+/// input channels, how many are zero, and how many `slimmed` keeps.
+fn zero_layers_table(original: &TypedModel, slimmed: &TypedModel) -> String {
+    let zero = zero_inputs(original);
+    if zero.is_empty() {
+        return String::new();
+    }
+    let mut out = format!(
+        "{:<52} {:>6} {:>6}   after slimming\n",
+        "layer with zero input channels", "inputs", "zero"
+    );
+    for z in &zero {
+        let kept = layer_input_channels(slimmed, &z.node)
+            .map(|k| k.to_string())
+            .unwrap_or_else(|| "gone".into());
+        out += &format!("{:<52} {:>6} {:>6}   {kept}\n", z.node, z.channels, z.zero);
+    }
+    out
+}
+
 fn zero_inputs_table(slimmed: &TypedModel) -> String {
     zero_inputs(slimmed)
         .iter()
@@ -673,6 +693,7 @@ fn run_show(
         r.params_before, r.params_after, r.flops_before, r.flops_after
     ));
     ctx.say(&r.state_table());
+    ctx.say(&zero_layers_table(&original, &slimmed.model));
     ctx.say(&zero_inputs_table(&slimmed.model));
     if let Some(path) = dot {
         let text = to_dot(&[("before", &original), ("after", &slimmed.model)])

@@ -220,8 +220,23 @@ pub struct ZeroInputs {
     pub node: String,
     /// Its input channels whose weights are all zero.
     pub zero: usize,
-    /// Its input channels (per group, for a grouped convolution).
+    /// Its input channels.
     pub channels: usize,
+}
+
+/// The input channels of the convolution or linear layer named `layer` (or rebuilt from it:
+/// `layer.kept`) in `model`: how many a slimmed layer kept.
+pub fn layer_input_channels(model: &TypedModel, layer: &str) -> Option<usize> {
+    let node = model
+        .nodes()
+        .iter()
+        .find(|n| base_name(&n.name) == base_name(layer))?;
+    if let Some(conv) = node.op_as::<Conv>() {
+        return Some(conv.input_channels());
+    }
+    let slot = const_input(model, node).filter(|_| is_linear(model, node))?;
+    let axis = *contracted(model, node).first()?.inputs[slot].first()?;
+    dim(model, node.inputs[slot], axis)
 }
 
 /// The consumers of `model` — linear layers (along each axis they contract) and convolutions —
