@@ -58,8 +58,14 @@ fn assert_refused(model: &str, output: &std::path::Path, needles: &[&str]) {
 ///   (12 · 10) and expansion filters and biases (12 · 9) too: 15016 in all.
 /// - `kws`: the first Conv1d's 8 filters (8 · 10·3 + 8), the second's 8 filters and 8 input
 ///   slices (16·16·3 + 16 − (8·8·3 + 8)), the third's 8 input slices (16 · 8·3): 248 + 584 + 384.
+/// - `resnet_constant` (BatchNorm scales zeroed, shifts 0.3, −0.2, 0.5, 0.1): the Bottleneck's
+///   4 constant `conv2` channels (one ReLU makes zero) fold into the 1×1 `conv3`'s bias (4
+///   filters, 4·8·9 + 4, and 4 inputs, 32·4): 420. The first BasicBlock's 4 constant `conv1`
+///   channels, read by a padded 3×3 conv that also sees the padding, stay (the one ReLU makes
+///   zero could go: a known zero is not yet a zero slice).
 const HAND_COUNTS: &[(&str, usize)] = &[
     ("conv_pruned", 400),
+    ("resnet_constant", 420),
     ("resnet_pruned", 2948),
     ("mobilenet_v2_pruned", 19896),
     ("grouped_pruned", 256),
@@ -128,6 +134,24 @@ fn a_grouped_conv_keeps_channels_zero_in_one_group_only_and_says_so() {
         assert_eq!(layers.len(), 1, "{shown}");
         assert_eq!((layers[0].1, layers[0].2, layers[0].3), (8, 2, Some(8)));
     }
+}
+
+#[test]
+fn constant_channels_fold_into_a_1x1_conv_and_stay_before_a_padded_3x3() {
+    let model = fixture("resnet_constant", "torchscript");
+    let options = model_slim::ImportOptions::default();
+    let original = model_slim::import_onnx(std::path::Path::new(&model), &options).unwrap();
+    let slimmed = model_slim::Slimmer::new().unwrap().slim(&original).unwrap();
+    let applied = &slimmed.report.saturation.applied;
+    assert!(
+        applied.contains_key("fold-constant-channels"),
+        "{applied:?}"
+    );
+    let inputs = |layer| model_slim::layer_input_channels(&slimmed.model, layer);
+    // Constant channels before a 3×3 conv padded with zeros.
+    assert_eq!(inputs("/m/m.3/conv2/Conv"), Some(8));
+    // Four constant channels before a 1×1 conv, folded into its bias.
+    assert_eq!(inputs("/m/m.5/conv3/Conv.einsum"), Some(4));
 }
 
 #[test]
@@ -219,7 +243,13 @@ fn show_finds_no_zero_channel_left_in_slimmable_conv_nets() {
             assert!(!shown.contains("kept zero"), "{name} {exporter}: {shown}");
             // Every layer with zero input channels keeps exactly the others.
             let layers = zero_layers(&shown);
-            assert!(!layers.is_empty(), "{name} {exporter}: {shown}");
+            // Constant channels have zero filters, not zero input slices.
+            let zero_inputs = name.ends_with("_pruned");
+            assert_eq!(
+                !layers.is_empty(),
+                zero_inputs,
+                "{name} {exporter}: {shown}"
+            );
             for (layer, inputs, zero, after) in layers {
                 assert_eq!(after, Some(inputs - zero), "{name} {exporter}: {layer}");
             }

@@ -4,8 +4,10 @@
 //! A pruned linear layer whose weights into a channel are all zero still adds its bias there, so
 //! the channel holds the same value at every position, and still does after an element-wise
 //! activation. A head whose V projection is all zero has, because softmax rows sum to one, its V
-//! bias as context vector at every query. Such slices carry no information; `rules/fold.rules`
-//! folds them into the next layer's bias.
+//! bias as context vector at every query. A convolution's zero filter leaves its bias at every
+//! position. Such slices carry no information; `rules/fold.rules` folds them into the next
+//! layer's bias (a matrix product's: a k×k convolution with zero padding would see the padding
+//! as well as the constant, so it keeps them).
 //!
 //! The value of known slice `i` of axis `a` is a tensor of the full rank with size 1 on `a` and,
 //! on every other axis, either the tensor's size or 1 where the value does not vary along it.
@@ -14,10 +16,12 @@
 
 use crate::egraph::analysis::{const_of, SlimGraph};
 use crate::egraph::lang::TensorLang;
+use crate::model::ops;
 use crate::util::slices::select_slices;
 use egg::Id;
 use std::sync::Arc;
 use tract_core::internal::*;
+use tract_core::ops::cnn::Conv;
 use tract_core::ops::einsum::EinSum;
 use tract_core::ops::nn::{Softmax, SoftmaxKind};
 
@@ -112,9 +116,49 @@ pub fn propagate(
         TensorLang::EinSum([_, x, y]) => op
             .downcast_ref::<EinSum>()
             .and_then(|einsum| through_softmax_average(egraph, [*x, *y], einsum, out)),
+        TensorLang::Conv([_, x, k, b]) => {
+            ops::plain_conv(op).and_then(|conv| constant_filters(egraph, [*x, *k, *b], conv, out))
+        }
         _ => None,
     };
     known.unwrap_or_else(|| vec![vec![]; rank])
+}
+
+/// A convolution's output channel whose filter is zero holds its bias at every position, when
+/// the data is finite (a zero filter against NaN is NaN): what Network Slimming's γ = 0 leaves
+/// once BatchNorm is folded in.
+fn constant_filters(
+    egraph: &SlimGraph,
+    [x, k, b]: [Id; 3],
+    conv: &Conv,
+    out: &TypedFact,
+) -> Option<KnownSlices> {
+    if !egraph[x].data.finite {
+        return None;
+    }
+    let bias = const_of(egraph, b)?;
+    let bias = egraph.analysis.tables.consts.tensor(bias).ok()?;
+    let bias = bias.cast_to::<f32>().ok()?.into_owned();
+    let bias = bias.to_plain_array_view::<f32>().ok()?;
+    let mut known = vec![vec![]; out.rank()];
+    let value = |v: f32| {
+        let t = tensor0(v).broadcast_into_rank(out.rank()).ok()?;
+        Some(Arc::new(t.cast_to_dt(out.datum_type).ok()?.into_owned()))
+    };
+    known[ops::conv_channel_axis(conv)] = egraph[k]
+        .data
+        .zeros_on(0)
+        .iter()
+        .filter_map(|&o| {
+            let v = if bias.ndim() == 0 {
+                bias.iter().next()?
+            } else {
+                bias.get(o)?
+            };
+            Some((o, value(*v)?))
+        })
+        .collect();
+    Some(known)
 }
 
 fn small(v: &Tensor) -> bool {
