@@ -276,7 +276,9 @@ fn switches(
             None => {}
         }
     }
-    // At most three tensor operands: eight ways.
+    // Three operands at most (a conv's, a choice's): eight ways, not one per subset of an
+    // opaque op's many inputs.
+    reusable.truncate(3);
     (0..1usize << reusable.len())
         .map(|mask| {
             let mut way = switched.clone();

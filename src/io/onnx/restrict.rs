@@ -573,14 +573,7 @@ impl<'a> OnnxGraph<'a> {
                 kept.iter().map(|&i| i as i64),
             ));
             let output = self.fresh_name(name, "gathered");
-            let mut node = NodeProto {
-                name: output.clone(),
-                op_type: "Gather".into(),
-                input: vec![current.clone(), indices],
-                output: vec![output.clone()],
-                ..NodeProto::default()
-            };
-            node.attribute.push(int_attribute("axis", axis as i64));
+            let node = gather_node(&output, &current, &indices, axis);
             self.graph_mut().node.push(node);
             if let Some(d) = dims.as_mut() {
                 if let Some(slot) = d.get_mut(axis) {
@@ -1311,6 +1304,19 @@ fn attribute_ints<'n>(node: &'n NodeProto, name: &str) -> Option<&'n [i64]> {
         .iter()
         .find(|a| a.name == name)
         .map(|a| a.ints.as_slice())
+}
+
+/// A `Gather` node `output` taking slices `indices` (an int64 initializer) of `axis` of `data`.
+pub(crate) fn gather_node(output: &str, data: &str, indices: &str, axis: usize) -> NodeProto {
+    let mut node = NodeProto {
+        name: output.into(),
+        op_type: "Gather".into(),
+        input: vec![data.into(), indices.into()],
+        output: vec![output.into()],
+        ..NodeProto::default()
+    };
+    node.attribute.push(int_attribute("axis", axis as i64));
+    node
 }
 
 pub(crate) fn int_attribute(name: &str, value: i64) -> AttributeProto {
