@@ -9,7 +9,7 @@ use tract_core::ops::array::{
 };
 use tract_core::ops::binary::{BinMiniOp, TypedBinOp};
 use tract_core::ops::cast::Cast;
-use tract_core::ops::cnn::{Conv, KernelFormat, MaxPool, PoolSpec, SumPool};
+use tract_core::ops::cnn::{Conv, KernelFormat, MaxPool, PaddingSpec, PoolSpec, SumPool};
 use tract_core::ops::downsample::Downsample;
 use tract_core::ops::einsum::EinSum;
 use tract_core::ops::element_wise::{ElementWiseMiniOp, ElementWiseOp};
@@ -107,11 +107,17 @@ pub fn is_along(op: &dyn Op) -> bool {
             .is_some_and(|p| p.with_index_outputs.is_none())
 }
 
-/// The spatial axes of the data a pooling or convolution of `spec` reads.
+/// The axes a pooling of `spec` works along: its spatial axes, and its channel axis too, as the
+/// op states its channel count (so a restriction of channels does not cross it).
 fn pooled_axes(spec: &PoolSpec) -> TVec<usize> {
     let format = spec.data_format;
     let first = format.has_n() as usize + !format.c_is_last() as usize;
-    (first..first + spec.rank()).collect()
+    let channel = if format.c_is_last() {
+        first + spec.rank()
+    } else {
+        first - 1
+    };
+    (first..first + spec.rank()).chain([channel]).collect()
 }
 
 /// The axes an [`Family::Along`] op works along: slices across other axes are independent.
@@ -136,9 +142,36 @@ pub fn along_axes(op: &dyn Op) -> TVec<usize> {
 }
 
 /// Whether an [`Family::Along`] op keeps a zero slice (across its axes) zero: all but softmax,
-/// which turns it into a uniform one.
+/// which turns it into a uniform one, and a pooling with windows of padding alone.
 pub fn along_preserves_zeros(op: &dyn Op) -> bool {
-    is_along(op) && !op.is::<Softmax>()
+    is_along(op) && !op.is::<Softmax>() && windows_see_data(op)
+}
+
+/// Whether every window of a pooling holds some data (not only padding), as PyTorch's poolings
+/// do (padding at most half the kernel): a window of padding alone gives max pooling -inf, and
+/// average pooling without the padding counted 0 / 0. Other ops have no windows.
+fn windows_see_data(op: &dyn Op) -> bool {
+    let spec = if let Some(p) = op.downcast_ref::<MaxPool>() {
+        &p.pool_spec
+    } else if let Some(p) = op.downcast_ref::<SumPool>() {
+        &p.pool_spec
+    } else {
+        return true;
+    };
+    let undilated = spec
+        .dilations
+        .as_ref()
+        .is_none_or(|d| d.iter().all(|d| *d == 1));
+    let within_kernel = |pads: &[usize]| pads.iter().zip(&spec.kernel_shape).all(|(p, k)| p < k);
+    match &spec.padding {
+        PaddingSpec::Valid => true,
+        PaddingSpec::SameUpper | PaddingSpec::SameLower => undilated,
+        PaddingSpec::Explicit(before, after)
+        | PaddingSpec::ExplicitOnnxPool(before, after, false) => {
+            undilated && within_kernel(before) && within_kernel(after)
+        }
+        _ => false,
+    }
 }
 
 /// The binary mini-op of a [`Family::Bin`] op, if it is `T`.
@@ -185,8 +218,8 @@ pub fn keeps_finite(family: Family, op: &dyn Op) -> bool {
         | Family::Axis
         | Family::Bcast
         | Family::Concat
-        | Family::Conv
-        | Family::Along => true,
+        | Family::Conv => true,
+        Family::Along => windows_see_data(op),
         Family::Bin => bin_keeps_finite(op),
         Family::Map => is_cast(op) || map_keeps_finite(op),
         Family::Opaque => opaque_keeps_finite(op),

@@ -1,5 +1,6 @@
 //! Random convolutional models for the conv rules' soundness checks and the differential test:
-//! a producer convolution, an optional grouped or depthwise convolution, and a consumer (with,
+//! a producer convolution, an optional max or average pooling, an optional grouped or
+//! depthwise convolution, and a consumer (with,
 //! sometimes, a second consumer of the same shape added to it: a zero in one branch only must
 //! stay), over 1-D or 2-D data, with random kernel sizes, strides, dilations, padding, groups
 //! and zero structure (zero filters under zero or non-zero biases, zero input slices).
@@ -8,7 +9,7 @@ use crate::testing::random::{random_tensor, zero_block_elements, zero_random_sli
 use rand::rngs::StdRng;
 use rand::Rng;
 use tract_core::internal::*;
-use tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec, PoolSpec};
+use tract_core::ops::cnn::{Conv, KernelFormat, MaxPool, PaddingSpec, PoolSpec, SumPool};
 use tract_core::ops::math::{add, max};
 use tract_core::ops::nn::{sigmoid, DataFormat};
 
@@ -129,6 +130,27 @@ fn conv_activation(m: &mut TypedModel, rng: &mut StdRng, name: &str, a: OutletId
     }
 }
 
+/// Max or average pooling of random geometry over `a`'s spatial axes (channels independent),
+/// or nothing; and whether it pads (a window of padding alone is -inf or NaN, so the planted
+/// count does not rely on finite data behind it).
+fn pooling(m: &mut TypedModel, rng: &mut StdRng, a: OutletId) -> TractResult<(OutletId, bool)> {
+    let spatial: Vec<usize> = m.outlet_fact(a)?.shape[2..]
+        .iter()
+        .map(|d| d.to_usize().map_err(|e| anyhow!("{e:?}")))
+        .collect::<TractResult<_>>()?;
+    let keep_size = rng.gen_bool(0.5);
+    let mut pool_spec = random_geometry(rng, &spatial, keep_size);
+    let channels = m.outlet_fact(a)?.shape[1].to_usize()?;
+    (pool_spec.input_channels, pool_spec.output_channels) = (channels, channels);
+    let pads = !matches!(pool_spec.padding, PaddingSpec::Valid);
+    let op: Box<dyn TypedOp> = match rng.gen_range(0..3) {
+        0 => Box::new(MaxPool::new(pool_spec, None)),
+        1 => Box::new(SumPool::new(pool_spec, rng.gen_bool(0.5), true)),
+        _ => return Ok((a, false)),
+    };
+    Ok((m.wire_node("pool", op, &[a])?[0], pads))
+}
+
 /// A random convolutional model (see the module docs).
 pub fn random_conv(rng: &mut StdRng) -> Planted {
     random_conv_checked(rng).expect("random conv model")
@@ -157,6 +179,8 @@ fn random_conv_checked(rng: &mut StdRng) -> TractResult<Planted> {
         zero_filters,
     )?;
     a = conv_activation(&mut m, rng, "producer.act", a);
+    let (pooled, padded_pool) = pooling(&mut m, rng, a)?;
+    a = pooled;
     let inner: Vec<usize> = m.outlet_fact(a)?.shape[2..]
         .iter()
         .map(|d| d.to_usize().map_err(|e| anyhow!("{e:?}")))
@@ -202,7 +226,8 @@ fn random_conv_checked(rng: &mut StdRng) -> TractResult<Planted> {
     // The consumer's zero input positions go, unless every position is zero, in the kernel or
     // (not counted here) in the data: the output is then its bias, which no rule writes.
     let zero_positions = zero_block_elements(&kernel, 1, 1);
-    let mut removable_weights = if zero_positions < kernel.len() && !zero_data {
+    // Behind a padded pooling the data may not be finite, and a zero tap against -inf is NaN.
+    let mut removable_weights = if zero_positions < kernel.len() && !zero_data && !padded_pool {
         zero_positions
     } else {
         0
