@@ -131,8 +131,7 @@ fn conv_activation(m: &mut TypedModel, rng: &mut StdRng, name: &str, a: OutletId
 }
 
 /// Max or average pooling of random geometry over `a`'s spatial axes (channels independent),
-/// or nothing; and whether it pads (a window of padding alone is -inf or NaN, so the planted
-/// count does not rely on finite data behind it).
+/// or nothing; and whether it pooled.
 fn pooling(m: &mut TypedModel, rng: &mut StdRng, a: OutletId) -> TractResult<(OutletId, bool)> {
     let spatial: Vec<usize> = m.outlet_fact(a)?.shape[2..]
         .iter()
@@ -142,13 +141,12 @@ fn pooling(m: &mut TypedModel, rng: &mut StdRng, a: OutletId) -> TractResult<(Ou
     let mut pool_spec = random_geometry(rng, &spatial, keep_size);
     let channels = m.outlet_fact(a)?.shape[1].to_usize()?;
     (pool_spec.input_channels, pool_spec.output_channels) = (channels, channels);
-    let pads = !matches!(pool_spec.padding, PaddingSpec::Valid);
     let op: Box<dyn TypedOp> = match rng.gen_range(0..3) {
         0 => Box::new(MaxPool::new(pool_spec, None)),
         1 => Box::new(SumPool::new(pool_spec, rng.gen_bool(0.5), true)),
         _ => return Ok((a, false)),
     };
-    Ok((m.wire_node("pool", op, &[a])?[0], pads))
+    Ok((m.wire_node("pool", op, &[a])?[0], true))
 }
 
 /// A random convolutional model (see the module docs).
@@ -179,8 +177,8 @@ fn random_conv_checked(rng: &mut StdRng) -> TractResult<Planted> {
         zero_filters,
     )?;
     a = conv_activation(&mut m, rng, "producer.act", a);
-    let (pooled, padded_pool) = pooling(&mut m, rng, a)?;
-    a = pooled;
+    let (pooled_tensor, pooled) = pooling(&mut m, rng, a)?;
+    a = pooled_tensor;
     let inner: Vec<usize> = m.outlet_fact(a)?.shape[2..]
         .iter()
         .map(|d| d.to_usize().map_err(|e| anyhow!("{e:?}")))
@@ -226,8 +224,9 @@ fn random_conv_checked(rng: &mut StdRng) -> TractResult<Planted> {
     // The consumer's zero input positions go, unless every position is zero, in the kernel or
     // (not counted here) in the data: the output is then its bias, which no rule writes.
     let zero_positions = zero_block_elements(&kernel, 1, 1);
-    // Behind a padded pooling the data may not be finite, and a zero tap against -inf is NaN.
-    let mut removable_weights = if zero_positions < kernel.len() && !zero_data && !padded_pool {
+    // Behind a pooling the data may not be finite (a window of padding alone), and a
+    // restriction stops at it, so a cut consumer reads a gather the cost model may refuse.
+    let mut removable_weights = if zero_positions < kernel.len() && !zero_data && !pooled {
         zero_positions
     } else {
         0
