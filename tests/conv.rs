@@ -63,8 +63,11 @@ fn assert_refused(model: &str, output: &std::path::Path, needles: &[&str]) {
 ///   filters, 4·8·9 + 4, and 4 inputs, 32·4): 420. The first BasicBlock's 4 constant `conv1`
 ///   channels, read by a padded 3×3 conv that also sees the padding, stay (the one ReLU makes
 ///   zero could go: a known zero is not yet a zero slice).
+/// - `neck`: the 3×3 fusing conv's 6 zero inputs (8 · 6·3·3), the left branch's 2 filters
+///   (2 · 27 + 2) and the right's 4 (4 · 28): 432 + 56 + 112.
 const HAND_COUNTS: &[(&str, usize)] = &[
     ("conv_pruned", 400),
+    ("neck_pruned", 600),
     ("resnet_constant", 420),
     ("resnet_pruned", 2948),
     ("mobilenet_v2_pruned", 19896),
@@ -152,6 +155,27 @@ fn constant_channels_fold_into_a_1x1_conv_and_stay_before_a_padded_3x3() {
     assert_eq!(inputs("/m/m.3/conv2/Conv"), Some(8));
     // Four constant channels before a 1×1 conv, folded into its bias.
     assert_eq!(inputs("/m/m.5/conv3/Conv.einsum"), Some(4));
+}
+
+#[test]
+fn a_branch_a_concatenation_no_longer_needs_goes_in_nnef_and_onnx_refuses_it() {
+    let dir = tempfile::tempdir().unwrap();
+    for exporter in ["torchscript", "dynamo"] {
+        let model = fixture("neck_branch", exporter);
+        let nnef = dir.path().join(format!("{exporter}.nnef.tgz"));
+        let report = slim_verified(&model, &nnef);
+        // The fusing conv's 8 inputs of the right branch (8 · 8·3·3) and the branch's conv
+        // (8 · 3·3·3 + 8).
+        let removed =
+            report["params_before"].as_u64().unwrap() - report["params_after"].as_u64().unwrap();
+        assert_eq!(removed, 576 + 224, "{exporter}");
+        // The ONNX replay cannot drop a concatenation's input: nothing half-edited is written.
+        let onnx = dir.path().join(format!("{exporter}.onnx"));
+        let args = ["slim", &model, "-o", onnx.to_str().unwrap()];
+        let out = model_slim(&args);
+        assert!(!out.status.success(), "{exporter}");
+        assert!(!onnx.exists());
+    }
 }
 
 #[test]

@@ -52,6 +52,8 @@ const CASES: &[(&str, &[Case])] = &[
         fires("qwen2_equal_torchscript", &["keep-through-einsum-left", "keep-everything"], "equal counts per KV group keep every group"),
         fires("bert_constant_torchscript", &["keep-keep"], "a folded constant channel is restricted twice"),
         fires("qwen2_heads_torchscript", &["axis-ops-cancel"], "tract's head split meets its inverse once the group axes merge"),
+        fires("neck_pruned_dynamo", &["keep-through-concat-axis"], "a 3×3 conv fusing two branches concatenated along the channels reads some of each"),
+        fires("neck_branch_torchscript", &["keep-through-concat-left"], "the fusing conv reads none of the second branch"),
         quiet("bert_ffn_torchscript", &["keep-through-along", "keep-through-where", "keep-through-einsum-both"], "FFN zeros only: no restriction reaches attention"),
         quiet("mpnet_mixed_torchscript", &["keep-through-where", "keep-through-concat"], "hand-written attention: no NaN guard, no RoPE"),
         quiet("gpt2_dense_torchscript", &["keep-const", "keep-through-map"], "nothing zero: nothing restricted"),
@@ -100,6 +102,7 @@ const MIRRORS: &[(&str, &str)] = &[
         "keep-through-bin-broadcast-right",
     ),
     ("merge-zero-heads-left", "merge-zero-heads-right"),
+    ("keep-through-concat-right", "keep-through-concat-left"),
     ("unfold-split-operand-right", "unfold-split-operand-left"),
 ];
 

@@ -101,7 +101,7 @@ pub enum Command {
     CheckRules {
         /// A directory of *.rules files to check (default: the built-in rules).
         dir: Option<PathBuf>,
-        /// Seeds of random models to try (each gives a transformer-shaped model; every fourth
+        /// Seeds of random models to try (each gives a transformer-shaped model; every second
         /// a convolutional one too).
         #[arg(long, default_value_t = 60)]
         models: usize,

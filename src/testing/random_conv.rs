@@ -1,5 +1,6 @@
 //! Random convolutional models for the conv rules' soundness checks and the differential test:
-//! a producer convolution, an optional max or average pooling, an optional grouped or
+//! a producer convolution (sometimes concatenated with another along the channels), an optional
+//! max or average pooling, an optional grouped or
 //! depthwise convolution, and a consumer (with,
 //! sometimes, a second consumer of the same shape added to it: a zero in one branch only must
 //! stay), over 1-D or 2-D data, with random kernel sizes, strides, dilations, padding, groups
@@ -9,6 +10,7 @@ use crate::testing::random::{random_tensor, zero_block_elements, zero_random_sli
 use rand::rngs::StdRng;
 use rand::Rng;
 use tract_core::internal::*;
+use tract_core::ops::array::TypedConcat;
 use tract_core::ops::cnn::{Conv, KernelFormat, MaxPool, PaddingSpec, PoolSpec, SumPool};
 use tract_core::ops::math::{add, max};
 use tract_core::ops::nn::{sigmoid, DataFormat};
@@ -172,10 +174,26 @@ fn random_conv_checked(rng: &mut StdRng) -> TractResult<Planted> {
         rng,
         "producer",
         x,
-        geometry,
+        geometry.clone(),
         (c1, group),
         zero_filters,
     )?;
+    let mut side_channels = None;
+    if rng.gen_bool(0.6) {
+        // Another producer of the same geometry, side by side along the channels (a DenseNet
+        // block, a detector neck).
+        let more = rng.gen_range(1..4);
+        let side = wire_conv(&mut m, rng, "side", x, geometry, (more, 1), zero_filters)?;
+        zero_data |= side.2;
+        let (parts, first) = if rng.gen_bool(0.5) {
+            ([a, side.0], c1)
+        } else {
+            ([side.0, a], 0)
+        };
+        side_channels = Some(first..first + more);
+        a = m.wire_node("channels", TypedConcat::new(1), &parts)?[0];
+    }
+    let c1 = m.outlet_fact(a)?.shape[1].to_usize()?;
     a = conv_activation(&mut m, rng, "producer.act", a);
     let (pooled_tensor, pooled) = pooling(&mut m, rng, a)?;
     a = pooled_tensor;
@@ -208,8 +226,17 @@ fn random_conv_checked(rng: &mut StdRng) -> TractResult<Planted> {
     let c2 = group * rng.gen_range(1..3);
     let geometry = random_geometry(rng, &inner, true);
     let zero_inputs = |rng: &mut StdRng, kernel: &mut Tensor, _: &mut Tensor| {
-        if rng.gen_bool(0.7) {
-            zero_random_slices(rng, kernel, 1);
+        match &side_channels {
+            // Sometimes exactly the channels of one concatenated producer, or of the other.
+            Some(side) if group == 1 && rng.gen_bool(0.8) => {
+                let other = rng.gen_bool(0.5);
+                let mut view = kernel.to_plain_array_view_mut::<f32>().unwrap();
+                for i in (0..c1).filter(|i| side.contains(i) != other) {
+                    view.index_axis_mut(tract_ndarray::Axis(1), i).fill(0.0);
+                }
+            }
+            _ if rng.gen_bool(0.7) => zero_random_slices(rng, kernel, 1),
+            _ => {}
         }
     };
     let (mut y, kernel, _) = wire_conv(

@@ -195,6 +195,20 @@ pub static GUARDS: &[Guard] = &[
         run: concat_other_axis,
     },
     Guard {
+        name: "concat-parts",
+        params: &[("?op", S::Op), ("?a", S::Axis), ("?i", S::Set), ("?x", S::Tensor)],
+        binds: &[S::Set, S::Set],
+        doc: "for ?op concatenating ?x and another tensor along ?a, and a strictly increasing restriction ?i of that axis taking slices of both: the slices of ?x and of the other it takes",
+        run: concat_parts,
+    },
+    Guard {
+        name: "concat-part",
+        params: &[("?op", S::Op), ("?a", S::Axis), ("?i", S::Set), ("?x", S::Tensor), ("K", S::Int)],
+        binds: &[S::Set],
+        doc: "the same restriction taking slices of operand K (0: ?x, 1: the other) only: those slices within operand K",
+        run: concat_part,
+    },
+    Guard {
         name: "broadcast-restricted",
         params: &[("?op", S::Op), ("?a", S::Axis), ("?i", S::Set)],
         binds: &[S::Op],
@@ -757,6 +771,41 @@ fn concat_other_axis(egraph: &mut SlimGraph, args: &[Arg]) -> Alternatives {
         Some(concat.axis != axis(egraph, args[1])?)
     })();
     holds(other == Some(true))
+}
+
+/// A strictly increasing restriction `?i` of the axis `?op` concatenates `?x` and another
+/// tensor along: its slices within `?x`, and within the other.
+fn concat_split(egraph: &SlimGraph, args: &[Arg]) -> Option<(Vec<usize>, Vec<usize>)> {
+    let key = op_of(egraph, class(args[0])?)?;
+    let concat = egraph.analysis.tables.ops[key as usize].downcast_ref::<TypedConcat>()?;
+    let a = axis(egraph, args[1])?;
+    let kept = set_of(egraph, class(args[2])?)?;
+    let left = egraph[class(args[3])?].data.dim(a)?;
+    if concat.axis != a || !kept.windows(2).all(|w| w[0] < w[1]) {
+        return None;
+    }
+    let (x, y): (Vec<usize>, Vec<usize>) = kept.iter().partition(|&&i| i < left);
+    Some((x, y.iter().map(|i| i - left).collect()))
+}
+
+fn concat_parts(egraph: &mut SlimGraph, args: &[Arg]) -> Alternatives {
+    match concat_split(egraph, args) {
+        Some((x, y)) if !x.is_empty() && !y.is_empty() => {
+            vec![vec![add_set(egraph, x), add_set(egraph, y)]]
+        }
+        _ => vec![],
+    }
+}
+
+fn concat_part(egraph: &mut SlimGraph, args: &[Arg]) -> Alternatives {
+    let (Some((x, y)), Some(slot)) = (concat_split(egraph, args), int(egraph, args[4])) else {
+        return vec![];
+    };
+    match slot {
+        0 if y.is_empty() => vec![vec![add_set(egraph, x)]],
+        1 if x.is_empty() => vec![vec![add_set(egraph, y)]],
+        _ => vec![],
+    }
 }
 
 fn broadcast_restricted(egraph: &mut SlimGraph, args: &[Arg]) -> Alternatives {
