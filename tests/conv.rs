@@ -85,6 +85,12 @@ fn slim_verified(model: &str, output: &std::path::Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap()
 }
 
+/// Parameters a `--report` says slimming removed.
+fn removed_params(report: &serde_json::Value) -> usize {
+    let params = |key: &str| report[key].as_u64().unwrap() as usize;
+    params("params_before") - params("params_after")
+}
+
 #[test]
 fn pruned_conv_nets_lose_every_zero_channel_exactly() {
     let dir = tempfile::tempdir().unwrap();
@@ -93,10 +99,9 @@ fn pruned_conv_nets_lose_every_zero_channel_exactly() {
             let model = fixture(name, exporter);
             let output = dir.path().join(format!("{name}_{exporter}.nnef.tgz"));
             let report = slim_verified(&model, &output);
-            let removed = report["params_before"].as_u64().unwrap() as i64
-                - report["params_after"].as_u64().unwrap() as i64;
+            let removed = removed_params(&report);
             // Identical scalars (activation bounds) are merged: a few more go than counted.
-            let off = (removed - *hand as i64).unsigned_abs() as usize;
+            let off = removed.abs_diff(*hand);
             assert!(
                 off * 100 <= *hand,
                 "{name} {exporter}: {removed} weights removed, {hand} by hand"
@@ -166,8 +171,7 @@ fn a_branch_a_concatenation_no_longer_needs_goes_in_nnef_and_onnx_refuses_it() {
         let report = slim_verified(&model, &nnef);
         // The fusing conv's 8 inputs of the right branch (8 · 8·3·3) and the branch's conv
         // (8 · 3·3·3 + 8).
-        let removed =
-            report["params_before"].as_u64().unwrap() - report["params_after"].as_u64().unwrap();
+        let removed = removed_params(&report);
         assert_eq!(removed, 576 + 224, "{exporter}");
         // The ONNX replay cannot drop a concatenation's input: nothing half-edited is written.
         let onnx = dir.path().join(format!("{exporter}.onnx"));
@@ -175,6 +179,12 @@ fn a_branch_a_concatenation_no_longer_needs_goes_in_nnef_and_onnx_refuses_it() {
         let out = model_slim(&args);
         assert!(!out.status.success(), "{exporter}");
         assert!(!onnx.exists());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("is gone from the slimmed model"),
+            "{stderr}"
+        );
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
     }
 }
 

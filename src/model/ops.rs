@@ -132,12 +132,18 @@ pub fn along_axes(op: &dyn Op) -> TVec<usize> {
         tvec!(s.axis)
     } else if let Some(d) = op.downcast_ref::<Downsample>() {
         tvec!(d.axis)
-    } else if let Some(p) = op.downcast_ref::<MaxPool>() {
-        pooled_axes(&p.pool_spec)
-    } else if let Some(p) = op.downcast_ref::<SumPool>() {
-        pooled_axes(&p.pool_spec)
+    } else if let Some(spec) = pool_spec(op) {
+        pooled_axes(spec)
     } else {
         tvec!()
+    }
+}
+
+/// The pool spec of a max or average pooling.
+fn pool_spec(op: &dyn Op) -> Option<&PoolSpec> {
+    match op.downcast_ref::<MaxPool>() {
+        Some(p) => Some(&p.pool_spec),
+        None => op.downcast_ref::<SumPool>().map(|p| &p.pool_spec),
     }
 }
 
@@ -151,11 +157,7 @@ pub fn along_preserves_zeros(op: &dyn Op) -> bool {
 /// do (padding at most half the kernel): a window of padding alone gives max pooling -inf, and
 /// average pooling without the padding counted 0 / 0. Other ops have no windows.
 fn windows_see_data(op: &dyn Op) -> bool {
-    let spec = if let Some(p) = op.downcast_ref::<MaxPool>() {
-        &p.pool_spec
-    } else if let Some(p) = op.downcast_ref::<SumPool>() {
-        &p.pool_spec
-    } else {
+    let Some(spec) = pool_spec(op) else {
         return true;
     };
     let undilated = spec

@@ -10,7 +10,7 @@
 
 use crate::io::onnx::error::{EditError, EditResult};
 use crate::io::onnx::proto::{initializer_index, onnx_node, set_float_data};
-use crate::io::onnx::restrict::{int64_tensor, int_attribute};
+use crate::io::onnx::restrict::{gather_node, int64_tensor, int_attribute};
 use crate::model::discover::base_name;
 use std::collections::{HashMap, HashSet};
 use tract_core::internal::*;
@@ -18,7 +18,7 @@ use tract_core::ops::array::Gather;
 use tract_core::ops::cnn::Conv;
 use tract_core::ops::einsum::EinSum;
 use tract_core::ops::konst::Const;
-use tract_onnx::pb::{ModelProto, NodeProto};
+use tract_onnx::pb::ModelProto;
 
 /// A convolution as slimming left it.
 #[derive(Clone, Debug)]
@@ -71,8 +71,15 @@ impl ConvReplay {
 /// (only when it changes a convolution: transformer gathers are the restriction writer's).
 pub fn conv_replay(original: &TypedModel, slimmed: &TypedModel) -> TractResult<ConvReplay> {
     let before: HashMap<String, ConvEdit> = convolutions(original)?.into_iter().collect();
+    let after = convolutions(slimmed)?;
+    // A convolution nothing reads any more (a branch a concatenation no longer needs) would
+    // have to leave the ONNX graph with its readers' inputs, which the replay does not do.
+    let kept: HashSet<&String> = after.iter().map(|(name, _)| name).collect();
+    if let Some(gone) = before.keys().find(|name| !kept.contains(name)) {
+        bail!("convolution `{gone}` is gone from the slimmed model (nothing reads it) and the ONNX writer cannot remove a node: write NNEF (.nnef.tgz) to drop it");
+    }
     let mut convs = vec![];
-    for (name, after) in convolutions(slimmed)? {
+    for (name, after) in after {
         let Some(was) = before.get(&name) else {
             continue;
         };
@@ -354,15 +361,7 @@ fn insert_gather(proto: &mut ModelProto, gather: &GatherEdit, n: usize) -> EditR
         &[gather.kept.len() as i64],
         gather.kept.iter().map(|&i| i as i64),
     ));
-    let mut node = NodeProto {
-        name: output.clone(),
-        op_type: "Gather".into(),
-        input: vec![source.clone(), indices],
-        output: vec![output.clone()],
-        ..NodeProto::default()
-    };
-    node.attribute
-        .push(int_attribute("axis", gather.axis as i64));
+    let node = gather_node(&output, &source, &indices, gather.axis);
     for reader in graph.node.iter_mut().filter(|n| readers.contains(&n.name)) {
         for input in reader.input.iter_mut().filter(|i| **i == source) {
             *input = output.clone();
