@@ -1,7 +1,8 @@
 //! Convolutional networks: every convolution is costed; zero channels are cut through 3×3,
 //! strided, dilated, grouped and depthwise convolutions, 2-D and 1-D (torchvision ResNet
 //! blocks, MobileNetV2, MobileNetV3 with squeeze-and-excitation and HardSwish, a RegNet-style
-//! grouped conv, a keyword-spotting Conv1d) to the weights counted by hand, and the written
+//! grouped conv, a keyword-spotting Conv1d; a residual stream's channels zero in every producer,
+//! through the stem's max pooling) to the weights counted by hand, and the written
 //! model, NNEF or the ONNX file edited, computes what the original computes; a model whose zero
 //! channels the rules cannot reach (zero in one group of a grouped conv only) is refused with
 //! the layer named, not written unchanged as if it were slimmed.
@@ -17,7 +18,8 @@ use model_slim::{initializer_params, read_proto};
 /// of 2 groups between a stem and a 1×1 conv), `mobilenet_v3` (torchvision's small, width 0.25),
 /// `kws` (three Conv1d over 10 bands × 49 frames, input `features`); `pruned` zeroes half of
 /// every inner width (for `grouped`, 2 positions of each group), `grouped_onegroup` 2 positions
-/// of the first group only.
+/// of the first group only; `resnet_coupled` zeroes channels 0–3 of the first stage's residual
+/// stream in every producer, `resnet_onebranch` in the first block's branch only.
 fn fixture(name: &str, exporter: &str) -> String {
     let path = fixtures_dir().join(format!("{name}_{exporter}.onnx"));
     path.display().to_string()
@@ -63,6 +65,10 @@ fn assert_refused(model: &str, output: &std::path::Path, needles: &[&str]) {
 ///   filters, 4·8·9 + 4, and 4 inputs, 32·4): 420. The first BasicBlock's 4 constant `conv1`
 ///   channels, read by a padded 3×3 conv that also sees the padding, stay (the one ReLU makes
 ///   zero could go: a known zero is not yet a zero slice).
+/// - `resnet_coupled` (channels 0–3 of the first stage's residual stream zero in the stem and
+///   in the first BasicBlock's `conv2`): the stem's 4 filters (4 · 3·3·3 + 4), the first
+///   block's `conv1` inputs (8 · 4·3·3) and `conv2` filters (4 · 8·3·3 + 4), the next block's
+///   `conv1` inputs (16 · 4·3·3) and downsample inputs (16 · 4): 112 + 288 + 292 + 576 + 64.
 /// - `neck`: the 3×3 fusing conv's 6 zero inputs (8 · 6·3·3), the left branch's 2 filters
 ///   (2 · 27 + 2) and the right's 4 (4 · 28): 432 + 56 + 112.
 const HAND_COUNTS: &[(&str, usize)] = &[
@@ -70,6 +76,7 @@ const HAND_COUNTS: &[(&str, usize)] = &[
     ("neck_pruned", 600),
     ("resnet_constant", 420),
     ("resnet_pruned", 2948),
+    ("resnet_coupled", 1332),
     ("mobilenet_v2_pruned", 19896),
     ("grouped_pruned", 256),
     ("mobilenet_v3_pruned", 15016),
@@ -157,9 +164,9 @@ fn constant_channels_fold_into_a_1x1_conv_and_stay_before_a_padded_3x3() {
     );
     let inputs = |layer| model_slim::layer_input_channels(&slimmed.model, layer);
     // Constant channels before a 3×3 conv padded with zeros.
-    assert_eq!(inputs("/m/m.3/conv2/Conv"), Some(8));
+    assert_eq!(inputs("/m/m.4/conv2/Conv"), Some(8));
     // Four constant channels before a 1×1 conv, folded into its bias.
-    assert_eq!(inputs("/m/m.5/conv3/Conv.einsum"), Some(4));
+    assert_eq!(inputs("/m/m.6/conv3/Conv.einsum"), Some(4));
 }
 
 #[test]
@@ -185,6 +192,19 @@ fn a_branch_a_concatenation_no_longer_needs_goes_in_nnef_and_onnx_refuses_it() {
             "{stderr}"
         );
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    }
+}
+
+#[test]
+fn a_channel_zero_in_one_branch_of_a_residual_stream_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    for exporter in ["torchscript", "dynamo"] {
+        // The first block's branch zeroes channels 0–3, but the identity path still carries
+        // them: the stream, and every conv reading it, keeps them. `resnet_coupled` has the
+        // same zeros plus the stem's, and loses them.
+        let model = fixture("resnet_onebranch", exporter);
+        let output = dir.path().join(format!("onebranch_{exporter}.nnef.tgz"));
+        assert_eq!(removed_params(&slim_verified(&model, &output)), 0);
     }
 }
 
@@ -277,7 +297,7 @@ fn show_finds_no_zero_channel_left_in_slimmable_conv_nets() {
             assert!(!shown.contains("kept zero"), "{name} {exporter}: {shown}");
             // Every layer with zero input channels keeps exactly the others.
             let layers = zero_layers(&shown);
-            // Constant channels have zero filters, not zero input slices.
+            // Constant and coupled channels have zero filters, not zero input slices.
             let zero_inputs = name.ends_with("_pruned");
             assert_eq!(
                 !layers.is_empty(),

@@ -86,9 +86,14 @@ pub fn plain_conv(op: &dyn Op) -> Option<&Conv> {
 /// The channel axis of a convolution's data input and output: they have the same rank (the
 /// kernel's spatial axes, channels, and a batch axis when the data format has one).
 pub fn conv_channel_axis(conv: &Conv) -> usize {
-    let format = conv.pool_spec.data_format;
+    channel_axis(&conv.pool_spec)
+}
+
+/// The channel axis of data of `spec`'s format and rank.
+fn channel_axis(spec: &PoolSpec) -> usize {
+    let format = spec.data_format;
     if format.c_is_last() {
-        format.has_n() as usize + conv.pool_spec.rank()
+        format.has_n() as usize + spec.rank()
     } else {
         format.has_n() as usize
     }
@@ -107,17 +112,34 @@ pub fn is_along(op: &dyn Op) -> bool {
             .is_some_and(|p| p.with_index_outputs.is_none())
 }
 
-/// The axes a pooling of `spec` works along: its spatial axes, and its channel axis too, as the
-/// op states its channel count (so a restriction of channels does not cross it).
+/// The axes a pooling of `spec` works along: its spatial axes (channels are pooled apart).
 fn pooled_axes(spec: &PoolSpec) -> TVec<usize> {
     let format = spec.data_format;
     let first = format.has_n() as usize + !format.c_is_last() as usize;
-    let channel = if format.c_is_last() {
-        first + spec.rank()
-    } else {
-        first - 1
+    (first..first + spec.rank()).collect()
+}
+
+/// The channel axis of a pooling's data: the op states its size (`PoolSpec`'s channel counts),
+/// so a restriction of it crosses the pooling only as a pooling of fewer channels
+/// ([`with_channels`]).
+pub fn stated_channel_axis(op: &dyn Op) -> Option<usize> {
+    pool_spec(op).map(channel_axis)
+}
+
+/// The same max or average pooling of `channels` channels.
+pub fn with_channels(op: &dyn Op, channels: usize) -> Option<Box<dyn TypedOp>> {
+    let resize = |spec: &PoolSpec| PoolSpec {
+        input_channels: channels,
+        output_channels: channels,
+        ..spec.clone()
     };
-    (first..first + spec.rank()).chain([channel]).collect()
+    if let Some(p) = op.downcast_ref::<MaxPool>() {
+        let pooling = MaxPool::new(resize(&p.pool_spec), p.with_index_outputs);
+        return Some(Box::new(pooling));
+    }
+    let p = op.downcast_ref::<SumPool>()?;
+    let pooling = SumPool::new(resize(&p.pool_spec), p.count_include_pad, p.normalize);
+    Some(Box::new(pooling))
 }
 
 /// The axes an [`Family::Along`] op works along: slices across other axes are independent.

@@ -6,6 +6,7 @@
 //! stay), over 1-D or 2-D data, with random kernel sizes, strides, dilations, padding, groups
 //! and zero structure (zero filters under zero or non-zero biases, zero input slices).
 
+use crate::model::ops;
 use crate::testing::random::{random_tensor, zero_block_elements, zero_random_slices, Planted};
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -133,7 +134,8 @@ fn conv_activation(m: &mut TypedModel, rng: &mut StdRng, name: &str, a: OutletId
 }
 
 /// Max or average pooling of random geometry over `a`'s spatial axes (channels independent),
-/// or nothing; and whether it pooled.
+/// or nothing; and whether some of its windows may hold padding alone (which makes data not
+/// finite: -inf, 0/0).
 fn pooling(m: &mut TypedModel, rng: &mut StdRng, a: OutletId) -> TractResult<(OutletId, bool)> {
     let spatial: Vec<usize> = m.outlet_fact(a)?.shape[2..]
         .iter()
@@ -148,7 +150,8 @@ fn pooling(m: &mut TypedModel, rng: &mut StdRng, a: OutletId) -> TractResult<(Ou
         1 => Box::new(SumPool::new(pool_spec, rng.gen_bool(0.5), true)),
         _ => return Ok((a, false)),
     };
-    Ok((m.wire_node("pool", op, &[a])?[0], true))
+    let padding_alone = !ops::along_preserves_zeros(op.as_ref());
+    Ok((m.wire_node("pool", op, &[a])?[0], padding_alone))
 }
 
 /// A random convolutional model (see the module docs).
@@ -195,7 +198,7 @@ fn random_conv_checked(rng: &mut StdRng) -> TractResult<Planted> {
     }
     let c1 = m.outlet_fact(a)?.shape[1].to_usize()?;
     a = conv_activation(&mut m, rng, "producer.act", a);
-    let (pooled_tensor, pooled) = pooling(&mut m, rng, a)?;
+    let (pooled_tensor, padding_alone) = pooling(&mut m, rng, a)?;
     a = pooled_tensor;
     let inner: Vec<usize> = m.outlet_fact(a)?.shape[2..]
         .iter()
@@ -251,9 +254,9 @@ fn random_conv_checked(rng: &mut StdRng) -> TractResult<Planted> {
     // The consumer's zero input positions go, unless every position is zero, in the kernel or
     // (not counted here) in the data: the output is then its bias, which no rule writes.
     let zero_positions = zero_block_elements(&kernel, 1, 1);
-    // Behind a pooling the data may not be finite (a window of padding alone), and a
-    // restriction stops at it, so a cut consumer reads a gather the cost model may refuse.
-    let mut removable_weights = if zero_positions < kernel.len() && !zero_data && !pooled {
+    // Behind a pooling with windows of padding alone the data is not finite: zero taps
+    // may still meet -inf.
+    let mut removable_weights = if zero_positions < kernel.len() && !zero_data && !padding_alone {
         zero_positions
     } else {
         0

@@ -139,6 +139,13 @@ pub static GUARDS: &[Guard] = &[
         run: free_axis,
     },
     Guard {
+        name: "pool-channels",
+        params: &[("?op", S::Op), ("?a", S::Axis), ("?i", S::Set)],
+        binds: &[S::Op],
+        doc: "for a max or average pooling ?op whose channel axis is ?a, the same pooling of as many channels as ?i keeps",
+        run: pool_channels,
+    },
+    Guard {
         name: "axis-source",
         params: &[("?op", S::Op), ("?a", S::Axis)],
         binds: &[S::Axis],
@@ -593,9 +600,27 @@ fn free_axis(egraph: &mut SlimGraph, args: &[Arg]) -> Alternatives {
     let free = (|| {
         let key = op_of(egraph, class(args[0])?)?;
         let op = egraph.analysis.tables.ops[key as usize].as_op();
-        Some(ops::is_along(op) && !ops::along_axes(op).contains(&axis(egraph, args[1])?))
+        let a = axis(egraph, args[1])?;
+        Some(
+            ops::is_along(op)
+                && !ops::along_axes(op).contains(&a)
+                && ops::stated_channel_axis(op) != Some(a),
+        )
     })();
     holds(free == Some(true))
+}
+
+fn pool_channels(egraph: &mut SlimGraph, args: &[Arg]) -> Alternatives {
+    let found = (|| {
+        let key = op_of(egraph, class(args[0])?)?;
+        let op = egraph.analysis.tables.ops[key as usize].as_op();
+        let kept = set_of(egraph, class(args[2])?)?;
+        (ops::stated_channel_axis(op)? == axis(egraph, args[1])?)
+            .then(|| ops::with_channels(op, kept.len()))?
+    })();
+    found
+        .map(|op| vec![vec![add_op(egraph, op, Some(args[0]))]])
+        .unwrap_or_default()
 }
 
 fn axis_source(egraph: &mut SlimGraph, args: &[Arg]) -> Alternatives {
