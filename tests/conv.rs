@@ -1,6 +1,7 @@
 //! Convolutional networks: every convolution is costed; zero channels are cut through 3×3,
 //! strided, dilated, grouped and depthwise convolutions, 2-D and 1-D (torchvision ResNet
-//! blocks, MobileNetV2, MobileNetV3 with squeeze-and-excitation and HardSwish, a RegNet-style
+//! blocks, MobileNetV2, MobileNetV3 with squeeze-and-excitation and HardSwish, EfficientNet
+//! with SiLU gates, ConvNeXt's depthwise 7×7 and Linear MLP, a RegNet-style
 //! grouped conv, a keyword-spotting Conv1d; a residual stream's channels zero in every producer,
 //! through the stem's max pooling) to the weights counted by hand, and the written
 //! model, NNEF or the ONNX file edited, computes what the original computes; a model whose zero
@@ -16,7 +17,9 @@ use model_slim::{initializer_params, read_proto};
 /// padding 1, a global pool and a linear 8 → 4), `resnet` (torchvision's BasicBlock and
 /// Bottleneck at widths 8–32), `mobilenet_v2` (torchvision's, width 0.1), `grouped` (a 3×3 conv
 /// of 2 groups between a stem and a 1×1 conv), `mobilenet_v3` (torchvision's small, width 0.25),
-/// `kws` (three Conv1d over 10 bands × 49 frames, input `features`); `pruned` zeroes half of
+/// `kws` (three Conv1d over 10 bands × 49 frames, input `features`), `efficientnet`
+/// (torchvision's B0, width 0.1, depth 0.25), `convnext` (torchvision's blocks at widths 16 and
+/// 32); `pruned` zeroes half of
 /// every inner width (for `grouped`, 2 positions of each group), `grouped_onegroup` 2 positions
 /// of the first group only; `resnet_coupled` zeroes channels 0–3 of the first stage's residual
 /// stream in every producer, `resnet_onebranch` in the first block's branch only.
@@ -69,6 +72,13 @@ fn assert_refused(model: &str, output: &std::path::Path, needles: &[&str]) {
 ///   in the first BasicBlock's `conv2`): the stem's 4 filters (4 · 3·3·3 + 4), the first
 ///   block's `conv1` inputs (8 · 4·3·3) and `conv2` filters (4 · 8·3·3 + 4), the next block's
 ///   `conv1` inputs (16 · 4·3·3) and downsample inputs (16 · 4): 112 + 288 + 292 + 576 + 64.
+/// - `efficientnet` (B0 at width 0.1, depth 0.25: 7 MBConv blocks with SE): every block loses
+///   half its expanded width `h` from its projection (`out · h/2`) and its gate's `fc2` rows
+///   and biases (`h/2 · (squeeze + 1)`); the SE pool reads every channel, so the depthwise and
+///   expansion convs keep them. `(h, out, squeeze)` = (8, 8, 2), (48, 8, 2) three times,
+///   (48, 16, 2), (96, 24, 4), (144, 32, 6): 4448 + 1044.
+/// - `convnext` (blocks of width 16 and 32, MLP 4×): the second Linear's half hidden inputs
+///   (`d · 2d`) and the first Linear's rows and biases (`2d · (d + 1)`): 1056 + 4160.
 /// - `neck`: the 3×3 fusing conv's 6 zero inputs (8 · 6·3·3), the left branch's 2 filters
 ///   (2 · 27 + 2) and the right's 4 (4 · 28): 432 + 56 + 112.
 const HAND_COUNTS: &[(&str, usize)] = &[
@@ -81,6 +91,8 @@ const HAND_COUNTS: &[(&str, usize)] = &[
     ("grouped_pruned", 256),
     ("mobilenet_v3_pruned", 15016),
     ("kws_pruned", 1216),
+    ("efficientnet_pruned", 5492),
+    ("convnext_pruned", 5216),
 ];
 
 /// The `--report` JSON of `slim MODEL -o OUTPUT --verify`, which must succeed.

@@ -36,13 +36,11 @@ pub struct ConvEdit {
 /// Slices slimming keeps of a tensor the model computes whole.
 #[derive(Clone, Debug)]
 pub struct GatherEdit {
-    /// The tract node computing the tensor.
-    pub source: String,
     /// The axis and the kept slices.
     pub axis: usize,
     pub kept: Vec<usize>,
-    /// The tract nodes reading the kept slices.
-    pub readers: Vec<String>,
+    /// The tract nodes reading the kept slices, and the input slot each reads them at.
+    pub readers: Vec<(String, usize)>,
 }
 
 /// What slimming did to the convolutions of a model.
@@ -215,10 +213,9 @@ fn kept_gathers(original: &TypedModel, slimmed: &TypedModel) -> TractResult<Vec<
         let readers = node.outputs[0]
             .successors
             .iter()
-            .map(|r| slimmed.node(r.node).name.clone())
+            .map(|r| (slimmed.node(r.node).name.clone(), r.slot))
             .collect();
         found.push(GatherEdit {
-            source: slimmed.node(node.inputs[0].node).name.clone(),
             axis: gather.axis,
             kept,
             readers,
@@ -339,34 +336,43 @@ fn set_initializer(
 }
 
 /// Puts a `Gather` of the kept slices in front of the ONNX nodes the gather's readers come
-/// from, reading the output of the ONNX node its source comes from.
+/// from, reading the tensor each of them reads at the gather's slot. (Not the output of the
+/// node the gathered tensor comes from: tract fuses ONNX nodes, as `x · sigmoid(x)` into one
+/// SiLU named after the `Sigmoid`, whose own output is another tensor.)
 fn insert_gather(proto: &mut ModelProto, gather: &GatherEdit, n: usize) -> EditResult<()> {
-    let source = onnx_node(proto, &gather.source)
-        .and_then(|node| node.output.first().cloned())
-        .ok_or_else(|| EditError::NoOnnxNode(gather.source.clone()))?;
-    let readers: Vec<String> = gather
-        .readers
-        .iter()
-        .map(|r| {
-            onnx_node(proto, r)
-                .map(|node| node.name.clone())
-                .ok_or_else(|| EditError::NoOnnxNode(r.clone()))
-        })
-        .collect::<EditResult<_>>()?;
-    let output = format!("{source}.kept{n}");
-    let indices = format!("{output}.indices");
-    let graph = proto.graph.as_mut().ok_or(EditError::NoGraph)?;
-    graph.initializer.push(int64_tensor(
-        &indices,
-        &[gather.kept.len() as i64],
-        gather.kept.iter().map(|&i| i as i64),
-    ));
-    let node = gather_node(&output, &source, &indices, gather.axis);
-    for reader in graph.node.iter_mut().filter(|n| readers.contains(&n.name)) {
-        for input in reader.input.iter_mut().filter(|i| **i == source) {
-            *input = output.clone();
-        }
+    let mut reads: Vec<(String, String)> = vec![];
+    for (reader, slot) in &gather.readers {
+        let node = onnx_node(proto, reader).ok_or_else(|| EditError::NoOnnxNode(reader.clone()))?;
+        let tensor = node.input.get(*slot).cloned();
+        let tensor =
+            tensor.ok_or_else(|| EditError::NoOnnxNode(format!("{reader} input {slot}")))?;
+        reads.push((node.name.clone(), tensor));
     }
-    graph.node.push(node);
+    let mut sources: Vec<&String> = reads.iter().map(|(_, t)| t).collect();
+    sources.sort_unstable();
+    sources.dedup();
+    for (m, source) in sources.into_iter().enumerate() {
+        let output = format!("{source}.kept{n}.{m}");
+        let indices = format!("{output}.indices");
+        let graph = proto.graph.as_mut().ok_or(EditError::NoGraph)?;
+        graph.initializer.push(int64_tensor(
+            &indices,
+            &[gather.kept.len() as i64],
+            gather.kept.iter().map(|&i| i as i64),
+        ));
+        let readers: Vec<&String> = reads
+            .iter()
+            .filter(|(_, t)| t == source)
+            .map(|(r, _)| r)
+            .collect();
+        for reader in graph.node.iter_mut().filter(|n| readers.contains(&&n.name)) {
+            for input in reader.input.iter_mut().filter(|i| *i == source) {
+                *input = output.clone();
+            }
+        }
+        graph
+            .node
+            .push(gather_node(&output, source, &indices, gather.axis));
+    }
     Ok(())
 }
