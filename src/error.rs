@@ -46,8 +46,11 @@ pub enum SlimError {
     },
     /// Nothing was cut from a model some of whose layers have whole zero input channels: the
     /// rules do not reach them, and an unchanged file is not what was asked for.
-    #[error("nothing was cut, though `{node}` has {zero} of {channels} input channels all zero (layers with zero input channels: {layers}); the rules do not reach them, --allow-unchanged writes the model anyway")]
+    #[error("nothing was cut, though `{node}` has {zero} of {channels} input channels all zero (layers with zero input channels: {layers}){stop}; --allow-unchanged writes the model anyway")]
     NothingCut {
+        /// Where the restriction of the first layer's inputs stops ("; the restriction stops
+        /// at `N`: why"), or nothing.
+        stop: String,
         /// The first such layer.
         node: String,
         /// Its zero input channels.

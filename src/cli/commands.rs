@@ -15,7 +15,7 @@ use model_slim::{auto_slim, AutoOptions, AutoSlimmed};
 use model_slim::{
     feeds_back, input_names, named_state_pairs, output_names, state_positions, StatePair,
 };
-use model_slim::{groups, layer_input_channels, zero_inputs, Kind};
+use model_slim::{groups, layer_input_channels, restriction_stop, zero_inputs, Kind};
 use model_slim::{write_atomically, write_model, ArtifactCheck, Format};
 use model_slim::{write_pruned_onnx, write_slimmed_onnx};
 use model_slim::{zero_units, Criterion, GlobalCost, KvLayout, Plan, Repair, Targets};
@@ -205,6 +205,7 @@ fn run_slim(
     if !options.allow_unchanged {
         refuse_nothing_cut(&slimmed.report, &original)?;
     }
+    ctx.say(&zero_inputs_table(&slimmed.model));
     let check = expected.as_ref().map(|expected| ArtifactCheck {
         expected,
         values: &values,
@@ -269,11 +270,21 @@ fn zero_inputs_table(slimmed: &TypedModel) -> String {
         .iter()
         .map(|z| {
             format!(
-                "kept zero  {}: {} of {} input channels all zero\n",
-                z.node, z.zero, z.channels
+                "kept zero  {}: {} of {} input channels all zero{}\n",
+                z.node,
+                z.zero,
+                z.channels,
+                stop_clause(slimmed, &z.node)
             )
         })
         .collect()
+}
+
+/// "; the restriction stops at `N`: why" for a layer whose zero inputs slimming kept.
+fn stop_clause(model: &TypedModel, layer: &str) -> String {
+    restriction_stop(model, layer)
+        .map(|stop| format!("; the restriction stops at {stop}"))
+        .unwrap_or_default()
 }
 
 /// A slimming that cut nothing from a model with whole zero input channels: an error naming the
@@ -287,6 +298,7 @@ fn refuse_nothing_cut(report: &Report, original: &TypedModel) -> Result<(), Slim
     let zero = zero_inputs(original);
     match zero.first() {
         Some(first) => Err(SlimError::NothingCut {
+            stop: stop_clause(original, &first.node),
             node: first.node.clone(),
             zero: first.zero,
             channels: first.channels,

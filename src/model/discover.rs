@@ -30,6 +30,7 @@ use tract_core::ops::einsum::EinSum;
 use tract_core::ops::konst::Const;
 use tract_core::ops::logic::Iff;
 use tract_core::ops::nn::Softmax;
+use tract_core::ops::source::TypedSource;
 
 /// What a group's units are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -301,6 +302,100 @@ fn conv_zero_inputs(node: &TypedNode, conv: &Conv, kernel: &Tensor) -> Option<Ze
         zero,
         channels,
     })
+}
+
+/// Where a restriction of a layer's input channels stops, walking up from the layer through
+/// ops that carry channels one to one: the node named, and why. It names the first obstacle a
+/// reader of `show` should look at, not a proof that no rule could go further.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RestrictionStop {
+    /// The node where the restriction stops.
+    pub node: String,
+    /// Why it stops there.
+    pub reason: String,
+}
+
+impl std::fmt::Display for RestrictionStop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "`{}`: {}", self.node, self.reason)
+    }
+}
+
+/// Where slimming stopped restricting the inputs of the layer named `layer` (or rebuilt from
+/// it) in the slimmed `model`: the layer itself when it is a grouped conv (whose inputs go
+/// equally in every group or in whole groups), else the first node above it whose output
+/// another node reads too, or that is no element-wise op, constant-operand op or pooling.
+pub fn restriction_stop(model: &TypedModel, layer: &str) -> Option<RestrictionStop> {
+    let stop = |node: &TypedNode, reason: String| {
+        Some(RestrictionStop {
+            node: node.name.clone(),
+            reason,
+        })
+    };
+    let mut reader = model
+        .nodes()
+        .iter()
+        .find(|n| base_name(&n.name) == base_name(layer))?;
+    if let Some(conv) = reader.op_as::<Conv>().filter(|c| c.group > 1) {
+        let reason = format!(
+            "a conv of {} groups drops inputs equally in every group or in whole groups",
+            conv.group
+        );
+        return stop(reader, reason);
+    }
+    let mut outlet = *reader
+        .inputs
+        .iter()
+        .find(|i| !model.node(i.node).op_is::<Const>())?;
+    loop {
+        let producer = model.node(outlet.node);
+        let others: Vec<&InletId> = model
+            .outlet_successors(outlet)
+            .iter()
+            .filter(|i| i.node != reader.id)
+            .collect();
+        if let Some(other) = others.first() {
+            let other = &model.node(other.node).name;
+            return stop(producer, format!("its output is also read by `{other}`"));
+        }
+        match channel_carrier_input(model, producer) {
+            Some(input) => (reader, outlet) = (producer, input),
+            None if producer.op_is::<TypedSource>() => {
+                return stop(producer, "a model input".into())
+            }
+            None if producer.op_is::<Conv>() || is_linear(model, producer) => {
+                let reason = "it computes the channels, and slimming kept them (no saving)";
+                return stop(producer, reason.into());
+            }
+            None if producer.op_is::<TypedBinOp>() => {
+                let reason = "it combines two computed tensors, which must both lose the channels";
+                return stop(producer, reason.into());
+            }
+            None => {
+                let reason = format!("{} (no channel restriction crosses it)", producer.op.name());
+                return stop(producer, reason);
+            }
+        }
+    }
+}
+
+/// The input of `node` that an element-wise op, an op with constant other operands, or a
+/// pooling carries channel for channel to its output.
+fn channel_carrier_input(model: &TypedModel, node: &TypedNode) -> Option<OutletId> {
+    let op = node.op.as_ref();
+    let computed: Vec<OutletId> = node
+        .inputs
+        .iter()
+        .filter(|i| !model.node(i.node).op_is::<Const>())
+        .copied()
+        .collect();
+    let carries = ops::is_map(op)
+        || op.is::<TypedBinOp>()
+        || (ops::stated_channel_axis(op).is_some() && ops::along_preserves_zeros(op));
+    match computed[..] {
+        [input] if carries => Some(input),
+        _ => None,
+    }
 }
 
 fn const_value(model: &TypedModel, outlet: &OutletId) -> Option<Arc<Tensor>> {
@@ -886,6 +981,80 @@ mod tests {
         let out = m.wire_node("o", einsum("bm,mn->bn"), &[merged, w]).unwrap()[0];
         m.select_output_outlets(&[out]).unwrap();
         m
+    }
+
+    /// A 1-D conv of `group` groups and kernel size 1, from `x`'s channels to `output`, whose
+    /// kernel is zero at input position 0 of every group.
+    fn conv(m: &mut TypedModel, name: &str, x: OutletId, output: usize, group: usize) -> OutletId {
+        use tract_core::ops::cnn::{KernelFormat, PaddingSpec, PoolSpec};
+        use tract_core::ops::nn::DataFormat;
+        let input = m.outlet_fact(x).unwrap().shape[1].to_usize().unwrap();
+        let spec = PoolSpec::new(
+            DataFormat::NCHW,
+            tvec![1],
+            PaddingSpec::Valid,
+            None,
+            None,
+            input,
+            output,
+        );
+        let kernel =
+            tract_ndarray::Array3::from_shape_fn((output, input / group, 1), |(_, j, _)| {
+                (j != 0) as u8 as f32
+            })
+            .into_tensor();
+        let k = m.add_const(format!("{name}.k"), kernel).unwrap();
+        let b = m
+            .add_const(format!("{name}.b"), Tensor::zero::<f32>(&[output]).unwrap())
+            .unwrap();
+        let op = Conv::new(spec, KernelFormat::OIHW, group, None);
+        m.wire_node(name, op, &[x, k, b]).unwrap()[0]
+    }
+
+    /// `x → producer → relu → consumer`, with `extra` wiring more between relu and the output.
+    fn conv_chain(
+        group: usize,
+        extra: impl Fn(&mut TypedModel, OutletId) -> OutletId,
+    ) -> TypedModel {
+        let mut m = TypedModel::default();
+        let x = m.add_source("x", f32::fact([1, 4, 5])).unwrap();
+        let produced = conv(&mut m, "producer", x, 4, 1);
+        let zero = m.add_const("zero", tensor3(&[[[0f32]]])).unwrap();
+        let relu = m
+            .wire_node("relu", tract_core::ops::math::max(), &[produced, zero])
+            .unwrap()[0];
+        let read = extra(&mut m, relu);
+        let out = conv(&mut m, "consumer", read, 2, group);
+        m.select_output_outlets(&[out]).unwrap();
+        m
+    }
+
+    #[test]
+    fn a_restriction_stops_where_something_else_reads_the_channels_or_at_a_grouped_conv() {
+        let stop = |m: &TypedModel| restriction_stop(m, "consumer").unwrap();
+        let plain = stop(&conv_chain(1, |_, relu| relu));
+        assert_eq!(plain.node, "producer", "{plain}");
+        let read_twice = conv_chain(1, |m, relu| {
+            conv(m, "other", relu, 3, 1);
+            relu
+        });
+        let twice = stop(&read_twice);
+        assert_eq!(twice.node, "relu");
+        assert!(twice.reason.contains("also read by `other`"), "{twice}");
+        let residual = conv_chain(1, |m, relu| {
+            let x = m.input_outlets().unwrap()[0];
+            m.wire_node("residual", tract_core::ops::math::add(), &[relu, x])
+                .unwrap()[0]
+        });
+        let residual = stop(&residual);
+        assert_eq!(residual.node, "residual");
+        assert!(
+            residual.reason.contains("two computed tensors"),
+            "{residual}"
+        );
+        let grouped = stop(&conv_chain(2, |_, relu| relu));
+        assert_eq!(grouped.node, "consumer");
+        assert!(grouped.reason.contains("2 groups"), "{grouped}");
     }
 
     #[test]
