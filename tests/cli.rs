@@ -667,26 +667,28 @@ fn show_lists_groups_and_writes_dot() {
 }
 
 #[test]
-fn bench_prints_latencies_and_ratios() {
-    let out = model_slim(&[
-        "bench",
-        &fixture("llama_mlp_ffn_dynamo.onnx"),
-        "--runs",
-        "3",
-        "--warmup",
-        "1",
-        "--threads",
-        "1",
-    ]);
-    let stdout = assert_success(&out);
-    assert!(
-        stdout.contains("original") && stdout.contains("slimmed"),
-        "{stdout}"
-    );
-    assert!(
-        stdout.contains("latency ratio") && stdout.contains("FLOP ratio"),
-        "{stdout}"
-    );
+fn bench_prints_latencies_and_ratios_on_text_image_and_audio_inputs() {
+    for model in [
+        "llama_mlp_ffn_dynamo.onnx",
+        "resnet_pruned_torchscript.onnx",
+        "kws_pruned_dynamo.onnx",
+    ] {
+        let args = ["bench", &fixture(model), "--runs", "3", "--warmup", "1"];
+        let stdout = assert_success(&model_slim(&[&args[..], &["--threads", "1"]].concat()));
+        assert!(
+            stdout.contains("original") && stdout.contains("slimmed"),
+            "{stdout}"
+        );
+        // "latency ratio L (FLOP ratio F, the ideal)": the slimmed model has fewer FLOPs.
+        let flop_ratio: f64 = stdout
+            .split("FLOP ratio ")
+            .nth(1)
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|ratio| ratio.parse().ok())
+            .unwrap_or_else(|| panic!("{model}: no FLOP ratio in {stdout}"));
+        assert!(flop_ratio < 1.0, "{model}: {stdout}");
+        assert!(stdout.contains("latency ratio"), "{stdout}");
+    }
 }
 
 #[test]

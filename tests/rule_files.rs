@@ -54,6 +54,7 @@ const CASES: &[(&str, &[Case])] = &[
         fires("qwen2_heads_torchscript", &["axis-ops-cancel"], "tract's head split meets its inverse once the group axes merge"),
         fires("neck_pruned_dynamo", &["keep-through-concat-axis"], "a 3×3 conv fusing two branches concatenated along the channels reads some of each"),
         fires("neck_branch_torchscript", &["keep-through-concat-left"], "the fusing conv reads none of the second branch"),
+        fires("detector_pruned_dynamo", &["keep-through-along"], "a channel restriction crosses a detector neck's nearest upsampling"),
         fires("resnet_coupled_torchscript", &["keep-through-pool-channels"], "channels zero in every producer of a residual stream reach the stem through its max pooling"),
         quiet("resnet_onebranch_dynamo", &["keep-through-pool-channels"], "the identity path carries the channels one branch zeroes: nothing is restricted"),
         quiet("bert_ffn_torchscript", &["keep-through-along", "keep-through-where", "keep-through-einsum-both"], "FFN zeros only: no restriction reaches attention"),

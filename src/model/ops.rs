@@ -19,7 +19,8 @@ use tract_core::ops::math::{
     RoundHalfToEven, Sign, Sin, Square, Sub, Tanh,
 };
 use tract_core::ops::nn::{
-    GeluApproximate, GeluExact, HardSwish, LeakyRelu, Reduce, RmsNorm, Sigmoid, Silu, Softmax,
+    GeluApproximate, GeluExact, HardSwish, LeakyRelu, NearestUpsample, Reduce, RmsNorm, Sigmoid,
+    Silu, Softmax,
 };
 
 /// How an op's output positions depend on its inputs'.
@@ -32,7 +33,7 @@ pub enum Family {
     /// A tensor contraction without quantization.
     EinSum,
     /// Works along some axes; slices across the others are independent (softmax, reductions,
-    /// norms, slices, poolings and downsamplings along their spatial axes).
+    /// norms, slices, and poolings, downsamplings and nearest upsamplings along their spatial axes).
     Along,
     /// Moves positions without computing (reshapes, permutations, added or removed axes).
     Axis,
@@ -106,6 +107,7 @@ pub fn is_along(op: &dyn Op) -> bool {
         || op.is::<RmsNorm>()
         || op.is::<Slice>()
         || op.is::<Downsample>()
+        || op.is::<NearestUpsample>()
         || op.is::<SumPool>()
         || op
             .downcast_ref::<MaxPool>()
@@ -154,6 +156,8 @@ pub fn along_axes(op: &dyn Op) -> TVec<usize> {
         tvec!(s.axis)
     } else if let Some(d) = op.downcast_ref::<Downsample>() {
         tvec!(d.axis)
+    } else if let Some(u) = op.downcast_ref::<NearestUpsample>() {
+        (0..u.scales.len()).filter(|&a| u.scales[a] != 1).collect()
     } else if let Some(spec) = pool_spec(op) {
         pooled_axes(spec)
     } else {

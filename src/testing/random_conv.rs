@@ -1,6 +1,6 @@
 //! Random convolutional models for the conv rules' soundness checks and the differential test:
 //! a producer convolution (sometimes concatenated with another along the channels), an optional
-//! max or average pooling, an optional grouped or
+//! max or average pooling or nearest upsampling, an optional grouped or
 //! depthwise convolution, and a consumer (with,
 //! sometimes, a second consumer of the same shape added to it: a zero in one branch only must
 //! stay), over 1-D or 2-D data, with random kernel sizes, strides, dilations, padding, groups
@@ -14,7 +14,7 @@ use tract_core::internal::*;
 use tract_core::ops::array::TypedConcat;
 use tract_core::ops::cnn::{Conv, KernelFormat, MaxPool, PaddingSpec, PoolSpec, SumPool};
 use tract_core::ops::math::{add, max};
-use tract_core::ops::nn::{sigmoid, DataFormat};
+use tract_core::ops::nn::{sigmoid, DataFormat, NearestUpsample};
 
 /// A random divisor of `n`.
 fn divisor(rng: &mut StdRng, n: usize) -> usize {
@@ -134,7 +134,7 @@ fn conv_activation(m: &mut TypedModel, rng: &mut StdRng, name: &str, a: OutletId
 }
 
 /// Max or average pooling of random geometry over `a`'s spatial axes (channels independent),
-/// or nothing; and whether some of its windows may hold padding alone (which makes data not
+/// or a nearest upsampling, or nothing; and whether some of its windows may hold padding alone (which makes data not
 /// finite: -inf, 0/0).
 fn pooling(m: &mut TypedModel, rng: &mut StdRng, a: OutletId) -> TractResult<(OutletId, bool)> {
     let spatial: Vec<usize> = m.outlet_fact(a)?.shape[2..]
@@ -145,9 +145,15 @@ fn pooling(m: &mut TypedModel, rng: &mut StdRng, a: OutletId) -> TractResult<(Ou
     let mut pool_spec = random_geometry(rng, &spatial, keep_size);
     let channels = m.outlet_fact(a)?.shape[1].to_usize()?;
     (pool_spec.input_channels, pool_spec.output_channels) = (channels, channels);
-    let op: Box<dyn TypedOp> = match rng.gen_range(0..3) {
+    let op: Box<dyn TypedOp> = match rng.gen_range(0..4) {
         0 => Box::new(MaxPool::new(pool_spec, None)),
         1 => Box::new(SumPool::new(pool_spec, rng.gen_bool(0.5), true)),
+        2 => {
+            // A detector neck's nearest upsampling, by an integer factor per spatial axis.
+            let spatial = spatial.iter().map(|_| rng.gen_range(1..4));
+            let scales = [1, 1].into_iter().chain(spatial).collect();
+            Box::new(NearestUpsample { scales })
+        }
         _ => return Ok((a, false)),
     };
     let padding_alone = !ops::along_preserves_zeros(op.as_ref());
