@@ -464,8 +464,13 @@ const PROTOBUF_LIMIT: usize = 2_000_000_000;
 
 /// The file written for `output` at `path`, loaded back by tract.
 fn reload(path: &Path, output: &Path, import: &ImportOptions) -> IoResult<TypedModel> {
-    import_onnx(path, import)
-        .map_err(|e| IoError::write(output, format!("the edited ONNX does not load: {e}")))
+    import_onnx(path, import).map_err(|e| {
+        let why = format!(
+            "the ONNX writer cannot replay this slimming (the edited file does not load: \
+                 {e}); write NNEF (.nnef.tgz) instead"
+        );
+        IoError::write(output, why)
+    })
 }
 
 fn edit_error(output: &Path, source: EditError) -> IoError {
