@@ -322,7 +322,7 @@ impl std::fmt::Display for RestrictionStop {
 }
 
 /// Where slimming stopped restricting the inputs of the layer named `layer` (or rebuilt from
-/// it) in the slimmed `model`: the layer itself when it is a grouped conv (whose inputs go
+/// it) in `model` (slimmed, or the original when nothing was cut): the layer itself when it is a grouped conv (whose inputs go
 /// equally in every group or in whole groups), else the first node above it whose output
 /// another node reads too, or that is no element-wise op, constant-operand op or pooling.
 pub fn restriction_stop(model: &TypedModel, layer: &str) -> Option<RestrictionStop> {
@@ -349,12 +349,8 @@ pub fn restriction_stop(model: &TypedModel, layer: &str) -> Option<RestrictionSt
         .find(|i| !model.node(i.node).op_is::<Const>())?;
     loop {
         let producer = model.node(outlet.node);
-        let others: Vec<&InletId> = model
-            .outlet_successors(outlet)
-            .iter()
-            .filter(|i| i.node != reader.id)
-            .collect();
-        if let Some(other) = others.first() {
+        let successors = model.outlet_successors(outlet);
+        if let Some(other) = successors.iter().find(|i| i.node != reader.id) {
             let other = &model.node(other.node).name;
             return stop(producer, format!("its output is also read by `{other}`"));
         }
