@@ -82,6 +82,8 @@ fn assert_refused(model: &str, output: &std::path::Path, needles: &[&str]) {
 ///   (48, 16, 2), (96, 24, 4), (144, 32, 6): 4448 + 1044.
 /// - `convnext` (blocks of width 16 and 32, MLP 4×): the second Linear's half hidden inputs
 ///   (`d · 2d`) and the first Linear's rows and biases (`2d · (d + 1)`): 1056 + 4160.
+/// - `vgg`: the classifier's 48 zero columns (10 · 48) and the last conv's 3 filters
+///   (3 · 8·3·3 + 3), through the max pooling and the flattening: 480 + 219.
 /// - `neck`: the 3×3 fusing conv's 6 zero inputs (8 · 6·3·3), the left branch's 2 filters
 ///   (2 · 27 + 2) and the right's 4 (4 · 28): 432 + 56 + 112.
 const HAND_COUNTS: &[(&str, usize)] = &[
@@ -96,6 +98,7 @@ const HAND_COUNTS: &[(&str, usize)] = &[
     ("kws_pruned", 1216),
     ("efficientnet_pruned", 5492),
     ("convnext_pruned", 5216),
+    ("vgg_pruned", 699),
 ];
 
 /// The `--report` JSON of `slim MODEL -o OUTPUT --verify`, which must succeed.
@@ -203,20 +206,12 @@ fn constant_channels_fold_into_a_1x1_conv_and_stay_before_a_padded_3x3() {
 ///   second conv 4 filters (4 · 8·3·3 + 4): 196 + 584 + 128 + 292. tract makes both 1×1 convs
 ///   matrix products split over the concatenation's and the split's parts, which the replay
 ///   cannot map back to one ONNX kernel.
-/// - `vgg_pruned`: the classifier's 48 zero columns (10 · 48) and the last conv's 3 filters
-///   (3 · 8·3·3 + 3), through the max pooling and the flattening: 480 + 219. The ONNX writer
-///   edits no flattened classifier (its weight, and the Reshape target dynamo writes).
 const NNEF_ONLY: &[(&str, usize, &str)] = &[
     ("neck_branch", 576 + 224, "is gone from the slimmed model"),
     (
         "detector_pruned",
         1200,
         "a slimmed row is no row of the original",
-    ),
-    (
-        "vgg_pruned",
-        699,
-        "the ONNX writer cannot replay this slimming",
     ),
 ];
 

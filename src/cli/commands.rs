@@ -243,8 +243,6 @@ fn run_slim(
     )
 }
 
-/// The layers of `slimmed` that still have whole zero input channels (the rules did not reach
-/// them), a line each.
 /// The layers (convolutions, linear layers) of `original` with whole zero input channels: their
 /// input channels, how many are zero, and how many `slimmed` keeps.
 fn zero_layers_table(original: &TypedModel, slimmed: &TypedModel) -> String {
@@ -265,6 +263,8 @@ fn zero_layers_table(original: &TypedModel, slimmed: &TypedModel) -> String {
     out
 }
 
+/// The layers of `slimmed` that still have whole zero input channels (the rules did not reach
+/// them, or the cost model found no saving), a line each, with where their restriction stops.
 fn zero_inputs_table(slimmed: &TypedModel) -> String {
     zero_inputs(slimmed)
         .iter()

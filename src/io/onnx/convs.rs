@@ -9,8 +9,10 @@
 //! written file is then verified against the original like any other edit.
 
 use crate::io::onnx::error::{EditError, EditResult};
-use crate::io::onnx::proto::{initializer_index, onnx_node, set_float_data};
-use crate::io::onnx::restrict::{gather_node, int64_tensor, int_attribute};
+use crate::io::onnx::proto::{
+    initializer_index, linear_weight, onnx_node, producer_index, set_float_data,
+};
+use crate::io::onnx::restrict::{gather_node, int64_tensor, int_attribute, int_values, set_int_at};
 use crate::model::discover::base_name;
 use std::collections::{HashMap, HashSet};
 use tract_core::internal::*;
@@ -43,17 +45,32 @@ pub struct GatherEdit {
     pub readers: Vec<(String, usize)>,
 }
 
+/// A linear layer reading a convolution's output flattened (`[batch, C, H, W]` into `[batch,
+/// C·H·W]`, a VGG-style classifier). tract folds the flattening into the contraction, over a
+/// weight `[out, C, H, W]`, so slimming cuts whole channels' columns: the ONNX layer takes the
+/// weight flattened, and the `Reshape` feeding it (if any) the new width.
+#[derive(Clone, Debug)]
+pub struct ClassifierEdit {
+    /// The tract node's name (the ONNX node's, with tract's suffixes).
+    pub node: String,
+    /// The weight, `[out, C·H·W]` as slimming left it.
+    pub weight: Tensor,
+    /// The flattened width before slimming.
+    pub width_before: usize,
+}
+
 /// What slimming did to the convolutions of a model.
 #[derive(Clone, Debug, Default)]
 pub struct ConvReplay {
     pub convs: Vec<ConvEdit>,
+    pub classifiers: Vec<ClassifierEdit>,
     pub gathers: Vec<GatherEdit>,
 }
 
 impl ConvReplay {
     /// Whether slimming cut any convolution.
     pub fn is_empty(&self) -> bool {
-        self.convs.is_empty()
+        self.convs.is_empty() && self.classifiers.is_empty()
     }
 
     /// Whether the tract node `name` is a convolution this replay writes (its matrix product or
@@ -62,6 +79,7 @@ impl ConvReplay {
         let base = base_name(name);
         let conv = base.strip_suffix(".einsum").unwrap_or(base);
         self.convs.iter().any(|c| c.node == conv)
+            || self.classifiers.iter().any(|c| base_name(&c.node) == base)
     }
 }
 
@@ -89,12 +107,69 @@ pub fn conv_replay(original: &TypedModel, slimmed: &TypedModel) -> TractResult<C
         convs.len() == convs.iter().map(|c| &c.node).collect::<HashSet<_>>().len(),
         "a convolution is computed twice, restricted and whole"
     );
+    let before: HashMap<String, Tensor> = flattened_classifiers(original)?.into_iter().collect();
+    let classifiers = flattened_classifiers(slimmed)?
+        .into_iter()
+        .filter_map(|(node, weight)| {
+            let was = before.get(&node)?;
+            (was.shape() != weight.shape()).then(|| ClassifierEdit {
+                width_before: was.shape()[1],
+                node,
+                weight,
+            })
+        })
+        .collect();
     let gathers = if convs.is_empty() {
         vec![]
     } else {
         kept_gathers(original, slimmed)?
     };
-    Ok(ConvReplay { convs, gathers })
+    Ok(ConvReplay {
+        convs,
+        classifiers,
+        gathers,
+    })
+}
+
+/// Every linear layer of a model reading data `[batch, axes..]` flattened: an EinSum of the
+/// data by a constant `[out, axes..]` (rank 3 or more) into `[batch, out]`, by name, with its
+/// weight flattened to `[out, product of axes]`.
+fn flattened_classifiers(model: &TypedModel) -> TractResult<Vec<(String, Tensor)>> {
+    let mut found = vec![];
+    for node in model.nodes() {
+        let Some(einsum) = node.op_as::<EinSum>().filter(|e| e.q_params.is_none()) else {
+            continue;
+        };
+        let weight = (0..node.inputs.len()).find_map(|slot| {
+            let w = const_input(model, node, slot).filter(|w| w.rank() >= 3)?;
+            Some((slot, w))
+        });
+        let Some((slot, weight)) = weight else {
+            continue;
+        };
+        if node.inputs.len() == 2 && flattens(einsum, slot, weight.rank()) {
+            let (out, len) = (weight.shape()[0], weight.len());
+            let flat = weight.into_tensor().into_shape(&[out, len / out])?;
+            found.push((node.name.clone(), flat));
+        }
+    }
+    Ok(found)
+}
+
+/// Whether the EinSum contracts every axis but the first of its data operand with the
+/// weight's axes `1..rank` in the same order, and outputs `[batch, out]`.
+fn flattens(einsum: &EinSum, weight_slot: usize, rank: usize) -> bool {
+    let data_slot = 1 - weight_slot;
+    let axis = |io, a| einsum.axes.axis((io, a)).ok();
+    let out = axis(InOut::In(weight_slot), 0)
+        .is_some_and(|l| l.outputs[0][..] == [1] && l.inputs[data_slot].is_empty());
+    let batch = axis(InOut::In(data_slot), 0)
+        .is_some_and(|l| l.outputs[0][..] == [0] && l.inputs[weight_slot].is_empty());
+    let flattened = (1..rank).all(|a| {
+        axis(InOut::In(weight_slot), a)
+            .is_some_and(|l| l.inputs[data_slot][..] == [a] && l.outputs[0].is_empty())
+    });
+    out && batch && flattened && einsum.axes.rank(InOut::In(data_slot)) == rank
 }
 
 /// Every convolution of a model by its ONNX node's name: tract convolutions, and the 1×1
@@ -229,6 +304,9 @@ pub fn apply_conv_replay(proto: &mut ModelProto, replay: &ConvReplay) -> EditRes
     for conv in &replay.convs {
         apply_conv(proto, conv)?;
     }
+    for classifier in &replay.classifiers {
+        apply_classifier(proto, classifier)?;
+    }
     for (n, gather) in replay.gathers.iter().enumerate() {
         insert_gather(proto, gather, n)?;
     }
@@ -270,6 +348,58 @@ fn apply_conv(proto: &mut ModelProto, conv: &ConvEdit) -> EditResult<()> {
     node.attribute.retain(|a| a.name != "group");
     node.attribute
         .push(int_attribute("group", conv.group as i64));
+    Ok(())
+}
+
+/// Writes a flattened classifier's weight as its ONNX node stores it (`[out, in]` or `[in, out]`)
+/// and its new width into the target of a `Reshape` feeding it (a `Flatten` states none).
+fn apply_classifier(proto: &mut ModelProto, edit: &ClassifierEdit) -> EditResult<()> {
+    let no_weight = || EditError::NoWeight(edit.node.clone());
+    let name = onnx_node(proto, &edit.node)
+        .ok_or_else(no_weight)?
+        .name
+        .clone();
+    let graph = proto.graph.as_ref().ok_or(EditError::NoGraph)?;
+    let ix = graph
+        .node
+        .iter()
+        .position(|n| n.name == name)
+        .ok_or_else(no_weight)?;
+    let weight = linear_weight(proto, ix)
+        .filter(|w| w.reader == ix)
+        .ok_or_else(no_weight)?;
+    let stored = match weight.input_axis {
+        1 => edit.weight.clone(),
+        _ => edit
+            .weight
+            .clone()
+            .permute_axes(&[1, 0])
+            .map_err(|_| no_weight())?,
+    };
+    let initializer = own_initializer(proto, ix, 1)?;
+    set_initializer(proto, &initializer, &stored, None)?;
+    let graph = proto.graph.as_mut().ok_or(EditError::NoGraph)?;
+    let flattened = graph.node[ix].input[0].clone();
+    let Some(reshape) = producer_index(graph, &flattened) else {
+        return Ok(());
+    };
+    if graph.node[reshape].op_type != "Reshape" {
+        return Ok(());
+    }
+    let target = own_initializer(proto, reshape, 1)?;
+    let width = edit.weight.shape()[1] as i64;
+    set_int_entries(proto, &target, edit.width_before as i64, width)
+}
+
+/// Replaces every entry `from` of the integer initializer `name` by `to`.
+fn set_int_entries(proto: &mut ModelProto, name: &str, from: i64, to: i64) -> EditResult<()> {
+    let ix =
+        initializer_index(proto, name).ok_or_else(|| EditError::NotInitializer(name.into()))?;
+    let t = &mut proto.graph.as_mut().ok_or(EditError::NoGraph)?.initializer[ix];
+    let values = int_values(t).ok_or_else(|| EditError::NotInteger(name.into()))?;
+    for (position, _) in values.iter().enumerate().filter(|(_, v)| **v == from) {
+        set_int_at(t, position, to)?;
+    }
     Ok(())
 }
 

@@ -138,7 +138,6 @@ pub(crate) fn linear_weight(proto: &ModelProto, node: usize) -> Option<Weight> {
     })
 }
 
-/// Whether a tensor holds float32 values.
 /// Whether a tensor holds floats of a type the writer edits (float32, float16, float64).
 pub(crate) fn is_float(t: &TensorProto) -> bool {
     [DataType::Float, DataType::Float16, DataType::Double]

@@ -1376,7 +1376,7 @@ pub fn int_values(t: &TensorProto) -> Option<Vec<i64>> {
     })
 }
 
-fn set_int_at(t: &mut TensorProto, position: usize, value: i64) -> EditResult<()> {
+pub(crate) fn set_int_at(t: &mut TensorProto, position: usize, value: i64) -> EditResult<()> {
     let mut values = int_values(t).ok_or_else(|| EditError::NotInteger(t.name.clone()))?;
     *values
         .get_mut(position)
