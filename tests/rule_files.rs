@@ -92,6 +92,8 @@ const CASES: &[(&str, &[Case])] = &[
         fires("mobilenet_v2_pruned_torchscript", &["keep-through-conv-groups"], "depthwise convs lose the channels the 1×1 projection does not read"),
         fires("grouped_pruned_dynamo", &["conv-drop-zero-inputs"], "a grouped conv's positions zero in every group"),
         quiet("grouped_onegroup_torchscript", &["conv-drop-zero-inputs", "keep-through-conv"], "zero positions in one group only stay"),
+        fires("unpadded_constant_dynamo", &["conv-fold-constant-inputs"], "constant channels fold into the bias of an unpadded 3×3 conv"),
+        quiet("resnet_constant_torchscript", &["conv-fold-constant-inputs"], "constant channels before a padded 3×3 conv stay (its border windows see zeros)"),
         quiet("mobilenet_v2_pruned_torchscript", &["conv-drop-zero-inputs"], "the zeros are in 1×1 convs, which tract makes matrix products"),
     ]),
 ];

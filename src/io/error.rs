@@ -83,7 +83,7 @@ pub enum IoError {
         message: String,
     },
     /// The ONNX file cannot be edited as the slimming asks (nothing is left at `path` then).
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}: {source} (the ONNX writer cannot express this slimming: write NNEF, .nnef.tgz)")]
     Edit {
         /// The output file.
         path: String,

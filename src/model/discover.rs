@@ -935,7 +935,11 @@ pub fn groups(model: &TypedModel) -> TractResult<Vec<Group>> {
 pub fn base_name(name: &str) -> &str {
     let mut base = name;
     while let Some((head, tail)) = base.rsplit_once('.') {
-        let added = tail == "kept" || tail == "slim" || tail.chars().all(|c| c.is_ascii_digit());
+        // A number tract appends to tell nodes apart (`N.1`), not the end of a range it names
+        // a part by (`N.concat-einsum-I.0..4`).
+        let numbered =
+            !tail.is_empty() && tail.chars().all(|c| c.is_ascii_digit()) && !head.ends_with('.');
+        let added = tail == "kept" || tail == "slim" || numbered;
         if !added || head.is_empty() {
             break;
         }
@@ -1023,6 +1027,18 @@ mod tests {
         let out = conv(&mut m, "consumer", read, 2, group);
         m.select_output_outlets(&[out]).unwrap();
         m
+    }
+
+    #[test]
+    fn base_names_drop_added_suffixes_but_not_the_range_a_part_is_named_by() {
+        assert_eq!(base_name("/m/fc2/MatMul.kept.1"), "/m/fc2/MatMul");
+        assert_eq!(base_name("layer.slim"), "layer");
+        let part = "branch.einsum.concat-einsum-I.0..4";
+        assert_eq!(base_name(part), part);
+        assert_ne!(
+            base_name(part),
+            base_name("branch.einsum.concat-einsum-I.4..5")
+        );
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! Random convolutional models for the conv rules' soundness checks and the differential test:
 //! a producer convolution (sometimes concatenated with another along the channels), an optional
-//! max or average pooling or nearest upsampling, an optional grouped or
-//! depthwise convolution, and a consumer (with,
-//! sometimes, a second consumer of the same shape added to it: a zero in one branch only must
-//! stay), over 1-D or 2-D data, with random kernel sizes, strides, dilations, padding, groups
-//! and zero structure (zero filters under zero or non-zero biases, zero input slices).
+//! max or average pooling or nearest upsampling, an optional grouped or depthwise convolution,
+//! and a consumer (with, sometimes, a second consumer of the same shape added to it: a zero in
+//! one branch only must stay); or, a fifth of the time, constant channels before an unpadded
+//! consumer (Network Slimming's γ = 0, folded into its bias). Over 1-D or 2-D data, with random
+//! kernel sizes, strides, dilations, padding, groups and zero structure (zero filters under zero
+//! or non-zero biases, zero input slices).
 
 use crate::model::ops;
 use crate::testing::random::{random_tensor, zero_block_elements, zero_random_slices, Planted};
@@ -65,6 +66,19 @@ fn random_geometry(rng: &mut StdRng, spatial: &[usize], keep_size: bool) -> Pool
     }
 }
 
+/// A random geometry over `spatial` without padding: every window lies within the data.
+fn unpadded_geometry(rng: &mut StdRng, spatial: &[usize]) -> PoolSpec {
+    let mut geometry = random_geometry(rng, spatial, false);
+    geometry.padding = PaddingSpec::Valid;
+    let dilations = geometry.dilations.clone().unwrap_or_default();
+    for (a, k) in geometry.kernel_shape.iter_mut().enumerate() {
+        if dilations[a] * (*k - 1) >= spatial[a] {
+            *k = 1;
+        }
+    }
+    geometry
+}
+
 /// Wires a convolution of `x` from `input` to `output` channels in `group` groups with a random
 /// kernel and bias, parts of which `zero` zeroes: its output, its kernel, and whether it has
 /// an all-zero output channel (a zero filter under a zero bias).
@@ -117,6 +131,11 @@ fn zero_filters(rng: &mut StdRng, kernel: &mut Tensor, bias: &mut Tensor) {
             }
         }
     }
+}
+
+/// Zeroes some filters, never their biases: constant output channels.
+fn constant_filters(rng: &mut StdRng, kernel: &mut Tensor, _: &mut Tensor) {
+    zero_random_slices(rng, kernel, 0);
 }
 
 /// ReLU (as `max` with zero), sigmoid or nothing.
@@ -176,6 +195,15 @@ fn random_conv_checked(rng: &mut StdRng) -> TractResult<Planted> {
     let mut m = TypedModel::default();
     let x = m.add_source("x", f32::fact(&shape))?;
 
+    // Network Slimming's case, a fifth of the time: constant channels (zero filters under
+    // non-zero biases) that only an activation separates from an unpadded consumer of one
+    // group, whose bias they fold into.
+    let constant_case = rng.gen_bool(0.2);
+    let producer_zeros = if constant_case {
+        constant_filters
+    } else {
+        zero_filters
+    };
     let group = divisor(rng, gcd(c0, c1));
     let geometry = random_geometry(rng, &spatial, false);
     let (mut a, _, mut zero_data) = wire_conv(
@@ -185,7 +213,7 @@ fn random_conv_checked(rng: &mut StdRng) -> TractResult<Planted> {
         x,
         geometry.clone(),
         (c1, group),
-        zero_filters,
+        producer_zeros,
     )?;
     let mut side_channels = None;
     if rng.gen_bool(0.6) {
@@ -204,23 +232,28 @@ fn random_conv_checked(rng: &mut StdRng) -> TractResult<Planted> {
     }
     let c1 = m.outlet_fact(a)?.shape[1].to_usize()?;
     a = conv_activation(&mut m, rng, "producer.act", a);
-    let (pooled_tensor, padding_alone) = pooling(&mut m, rng, a)?;
+    let (pooled_tensor, padding_alone) = if constant_case {
+        (a, false)
+    } else {
+        pooling(&mut m, rng, a)?
+    };
     a = pooled_tensor;
     let inner: Vec<usize> = m.outlet_fact(a)?.shape[2..]
         .iter()
         .map(|d| d.to_usize().map_err(|e| anyhow!("{e:?}")))
         .collect::<TractResult<_>>()?;
-    // A conv of 1 < group < channels loses channels only equally per group or in whole groups:
-    // others are gathered from its output, which the cost model may refuse for a few weights.
-    let mut partly_grouped = false;
-    if rng.gen_bool(0.6) {
+    // A conv of 1 < group < channels (the producer, or the grouped conv below) loses channels
+    // only equally per group or in whole groups: others are gathered from its output, which
+    // the cost model may refuse for a few weights.
+    let mut partly_grouped = 1 < group && group < c1;
+    if !constant_case && rng.gen_bool(0.6) {
         // Depthwise half of the time, else any grouping.
         let group = if rng.gen_bool(0.5) {
             c1
         } else {
             divisor(rng, c1)
         };
-        partly_grouped = 1 < group && group < c1;
+        partly_grouped |= 1 < group && group < c1;
         let geometry = random_geometry(rng, &inner, true);
         let grouped = wire_conv(
             &mut m,
@@ -235,9 +268,13 @@ fn random_conv_checked(rng: &mut StdRng) -> TractResult<Planted> {
         a = conv_activation(&mut m, rng, "grouped.act", a);
     }
 
-    let group = divisor(rng, c1);
+    let group = if constant_case { 1 } else { divisor(rng, c1) };
     let c2 = group * rng.gen_range(1..3);
-    let geometry = random_geometry(rng, &inner, true);
+    let geometry = if constant_case {
+        unpadded_geometry(rng, &inner)
+    } else {
+        random_geometry(rng, &inner, true)
+    };
     let zero_inputs = |rng: &mut StdRng, kernel: &mut Tensor, _: &mut Tensor| {
         match &side_channels {
             // Sometimes exactly the channels of one concatenated producer, or of the other.

@@ -169,7 +169,9 @@ fn flattens(einsum: &EinSum, weight_slot: usize, rank: usize) -> bool {
         axis(InOut::In(weight_slot), a)
             .is_some_and(|l| l.inputs[data_slot][..] == [a] && l.outputs[0].is_empty())
     });
-    out && batch && flattened && einsum.axes.rank(InOut::In(data_slot)) == rank
+    let ranks =
+        einsum.axes.rank(InOut::In(data_slot)) == rank && einsum.axes.rank(InOut::Out(0)) == 2;
+    out && batch && flattened && ranks
 }
 
 /// Every convolution of a model by its ONNX node's name: tract convolutions, and the 1×1

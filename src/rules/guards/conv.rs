@@ -11,10 +11,13 @@
 //! zero, say — keeps its channels.
 
 use super::{add_op, add_set, axis, class, Alternatives, Arg};
-use crate::egraph::analysis::{op_of, set_of, SlimGraph};
+use crate::egraph::analysis::{const_of, op_of, set_of, SlimGraph};
+use crate::egraph::known;
+use crate::egraph::lang::{Key, TensorLang};
 use crate::model::ops;
 use egg::Id;
-use tract_core::ops::cnn::Conv;
+use tract_core::internal::*;
+use tract_core::ops::cnn::{Conv, PaddingSpec};
 
 /// The convolution op of class `arg`, when the conv rules reason about it.
 fn conv(egraph: &SlimGraph, arg: Arg) -> Option<Conv> {
@@ -168,5 +171,82 @@ pub fn conv_zero_inputs(egraph: &mut SlimGraph, args: &[Arg]) -> Alternatives {
         add_set(egraph, channels),
         add_set(egraph, positions),
         add_op(egraph, Box::new(op), Some(args[0])),
+    ]]
+}
+
+/// Whether every window of the convolution lies within the data (no padding): a constant
+/// channel then contributes the same to every output position.
+fn unpadded(conv: &Conv) -> bool {
+    match &conv.pool_spec.padding {
+        PaddingSpec::Valid => true,
+        PaddingSpec::Explicit(before, after) | PaddingSpec::ExplicitOnnxPool(before, after, _) => {
+            before.iter().chain(after.iter()).all(|p| *p == 0)
+        }
+        _ => false,
+    }
+}
+
+/// The data channels of `data` holding one known constant everywhere, with that constant.
+fn constant_channels(egraph: &SlimGraph, data: Id, axis: usize) -> Vec<(usize, f32)> {
+    known::nonzero_known(egraph, data, axis)
+        .into_iter()
+        .filter(|(_, value)| value.len() == 1)
+        .filter_map(|(c, value)| Some((c, *value.cast_to_scalar::<f32>().ok().as_ref()?)))
+        .collect()
+}
+
+/// The bias plus, for each constant channel `(c, v)`, `v` times the sum of kernel slice `c`'s
+/// taps: `[O]`.
+fn folded_bias(kernel: &Tensor, bias: &Tensor, constants: &[(usize, f32)]) -> Option<Tensor> {
+    let o = kernel.shape()[0];
+    let kernel = kernel.cast_to::<f32>().ok()?;
+    let kernel = kernel.to_plain_array_view::<f32>().ok()?;
+    let bias = bias.cast_to::<f32>().ok()?.broadcast_to_shape(&[o]).ok()?;
+    let mut folded = bias.to_plain_array_view::<f32>().ok()?.to_owned();
+    for &(c, v) in constants {
+        let slice = kernel.index_axis(tract_ndarray::Axis(1), c);
+        for (out, row) in folded.iter_mut().zip(slice.outer_iter()) {
+            *out += v * row.sum();
+        }
+    }
+    Some(folded.into_tensor())
+}
+
+/// `conv-constant-inputs(?op, ?x, ?k, ?b)`: for a convolution of one group that never reads
+/// padding, with constant kernel and bias, the data channel axis, the channels to keep, the
+/// smaller convolution and the bias the constant channels fold into (only when some go and
+/// some stay).
+pub fn conv_constant_inputs(egraph: &mut SlimGraph, args: &[Arg]) -> Alternatives {
+    let found = (|| {
+        let conv = conv(egraph, args[0]).filter(|c| c.group == 1 && unpadded(c))?;
+        let (data, kernel, bias) = (class(args[1])?, class(args[2])?, class(args[3])?);
+        let tables = &egraph.analysis.tables;
+        let bias_key = const_of(egraph, bias)?;
+        let kernel = tables.consts.tensor(const_of(egraph, kernel)?).ok()?;
+        let bias = tables.consts.tensor(bias_key).ok()?;
+        let channel_axis = ops::conv_channel_axis(&conv);
+        let constants = constant_channels(egraph, data, channel_axis);
+        let kept: Vec<usize> = (0..conv.input_channels())
+            .filter(|c| constants.iter().all(|(k, _)| k != c))
+            .collect();
+        if constants.is_empty() || kept.is_empty() {
+            return None;
+        }
+        let folded = folded_bias(&kernel, &bias, &constants)?;
+        let op = resized(&conv, kept.len(), conv.output_channels(), 1);
+        let name = format!("{}.folded", tables.consts.name(bias_key));
+        Some((channel_axis, kept, op, folded, name))
+    })();
+    let Some((channel_axis, kept, op, folded, name)) = found else {
+        return vec![];
+    };
+    let Ok(folded) = egraph.analysis.tables.consts.computed(folded, name) else {
+        return vec![];
+    };
+    vec![vec![
+        super::add_num(egraph, channel_axis),
+        add_set(egraph, kept),
+        add_op(egraph, Box::new(op), Some(args[0])),
+        egraph.add(TensorLang::Key(Key::Const(folded))),
     ]]
 }

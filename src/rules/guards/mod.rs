@@ -272,6 +272,13 @@ pub static GUARDS: &[Guard] = &[
         run: conv::conv_zero_inputs,
     },
     Guard {
+        name: "conv-constant-inputs",
+        params: &[("?op", S::Op), ("?x", S::Tensor), ("?k", S::Tensor), ("?b", S::Tensor)],
+        binds: &[S::Axis, S::Set, S::Op, S::Tensor],
+        doc: "for a convolution ?op of one group whose windows never reach padding, with a constant kernel ?k and bias ?b, the data channels of ?x known to hold one constant everywhere: the data's channel axis, the other channels (kept), the smaller convolution, and the bias plus the constants' contribution (each constant times the sum of its kernel slice's taps)",
+        run: conv::conv_constant_inputs,
+    },
+    Guard {
         name: "everything",
         params: &[("?i", S::Set), ("?t", S::Tensor), ("?a", S::Axis)],
         binds: &[],
