@@ -322,9 +322,10 @@ impl std::fmt::Display for RestrictionStop {
 }
 
 /// Where slimming stopped restricting the inputs of the layer named `layer` (or rebuilt from
-/// it) in `model` (slimmed, or the original when nothing was cut): the layer itself when it is a grouped conv (whose inputs go
-/// equally in every group or in whole groups), else the first node above it whose output
-/// another node reads too, or that is no element-wise op, constant-operand op or pooling.
+/// it) in `model` (slimmed, or the original when nothing was cut): the layer itself when it is
+/// a grouped conv (whose inputs go equally in every group or in whole groups), else the first
+/// node above it whose output another node reads too, or that is no element-wise op,
+/// constant-operand op, pooling or upsampling.
 pub fn restriction_stop(model: &TypedModel, layer: &str) -> Option<RestrictionStop> {
     let stop = |node: &TypedNode, reason: String| {
         Some(RestrictionStop {
@@ -343,6 +344,7 @@ pub fn restriction_stop(model: &TypedModel, layer: &str) -> Option<RestrictionSt
         );
         return stop(reader, reason);
     }
+    let axis = input_channel_axis(model, reader)?;
     let mut outlet = *reader
         .inputs
         .iter()
@@ -354,7 +356,7 @@ pub fn restriction_stop(model: &TypedModel, layer: &str) -> Option<RestrictionSt
             let other = &model.node(other.node).name;
             return stop(producer, format!("its output is also read by `{other}`"));
         }
-        match channel_carrier_input(model, producer) {
+        match channel_carrier_input(model, producer, axis) {
             Some(input) => (reader, outlet) = (producer, input),
             None if producer.op_is::<TypedSource>() => {
                 return stop(producer, "a model input".into())
@@ -375,9 +377,22 @@ pub fn restriction_stop(model: &TypedModel, layer: &str) -> Option<RestrictionSt
     }
 }
 
-/// The input of `node` that an element-wise op, an op with constant other operands, or a
-/// pooling carries channel for channel to its output.
-fn channel_carrier_input(model: &TypedModel, node: &TypedNode) -> Option<OutletId> {
+/// The axis of a layer's data input that holds its input channels: a convolution's channel
+/// axis, or the axis a linear layer contracts.
+fn input_channel_axis(model: &TypedModel, node: &TypedNode) -> Option<usize> {
+    if let Some(conv) = node.op_as::<Conv>() {
+        return Some(ops::conv_channel_axis(conv));
+    }
+    let data = 1 - const_input(model, node).filter(|_| is_linear(model, node))?;
+    contracted(model, node).first()?.inputs[data]
+        .first()
+        .copied()
+}
+
+/// The input of `node` that carries channels (along `axis`, which it keeps) one for one to
+/// its output: that of an element-wise op, of an op whose other operands are constants, or of
+/// an op working along other axes (a pooling, an upsampling).
+fn channel_carrier_input(model: &TypedModel, node: &TypedNode, axis: usize) -> Option<OutletId> {
     let op = node.op.as_ref();
     let computed: Vec<OutletId> = node
         .inputs
@@ -387,7 +402,7 @@ fn channel_carrier_input(model: &TypedModel, node: &TypedNode) -> Option<OutletI
         .collect();
     let carries = ops::is_map(op)
         || op.is::<TypedBinOp>()
-        || (ops::stated_channel_axis(op).is_some() && ops::along_preserves_zeros(op));
+        || (ops::is_along(op) && !ops::along_axes(op).contains(&axis));
     match computed[..] {
         [input] if carries => Some(input),
         _ => None,
@@ -1064,6 +1079,12 @@ mod tests {
             residual.reason.contains("two computed tensors"),
             "{residual}"
         );
+        let upsampled = stop(&conv_chain(1, |m, relu| {
+            let scales = tvec![1, 1, 2];
+            let op = tract_core::ops::nn::NearestUpsample { scales };
+            m.wire_node("upsample", op, &[relu]).unwrap()[0]
+        }));
+        assert_eq!(upsampled.node, "producer", "{upsampled}");
         let grouped = stop(&conv_chain(2, |_, relu| relu));
         assert_eq!(grouped.node, "consumer");
         assert!(grouped.reason.contains("2 groups"), "{grouped}");

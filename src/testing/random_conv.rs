@@ -153,8 +153,8 @@ fn conv_activation(m: &mut TypedModel, rng: &mut StdRng, name: &str, a: OutletId
 }
 
 /// Max or average pooling of random geometry over `a`'s spatial axes (channels independent),
-/// or a nearest upsampling, or nothing; and whether some of its windows may hold padding alone (which makes data not
-/// finite: -inf, 0/0).
+/// or a nearest upsampling, or nothing; and whether some of its windows may hold padding alone
+/// (which makes data not finite: -inf, 0/0).
 fn pooling(m: &mut TypedModel, rng: &mut StdRng, a: OutletId) -> TractResult<(OutletId, bool)> {
     let spatial: Vec<usize> = m.outlet_fact(a)?.shape[2..]
         .iter()
