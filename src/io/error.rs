@@ -2,6 +2,11 @@
 
 use crate::io::onnx::EditError;
 
+/// What every ONNX output that cannot be written says to do instead: NNEF needs no edit of the
+/// source file.
+pub(crate) const NNEF_INSTEAD: &str =
+    "the ONNX writer cannot express this slimming: write NNEF, .nnef.tgz";
+
 /// Why a model file cannot be read, understood or written. Each displays as one line naming the
 /// offending file or command-line value.
 #[derive(Debug, thiserror::Error)]
@@ -83,7 +88,7 @@ pub enum IoError {
         message: String,
     },
     /// The ONNX file cannot be edited as the slimming asks (nothing is left at `path` then).
-    #[error("cannot write {path}: {source} (the ONNX writer cannot express this slimming: write NNEF, .nnef.tgz)")]
+    #[error("cannot write {path}: {source} ({})", NNEF_INSTEAD)]
     Edit {
         /// The output file.
         path: String,

@@ -202,6 +202,19 @@ fn windows_see_data(op: &dyn Op) -> bool {
     }
 }
 
+/// Whether some window of a convolution or pooling of `spec` reaches padding. Where none does,
+/// a constant channel adds the same to every output position (the conv fold of constant
+/// channels relies on it).
+pub fn reads_padding(spec: &PoolSpec) -> bool {
+    match &spec.padding {
+        PaddingSpec::Valid => false,
+        PaddingSpec::Explicit(before, after) | PaddingSpec::ExplicitOnnxPool(before, after, _) => {
+            before.iter().chain(after.iter()).any(|p| *p != 0)
+        }
+        _ => true,
+    }
+}
+
 /// The binary mini-op of a [`Family::Bin`] op, if it is `T`.
 fn bin_is<T: BinMiniOp>(op: &dyn Op) -> bool {
     op.downcast_ref::<TypedBinOp>()

@@ -83,8 +83,9 @@ impl ConvReplay {
     }
 }
 
-/// The convolutions of `original` whose weights `slimmed` changes, and the gathers it keeps
-/// (only when it changes a convolution: transformer gathers are the restriction writer's).
+/// The convolutions and flattened classifiers of `original` whose weights `slimmed` changes,
+/// and the gathers it keeps (only when it changes one of them: transformer gathers are the
+/// restriction writer's).
 pub fn conv_replay(original: &TypedModel, slimmed: &TypedModel) -> TractResult<ConvReplay> {
     let before: HashMap<String, ConvEdit> = convolutions(original)?.into_iter().collect();
     let after = convolutions(slimmed)?;
@@ -92,7 +93,7 @@ pub fn conv_replay(original: &TypedModel, slimmed: &TypedModel) -> TractResult<C
     // have to leave the ONNX graph with its readers' inputs, which the replay does not do.
     let kept: HashSet<&String> = after.iter().map(|(name, _)| name).collect();
     if let Some(gone) = before.keys().find(|name| !kept.contains(name)) {
-        bail!("convolution `{gone}` is gone from the slimmed model (nothing reads it) and the ONNX writer cannot remove a node: write NNEF (.nnef.tgz) to drop it");
+        bail!("convolution `{gone}` is gone from the slimmed model (nothing reads it) and the ONNX writer cannot remove a node");
     }
     let mut convs = vec![];
     for (name, after) in after {
@@ -107,11 +108,12 @@ pub fn conv_replay(original: &TypedModel, slimmed: &TypedModel) -> TractResult<C
         convs.len() == convs.iter().map(|c| &c.node).collect::<HashSet<_>>().len(),
         "a convolution is computed twice, restricted and whole"
     );
-    let before: HashMap<String, Tensor> = flattened_classifiers(original)?.into_iter().collect();
-    let classifiers = flattened_classifiers(slimmed)?
+    let classifiers_before: HashMap<String, Tensor> =
+        flattened_classifiers(original)?.into_iter().collect();
+    let classifiers: Vec<ClassifierEdit> = flattened_classifiers(slimmed)?
         .into_iter()
         .filter_map(|(node, weight)| {
-            let was = before.get(&node)?;
+            let was = classifiers_before.get(&node)?;
             (was.shape() != weight.shape()).then(|| ClassifierEdit {
                 width_before: was.shape()[1],
                 node,
@@ -119,7 +121,7 @@ pub fn conv_replay(original: &TypedModel, slimmed: &TypedModel) -> TractResult<C
             })
         })
         .collect();
-    let gathers = if convs.is_empty() {
+    let gathers = if convs.is_empty() && classifiers.is_empty() {
         vec![]
     } else {
         kept_gathers(original, slimmed)?

@@ -110,13 +110,11 @@ pub enum EditError {
     },
     /// A state input or output slimming cut (a KV cache) whose cut the edits of the ONNX graph
     /// around it do not meet.
-    #[error(
-        "the state `{0}` cannot be cut in the ONNX graph as slimming cut it (write NNEF to cut it)"
-    )]
+    #[error("the state `{0}` cannot be cut in the ONNX graph as slimming cut it")]
     StateNotCut(String),
     /// Slimming cut weights the writer cannot replay on the ONNX file (it replays FFN channels,
     /// attention heads and convolutions): the file would be written unchanged.
-    #[error("slimming cut {removed} zero input channels the ONNX writer cannot replay (it replays FFN channels, attention heads and convolutions; here no such cut was found): write NNEF (.nnef.tgz) to keep them")]
+    #[error("slimming cut {removed} zero input channels the ONNX writer cannot replay (it replays FFN channels, attention heads and convolutions; here no such cut was found)")]
     Unreplayed {
         /// Zero input channels of consumers slimming removed.
         removed: usize,

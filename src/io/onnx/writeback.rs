@@ -20,7 +20,7 @@
 //! layout need not be tract's). The written file is imported again and must compute what the
 //! original computes; otherwise nothing is written.
 
-use crate::io::error::{IoError, IoResult};
+use crate::io::error::{IoError, IoResult, NNEF_INSTEAD};
 use crate::io::import::{import_onnx, tensor_shapes, ImportOptions};
 use crate::io::nnef::ArtifactCheck;
 use crate::io::onnx::convs::{apply_conv_replay, conv_replay, ConvReplay};
@@ -465,10 +465,7 @@ const PROTOBUF_LIMIT: usize = 2_000_000_000;
 /// The file written for `output` at `path`, loaded back by tract.
 fn reload(path: &Path, output: &Path, import: &ImportOptions) -> IoResult<TypedModel> {
     import_onnx(path, import).map_err(|e| {
-        let why = format!(
-            "the ONNX writer cannot replay this slimming (the edited file does not load: \
-                 {e}); write NNEF (.nnef.tgz) instead"
-        );
+        let why = format!("the edited file does not load: {e} ({NNEF_INSTEAD})");
         IoError::write(output, why)
     })
 }

@@ -17,7 +17,7 @@ use crate::egraph::lang::{Key, TensorLang};
 use crate::model::ops;
 use egg::Id;
 use tract_core::internal::*;
-use tract_core::ops::cnn::{Conv, PaddingSpec};
+use tract_core::ops::cnn::Conv;
 
 /// The convolution op of class `arg`, when the conv rules reason about it.
 fn conv(egraph: &SlimGraph, arg: Arg) -> Option<Conv> {
@@ -174,18 +174,6 @@ pub fn conv_zero_inputs(egraph: &mut SlimGraph, args: &[Arg]) -> Alternatives {
     ]]
 }
 
-/// Whether every window of the convolution lies within the data (no padding): a constant
-/// channel then contributes the same to every output position.
-fn unpadded(conv: &Conv) -> bool {
-    match &conv.pool_spec.padding {
-        PaddingSpec::Valid => true,
-        PaddingSpec::Explicit(before, after) | PaddingSpec::ExplicitOnnxPool(before, after, _) => {
-            before.iter().chain(after.iter()).all(|p| *p == 0)
-        }
-        _ => false,
-    }
-}
-
 /// The data channels of `data` holding one known constant everywhere, with that constant.
 fn constant_channels(egraph: &SlimGraph, data: Id, axis: usize) -> Vec<(usize, f32)> {
     known::nonzero_known(egraph, data, axis)
@@ -218,7 +206,8 @@ fn folded_bias(kernel: &Tensor, bias: &Tensor, constants: &[(usize, f32)]) -> Op
 /// some stay).
 pub fn conv_constant_inputs(egraph: &mut SlimGraph, args: &[Arg]) -> Alternatives {
     let found = (|| {
-        let conv = conv(egraph, args[0]).filter(|c| c.group == 1 && unpadded(c))?;
+        let conv =
+            conv(egraph, args[0]).filter(|c| c.group == 1 && !ops::reads_padding(&c.pool_spec))?;
         let (data, kernel, bias) = (class(args[1])?, class(args[2])?, class(args[3])?);
         let tables = &egraph.analysis.tables;
         let bias_key = const_of(egraph, bias)?;
