@@ -88,6 +88,8 @@ fn assert_refused(model: &str, output: &std::path::Path, needles: &[&str]) {
 ///   inputs (8 · 4·3·3), folded into its bias: 112 + 288.
 /// - `vgg`: the classifier's 48 zero columns (10 · 48) and the last conv's 3 filters
 ///   (3 · 8·3·3 + 3), through the max pooling and the flattening: 480 + 219.
+/// - `reflect` (reflection-padded convs: a `Pad` before each): as `conv`, through the second
+///   conv's padding: 112 + 288.
 /// - `neck`: the 3×3 fusing conv's 6 zero inputs (8 · 6·3·3), the left branch's 2 filters
 ///   (2 · 27 + 2) and the right's 4 (4 · 28): 432 + 56 + 112.
 const HAND_COUNTS: &[(&str, usize)] = &[
@@ -104,6 +106,7 @@ const HAND_COUNTS: &[(&str, usize)] = &[
     ("convnext_pruned", 5216),
     ("vgg_pruned", 699),
     ("unpadded_constant", 400),
+    ("reflect_pruned", 400),
 ];
 
 /// The `--report` JSON of `slim MODEL -o OUTPUT --verify`, which must succeed.

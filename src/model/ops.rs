@@ -5,7 +5,7 @@
 
 use tract_core::internal::*;
 use tract_core::ops::array::{
-    CumSum, Gather, GatherElements, GatherNd, MultiBroadcastTo, Slice, TypedConcat,
+    CumSum, Gather, GatherElements, GatherNd, MultiBroadcastTo, Pad, PadMode, Slice, TypedConcat,
 };
 use tract_core::ops::binary::{BinMiniOp, TypedBinOp};
 use tract_core::ops::cast::Cast;
@@ -33,7 +33,8 @@ pub enum Family {
     /// A tensor contraction without quantization.
     EinSum,
     /// Works along some axes; slices across the others are independent (softmax, reductions,
-    /// norms, slices, and poolings, downsamplings and nearest upsamplings along their spatial axes).
+    /// norms, slices, and poolings, paddings, downsamplings and nearest upsamplings along their
+    /// spatial axes).
     Along,
     /// Moves positions without computing (reshapes, permutations, added or removed axes).
     Axis,
@@ -108,6 +109,7 @@ pub fn is_along(op: &dyn Op) -> bool {
         || op.is::<Slice>()
         || op.is::<Downsample>()
         || op.is::<NearestUpsample>()
+        || op.is::<Pad>()
         || op.is::<SumPool>()
         || op
             .downcast_ref::<MaxPool>()
@@ -158,6 +160,8 @@ pub fn along_axes(op: &dyn Op) -> TVec<usize> {
         tvec!(d.axis)
     } else if let Some(u) = op.downcast_ref::<NearestUpsample>() {
         (0..u.scales.len()).filter(|&a| u.scales[a] != 1).collect()
+    } else if let Some(p) = op.downcast_ref::<Pad>() {
+        (0..p.pads.len()).filter(|&a| p.pads[a] != (0, 0)).collect()
     } else if let Some(spec) = pool_spec(op) {
         pooled_axes(spec)
     } else {
@@ -174,9 +178,22 @@ fn pool_spec(op: &dyn Op) -> Option<&PoolSpec> {
 }
 
 /// Whether an [`Family::Along`] op keeps a zero slice (across its axes) zero: all but softmax,
-/// which turns it into a uniform one, and a pooling with windows of padding alone.
+/// which turns it into a uniform one, a pooling with windows of padding alone, and a padding
+/// with a constant other than zero.
 pub fn along_preserves_zeros(op: &dyn Op) -> bool {
-    is_along(op) && !op.is::<Softmax>() && windows_see_data(op)
+    is_along(op)
+        && !op.is::<Softmax>()
+        && windows_see_data(op)
+        && pad_constant(op).is_none_or(|v| v == 0.0)
+}
+
+/// The constant a padding fills with (NaN when it is not a number), if it is a constant padding
+/// (reflection and edge padding copy data).
+fn pad_constant(op: &dyn Op) -> Option<f32> {
+    match &op.downcast_ref::<Pad>()?.mode {
+        PadMode::Constant(value) => Some(value.cast_to_scalar::<f32>().unwrap_or(f32::NAN)),
+        PadMode::Reflect | PadMode::Edge => None,
+    }
 }
 
 /// Whether every window of a pooling holds some data (not only padding), as PyTorch's poolings
@@ -260,7 +277,7 @@ pub fn keeps_finite(family: Family, op: &dyn Op) -> bool {
         | Family::Bcast
         | Family::Concat
         | Family::Conv => true,
-        Family::Along => windows_see_data(op),
+        Family::Along => windows_see_data(op) && pad_constant(op).is_none_or(f32::is_finite),
         Family::Bin => bin_keeps_finite(op),
         Family::Map => is_cast(op) || map_keeps_finite(op),
         Family::Opaque => opaque_keeps_finite(op),

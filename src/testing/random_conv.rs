@@ -1,6 +1,7 @@
 //! Random convolutional models for the conv rules' soundness checks and the differential test:
 //! a producer convolution (sometimes concatenated with another along the channels), an optional
-//! max or average pooling or nearest upsampling, an optional grouped or depthwise convolution,
+//! max or average pooling, nearest upsampling or padding (zero, constant, reflection, edge), an
+//! optional grouped or depthwise convolution,
 //! and a consumer (with, sometimes, a second consumer of the same shape added to it: a zero in
 //! one branch only must stay); or, a fifth of the time, constant channels before an unpadded
 //! consumer (Network Slimming's γ = 0, folded into its bias). Over 1-D or 2-D data, with random
@@ -12,7 +13,7 @@ use crate::testing::random::{random_tensor, zero_block_elements, zero_random_sli
 use rand::rngs::StdRng;
 use rand::Rng;
 use tract_core::internal::*;
-use tract_core::ops::array::TypedConcat;
+use tract_core::ops::array::{Pad, PadMode, TypedConcat};
 use tract_core::ops::cnn::{Conv, KernelFormat, MaxPool, PaddingSpec, PoolSpec, SumPool};
 use tract_core::ops::math::{add, max};
 use tract_core::ops::nn::{sigmoid, DataFormat, NearestUpsample};
@@ -153,8 +154,8 @@ fn conv_activation(m: &mut TypedModel, rng: &mut StdRng, name: &str, a: OutletId
 }
 
 /// Max or average pooling of random geometry over `a`'s spatial axes (channels independent),
-/// or a nearest upsampling, or nothing; and whether some of its windows may hold padding alone
-/// (which makes data not finite: -inf, 0/0).
+/// or a nearest upsampling, or a padding, or nothing; and whether its output may not be finite
+/// (a pooling's window of padding alone: -inf, 0/0).
 fn pooling(m: &mut TypedModel, rng: &mut StdRng, a: OutletId) -> TractResult<(OutletId, bool)> {
     let spatial: Vec<usize> = m.outlet_fact(a)?.shape[2..]
         .iter()
@@ -164,7 +165,7 @@ fn pooling(m: &mut TypedModel, rng: &mut StdRng, a: OutletId) -> TractResult<(Ou
     let mut pool_spec = random_geometry(rng, &spatial, keep_size);
     let channels = m.outlet_fact(a)?.shape[1].to_usize()?;
     (pool_spec.input_channels, pool_spec.output_channels) = (channels, channels);
-    let op: Box<dyn TypedOp> = match rng.gen_range(0..4) {
+    let op: Box<dyn TypedOp> = match rng.gen_range(0..5) {
         0 => Box::new(MaxPool::new(pool_spec, None)),
         1 => Box::new(SumPool::new(pool_spec, rng.gen_bool(0.5), true)),
         2 => {
@@ -173,10 +174,35 @@ fn pooling(m: &mut TypedModel, rng: &mut StdRng, a: OutletId) -> TractResult<(Ou
             let scales = [1, 1].into_iter().chain(spatial).collect();
             Box::new(NearestUpsample { scales })
         }
+        3 => Box::new(random_pad(rng, &spatial)),
         _ => return Ok((a, false)),
     };
-    let padding_alone = !ops::along_preserves_zeros(op.as_ref());
-    Ok((m.wire_node("pool", op, &[a])?[0], padding_alone))
+    let not_finite = !ops::keeps_finite(ops::Family::Along, op.as_ref());
+    Ok((m.wire_node("pool", op, &[a])?[0], not_finite))
+}
+
+/// A padding of the spatial axes (sizes `spatial`) by up to two on each side: with zeros, a
+/// constant (`F.pad`'s value), a reflection or the edge.
+fn random_pad(rng: &mut StdRng, spatial: &[usize]) -> Pad {
+    let mode = match rng.gen_range(0..4) {
+        0 => PadMode::Constant(Arc::new(0f32.into())),
+        1 => PadMode::Constant(Arc::new(rng.gen_range(-1f32..1f32).into())),
+        2 => PadMode::Reflect,
+        _ => PadMode::Edge,
+    };
+    // A reflection repeats no edge, so it pads by less than the axis.
+    let most = |size: usize| {
+        if mode == PadMode::Reflect {
+            2.min(size - 1)
+        } else {
+            2
+        }
+    };
+    let spatial_pads = spatial
+        .iter()
+        .map(|&size| (rng.gen_range(0..=most(size)), rng.gen_range(0..=most(size))));
+    let pads = [(0, 0), (0, 0)].into_iter().chain(spatial_pads).collect();
+    Pad { pads, mode }
 }
 
 /// A random convolutional model (see the module docs).
@@ -232,7 +258,7 @@ fn random_conv_checked(rng: &mut StdRng) -> TractResult<Planted> {
     }
     let c1 = m.outlet_fact(a)?.shape[1].to_usize()?;
     a = conv_activation(&mut m, rng, "producer.act", a);
-    let (pooled_tensor, padding_alone) = if constant_case {
+    let (pooled_tensor, not_finite) = if constant_case {
         (a, false)
     } else {
         pooling(&mut m, rng, a)?
@@ -303,7 +329,7 @@ fn random_conv_checked(rng: &mut StdRng) -> TractResult<Planted> {
     let zero_positions = zero_block_elements(&kernel, 1, 1);
     // Behind a pooling with windows of padding alone the data is not finite: zero taps
     // may still meet -inf. Behind a partly grouped conv, the cut may not pay.
-    let countable = !zero_data && !padding_alone && !partly_grouped;
+    let countable = !zero_data && !not_finite && !partly_grouped;
     let mut removable_weights = if zero_positions < kernel.len() && countable {
         zero_positions
     } else {
