@@ -75,8 +75,8 @@ pub use util::files::write_atomically;
 // What the pass knows about models: groups of units, and running them.
 pub use model::cost::{Nominal, NOMINAL_DIM};
 pub use model::discover::{
-    attention_blocks, groups, layer_input_channels, restriction_stop, zero_inputs, AttentionBlock,
-    Group, Kind, RestrictionStop, Units, ZeroInputs,
+    attention_blocks, channel_groups, groups, layer_input_channels, restriction_stop, zero_inputs,
+    AttentionBlock, ChannelGroup, Group, Kind, RestrictionStop, Units, ZeroInputs,
 };
 pub use model::state::{feeds_back, named_state_pairs, state_positions, StateCut, StatePair};
 pub use model::verify::{

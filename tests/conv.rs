@@ -360,3 +360,48 @@ fn show_finds_no_zero_channel_left_in_slimmable_conv_nets() {
         }
     }
 }
+
+/// The `conv` rows of a groups table (`plan`, `show`): consumer, units, zero units, and, in
+/// `show`, the units slimming keeps.
+fn conv_groups(table: &str) -> Vec<(String, usize, usize, Option<usize>)> {
+    let rows = table.lines().filter(|l| l.starts_with("conv "));
+    rows.map(|row| {
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        let number = |i: usize| cells[i].parse::<usize>().unwrap();
+        let kept = cells.get(5).map(|k| k.parse().unwrap());
+        (cells[2].to_string(), number(3), number(4), kept)
+    })
+    .collect()
+}
+
+#[test]
+fn show_and_plan_list_conv_channel_groups() {
+    for exporter in ["torchscript", "dynamo"] {
+        // Every block's inner channels, computed by one conv and read by the next (ResNet),
+        // through a depthwise conv (MobileNetV2), and by Conv1d (keyword spotting).
+        for (name, groups) in [
+            ("resnet_pruned", 4),
+            ("mobilenet_v2_pruned", 16),
+            ("kws_pruned", 3),
+        ] {
+            let model = fixture(name, exporter);
+            let planned = conv_groups(&assert_success(&model_slim(&["plan", &model])));
+            let shown = conv_groups(&assert_success(&model_slim(&["show", &model])));
+            assert_eq!(planned.len(), groups, "{name} {exporter}: {planned:?}");
+            assert!(planned.iter().any(|(_, _, zero, _)| *zero > 0));
+            for ((layer, units, zero, _), shown) in planned.iter().zip(&shown) {
+                let kept = units - zero;
+                assert_eq!(shown, &(layer.clone(), *units, *zero, Some(kept)));
+            }
+        }
+    }
+    // A transformer's layers read no convolution's channels.
+    let shape = ["-i", "input_ids:1,8,i64", "-i", "attention_mask:1,8,i64"];
+    let planned =
+        model_slim(&[&["plan", &fixture("gpt2_mixed", "torchscript")], &shape[..]].concat());
+    let planned = assert_success(&planned);
+    assert!(
+        planned.contains("ffn ") && conv_groups(&planned).is_empty(),
+        "{planned}"
+    );
+}

@@ -8,14 +8,17 @@ use model_slim::compare_latency;
 use model_slim::symbol_values;
 use model_slim::to_dot;
 use model_slim::Expected;
+use model_slim::Group;
 use model_slim::Limits;
 use model_slim::Report;
 use model_slim::Verification;
 use model_slim::{auto_slim, AutoOptions, AutoSlimmed};
 use model_slim::{
+    channel_groups, groups, layer_input_channels, restriction_stop, zero_inputs, Kind,
+};
+use model_slim::{
     feeds_back, input_names, named_state_pairs, output_names, state_positions, StatePair,
 };
-use model_slim::{groups, layer_input_channels, restriction_stop, zero_inputs, Kind};
 use model_slim::{write_atomically, write_model, ArtifactCheck, Format};
 use model_slim::{write_pruned_onnx, write_slimmed_onnx};
 use model_slim::{zero_units, Criterion, GlobalCost, KvLayout, Plan, Repair, Targets};
@@ -631,11 +634,13 @@ fn repair_of(args: &PruneArgs) -> Repair {
 }
 
 /// The groups table: kind, layer, consumer, units, and zero units (already removable); with a
-/// slimming report, the units each group keeps.
-fn groups_table(model: &TypedModel, after: Option<&Report>) -> Result<String, SlimError> {
+/// slimming, the units each group keeps. FFN and attention groups first, then the channel
+/// groups of convolutional networks (`conv`).
+fn groups_table(model: &TypedModel, after: Option<&Slimmed>) -> Result<String, SlimError> {
     let found = groups(model).map_err(|e| SlimError::stage("discover", e))?;
-    if found.is_empty() {
-        return Ok("no FFN or attention group found\n".into());
+    let channels = channel_groups(model);
+    if found.is_empty() && channels.is_empty() {
+        return Ok("no FFN, attention or conv channel group found\n".into());
     }
     let mut out = format!(
         "{:<6} {:<6} {:<52} {:>6} {:>6}",
@@ -650,35 +655,53 @@ fn groups_table(model: &TypedModel, after: Option<&Report>) -> Result<String, Sl
         let zero = zero_units(model, g)
             .map_err(|e| SlimError::stage("discover", e))?
             .len();
-        let kind = g.kind;
         let units = if g.kind == Kind::Heads && g.kv_heads != g.units {
             format!("{} (KV {})", g.units, g.kv_heads)
         } else {
             g.units.to_string()
         };
-        out += &format!(
-            "{:<6} {:<6} {:<52} {:>6} {:>6}",
-            kind, g.layer, g.name, units, zero
-        );
-        if let Some(report) = after {
-            let kept = match g.kind {
-                Kind::Ffn => report
-                    .ffn_layers
-                    .get(g.layer)
-                    .map(|l| l.channels_after.to_string()),
-                Kind::Heads => report.attention_layers.get(g.layer).map(|l| {
-                    if l.kv_heads_before == l.heads_before {
-                        l.heads_after.to_string()
-                    } else {
-                        format!("{} (KV {})", l.heads_after, l.kv_heads_after)
-                    }
-                }),
-            };
-            out += &kept.map(|k| format!("   {k}")).unwrap_or_default();
-        }
-        out += "\n";
+        let kept = after.and_then(|slimmed| kept_units(g, &slimmed.report));
+        out += &group_row(&g.kind.to_string(), g.layer, &g.name, &units, zero, kept);
+    }
+    for (layer, g) in channels.iter().enumerate() {
+        let kept = after.map(|slimmed| {
+            layer_input_channels(&slimmed.model, &g.consumer)
+                .map_or_else(|| "gone".into(), |k| k.to_string())
+        });
+        let units = g.channels.to_string();
+        out += &group_row("conv", layer, &g.consumer, &units, g.zero, kept);
     }
     Ok(out)
+}
+
+/// One row of the groups table.
+fn group_row(
+    kind: &str,
+    layer: usize,
+    name: &str,
+    units: &str,
+    zero: usize,
+    kept: Option<String>,
+) -> String {
+    let kept = kept.map(|k| format!("   {k}")).unwrap_or_default();
+    format!("{kind:<6} {layer:<6} {name:<52} {units:>6} {zero:>6}{kept}\n")
+}
+
+/// The units an FFN or attention group keeps, as a slimming report says.
+fn kept_units(g: &Group, report: &Report) -> Option<String> {
+    match g.kind {
+        Kind::Ffn => report
+            .ffn_layers
+            .get(g.layer)
+            .map(|l| l.channels_after.to_string()),
+        Kind::Heads => report.attention_layers.get(g.layer).map(|l| {
+            if l.kv_heads_before == l.heads_before {
+                l.heads_after.to_string()
+            } else {
+                format!("{} (KV {})", l.heads_after, l.kv_heads_after)
+            }
+        }),
+    }
 }
 
 fn run_plan(ctx: &Context, model: &Path, import_args: &ImportArgs) -> Result<(), Failure> {
@@ -698,7 +721,7 @@ fn run_show(
         .with_symbol_values(symbol_values(&original, &sets))
         .with_state(model_state(&original, import_args)?);
     let slimmed = slim(ctx, &slimmer, &original)?;
-    ctx.say(&groups_table(&original, Some(&slimmed.report))?);
+    ctx.say(&groups_table(&original, Some(&slimmed))?);
     let r = &slimmed.report;
     ctx.say(&format!(
         "slimming would take parameters {} → {} and FLOPs {:.3e} → {:.3e}\n",

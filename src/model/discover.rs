@@ -323,58 +323,152 @@ impl std::fmt::Display for RestrictionStop {
 
 /// Where slimming stopped restricting the inputs of the layer named `layer` (or rebuilt from
 /// it) in `model` (slimmed, or the original when nothing was cut): the layer itself when it is
-/// a grouped conv (whose inputs go equally in every group or in whole groups), else the first
-/// node above it whose output another node reads too, or that is no element-wise op,
-/// constant-operand op, pooling or upsampling.
+/// a grouped conv (whose inputs go equally in every group or in whole groups), else where
+/// [`channel_origin`] ends.
 pub fn restriction_stop(model: &TypedModel, layer: &str) -> Option<RestrictionStop> {
-    let stop = |node: &TypedNode, reason: String| {
-        Some(RestrictionStop {
-            node: node.name.clone(),
-            reason,
-        })
-    };
-    let mut reader = model
+    let reader = model
         .nodes()
         .iter()
         .find(|n| base_name(&n.name) == base_name(layer))?;
-    if let Some(conv) = reader.op_as::<Conv>().filter(|c| c.group > 1) {
-        let reason = format!(
-            "a conv of {} groups drops inputs equally in every group or in whole groups",
-            conv.group
-        );
-        return stop(reader, reason);
-    }
-    let axis = input_channel_axis(model, reader)?;
-    let mut outlet = *reader
+    let (node, reason) = match reader.op_as::<Conv>().filter(|c| c.group > 1) {
+        Some(conv) => (
+            reader,
+            format!(
+                "a conv of {} groups drops inputs equally in every group or in whole groups",
+                conv.group
+            ),
+        ),
+        None => match channel_origin(model, reader)?.0 {
+            Origin::Shared { node, other } => {
+                (node, format!("its output is also read by `{}`", other.name))
+            }
+            Origin::Input(node) => (node, "a model input".into()),
+            Origin::Layer(node) => (
+                node,
+                "it computes the channels, and slimming kept them (no saving)".into(),
+            ),
+            Origin::Combined(node) => (
+                node,
+                "it combines two computed tensors, which must both lose the channels".into(),
+            ),
+            Origin::Other(node) => (
+                node,
+                format!("{} (no channel restriction crosses it)", node.op.name()),
+            ),
+        },
+    };
+    Some(RestrictionStop {
+        node: node.name.clone(),
+        reason,
+    })
+}
+
+/// Where a layer's input channels come from, walking up through ops that carry them one for
+/// one ([`channel_carrier_input`]) as long as nothing else reads them.
+enum Origin<'m> {
+    /// A node whose output another node reads too.
+    Shared {
+        node: &'m TypedNode,
+        other: &'m TypedNode,
+    },
+    /// A model input.
+    Input(&'m TypedNode),
+    /// A convolution or linear layer computing the channels.
+    Layer(&'m TypedNode),
+    /// A binary op of two computed tensors (a residual add).
+    Combined(&'m TypedNode),
+    /// An op no channel restriction crosses.
+    Other(&'m TypedNode),
+}
+
+/// The [`Origin`] of the input channels of `layer` (a convolution or linear layer), and whether
+/// the walk crossed a convolution (a depthwise one).
+fn channel_origin<'m>(model: &'m TypedModel, layer: &'m TypedNode) -> Option<(Origin<'m>, bool)> {
+    let axis = input_channel_axis(model, layer)?;
+    let mut reader = layer;
+    let mut outlet = *layer
         .inputs
         .iter()
         .find(|i| !model.node(i.node).op_is::<Const>())?;
+    let mut crossed_conv = false;
     loop {
         let producer = model.node(outlet.node);
         let successors = model.outlet_successors(outlet);
         if let Some(other) = successors.iter().find(|i| i.node != reader.id) {
-            let other = &model.node(other.node).name;
-            return stop(producer, format!("its output is also read by `{other}`"));
+            let other = model.node(other.node);
+            return Some((
+                Origin::Shared {
+                    node: producer,
+                    other,
+                },
+                crossed_conv,
+            ));
         }
-        match channel_carrier_input(model, producer, axis) {
-            Some(input) => (reader, outlet) = (producer, input),
-            None if producer.op_is::<TypedSource>() => {
-                return stop(producer, "a model input".into())
+        let origin = match channel_carrier_input(model, producer, axis) {
+            Some(input) => {
+                crossed_conv |= producer.op_is::<Conv>();
+                (reader, outlet) = (producer, input);
+                continue;
             }
+            None if producer.op_is::<TypedSource>() => Origin::Input(producer),
             None if producer.op_is::<Conv>() || is_linear(model, producer) => {
-                let reason = "it computes the channels, and slimming kept them (no saving)";
-                return stop(producer, reason.into());
+                Origin::Layer(producer)
             }
-            None if producer.op_is::<TypedBinOp>() => {
-                let reason = "it combines two computed tensors, which must both lose the channels";
-                return stop(producer, reason.into());
-            }
-            None => {
-                let reason = format!("{} (no channel restriction crosses it)", producer.op.name());
-                return stop(producer, reason);
-            }
-        }
+            None if producer.op_is::<TypedBinOp>() => Origin::Combined(producer),
+            None => Origin::Other(producer),
+        };
+        return Some((origin, crossed_conv));
     }
+}
+
+/// Channels of a convolutional network that one layer computes and another reads, carried one
+/// for one between them ([`channel_origin`]): the unit of channel pruning, listed by `show`
+/// and `plan` as FFN groups are. A convolution reads them, computes them or lies between.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChannelGroup {
+    /// The layer reading the channels (a convolution or a linear layer).
+    pub consumer: String,
+    /// The layer computing them.
+    pub producer: String,
+    /// How many channels.
+    pub channels: usize,
+    /// Those of them the consumer's weights do not read (all zero).
+    pub zero: usize,
+}
+
+/// The channel groups of `model`, by consumer in evaluation order.
+pub fn channel_groups(model: &TypedModel) -> Vec<ChannelGroup> {
+    model
+        .eval_order()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|id| channel_group(model, model.node(id)))
+        .collect()
+}
+
+fn channel_group(model: &TypedModel, consumer: &TypedNode) -> Option<ChannelGroup> {
+    let conv = consumer.op_as::<Conv>();
+    if conv.is_some_and(is_depthwise) || !(conv.is_some() || is_linear(model, consumer)) {
+        return None;
+    }
+    let (Origin::Layer(producer), crossed_conv) = channel_origin(model, consumer)? else {
+        return None;
+    };
+    if !(conv.is_some() || crossed_conv || producer.op_is::<Conv>()) {
+        return None;
+    }
+    Some(ChannelGroup {
+        consumer: consumer.name.clone(),
+        producer: producer.name.clone(),
+        channels: layer_input_channels(model, &consumer.name)?,
+        zero: zero_inputs_of(model, consumer).map_or(0, |z| z.zero),
+    })
+}
+
+/// A depthwise convolution: each output channel reads its own input channel alone, so it
+/// carries channels one for one.
+fn is_depthwise(conv: &Conv) -> bool {
+    conv.group == conv.input_channels() && conv.group == conv.output_channels()
 }
 
 /// The axis of a layer's data input that holds its input channels: a convolution's channel
@@ -390,8 +484,8 @@ fn input_channel_axis(model: &TypedModel, node: &TypedNode) -> Option<usize> {
 }
 
 /// The input of `node` that carries channels (along `axis`, which it keeps) one for one to
-/// its output: that of an element-wise op, of an op whose other operands are constants, or of
-/// an op working along other axes (a pooling, an upsampling).
+/// its output: that of an element-wise op, of an op whose other operands are constants, of an
+/// op working along other axes (a pooling, an upsampling), or of a depthwise convolution.
 fn channel_carrier_input(model: &TypedModel, node: &TypedNode, axis: usize) -> Option<OutletId> {
     let op = node.op.as_ref();
     let computed: Vec<OutletId> = node
@@ -402,6 +496,9 @@ fn channel_carrier_input(model: &TypedModel, node: &TypedNode, axis: usize) -> O
         .collect();
     let carries = ops::is_map(op)
         || op.is::<TypedBinOp>()
+        || op
+            .downcast_ref::<Conv>()
+            .is_some_and(|c| is_depthwise(c) && ops::conv_channel_axis(c) == axis)
         || (ops::is_along(op) && !ops::along_axes(op).contains(&axis));
     match computed[..] {
         [input] if carries => Some(input),
