@@ -16,7 +16,7 @@ use crate::io::onnx::restrict::{gather_node, int64_tensor, int_attribute, int_va
 use crate::model::discover::base_name;
 use std::collections::{HashMap, HashSet};
 use tract_core::internal::*;
-use tract_core::ops::array::Gather;
+use tract_core::ops::array::{Gather, TypedConcat};
 use tract_core::ops::cnn::Conv;
 use tract_core::ops::einsum::EinSum;
 use tract_core::ops::konst::Const;
@@ -59,18 +59,32 @@ pub struct ClassifierEdit {
     pub width_before: usize,
 }
 
+/// A concatenation some of whose inputs slimming no longer reads: a branch whose channels all
+/// went (the readers' kernels dropped them), which leaves the graph with its producers.
+#[derive(Clone, Debug)]
+pub struct ConcatEdit {
+    /// The tract node's name (the ONNX node's).
+    pub node: String,
+    /// How many inputs it has, and the ones it keeps.
+    pub inputs: usize,
+    pub kept: Vec<usize>,
+}
+
 /// What slimming did to the convolutions of a model.
 #[derive(Clone, Debug, Default)]
 pub struct ConvReplay {
     pub convs: Vec<ConvEdit>,
     pub classifiers: Vec<ClassifierEdit>,
+    pub concats: Vec<ConcatEdit>,
+    /// Convolutions gone from the slimmed model (nothing reads them any more).
+    pub gone: Vec<String>,
     pub gathers: Vec<GatherEdit>,
 }
 
 impl ConvReplay {
     /// Whether slimming cut any convolution.
     pub fn is_empty(&self) -> bool {
-        self.convs.is_empty() && self.classifiers.is_empty()
+        self.convs.is_empty() && self.classifiers.is_empty() && self.concats.is_empty()
     }
 
     /// Whether the tract node `name` is a convolution this replay writes (its matrix product or
@@ -89,12 +103,13 @@ impl ConvReplay {
 pub fn conv_replay(original: &TypedModel, slimmed: &TypedModel) -> TractResult<ConvReplay> {
     let before: HashMap<String, ConvEdit> = convolutions(original)?.into_iter().collect();
     let after = convolutions(slimmed)?;
-    // A convolution nothing reads any more (a branch a concatenation no longer needs) would
-    // have to leave the ONNX graph with its readers' inputs, which the replay does not do.
     let kept: HashSet<&String> = after.iter().map(|(name, _)| name).collect();
-    if let Some(gone) = before.keys().find(|name| !kept.contains(name)) {
-        bail!("convolution `{gone}` is gone from the slimmed model (nothing reads it) and the ONNX writer cannot remove a node");
-    }
+    let mut gone: Vec<String> = before
+        .keys()
+        .filter(|name| !kept.contains(name))
+        .cloned()
+        .collect();
+    gone.sort_unstable();
     let mut convs = vec![];
     for (name, after) in after {
         let Some(was) = before.get(&name) else {
@@ -121,6 +136,13 @@ pub fn conv_replay(original: &TypedModel, slimmed: &TypedModel) -> TractResult<C
             })
         })
         .collect();
+    // Only a convolution's going (a branch nothing reads) drops inputs of concatenations:
+    // tract renames others (a transformer's) without slimming touching them.
+    let concats = if gone.is_empty() {
+        vec![]
+    } else {
+        dropped_concat_inputs(original, slimmed)
+    };
     let gathers = if convs.is_empty() && classifiers.is_empty() {
         vec![]
     } else {
@@ -129,8 +151,33 @@ pub fn conv_replay(original: &TypedModel, slimmed: &TypedModel) -> TractResult<C
     Ok(ConvReplay {
         convs,
         classifiers,
+        concats,
+        gone,
         gathers,
     })
+}
+
+/// The concatenations of `original` that `slimmed` no longer computes, with the inputs whose
+/// producers it still has: the others' channels all went, so the readers read the kept ones
+/// alone (a restriction to one input's slices replaces the concatenation by that input).
+fn dropped_concat_inputs(original: &TypedModel, slimmed: &TypedModel) -> Vec<ConcatEdit> {
+    let present: HashSet<&str> = slimmed.nodes().iter().map(|n| base_name(&n.name)).collect();
+    let concats = original.nodes().iter().filter(|n| n.op_is::<TypedConcat>());
+    concats
+        .filter(|n| !present.contains(base_name(&n.name)))
+        .filter_map(|n| {
+            let kept: Vec<usize> = (0..n.inputs.len())
+                .filter(|&slot| {
+                    present.contains(base_name(&original.node(n.inputs[slot].node).name))
+                })
+                .collect();
+            (!kept.is_empty() && kept.len() < n.inputs.len()).then(|| ConcatEdit {
+                node: n.name.clone(),
+                inputs: n.inputs.len(),
+                kept,
+            })
+        })
+        .collect()
 }
 
 /// Every linear layer of a model reading data `[batch, axes..]` flattened: an EinSum of the
@@ -311,9 +358,80 @@ pub fn apply_conv_replay(proto: &mut ModelProto, replay: &ConvReplay) -> EditRes
     for classifier in &replay.classifiers {
         apply_classifier(proto, classifier)?;
     }
+    for concat in &replay.concats {
+        apply_concat(proto, concat)?;
+    }
     for (n, gather) in replay.gathers.iter().enumerate() {
         insert_gather(proto, gather, n)?;
     }
+    if !replay.gone.is_empty() {
+        remove_unread(proto)?;
+    }
+    match replay.gone.iter().find(|conv| onnx_node(proto, conv).is_some()) {
+        Some(conv) => Err(EditError::Unmapped(format!(
+            "convolution `{conv}` is gone from the slimmed model (nothing reads it), but its ONNX node is still read"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Keeps, of an ONNX concatenation, the inputs slimming still reads.
+fn apply_concat(proto: &mut ModelProto, edit: &ConcatEdit) -> EditResult<()> {
+    let graph = proto.graph.as_mut().ok_or(EditError::NoGraph)?;
+    let node = graph
+        .node
+        .iter_mut()
+        .find(|n| n.name == edit.node && n.op_type == "Concat" && n.input.len() == edit.inputs)
+        .ok_or_else(|| EditError::NoOnnxNode(edit.node.clone()))?;
+    node.input = edit
+        .kept
+        .iter()
+        .map(|&slot| node.input[slot].clone())
+        .collect();
+    Ok(())
+}
+
+/// Removes the nodes whose outputs nothing reads, and the initializers only they read: a
+/// branch a concatenation dropped. (A graph with subgraphs, which may read outer tensors by
+/// name, is left whole.)
+fn remove_unread(proto: &mut ModelProto) -> EditResult<()> {
+    let graph = proto.graph.as_mut().ok_or(EditError::NoGraph)?;
+    if graph.node.iter().any(|n| {
+        n.attribute
+            .iter()
+            .any(|a| a.g.is_some() || !a.graphs.is_empty())
+    }) {
+        return Ok(());
+    }
+    let mut read: HashSet<String> = graph.output.iter().map(|o| o.name.clone()).collect();
+    let mut needed = vec![false; graph.node.len()];
+    // Readers come after producers but for a few edits (gathers are appended): sweep until
+    // nothing changes.
+    let mut changed = true;
+    while changed {
+        changed = false;
+        for (ix, node) in graph.node.iter().enumerate().rev() {
+            if !needed[ix] && node.output.iter().any(|o| read.contains(o)) {
+                needed[ix] = true;
+                changed = true;
+                read.extend(node.input.iter().cloned());
+            }
+        }
+    }
+    let mut ix = 0;
+    graph.node.retain(|_| {
+        ix += 1;
+        needed[ix - 1]
+    });
+    // Old files list initializers among the inputs too: those go with them.
+    let unread: HashSet<String> = graph
+        .initializer
+        .iter()
+        .filter(|t| !read.contains(&t.name))
+        .map(|t| t.name.clone())
+        .collect();
+    graph.initializer.retain(|t| !unread.contains(&t.name));
+    graph.input.retain(|i| !unread.contains(&i.name));
     Ok(())
 }
 
