@@ -25,8 +25,10 @@ use model_slim::{initializer_params, read_proto};
 /// concatenation, a C2f block's split) zeroes inputs of both C2f 1×1 convs; `vgg` (two conv and
 /// max pooling stages flattened into a linear classifier) zeroes the classifier's inputs from
 /// three channels; `unpadded_constant` leaves constant channels before an unpadded 3×3 conv;
+/// `reflect` pads its convs by reflection; `neck_branch` zeroes a concatenated branch whole;
 /// `resnet_coupled` zeroes channels 0–3 of the first stage's residual stream in
-/// every producer, `resnet_onebranch` in the first block's branch only.
+/// every producer, `resnet_onebranch` in the first block's branch only. What each zeroes and
+/// removes is in `conv_manifest.json`.
 fn fixture(name: &str, exporter: &str) -> String {
     let path = fixtures_dir().join(format!("{name}_{exporter}.onnx"));
     path.display().to_string()
@@ -45,73 +47,40 @@ fn assert_refused(model: &str, output: &std::path::Path, needles: &[&str]) {
     assert!(!output.exists());
 }
 
-/// Weights a complete slim removes from each pruned fixture, counted by hand from the
-/// architectures (BatchNorm folded into each conv's bias; `k` zeroed of `n`):
-/// - `conv`: the first conv's 4 filters (4 · 3·3·3 + 4 biases) and the second's 4 input
-///   slices (8 · 4·3·3): 112 + 288.
-/// - `resnet`: BasicBlock(8): conv1's 4 filters (4·8·9 + 4) and conv2's 4 inputs (8·4·9) = 580;
-///   BasicBlock(8 → 16): 8 filters (8·8·9 + 8) and 8 inputs (16·8·9) = 1736; Bottleneck(16, width
-///   8): conv1 (1×1) 4 filters (4·16 + 4), conv2 4 inputs and 4 filters (8·8·9 + 8 − 4·4·9 − 4
-///   = 436), conv3 (1×1) 4 inputs (32·4) = 632.
-/// - `mobilenet_v2`: every inverted residual loses half its expanded width `h`: the
-///   projection's inputs (`out · h/2`), the depthwise filters and biases (`h/2 · 10`) and the
-///   expansion's filters and biases (`h/2 · (in + 1)`, none in the first block), summed over
-///   torchvision's blocks at width 0.1.
-/// - `grouped`: the stem's 4 filters (4 · 27 + 4) and the grouped conv's 2 positions in each of
-///   its 8 filters (8 · 2·3·3): 112 + 144.
-/// - `mobilenet_v3` (small, width 0.25): every block loses half its expanded width `h` from its
-///   projection (`out · h/2`); a block that squeezes (SE) pools every channel, so only its
-///   gate's `fc2` rows go besides (`h/2 · squeeze`; torchvision initialises conv biases to
-///   zero, and tract drops zero biases), 4 + 12 + 32 + 32 + 16 + 20 + 36 + 72 + 72 = 296 of
-///   them over 9 blocks; the two blocks without SE lose their depthwise filters and biases
-///   (12 · 10) and expansion filters and biases (12 · 9) too: 15016 in all.
-/// - `kws`: the first Conv1d's 8 filters (8 · 10·3 + 8), the second's 8 filters and 8 input
-///   slices (16·16·3 + 16 − (8·8·3 + 8)), the third's 8 input slices (16 · 8·3): 248 + 584 + 384.
-/// - `resnet_constant` (BatchNorm scales zeroed, shifts 0.3, −0.2, 0.5, 0.1): the Bottleneck's
-///   4 constant `conv2` channels (one ReLU makes zero) fold into the 1×1 `conv3`'s bias (4
-///   filters, 4·8·9 + 4, and 4 inputs, 32·4): 420. The first BasicBlock's 4 constant `conv1`
-///   channels, read by a padded 3×3 conv that also sees the padding, stay (the one ReLU makes
-///   zero could go: a known zero is not yet a zero slice).
-/// - `resnet_coupled` (channels 0–3 of the first stage's residual stream zero in the stem and
-///   in the first BasicBlock's `conv2`): the stem's 4 filters (4 · 3·3·3 + 4), the first
-///   block's `conv1` inputs (8 · 4·3·3) and `conv2` filters (4 · 8·3·3 + 4), the next block's
-///   `conv1` inputs (16 · 4·3·3) and downsample inputs (16 · 4): 112 + 288 + 292 + 576 + 64.
-/// - `efficientnet` (B0 at width 0.1, depth 0.25: 7 MBConv blocks with SE): every block loses
-///   half its expanded width `h` from its projection (`out · h/2`) and its gate's `fc2` rows
-///   and biases (`h/2 · (squeeze + 1)`); the SE pool reads every channel, so the depthwise and
-///   expansion convs keep them. `(h, out, squeeze)` = (8, 8, 2), (48, 8, 2) three times,
-///   (48, 16, 2), (96, 24, 4), (144, 32, 6): 4448 + 1044.
-/// - `convnext` (blocks of width 16 and 32, MLP 4×): the second Linear's half hidden inputs
-///   (`d · 2d`) and the first Linear's rows and biases (`2d · (d + 1)`): 1056 + 4160.
-/// - `unpadded_constant` (BatchNorm scales zeroed under positive shifts before an unpadded
-///   3×3 conv): the first conv's 4 constant filters (4 · 3·3·3 + 4) and the second conv's 4
-///   inputs (8 · 4·3·3), folded into its bias: 112 + 288.
-/// - `vgg`: the classifier's 48 zero columns (10 · 48) and the last conv's 3 filters
-///   (3 · 8·3·3 + 3), through the max pooling and the flattening: 480 + 219.
-/// - `reflect` (reflection-padded convs: a `Pad` before each): as `conv`, through the second
-///   conv's padding: 112 + 288.
-/// - `neck_branch`: the fusing conv's 8 inputs of the right branch (8 · 8·3·3) and the
-///   branch's conv (8 · 3·3·3 + 8), which nothing reads any more: 576 + 224. In ONNX, the
-///   concatenation keeps its other input, and the branch's nodes and initializers go.
-/// - `neck`: the 3×3 fusing conv's 6 zero inputs (8 · 6·3·3), the left branch's 2 filters
-///   (2 · 27 + 2) and the right's 4 (4 · 28): 432 + 56 + 112.
-const HAND_COUNTS: &[(&str, usize)] = &[
-    ("conv_pruned", 400),
-    ("neck_pruned", 600),
-    ("resnet_constant", 420),
-    ("resnet_pruned", 2948),
-    ("resnet_coupled", 1332),
-    ("mobilenet_v2_pruned", 19896),
-    ("grouped_pruned", 256),
-    ("mobilenet_v3_pruned", 15016),
-    ("kws_pruned", 1216),
-    ("efficientnet_pruned", 5492),
-    ("convnext_pruned", 5216),
-    ("vgg_pruned", 699),
-    ("unpadded_constant", 400),
-    ("reflect_pruned", 400),
-    ("neck_branch", 800),
-];
+/// A fixture of `conv_manifest.json` (`make_fixtures.py conv`), one exporter's.
+#[derive(serde::Deserialize)]
+struct ConvFixture {
+    model: String,
+    variant: String,
+    exporter: String,
+    /// Weights a complete slim removes, counted by hand (the derivation is beside it).
+    removed_weights: usize,
+    /// Whether the ONNX writer can express the slimming (else it refuses, and NNEF holds it).
+    onnx_output: bool,
+}
+
+#[derive(serde::Deserialize)]
+struct ConvManifest {
+    fixtures: Vec<ConvFixture>,
+}
+
+/// The fixtures (`model_variant`) a complete slim removes weights from, with their hand
+/// counts: those the ONNX writer expresses (`onnx`), or the NNEF-only ones.
+fn hand_counts(onnx: bool) -> Vec<(String, usize)> {
+    let text = std::fs::read_to_string(fixtures_dir().join("conv_manifest.json"))
+        .expect("conv_manifest.json");
+    let manifest: ConvManifest = serde_json::from_str(&text).expect("conv manifest parses");
+    // Both exporters' files come from one model: one entry each.
+    let found: Vec<(String, usize)> = manifest
+        .fixtures
+        .into_iter()
+        .filter(|f| f.exporter == "torchscript" && f.removed_weights > 0)
+        .filter(|f| f.onnx_output == onnx)
+        .map(|f| (format!("{}_{}", f.model, f.variant), f.removed_weights))
+        .collect();
+    assert!(!found.is_empty(), "no conv fixture with onnx_output {onnx}");
+    found
+}
 
 /// The `--report` JSON of `slim MODEL -o OUTPUT --verify`, which must succeed.
 fn slim_verified(model: &str, output: &std::path::Path) -> serde_json::Value {
@@ -132,15 +101,15 @@ fn removed_params(report: &serde_json::Value) -> usize {
 fn pruned_conv_nets_lose_every_zero_channel_exactly() {
     let dir = tempfile::tempdir().unwrap();
     for exporter in ["torchscript", "dynamo"] {
-        for (name, hand) in HAND_COUNTS {
-            let model = fixture(name, exporter);
+        for (name, hand) in hand_counts(true) {
+            let model = fixture(&name, exporter);
             let output = dir.path().join(format!("{name}_{exporter}.nnef.tgz"));
             let report = slim_verified(&model, &output);
             let removed = removed_params(&report);
             // Identical scalars (activation bounds) are merged: a few more go than counted.
-            let off = removed.abs_diff(*hand);
+            let off = removed.abs_diff(hand);
             assert!(
-                off * 100 <= *hand,
+                off * 100 <= hand,
                 "{name} {exporter}: {removed} weights removed, {hand} by hand"
             );
         }
@@ -207,30 +176,18 @@ fn constant_channels_fold_into_a_1x1_conv_and_stay_before_a_padded_3x3() {
     assert_eq!(inputs("/m/m.6/conv3/Conv.einsum"), Some(4));
 }
 
-/// Fixtures slimmed exactly in NNEF whose ONNX output the writer refuses, with the weights a
-/// complete slim removes (counted by hand) and what the refusal says:
-/// - `detector_pruned` (a YOLOv8-style neck: upsampling, concatenation, C2f split): the C2f's
-///   first 1×1 conv loses 8 inputs (16 · 8) and, of the split's first half, 4 filters
-///   (4 · 16 + 4); the deeper stage's 3×3 conv 8 filters (8 · 8·3·3 + 8), through the nearest
-///   upsampling and the concatenation; the last 1×1 conv 8 inputs (16 · 8); the bottleneck's
-///   second conv 4 filters (4 · 8·3·3 + 4): 196 + 584 + 128 + 292. tract makes both 1×1 convs
-///   matrix products split over the concatenation's and the split's parts, which the ONNX
-///   writer cannot map back to one ONNX kernel.
-const NNEF_ONLY: &[(&str, usize, &str)] = &[(
-    "detector_pruned",
-    1200,
-    "the ONNX writer cannot express this slimming: write NNEF",
-)];
+/// What the ONNX writer says when it refuses a slimming it cannot express.
+const ONNX_REFUSAL: &str = "the ONNX writer cannot express this slimming: write NNEF";
 
 #[test]
 fn nnef_only_fixtures_lose_their_hand_count_and_onnx_output_refuses_them() {
     let dir = tempfile::tempdir().unwrap();
     for exporter in ["torchscript", "dynamo"] {
-        for (name, hand, refusal) in NNEF_ONLY {
-            let model = fixture(name, exporter);
+        for (name, hand) in hand_counts(false) {
+            let model = fixture(&name, exporter);
             let nnef = dir.path().join(format!("{name}_{exporter}.nnef.tgz"));
             let removed = removed_params(&slim_verified(&model, &nnef));
-            assert_eq!(removed, *hand, "{name} {exporter}");
+            assert_eq!(removed, hand, "{name} {exporter}");
             // Nothing half-edited is written.
             let onnx = dir.path().join(format!("{name}_{exporter}.onnx"));
             let args = ["slim", &model, "-o", onnx.to_str().unwrap()];
@@ -238,7 +195,7 @@ fn nnef_only_fixtures_lose_their_hand_count_and_onnx_output_refuses_them() {
             assert!(!out.status.success(), "{name} {exporter}");
             assert!(!onnx.exists());
             let stderr = String::from_utf8_lossy(&out.stderr);
-            assert!(stderr.contains(refusal), "{stderr}");
+            assert!(stderr.contains(ONNX_REFUSAL), "{stderr}");
             assert_eq!(stderr.lines().count(), 1, "{stderr}");
         }
     }
@@ -298,8 +255,8 @@ fn every_convolution_is_costed() {
 fn pruned_conv_nets_are_written_as_onnx_with_the_hand_counted_weights_fewer() {
     let dir = tempfile::tempdir().unwrap();
     for exporter in ["torchscript", "dynamo"] {
-        for (name, hand) in HAND_COUNTS {
-            let model = fixture(name, exporter);
+        for (name, hand) in hand_counts(true) {
+            let model = fixture(&name, exporter);
             let output = dir.path().join(format!("{name}_{exporter}.onnx"));
             slim_verified(&model, &output);
             // The file's own weights: kernels and biases of the cut convolutions. TorchScript
@@ -307,9 +264,9 @@ fn pruned_conv_nets_are_written_as_onnx_with_the_hand_counted_weights_fewer() {
             // own copy, so a few stay (within 1%).
             let before = initializer_params(&read_proto(std::path::Path::new(&model)).unwrap());
             let after = initializer_params(&read_proto(&output).unwrap());
-            let off = (before - after).abs_diff(*hand);
+            let off = (before - after).abs_diff(hand);
             assert!(
-                off * 100 <= *hand,
+                off * 100 <= hand,
                 "{name} {exporter}: {} weights fewer, {hand} by hand",
                 before - after
             );
@@ -341,8 +298,8 @@ fn zero_layers(shown: &str) -> Vec<(String, usize, usize, Option<usize>)> {
 #[test]
 fn show_finds_no_zero_channel_left_in_slimmable_conv_nets() {
     for exporter in ["torchscript", "dynamo"] {
-        for (name, _) in HAND_COUNTS {
-            let shown = assert_success(&model_slim(&["show", &fixture(name, exporter)]));
+        for (name, _) in hand_counts(true) {
+            let shown = assert_success(&model_slim(&["show", &fixture(&name, exporter)]));
             assert!(!shown.contains("kept zero"), "{name} {exporter}: {shown}");
             // Every layer with zero input channels keeps exactly the others.
             let layers = zero_layers(&shown);
