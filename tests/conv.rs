@@ -55,8 +55,6 @@ struct ConvFixture {
     exporter: String,
     /// Weights a complete slim removes, counted by hand (the derivation is beside it).
     removed_weights: usize,
-    /// Whether the ONNX writer can express the slimming (else it refuses, and NNEF holds it).
-    onnx_output: bool,
 }
 
 #[derive(serde::Deserialize)]
@@ -65,8 +63,8 @@ struct ConvManifest {
 }
 
 /// The fixtures (`model_variant`) a complete slim removes weights from, with their hand
-/// counts: those the ONNX writer expresses (`onnx`), or the NNEF-only ones.
-fn hand_counts(onnx: bool) -> Vec<(String, usize)> {
+/// counts.
+fn hand_counts() -> Vec<(String, usize)> {
     let text = std::fs::read_to_string(fixtures_dir().join("conv_manifest.json"))
         .expect("conv_manifest.json");
     let manifest: ConvManifest = serde_json::from_str(&text).expect("conv manifest parses");
@@ -75,10 +73,9 @@ fn hand_counts(onnx: bool) -> Vec<(String, usize)> {
         .fixtures
         .into_iter()
         .filter(|f| f.exporter == "torchscript" && f.removed_weights > 0)
-        .filter(|f| f.onnx_output == onnx)
         .map(|f| (format!("{}_{}", f.model, f.variant), f.removed_weights))
         .collect();
-    assert!(!found.is_empty(), "no conv fixture with onnx_output {onnx}");
+    assert!(!found.is_empty(), "no conv fixture removes weights");
     found
 }
 
@@ -101,7 +98,7 @@ fn removed_params(report: &serde_json::Value) -> usize {
 fn pruned_conv_nets_lose_every_zero_channel_exactly() {
     let dir = tempfile::tempdir().unwrap();
     for exporter in ["torchscript", "dynamo"] {
-        for (name, hand) in hand_counts(true) {
+        for (name, hand) in hand_counts() {
             let model = fixture(&name, exporter);
             let output = dir.path().join(format!("{name}_{exporter}.nnef.tgz"));
             let report = slim_verified(&model, &output);
@@ -176,31 +173,6 @@ fn constant_channels_fold_into_a_1x1_conv_and_stay_before_a_padded_3x3() {
     assert_eq!(inputs("/m/m.6/conv3/Conv.einsum"), Some(4));
 }
 
-/// What the ONNX writer says when it refuses a slimming it cannot express.
-const ONNX_REFUSAL: &str = "the ONNX writer cannot express this slimming: write NNEF";
-
-#[test]
-fn nnef_only_fixtures_lose_their_hand_count_and_onnx_output_refuses_them() {
-    let dir = tempfile::tempdir().unwrap();
-    for exporter in ["torchscript", "dynamo"] {
-        for (name, hand) in hand_counts(false) {
-            let model = fixture(&name, exporter);
-            let nnef = dir.path().join(format!("{name}_{exporter}.nnef.tgz"));
-            let removed = removed_params(&slim_verified(&model, &nnef));
-            assert_eq!(removed, hand, "{name} {exporter}");
-            // Nothing half-edited is written.
-            let onnx = dir.path().join(format!("{name}_{exporter}.onnx"));
-            let args = ["slim", &model, "-o", onnx.to_str().unwrap()];
-            let out = model_slim(&args);
-            assert!(!out.status.success(), "{name} {exporter}");
-            assert!(!onnx.exists());
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            assert!(stderr.contains(ONNX_REFUSAL), "{stderr}");
-            assert_eq!(stderr.lines().count(), 1, "{stderr}");
-        }
-    }
-}
-
 #[test]
 fn a_channel_zero_in_one_branch_of_a_residual_stream_stays() {
     let dir = tempfile::tempdir().unwrap();
@@ -255,7 +227,7 @@ fn every_convolution_is_costed() {
 fn pruned_conv_nets_are_written_as_onnx_with_the_hand_counted_weights_fewer() {
     let dir = tempfile::tempdir().unwrap();
     for exporter in ["torchscript", "dynamo"] {
-        for (name, hand) in hand_counts(true) {
+        for (name, hand) in hand_counts() {
             let model = fixture(&name, exporter);
             let output = dir.path().join(format!("{name}_{exporter}.onnx"));
             slim_verified(&model, &output);
@@ -298,7 +270,7 @@ fn zero_layers(shown: &str) -> Vec<(String, usize, usize, Option<usize>)> {
 #[test]
 fn show_finds_no_zero_channel_left_in_slimmable_conv_nets() {
     for exporter in ["torchscript", "dynamo"] {
-        for (name, _) in hand_counts(true) {
+        for (name, _) in hand_counts() {
             let shown = assert_success(&model_slim(&["show", &fixture(&name, exporter)]));
             assert!(!shown.contains("kept zero"), "{name} {exporter}: {shown}");
             // Every layer with zero input channels keeps exactly the others.

@@ -247,16 +247,25 @@ fn cumsum_over_integers(mut model: TypedModel) -> TractResult<TypedModel> {
     }
 }
 
-/// The shapes tract infers for the tensors of an ONNX model (by tensor name), with the import
-/// options' input facts; tensors whose shape is not fully known are left out. External data
-/// is read from `model_dir` into a model dropped before this returns, so a caller that reads
-/// the weights into `proto` only afterwards never holds them twice.
-pub fn tensor_shapes(
+/// What tract infers about the tensors of an ONNX model, by tensor name.
+#[derive(Clone, Debug, Default)]
+pub struct TensorFacts {
+    /// The shapes fully known.
+    pub shapes: HashMap<String, TVec<TDim>>,
+    /// The values of small integer tensors computed from constants and shapes (a `Slice`'s
+    /// bounds TorchScript computes from its input's shape), cast to `i64`.
+    pub values: HashMap<String, Vec<i64>>,
+}
+
+/// What tract infers about the tensors of an ONNX model, with the import options' input facts.
+/// External data is read from `model_dir` into a model dropped before this returns, so a
+/// caller that reads the weights into `proto` only afterwards never holds them twice.
+pub fn tensor_facts(
     proto: &tract_onnx::pb::ModelProto,
     shown: &str,
     model_dir: Option<&str>,
     options: &ImportOptions,
-) -> IoResult<std::collections::HashMap<String, TVec<TDim>>> {
+) -> IoResult<TensorFacts> {
     let onnx = tract_onnx::onnx()
         .with_ignore_output_shapes(true)
         .with_ignore_value_info(true);
@@ -273,7 +282,7 @@ pub fn tensor_shapes(
         message: format!("{e:#}"),
         hint: String::new(),
     })?;
-    let mut shapes = HashMap::new();
+    let mut facts = TensorFacts::default();
     for node in model.nodes() {
         for slot in 0..node.outputs.len() {
             let outlet = OutletId::new(node.id, slot);
@@ -282,11 +291,31 @@ pub fn tensor_shapes(
                 continue;
             };
             if let Some(shape) = fact.shape.concretize() {
-                shapes.insert(label.to_string(), shape);
+                facts.shapes.insert(label.to_string(), shape);
+            }
+            if let Some(values) = fact.value.concretize().and_then(|v| small_integers(&v)) {
+                facts.values.insert(label.to_string(), values);
             }
         }
     }
-    Ok(shapes)
+    Ok(facts)
+}
+
+/// The values of an integer tensor of at most 8 elements, as `i64`.
+fn small_integers(tensor: &Tensor) -> Option<Vec<i64>> {
+    let integer = tensor.datum_type().is_integer() || tensor.datum_type() == TDim::datum_type();
+    if !integer || tensor.len() > 8 {
+        return None;
+    }
+    let values = tensor.cast_to::<i64>().ok()?;
+    Some(
+        values
+            .to_plain_array_view::<i64>()
+            .ok()?
+            .iter()
+            .copied()
+            .collect(),
+    )
 }
 
 fn input_names(model: &InferenceModel) -> Vec<String> {

@@ -62,8 +62,28 @@ pub(crate) fn onnx_node<'a>(proto: &'a ModelProto, tract_name: &str) -> Option<&
         .max_by_key(|n| n.name.len())
 }
 
-fn attribute_int(node: &NodeProto, name: &str) -> Option<i64> {
+/// A node's integer attribute.
+pub(crate) fn attribute_int(node: &NodeProto, name: &str) -> Option<i64> {
     node.attribute.iter().find(|a| a.name == name).map(|a| a.i)
+}
+
+/// A node's integer-list attribute.
+pub(crate) fn attribute_ints<'n>(node: &'n NodeProto, name: &str) -> Option<&'n [i64]> {
+    node.attribute
+        .iter()
+        .find(|a| a.name == name)
+        .map(|a| a.ints.as_slice())
+}
+
+/// The version of the default ONNX operator set the model imports.
+pub(crate) fn opset(proto: &ModelProto) -> i64 {
+    proto
+        .opset_import
+        .iter()
+        .filter(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+        .map(|o| o.version)
+        .max()
+        .unwrap_or(1)
 }
 
 pub(crate) fn initializer_index(proto: &ModelProto, name: &str) -> Option<usize> {

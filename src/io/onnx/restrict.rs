@@ -16,7 +16,7 @@
 //! size are edited, through the `Concat` of pieces exporters build them from.
 
 use crate::io::onnx::error::{EditError, EditResult};
-use crate::io::onnx::proto::{float_data, set_float_data};
+use crate::io::onnx::proto::{attribute_int, attribute_ints, float_data, opset, set_float_data};
 use crate::util::slices::{
     around, bits_hash, fill_runs, select_runs, set_slices_first, slices_first,
 };
@@ -799,8 +799,11 @@ impl OnnxGraph<'_> {
             | "Ceil" | "Round" | "Sign" | "Sin" | "Cos" | "HardSigmoid" | "HardSwish"
             | "LeakyRelu" | "Elu" | "Selu" | "Mish" | "Dropout" => plan(vec![(0, need)]),
             "Softmax" | "LogSoftmax" => {
-                let axis =
-                    attribute_int(node, "axis").unwrap_or(if self.opset() >= 13 { -1 } else { 1 });
+                let axis = attribute_int(node, "axis").unwrap_or(if opset(self.proto) >= 13 {
+                    -1
+                } else {
+                    1
+                });
                 let axis = normalize(axis, out_rank);
                 if need.contains_key(&axis) {
                     None
@@ -832,16 +835,6 @@ impl OnnxGraph<'_> {
             "Gather" => self.gather(ix, need),
             _ => None,
         })
-    }
-
-    fn opset(&self) -> i64 {
-        self.proto
-            .opset_import
-            .iter()
-            .filter(|o| o.domain.is_empty() || o.domain == "ai.onnx")
-            .map(|o| o.version)
-            .max()
-            .unwrap_or(1)
     }
 
     /// NumPy broadcasting: each input carries the output's axes it has at full size.
@@ -1293,17 +1286,6 @@ fn normalize(axis: i64, rank: usize) -> usize {
     } else {
         axis as usize
     }
-}
-
-fn attribute_int(node: &NodeProto, name: &str) -> Option<i64> {
-    node.attribute.iter().find(|a| a.name == name).map(|a| a.i)
-}
-
-fn attribute_ints<'n>(node: &'n NodeProto, name: &str) -> Option<&'n [i64]> {
-    node.attribute
-        .iter()
-        .find(|a| a.name == name)
-        .map(|a| a.ints.as_slice())
 }
 
 /// A `Gather` node `output` taking slices `indices` (an int64 initializer) of `axis` of `data`.

@@ -21,7 +21,7 @@
 //! original computes; otherwise nothing is written.
 
 use crate::io::error::{IoError, IoResult, NNEF_INSTEAD};
-use crate::io::import::{import_onnx, tensor_shapes, ImportOptions};
+use crate::io::import::{import_onnx, tensor_facts, ImportOptions, TensorFacts};
 use crate::io::nnef::ArtifactCheck;
 use crate::io::onnx::convs::{apply_conv_replay, conv_replay, ConvReplay};
 use crate::io::onnx::error::{EditError, EditResult};
@@ -333,12 +333,17 @@ pub fn apply_cuts(
     sort_topologically(graph)
 }
 
-/// Gives cut convolutions their slimmed weights and groups (see [`crate::io::onnx::convs`]).
-fn replay_convs(proto: &mut ModelProto, replay: &ConvReplay) -> EditResult<()> {
+/// Gives cut convolutions their slimmed weights and groups (see [`crate::io::onnx::convs`]);
+/// `values` are the integer tensors tract computes (split bounds).
+fn replay_convs(
+    proto: &mut ModelProto,
+    replay: &ConvReplay,
+    values: &HashMap<String, Vec<i64>>,
+) -> EditResult<()> {
     if replay.is_empty() {
         return Ok(());
     }
-    apply_conv_replay(proto, replay)?;
+    apply_conv_replay(proto, replay, values)?;
     let graph = proto.graph.as_mut().ok_or(EditError::NoGraph)?;
     // Shape annotations of intermediate tensors would state the old widths.
     graph.value_info.clear();
@@ -497,10 +502,11 @@ pub fn write_slimmed_onnx(
     drop((original, slimmed));
     let source_bytes = read_bytes(source)?;
     let mut proto = decode(source, &source_bytes)?;
-    let shapes = shapes_of(&proto, source, import)?;
+    let facts = facts_of(&proto, source, import)?;
     let external = internalize(&mut proto, source)?;
-    apply_cuts(&mut proto, shapes, &cuts, check.cuts).map_err(|e| edit_error(output, e))?;
-    replay_convs(&mut proto, &replay).map_err(|e| edit_error(output, e))?;
+    apply_cuts(&mut proto, facts.shapes.clone(), &cuts, check.cuts)
+        .map_err(|e| edit_error(output, e))?;
+    replay_convs(&mut proto, &replay, &facts.values).map_err(|e| edit_error(output, e))?;
     write_checked(&source_bytes, proto, external, output, import, check, &cuts)
 }
 
@@ -529,16 +535,12 @@ fn cuts_between(
 
 /// The tensor shapes of `proto` (read from `source`), taken before its external data is read
 /// into it: tract's model of it, which holds the weights too, is gone by then.
-fn shapes_of(
-    proto: &ModelProto,
-    source: &Path,
-    import: &ImportOptions,
-) -> IoResult<HashMap<String, TVec<TDim>>> {
+fn facts_of(proto: &ModelProto, source: &Path, import: &ImportOptions) -> IoResult<TensorFacts> {
     let model_dir = source
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    tensor_shapes(
+    tensor_facts(
         proto,
         &source.display().to_string(),
         model_dir.to_str(),
@@ -583,12 +585,12 @@ pub fn write_pruned_onnx(
     let source_bytes = read_bytes(source)?;
     let mut proto = decode(source, &source_bytes)?;
     // The edits keep every unit: the shapes hold for the slimming replayed after them.
-    let shapes = shapes_of(&proto, source, import)?;
+    let facts = facts_of(&proto, source, import)?;
     let external = internalize(&mut proto, source)?;
     if proto.graph.is_none() {
         return Err(edit_error(output, EditError::NoGraph));
     }
-    let mut graph = OnnxGraph::new(&mut proto, shapes.clone());
+    let mut graph = OnnxGraph::new(&mut proto, facts.shapes.clone());
     for cut in edits {
         find_target(&graph, cut)
             .and_then(|target| edit_consumer(&mut graph, cut, &target))
@@ -599,8 +601,9 @@ pub fn write_pruned_onnx(
             let replay = conv_replay(pruned, slimmed)
                 .map_err(|e| edit_error(output, EditError::Unmapped(format!("{e:#}"))))?;
             let cuts = cuts_between(pruned, slimmed, check.values, output, &replay)?;
-            apply_cuts(&mut proto, shapes, &cuts, check.cuts).map_err(|e| edit_error(output, e))?;
-            replay_convs(&mut proto, &replay).map_err(|e| edit_error(output, e))?;
+            apply_cuts(&mut proto, facts.shapes, &cuts, check.cuts)
+                .map_err(|e| edit_error(output, e))?;
+            replay_convs(&mut proto, &replay, &facts.values).map_err(|e| edit_error(output, e))?;
             cuts
         }
         None => vec![],
