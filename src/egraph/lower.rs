@@ -3,9 +3,9 @@
 //! Ops the rules know get their family's node ([`TensorLang`]); every other op becomes an `opaque`
 //! node that keeps its original tract op, so an unknown op only limits what can be slimmed.
 
-use crate::egraph::analysis::{SlimAnalysis, SlimGraph, Tables};
+use crate::egraph::analysis::{const_of, SlimAnalysis, SlimGraph, Tables};
 use crate::egraph::lang::{Key, TensorLang};
-use crate::model::ops::{self, Family};
+use crate::model::ops::{self, ConstantResize, Family};
 use egg::Id;
 use std::collections::HashMap;
 use tract_core::internal::*;
@@ -113,6 +113,28 @@ fn lower_outlet(
             .consts
             .add(konst.val().clone(), node.name.clone())?;
         return Ok(TensorLang::Key(Key::Const(k)));
+    }
+    // A resampling by constant scales is an op of its data alone.
+    let constants: Option<Vec<Arc<Tensor>>> = inputs
+        .get(1..)
+        .unwrap_or_default()
+        .iter()
+        .map(|&id| {
+            egraph
+                .analysis
+                .tables
+                .consts
+                .tensor(const_of(egraph, id)?)
+                .ok()
+        })
+        .collect();
+    if let Some(resize) = constants.and_then(|c| ConstantResize::of(op, c)) {
+        let op_key = egraph
+            .analysis
+            .tables
+            .add_op(Box::new(resize), node.name.clone());
+        let op_leaf = egraph.add(TensorLang::Key(op_key));
+        return Ok(TensorLang::Along([op_leaf, inputs[0]]));
     }
     let op_key = egraph
         .analysis

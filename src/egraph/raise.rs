@@ -6,6 +6,7 @@ use crate::egraph::analysis::{num_of, op_of, set_of, SlimGraph};
 use crate::egraph::extract::Choice;
 use crate::egraph::lang::{Key, TensorLang};
 use crate::model::discover::base_name;
+use crate::model::ops::ConstantResize;
 use egg::Id;
 use std::collections::{HashMap, HashSet};
 use tract_core::internal::*;
@@ -261,10 +262,19 @@ impl Raiser<'_> {
             }
             _ => {
                 let op = op_of(self.egraph, node.op_child().context("op")?).context("op leaf")?;
+                let op = &tables.ops[op as usize];
                 let name = self.unique_name(&base);
-                Ok(self
-                    .model
-                    .wire_node(name, tables.ops[op as usize].clone(), inputs)?[0])
+                // A resampling that took its constant scales in is wired with them again.
+                if let Some(resize) = op.downcast_ref::<ConstantResize>() {
+                    let mut operands = vec![inputs[0]];
+                    for (slot, constant) in resize.constants.iter().enumerate() {
+                        let name = self.unique_name(&format!("{base}.{}", slot + 1));
+                        operands.push(self.model.add_const(name, constant.clone())?);
+                    }
+                    let op = resize.resize.clone();
+                    return Ok(self.model.wire_node(name, op, &operands)?[0]);
+                }
+                Ok(self.model.wire_node(name, op.clone(), inputs)?[0])
             }
         }
     }

@@ -485,7 +485,8 @@ fn input_channel_axis(model: &TypedModel, node: &TypedNode) -> Option<usize> {
 
 /// The input of `node` that carries channels (along `axis`, which it keeps) one for one to
 /// its output: that of an element-wise op, of an op whose other operands are constants, of an
-/// op working along other axes (a pooling, an upsampling), or of a depthwise convolution.
+/// op working along other axes (a pooling, an upsampling, a resampling by constant scales), or
+/// of a depthwise convolution.
 fn channel_carrier_input(model: &TypedModel, node: &TypedNode, axis: usize) -> Option<OutletId> {
     let op = node.op.as_ref();
     let computed: Vec<OutletId> = node
@@ -499,11 +500,18 @@ fn channel_carrier_input(model: &TypedModel, node: &TypedNode, axis: usize) -> O
         || op
             .downcast_ref::<Conv>()
             .is_some_and(|c| is_depthwise(c) && ops::conv_channel_axis(c) == axis)
-        || (ops::is_along(op) && !ops::along_axes(op).contains(&axis));
+        || (ops::is_along(op) && !ops::along_axes(op).contains(&axis))
+        || constant_resize(model, node).is_some_and(|r| !ops::along_axes(&r).contains(&axis));
     match computed[..] {
         [input] if carries => Some(input),
         _ => None,
     }
+}
+
+/// The node as the along-op lowering makes of it, if it is a resampling by constant scales.
+fn constant_resize(model: &TypedModel, node: &TypedNode) -> Option<ops::ConstantResize> {
+    let constants = node.inputs.get(1..)?.iter().map(|i| const_value(model, i));
+    ops::ConstantResize::of(node.op.as_ref(), constants.collect::<Option<_>>()?)
 }
 
 fn const_value(model: &TypedModel, outlet: &OutletId) -> Option<Arc<Tensor>> {

@@ -19,8 +19,8 @@ use tract_core::ops::math::{
     RoundHalfToEven, Sign, Sin, Square, Sub, Tanh,
 };
 use tract_core::ops::nn::{
-    GeluApproximate, GeluExact, HardSwish, LeakyRelu, NearestUpsample, Reduce, RmsNorm, Sigmoid,
-    Silu, Softmax,
+    GeluApproximate, GeluExact, HardSwish, LeakyRelu, NearestUpsample, Reduce, Resize, RmsNorm,
+    Sigmoid, Silu, Softmax,
 };
 
 /// How an op's output positions depend on its inputs'.
@@ -33,8 +33,8 @@ pub enum Family {
     /// A tensor contraction without quantization.
     EinSum,
     /// Works along some axes; slices across the others are independent (softmax, reductions,
-    /// norms, slices, and poolings, paddings, downsamplings and nearest upsamplings along their
-    /// spatial axes).
+    /// norms, slices, and poolings, paddings, downsamplings and resamplings along their spatial
+    /// axes).
     Along,
     /// Moves positions without computing (reshapes, permutations, added or removed axes).
     Axis,
@@ -109,6 +109,7 @@ pub fn is_along(op: &dyn Op) -> bool {
         || op.is::<Slice>()
         || op.is::<Downsample>()
         || op.is::<NearestUpsample>()
+        || op.is::<ConstantResize>()
         || op.is::<Pad>()
         || op.is::<SumPool>()
         || op
@@ -160,6 +161,8 @@ pub fn along_axes(op: &dyn Op) -> TVec<usize> {
         tvec!(d.axis)
     } else if let Some(u) = op.downcast_ref::<NearestUpsample>() {
         (0..u.scales.len()).filter(|&a| u.scales[a] != 1).collect()
+    } else if let Some(r) = op.downcast_ref::<ConstantResize>() {
+        r.resampled_axes()
     } else if let Some(p) = op.downcast_ref::<Pad>() {
         (0..p.pads.len()).filter(|&a| p.pads[a] != (0, 0)).collect()
     } else if let Some(spec) = pool_spec(op) {
@@ -174,6 +177,92 @@ fn pool_spec(op: &dyn Op) -> Option<&PoolSpec> {
     match op.downcast_ref::<MaxPool>() {
         Some(p) => Some(&p.pool_spec),
         None => op.downcast_ref::<SumPool>().map(|p| &p.pool_spec),
+    }
+}
+
+/// A resampling (`Resize`: linear, cubic or nearest) whose scales are constants, taken in as
+/// part of the op so that it is an op of its data alone: an along-op on the axes it resamples
+/// (each output position a weighted sum of input positions along them), as lowering sees it.
+/// Raising wires the `Resize` again with its constants.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct ConstantResize {
+    pub resize: Resize,
+    /// The `Resize`'s inputs after its data, every one a constant.
+    pub constants: Vec<Arc<Tensor>>,
+}
+
+impl ConstantResize {
+    /// The op for a `Resize` reading `constants` after its data, when they hold its scales (not
+    /// sizes, which state the channel count a restriction would change).
+    pub fn of(op: &dyn Op, constants: Vec<Arc<Tensor>>) -> Option<ConstantResize> {
+        let resize = op.downcast_ref::<Resize>()?;
+        let scales = resize.optional_scales_input?;
+        let by_scales = resize.optional_sizes_input.is_none() && scales <= constants.len();
+        by_scales.then(|| ConstantResize {
+            resize: resize.clone(),
+            constants,
+        })
+    }
+
+    /// The axes whose scale is not one.
+    fn resampled_axes(&self) -> TVec<usize> {
+        let slot = self.resize.optional_scales_input.unwrap_or(0);
+        let scales = self
+            .constants
+            .get(slot.wrapping_sub(1))
+            .and_then(|t| t.cast_to::<f32>().ok().map(|t| t.into_owned()));
+        let Some(scales) = scales else {
+            return tvec!();
+        };
+        let scales = scales
+            .try_as_plain_ram()
+            .ok()
+            .and_then(|r| r.as_slice::<f32>().ok().map(|s| s.to_vec()));
+        scales
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| **s != 1.0)
+            .map(|(axis, _)| axis)
+            .collect()
+    }
+
+    fn inputs<T: Clone>(&self, data: T, constant: impl Fn(&Arc<Tensor>) -> T) -> TVec<T> {
+        std::iter::once(data)
+            .chain(self.constants.iter().map(constant))
+            .collect()
+    }
+}
+
+impl Op for ConstantResize {
+    fn name(&self) -> StaticName {
+        "ConstantResize".into()
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for ConstantResize {
+    op_out_of_plan!();
+
+    fn eval(&self, ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let data = args_1!(inputs);
+        let inputs = self.inputs(data, |t| t.clone().into_tvalue());
+        self.resize.eval(ctx, inputs)
+    }
+}
+
+impl TypedOp for ConstantResize {
+    as_op!();
+
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let constants = self
+            .constants
+            .iter()
+            .map(TypedFact::try_from)
+            .collect::<TractResult<Vec<TypedFact>>>()?;
+        let facts: Vec<&TypedFact> = std::iter::once(inputs[0]).chain(constants.iter()).collect();
+        self.resize.output_facts(&facts)
     }
 }
 

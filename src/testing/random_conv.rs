@@ -1,7 +1,7 @@
 //! Random convolutional models for the conv rules' soundness checks and the differential test:
 //! a producer convolution (sometimes concatenated with another along the channels), an optional
-//! max or average pooling, nearest upsampling or padding (zero, constant, reflection, edge), an
-//! optional grouped or depthwise convolution,
+//! max or average pooling, nearest upsampling, resampling by constant scales (linear, cubic,
+//! nearest) or padding (zero, constant, reflection, edge), an optional grouped or depthwise convolution,
 //! and a consumer (with, sometimes, a second consumer of the same shape added to it: a zero in
 //! one branch only must stay); or, a fifth of the time, constant channels before an unpadded
 //! consumer (Network Slimming's γ = 0, folded into its bias). Over 1-D or 2-D data, with random
@@ -16,7 +16,9 @@ use tract_core::internal::*;
 use tract_core::ops::array::{Pad, PadMode, TypedConcat};
 use tract_core::ops::cnn::{Conv, KernelFormat, MaxPool, PaddingSpec, PoolSpec, SumPool};
 use tract_core::ops::math::{add, max};
-use tract_core::ops::nn::{sigmoid, DataFormat, NearestUpsample};
+use tract_core::ops::nn::{
+    sigmoid, CoordTransformer, DataFormat, Interpolator, Nearest, NearestUpsample, Resize,
+};
 
 /// A random divisor of `n`.
 fn divisor(rng: &mut StdRng, n: usize) -> usize {
@@ -154,7 +156,7 @@ fn conv_activation(m: &mut TypedModel, rng: &mut StdRng, name: &str, a: OutletId
 }
 
 /// Max or average pooling of random geometry over `a`'s spatial axes (channels independent),
-/// or a nearest upsampling, or a padding, or nothing; and whether its output may not be finite
+/// or a nearest upsampling, a padding, a resampling, or nothing; and whether its output may not be finite
 /// (a pooling's window of padding alone: -inf, 0/0).
 fn pooling(m: &mut TypedModel, rng: &mut StdRng, a: OutletId) -> TractResult<(OutletId, bool)> {
     let spatial: Vec<usize> = m.outlet_fact(a)?.shape[2..]
@@ -165,7 +167,7 @@ fn pooling(m: &mut TypedModel, rng: &mut StdRng, a: OutletId) -> TractResult<(Ou
     let mut pool_spec = random_geometry(rng, &spatial, keep_size);
     let channels = m.outlet_fact(a)?.shape[1].to_usize()?;
     (pool_spec.input_channels, pool_spec.output_channels) = (channels, channels);
-    let op: Box<dyn TypedOp> = match rng.gen_range(0..5) {
+    let op: Box<dyn TypedOp> = match rng.gen_range(0..6) {
         0 => Box::new(MaxPool::new(pool_spec, None)),
         1 => Box::new(SumPool::new(pool_spec, rng.gen_bool(0.5), true)),
         2 => {
@@ -175,6 +177,7 @@ fn pooling(m: &mut TypedModel, rng: &mut StdRng, a: OutletId) -> TractResult<(Ou
             Box::new(NearestUpsample { scales })
         }
         3 => Box::new(random_pad(rng, &spatial)),
+        4 => return Ok((random_resize(m, rng, a, spatial.len())?, false)),
         _ => return Ok((a, false)),
     };
     let not_finite = !ops::keeps_finite(ops::Family::Along, op.as_ref());
@@ -203,6 +206,37 @@ fn random_pad(rng: &mut StdRng, spatial: &[usize]) -> Pad {
         .map(|&size| (rng.gen_range(0..=most(size)), rng.gen_range(0..=most(size))));
     let pads = [(0, 0), (0, 0)].into_iter().chain(spatial_pads).collect();
     Pad { pads, mode }
+}
+
+/// A resampling of `a`'s spatial axes by constant scales (a segmentation head's bilinear
+/// upsampling, or cubic), as tract reads ONNX's `Resize`: the scales a second input.
+fn random_resize(
+    m: &mut TypedModel,
+    rng: &mut StdRng,
+    a: OutletId,
+    spatial: usize,
+) -> TractResult<OutletId> {
+    let interpolator = match rng.gen_range(0..3) {
+        0 => Interpolator::Linear,
+        1 => Interpolator::Cubic,
+        _ => Interpolator::Nearest,
+    };
+    let coord_transformer = match rng.gen_range(0..3) {
+        0 => CoordTransformer::HalfPixel,
+        1 => CoordTransformer::AlignCorners,
+        _ => CoordTransformer::PytorchHalfPixel,
+    };
+    let resize = Resize {
+        coord_transformer,
+        interpolator,
+        nearest: Nearest::Floor,
+        optional_scales_input: Some(1),
+        optional_sizes_input: None,
+    };
+    let spatial_scales = (0..spatial).map(|_| [1.0f32, 1.5, 2.0][rng.gen_range(0..3)]);
+    let scales: Vec<f32> = [1.0, 1.0].into_iter().chain(spatial_scales).collect();
+    let scales = m.add_const("resize.scales", tensor1(&scales))?;
+    Ok(m.wire_node("resize", resize, &[a, scales])?[0])
 }
 
 /// A random convolutional model (see the module docs).
