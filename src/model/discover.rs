@@ -323,8 +323,10 @@ impl std::fmt::Display for RestrictionStop {
 
 /// Where slimming stopped restricting the inputs of the layer named `layer` (or rebuilt from
 /// it) in `model` (slimmed, or the original when nothing was cut): the layer itself when it is
-/// a grouped conv (whose inputs go equally in every group or in whole groups), else where
-/// [`channel_origin`] ends.
+/// a grouped conv (whose inputs go equally in every group or in whole groups), else where a
+/// walk up its input channels ends: the first node above it whose output another node reads
+/// too, or that carries no channels one for one (no activation, constant-operand op, pooling,
+/// padding, resampling or depthwise conv).
 pub fn restriction_stop(model: &TypedModel, layer: &str) -> Option<RestrictionStop> {
     let reader = model
         .nodes()
@@ -422,8 +424,10 @@ fn channel_origin<'m>(model: &'m TypedModel, layer: &'m TypedNode) -> Option<(Or
 }
 
 /// Channels of a convolutional network that one layer computes and another reads, carried one
-/// for one between them ([`channel_origin`]): the unit of channel pruning, listed by `show`
-/// and `plan` as FFN groups are. A convolution reads them, computes them or lies between.
+/// for one between them (through activations, constant-operand ops, poolings, paddings,
+/// resamplings and depthwise convs, nothing else reading them): the unit of channel pruning,
+/// listed by `show` and `plan` as FFN groups are. A convolution reads them, computes them or
+/// lies between.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChannelGroup {
     /// The layer reading the channels (a convolution or a linear layer).
