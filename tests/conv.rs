@@ -25,7 +25,9 @@ use model_slim::{initializer_params, read_proto};
 /// concatenation, a C2f block's split) zeroes inputs of both C2f 1×1 convs; `vgg` (two conv and
 /// max pooling stages flattened into a linear classifier) zeroes the classifier's inputs from
 /// three channels; `unpadded_constant` leaves constant channels before an unpadded 3×3 conv;
-/// `reflect` pads its convs by reflection; `bilinear` upsamples bilinearly between two convs; `neck_branch` zeroes a concatenated branch whole;
+/// `reflect` pads its convs by reflection; `bilinear` upsamples bilinearly between two convs;
+/// `regnet` (torchvision's RegNetX, group width 4) zeroes whole groups' inputs of each block's
+/// last 1×1 conv; `neck_branch` zeroes a concatenated branch whole;
 /// `resnet_coupled` zeroes channels 0–3 of the first stage's residual stream in
 /// every producer, `resnet_onebranch` in the first block's branch only. What each zeroes and
 /// removes is in `conv_manifest.json`.
