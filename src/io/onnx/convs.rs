@@ -2,30 +2,27 @@
 //! the node it came from, so each ONNX `Conv` the rules cut has a counterpart in the slimmed tract
 //! model: a convolution (`N`, `N.kept`) holding its new kernel, bias and group, or, for a 1×1
 //! convolution tract made a matrix product, an EinSum `N.einsum` over `N.filters_as_co_ci` and
-//! the bias addition `N` (or, where tract split that product over a concatenation's and a
-//! split's parts, the parts `N.einsum.…-I.C..D`, put back together into one kernel, the split's
-//! sizes or slices' bounds moved with them). The ONNX node takes those weights and that group
-//! as they are: no
-//! channel bookkeeping is repeated here, and the tensors between convolutions change width by
-//! themselves. Where slimming kept some channels of a tensor the model computes whole (a gather
-//! the rules could not push further), the same `Gather` goes in front of the ONNX readers. The
-//! written file is then verified against the original like any other edit.
+//! the bias addition `N` (or the parts of that product tract split: [`crate::io::onnx::parts`]).
+//! The ONNX node takes those weights and that group as they are: no channel bookkeeping is
+//! repeated here, and the tensors between convolutions change width by themselves. Where
+//! slimming kept some channels of a tensor the model computes whole (a gather the rules could
+//! not push further), the same `Gather` goes in front of the ONNX readers; a branch nothing
+//! reads any more leaves the graph with the concatenation's input. The written file is then
+//! verified against the original like any other edit.
 
 use crate::io::onnx::error::{EditError, EditResult};
+use crate::io::onnx::parts::{apply_parts, const_input, filters_oi, split_convolutions};
 use crate::io::onnx::proto::{
-    attribute_int, attribute_ints, initializer_index, linear_weight, onnx_node, opset,
-    producer_index, set_float_data,
+    initializer_index, linear_weight, onnx_node, producer_index, set_float_data,
 };
 use crate::io::onnx::restrict::{gather_node, int64_tensor, int_attribute, int_values, set_int_at};
 use crate::model::discover::base_name;
-use crate::model::ops;
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use tract_core::internal::*;
 use tract_core::ops::array::{Gather, TypedConcat};
 use tract_core::ops::cnn::Conv;
 use tract_core::ops::einsum::EinSum;
-use tract_core::ops::konst::Const;
 use tract_onnx::pb::ModelProto;
 
 /// A convolution as slimming left it.
@@ -256,166 +253,17 @@ fn convolutions(model: &TypedModel) -> TractResult<Vec<(String, ConvEdit)>> {
             found.push((edit.node.clone(), edit));
         }
     }
-    found.extend(split_convolutions(model)?);
-    Ok(found)
-}
-
-/// A range of channels, start and end, as a part's name states it (`None`: all of them).
-type Channels = Option<(usize, usize)>;
-
-/// One matrix product of a 1×1 convolution tract split: the output and input channels it
-/// computes, and its filters `[O, I]`.
-struct Part {
-    out: Channels,
-    input: Channels,
-    filters: Tensor,
-}
-
-/// The 1×1 convolutions tract split into matrix products over parts of their output channels
-/// (a split or slices read them) and of their input channels (a concatenation feeds them), by
-/// the ONNX node's name `N`: the parts are `N.einsum.split-over-1.A..B.concat-einsum-I.C..D…`
-/// and the biases are added per output part (`N.split-over-1.A..B…`, or `N`). Each is put back
-/// together into the one kernel of the ONNX `Conv`.
-fn split_convolutions(model: &TypedModel) -> TractResult<Vec<(String, ConvEdit)>> {
-    let mut parts: HashMap<String, Vec<Part>> = HashMap::new();
-    for node in model.nodes() {
-        let Some((conv, suffix)) = base_name(&node.name).split_once(".einsum.") else {
-            continue;
-        };
-        let (Some(einsum), Some((out, input))) = (node.op_as::<EinSum>(), part_ranges(suffix))
-        else {
-            continue;
-        };
-        let Some(slot) = (0..node.inputs.len()).find(|&s| const_input(model, node, s).is_some())
-        else {
-            continue;
-        };
-        let filters = filters_oi(model, node, einsum, slot)?;
-        let part = Part {
-            out,
-            input,
-            filters,
-        };
-        parts.entry(conv.to_string()).or_default().push(part);
-    }
-    let mut found = vec![];
-    for (conv, parts) in parts {
-        let (kernel, sizes) =
-            assemble(&parts).with_context(|| format!("the parts of convolution `{conv}`"))?;
-        let bias = part_biases(model, &conv, &sizes)?;
-        let parts = sizes
-            .into_iter()
-            .filter_map(|(out, size)| out.map(|(a, b)| (a..b, size)))
-            .collect();
+    for split in split_convolutions(model)? {
         let edit = ConvEdit {
-            node: conv.clone(),
-            kernel,
-            bias,
+            node: split.node.clone(),
+            kernel: split.kernel,
+            bias: split.bias,
             group: 1,
-            parts,
+            parts: split.parts,
         };
-        found.push((conv, edit));
+        found.push((split.node, edit));
     }
     Ok(found)
-}
-
-/// The output and input channel ranges a part's name states (`split-over-1.A..B`,
-/// `concat-einsum-I.C..D`), each within the range of its kind before it; `None` for a name
-/// that states none.
-fn part_ranges(suffix: &str) -> Option<(Channels, Channels)> {
-    let mut marks: Vec<(usize, bool)> = suffix
-        .match_indices("split-over-1.")
-        .map(|(at, _)| (at, true))
-        .chain(
-            suffix
-                .match_indices("concat-einsum-I.")
-                .map(|(at, _)| (at, false)),
-        )
-        .collect();
-    if marks.is_empty() {
-        return None;
-    }
-    marks.sort_unstable();
-    let (mut out, mut input) = (None, None);
-    for (at, is_out) in marks {
-        let mark = if is_out {
-            "split-over-1."
-        } else {
-            "concat-einsum-I."
-        };
-        let (a, tail) = suffix[at + mark.len()..].split_once("..")?;
-        let b: String = tail.chars().take_while(|c| c.is_ascii_digit()).collect();
-        let (a, b) = (a.parse::<usize>().ok()?, b.parse::<usize>().ok()?);
-        let range: &mut Channels = if is_out { &mut out } else { &mut input };
-        let base = range.map_or(0, |(start, _)| start);
-        *range = Some((base + a, base + b));
-    }
-    Some((out, input))
-}
-
-/// The kernel `[O, I]` the parts make, output parts above each other and input parts side by
-/// side, in channel order; and each output part's range with the rows it has.
-fn assemble(parts: &[Part]) -> TractResult<(Tensor, Vec<(Channels, usize)>)> {
-    let mut outs: Vec<_> = parts.iter().map(|p| p.out).collect();
-    let mut ins: Vec<_> = parts.iter().map(|p| p.input).collect();
-    outs.sort_unstable();
-    outs.dedup();
-    ins.sort_unstable();
-    ins.dedup();
-    ensure!(
-        parts.len() == outs.len() * ins.len(),
-        "{} parts, not {} output × {} input parts",
-        parts.len(),
-        outs.len(),
-        ins.len()
-    );
-    let mut rows = vec![];
-    let mut sizes = vec![];
-    for out in outs {
-        let mut blocks: Vec<&Part> = parts.iter().filter(|p| p.out == out).collect();
-        blocks.sort_by_key(|p| p.input);
-        let blocks: Vec<Tensor> = blocks.iter().map(|p| p.filters.clone()).collect();
-        let row = Tensor::stack_tensors(1, &blocks)?;
-        sizes.push((out, row.shape()[0]));
-        rows.push(row);
-    }
-    Ok((Tensor::stack_tensors(0, &rows)?, sizes))
-}
-
-/// The bias of a split convolution `conv`: each output part's (zero where it has none), in
-/// channel order; `None` when no part has one.
-fn part_biases(
-    model: &TypedModel,
-    conv: &str,
-    sizes: &[(Channels, usize)],
-) -> TractResult<Option<Tensor>> {
-    let mut biases: HashMap<Channels, Tensor> = HashMap::new();
-    for node in model.nodes().iter().filter(|n| ops::is_add(n.op.as_ref())) {
-        let base = base_name(&node.name);
-        let out = match base.strip_prefix(conv) {
-            Some("") => None,
-            Some(rest) if rest.starts_with(".split-over-") => match part_ranges(rest) {
-                Some((out, _)) => out,
-                None => continue,
-            },
-            _ => continue,
-        };
-        if let Some(bias) = (0..node.inputs.len()).find_map(|s| const_input(model, node, s)) {
-            let len = bias.len();
-            biases.insert(out, bias.into_tensor().into_shape(&[len])?);
-        }
-    }
-    if biases.is_empty() {
-        return Ok(None);
-    }
-    let parts = sizes
-        .iter()
-        .map(|(out, size)| match biases.remove(out) {
-            Some(bias) => Ok(bias),
-            None => Tensor::zero::<f32>(&[*size]),
-        })
-        .collect::<TractResult<Vec<Tensor>>>()?;
-    Ok(Some(Tensor::stack_tensors(0, &parts)?))
 }
 
 /// A 1×1 convolution tract made an EinSum (`N.einsum`, or `N` when its bias is zero) of the
@@ -443,29 +291,6 @@ fn matmul_conv(model: &TypedModel, node: &TypedNode) -> TractResult<Option<ConvE
     }))
 }
 
-/// The constant operand (at `slot`) of a 1×1 convolution's matrix product, as `[O, I]`.
-fn filters_oi(
-    model: &TypedModel,
-    node: &TypedNode,
-    einsum: &EinSum,
-    slot: usize,
-) -> TractResult<Tensor> {
-    let weight = const_input(model, node, slot).context("filters")?;
-    ensure!(weight.rank() == 2, "`{}`: filters of rank 2", node.name);
-    // The weight axis the output carries holds the output channels.
-    let output_axis = einsum
-        .axes
-        .iter_all_axes()
-        .find(|a| !a.outputs[0].is_empty() && !a.inputs[slot].is_empty())
-        .map(|a| a.inputs[slot][0])
-        .with_context(|| format!("`{}`: no output channel axis", node.name))?;
-    if output_axis == 0 {
-        Ok(weight.into_tensor())
-    } else {
-        Ok(weight.into_tensor().permute_axes(&[1, 0])?)
-    }
-}
-
 /// The bias the node named `conv` adds to the EinSum's output: `[1, O, 1, ..]` made `[O]`.
 fn bias_after(model: &TypedModel, einsum: &TypedNode, conv: &str) -> TractResult<Option<Tensor>> {
     let readers = &einsum.outputs[0].successors;
@@ -483,11 +308,6 @@ fn bias_after(model: &TypedModel, einsum: &TypedNode, conv: &str) -> TractResult
             b.into_tensor().into_shape(&[len])
         })
         .transpose()
-}
-
-fn const_input(model: &TypedModel, node: &TypedNode, slot: usize) -> Option<Arc<Tensor>> {
-    let input = node.inputs.get(slot)?;
-    Some(model.node(input.node).op_as::<Const>()?.val().clone())
 }
 
 fn is_zero(t: &Tensor) -> bool {
@@ -541,7 +361,7 @@ pub fn apply_conv_replay(
 ) -> EditResult<()> {
     for conv in &replay.convs {
         apply_conv(proto, conv)?;
-        apply_parts(proto, conv, values)?;
+        apply_parts(proto, &conv.node, &conv.parts, values)?;
     }
     for classifier in &replay.classifiers {
         apply_classifier(proto, classifier)?;
@@ -563,219 +383,6 @@ pub fn apply_conv_replay(
         ))),
         None => Ok(()),
     }
-}
-
-/// Ops that compute each channel from the same channel of their computed inputs (their other
-/// inputs constant): a convolution's output keeps its channels through them.
-const CHANNEL_WISE: &[&str] = &[
-    "Relu",
-    "Sigmoid",
-    "Tanh",
-    "Clip",
-    "LeakyRelu",
-    "HardSigmoid",
-    "HardSwish",
-    "Elu",
-    "Selu",
-    "Softplus",
-    "Identity",
-    "Mul",
-    "Add",
-    "Sub",
-    "Div",
-];
-
-/// Gives the `Split` or `Slice`s that cut a split convolution's output into its parts (through
-/// channel-wise ops) the channels each part keeps.
-fn apply_parts(
-    proto: &mut ModelProto,
-    conv: &ConvEdit,
-    values: &HashMap<String, Vec<i64>>,
-) -> EditResult<()> {
-    let Some(total) = conv.parts.last().map(|(range, _)| range.end) else {
-        return Ok(());
-    };
-    // Where a bound between parts moves: the channels kept before it.
-    let moved = |bound: i64| -> EditResult<i64> {
-        let bound = if bound < 0 {
-            bound + total as i64
-        } else {
-            bound.min(total as i64)
-        };
-        let mut kept = 0;
-        for (range, size) in &conv.parts {
-            if range.start as i64 == bound {
-                return Ok(kept);
-            }
-            kept += *size as i64;
-        }
-        match bound == total as i64 {
-            true => Ok(kept),
-            false => Err(EditError::Unmapped(format!(
-                "a split of `{}` at channel {bound}, which is no bound between its parts",
-                conv.node
-            ))),
-        }
-    };
-    let graph = proto.graph.as_ref().ok_or(EditError::NoGraph)?;
-    let output = graph
-        .node
-        .iter()
-        .find(|n| n.name == conv.node && n.op_type == "Conv")
-        .and_then(|n| n.output.first().cloned())
-        .ok_or_else(|| EditError::NoOnnxNode(conv.node.clone()))?;
-    let carried = channel_wise_closure(proto, &output);
-    let graph = proto.graph.as_ref().ok_or(EditError::NoGraph)?;
-    let cutters: Vec<usize> = (0..graph.node.len())
-        .filter(|&ix| {
-            let node = &graph.node[ix];
-            matches!(node.op_type.as_str(), "Split" | "Slice")
-                && node.input.first().is_some_and(|i| carried.contains(i))
-        })
-        .collect();
-    for ix in cutters {
-        match proto.graph.as_ref().ok_or(EditError::NoGraph)?.node[ix]
-            .op_type
-            .as_str()
-        {
-            "Split" => resize_split(proto, ix, total, &moved)?,
-            _ => move_slice_bounds(proto, ix, values, &moved)?,
-        }
-    }
-    Ok(())
-}
-
-/// The tensors computed from `output` channel by channel ([`CHANNEL_WISE`] ops whose other
-/// inputs are initializers or constants), `output` among them.
-fn channel_wise_closure(proto: &ModelProto, output: &str) -> HashSet<String> {
-    let mut carried = HashSet::from([output.to_string()]);
-    let Some(graph) = proto.graph.as_ref() else {
-        return carried;
-    };
-    let constants: HashSet<&String> = graph
-        .initializer
-        .iter()
-        .map(|t| &t.name)
-        .chain(
-            graph
-                .node
-                .iter()
-                .filter(|n| n.op_type == "Constant")
-                .flat_map(|n| &n.output),
-        )
-        .collect();
-    // Nodes are in topological order: one pass.
-    for node in &graph.node {
-        let reads = node.input.iter().any(|i| carried.contains(i));
-        let others_constant = node
-            .input
-            .iter()
-            .all(|i| i.is_empty() || carried.contains(i) || constants.contains(i));
-        if CHANNEL_WISE.contains(&node.op_type.as_str()) && reads && others_constant {
-            carried.extend(node.output.iter().cloned());
-        }
-    }
-    carried
-}
-
-/// Gives a channel `Split` (axis 1) the sizes its parts keep, as a `split` input (opset 13 and
-/// later) or attribute.
-fn resize_split(
-    proto: &mut ModelProto,
-    ix: usize,
-    total: usize,
-    moved: &dyn Fn(i64) -> EditResult<i64>,
-) -> EditResult<()> {
-    let version = opset(proto);
-    let graph = proto.graph.as_mut().ok_or(EditError::NoGraph)?;
-    let node = &graph.node[ix];
-    let unmapped = |why: &str| EditError::Unmapped(format!("`{}`: {why}", node.name));
-    if attribute_int(node, "axis").unwrap_or(0) != 1 {
-        return Err(unmapped("a split of another axis than the channels"));
-    }
-    let sizes: Vec<i64> = match (attribute_ints(node, "split"), node.input.get(1)) {
-        (Some(sizes), _) => sizes.to_vec(),
-        (None, Some(input)) if !input.is_empty() => graph
-            .initializer
-            .iter()
-            .find(|t| &t.name == input)
-            .and_then(int_values)
-            .ok_or_else(|| unmapped("split sizes that are not an initializer"))?,
-        // Equal parts, one per output.
-        _ => vec![(total / node.output.len()) as i64; node.output.len()],
-    };
-    let mut bounds = vec![0];
-    bounds.extend(sizes.iter().scan(0, |end, size| {
-        *end += size;
-        Some(*end)
-    }));
-    let bounds = bounds
-        .into_iter()
-        .map(moved)
-        .collect::<EditResult<Vec<i64>>>()?;
-    let new_sizes: Vec<i64> = bounds.windows(2).map(|w| w[1] - w[0]).collect();
-    let name = format!("{}.split", node.name);
-    let node = &mut graph.node[ix];
-    node.attribute
-        .retain(|a| a.name != "split" && a.name != "num_outputs");
-    if version >= 13 {
-        node.input.resize(2, String::new());
-        node.input[1] = name.clone();
-        let count = new_sizes.len() as i64;
-        graph
-            .initializer
-            .push(int64_tensor(&name, &[count], new_sizes.into_iter()));
-    } else {
-        let mut split = int_attribute("split", 0);
-        split.r#type = tract_onnx::pb::attribute_proto::AttributeType::Ints as i32;
-        split.ints = new_sizes;
-        node.attribute.push(split);
-    }
-    Ok(())
-}
-
-/// Moves the channel bounds of a `Slice` (opset 10 and later: bounds as inputs, which tract
-/// computed) to where the kept parts put them.
-fn move_slice_bounds(
-    proto: &mut ModelProto,
-    ix: usize,
-    values: &HashMap<String, Vec<i64>>,
-    moved: &dyn Fn(i64) -> EditResult<i64>,
-) -> EditResult<()> {
-    let graph = proto.graph.as_mut().ok_or(EditError::NoGraph)?;
-    let node = &graph.node[ix];
-    let unmapped = |why: &str| EditError::Unmapped(format!("`{}`: {why}", node.name));
-    let known = |slot: usize| -> Option<Vec<i64>> {
-        let name = node.input.get(slot).filter(|n| !n.is_empty())?;
-        values.get(name).cloned().or_else(|| {
-            let t = graph.initializer.iter().find(|t| &t.name == name)?;
-            int_values(t)
-        })
-    };
-    let (Some(starts), Some(ends)) = (known(1), known(2)) else {
-        return Err(unmapped("slice bounds tract did not compute"));
-    };
-    let axes = known(3).unwrap_or_else(|| (0..starts.len() as i64).collect());
-    let steps = known(4).unwrap_or_else(|| vec![1; starts.len()]);
-    let Some(k) = axes.iter().position(|&a| a == 1) else {
-        return Err(unmapped("a slice of other axes than the channels"));
-    };
-    if steps.get(k) != Some(&1) {
-        return Err(unmapped("a strided slice of the channels"));
-    }
-    let (mut starts, mut ends) = (starts, ends);
-    starts[k] = moved(starts[k])?;
-    ends[k] = moved(ends[k])?;
-    let name = node.name.clone();
-    for (slot, bounds, kind) in [(1, starts, "starts"), (2, ends, "ends")] {
-        let tensor = format!("{name}.{kind}");
-        let count = bounds.len() as i64;
-        graph
-            .initializer
-            .push(int64_tensor(&tensor, &[count], bounds.into_iter()));
-        graph.node[ix].input[slot] = tensor;
-    }
-    Ok(())
 }
 
 /// Keeps, of an ONNX concatenation, the inputs slimming still reads.
