@@ -243,11 +243,18 @@ pub fn layer_input_channels(model: &TypedModel, layer: &str) -> Option<usize> {
 /// The consumers of `model` — linear layers (along each axis they contract) and convolutions —
 /// whose constant weight has whole zero input channels, in model order.
 pub fn zero_inputs(model: &TypedModel) -> Vec<ZeroInputs> {
-    model
-        .eval_order()
-        .unwrap_or_default()
+    in_eval_order(model, zero_inputs_of)
+}
+
+/// What `found` finds at each node of `model`, in evaluation order.
+fn in_eval_order<T>(
+    model: &TypedModel,
+    found: impl Fn(&TypedModel, &TypedNode) -> Option<T>,
+) -> Vec<T> {
+    let order = model.eval_order().unwrap_or_default();
+    order
         .into_iter()
-        .filter_map(|id| zero_inputs_of(model, model.node(id)))
+        .filter_map(|id| found(model, model.node(id)))
         .collect()
 }
 
@@ -442,12 +449,7 @@ pub struct ChannelGroup {
 
 /// The channel groups of `model`, by consumer in evaluation order.
 pub fn channel_groups(model: &TypedModel) -> Vec<ChannelGroup> {
-    model
-        .eval_order()
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|id| channel_group(model, model.node(id)))
-        .collect()
+    in_eval_order(model, channel_group)
 }
 
 fn channel_group(model: &TypedModel, consumer: &TypedNode) -> Option<ChannelGroup> {

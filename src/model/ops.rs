@@ -162,7 +162,7 @@ pub fn along_axes(op: &dyn Op) -> TVec<usize> {
     } else if let Some(u) = op.downcast_ref::<NearestUpsample>() {
         (0..u.scales.len()).filter(|&a| u.scales[a] != 1).collect()
     } else if let Some(r) = op.downcast_ref::<ConstantResize>() {
-        r.resampled_axes()
+        r.resampled.clone()
     } else if let Some(p) = op.downcast_ref::<Pad>() {
         (0..p.pads.len()).filter(|&a| p.pads[a] != (0, 0)).collect()
     } else if let Some(spec) = pool_spec(op) {
@@ -189,6 +189,8 @@ pub struct ConstantResize {
     pub resize: Resize,
     /// The `Resize`'s inputs after its data, every one a constant.
     pub constants: Vec<Arc<Tensor>>,
+    /// The axes whose scale is not one.
+    resampled: TVec<usize>,
 }
 
 impl ConstantResize {
@@ -196,41 +198,22 @@ impl ConstantResize {
     /// sizes, which state the channel count a restriction would change).
     pub fn of(op: &dyn Op, constants: Vec<Arc<Tensor>>) -> Option<ConstantResize> {
         let resize = op.downcast_ref::<Resize>()?;
-        let scales = resize.optional_scales_input?;
-        let by_scales = resize.optional_sizes_input.is_none() && scales <= constants.len();
-        by_scales.then(|| ConstantResize {
+        if resize.optional_sizes_input.is_some() {
+            return None;
+        }
+        let slot = resize.optional_scales_input?;
+        let scales = constants.get(slot.checked_sub(1)?)?.cast_to::<f32>().ok()?;
+        let scales = scales.to_plain_array_view::<f32>().ok()?;
+        let resampled = scales.iter().enumerate();
+        let resampled = resampled
+            .filter(|(_, s)| **s != 1.0)
+            .map(|(a, _)| a)
+            .collect();
+        Some(ConstantResize {
             resize: resize.clone(),
             constants,
+            resampled,
         })
-    }
-
-    /// The axes whose scale is not one.
-    fn resampled_axes(&self) -> TVec<usize> {
-        let slot = self.resize.optional_scales_input.unwrap_or(0);
-        let scales = self
-            .constants
-            .get(slot.wrapping_sub(1))
-            .and_then(|t| t.cast_to::<f32>().ok().map(|t| t.into_owned()));
-        let Some(scales) = scales else {
-            return tvec!();
-        };
-        let scales = scales
-            .try_as_plain_ram()
-            .ok()
-            .and_then(|r| r.as_slice::<f32>().ok().map(|s| s.to_vec()));
-        scales
-            .unwrap_or_default()
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| **s != 1.0)
-            .map(|(axis, _)| axis)
-            .collect()
-    }
-
-    fn inputs<T: Clone>(&self, data: T, constant: impl Fn(&Arc<Tensor>) -> T) -> TVec<T> {
-        std::iter::once(data)
-            .chain(self.constants.iter().map(constant))
-            .collect()
     }
 }
 
@@ -247,8 +230,9 @@ impl EvalOp for ConstantResize {
 
     fn eval(&self, ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let data = args_1!(inputs);
-        let inputs = self.inputs(data, |t| t.clone().into_tvalue());
-        self.resize.eval(ctx, inputs)
+        let constants = self.constants.iter().map(|t| t.clone().into_tvalue());
+        self.resize
+            .eval(ctx, std::iter::once(data).chain(constants).collect())
     }
 }
 

@@ -6,7 +6,9 @@
 
 use crate::io::onnx::error::{EditError, EditResult};
 use crate::io::onnx::proto::{attribute_int, attribute_ints, opset};
-use crate::io::onnx::restrict::{int64_tensor, int_attribute, int_values};
+use crate::io::onnx::restrict::{
+    int64_tensor, int_attribute, int_values, BROADCASTING, POSITION_WISE,
+};
 use crate::model::discover::base_name;
 use crate::model::ops;
 use std::collections::{HashMap, HashSet};
@@ -215,26 +217,6 @@ pub fn const_input(model: &TypedModel, node: &TypedNode, slot: usize) -> Option<
     Some(model.node(input.node).op_as::<Const>()?.val().clone())
 }
 
-/// Ops that compute each channel from the same channel of their computed inputs (their other
-/// inputs constant): a convolution's output keeps its channels through them.
-const CHANNEL_WISE: &[&str] = &[
-    "Relu",
-    "Sigmoid",
-    "Tanh",
-    "Clip",
-    "LeakyRelu",
-    "HardSigmoid",
-    "HardSwish",
-    "Elu",
-    "Selu",
-    "Softplus",
-    "Identity",
-    "Mul",
-    "Add",
-    "Sub",
-    "Div",
-];
-
 /// Gives the `Split` or `Slice`s that cut the output of the ONNX `Conv` `node` into `parts`
 /// (through channel-wise ops) the channels each part keeps; `values` are the integer tensors
 /// tract computes from shapes (the bounds of TorchScript's slices).
@@ -296,8 +278,8 @@ pub fn apply_parts(
     Ok(())
 }
 
-/// The tensors computed from `output` channel by channel ([`CHANNEL_WISE`] ops whose other
-/// inputs are initializers or constants), `output` among them.
+/// The tensors computed from `output` position by position (by ops whose other inputs are
+/// initializers or constants), `output` among them.
 fn channel_wise_closure(proto: &ModelProto, output: &str) -> HashSet<String> {
     let mut carried = HashSet::from([output.to_string()]);
     let Some(graph) = proto.graph.as_ref() else {
@@ -322,7 +304,9 @@ fn channel_wise_closure(proto: &ModelProto, output: &str) -> HashSet<String> {
             .input
             .iter()
             .all(|i| i.is_empty() || carried.contains(i) || constants.contains(i));
-        if CHANNEL_WISE.contains(&node.op_type.as_str()) && reads && others_constant {
+        let op = node.op_type.as_str();
+        let position_wise = POSITION_WISE.contains(&op) || BROADCASTING.contains(&op);
+        if position_wise && reads && others_constant {
             carried.extend(node.output.iter().cloned());
         }
     }

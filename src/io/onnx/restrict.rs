@@ -775,6 +775,64 @@ enum Edit {
     IntsAttribute { name: String, values: Vec<i64> },
 }
 
+/// ONNX ops computing each output position from the same position of their one input.
+pub(crate) const POSITION_WISE: &[&str] = &[
+    "Relu",
+    "Gelu",
+    "Erf",
+    "Tanh",
+    "Sigmoid",
+    "Neg",
+    "Cast",
+    "IsNaN",
+    "Not",
+    "Identity",
+    "Sqrt",
+    "Exp",
+    "Log",
+    "Abs",
+    "Softplus",
+    "Reciprocal",
+    "Floor",
+    "Ceil",
+    "Round",
+    "Sign",
+    "Sin",
+    "Cos",
+    "HardSigmoid",
+    "HardSwish",
+    "LeakyRelu",
+    "Elu",
+    "Selu",
+    "Mish",
+    "Dropout",
+];
+
+/// ONNX ops computing each output position from the same position of their inputs, broadcast
+/// NumPy's way (`Clip`'s bounds are scalars).
+pub(crate) const BROADCASTING: &[&str] = &[
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Pow",
+    "Max",
+    "Min",
+    "Where",
+    "Equal",
+    "And",
+    "Or",
+    "Less",
+    "Greater",
+    "LessOrEqual",
+    "GreaterOrEqual",
+    "Mod",
+    "PRelu",
+    "Sum",
+    "Mean",
+    "Clip",
+];
+
 impl OnnxGraph<'_> {
     /// The rule of a node's op: given what is needed of its outputs, what it needs of its
     /// inputs and how it changes. `None`: no rule (the caller gathers instead).
@@ -794,10 +852,7 @@ impl OnnxGraph<'_> {
         };
         let plan = Plan::inputs;
         Ok(match op {
-            "Relu" | "Gelu" | "Erf" | "Tanh" | "Sigmoid" | "Neg" | "Cast" | "IsNaN" | "Not"
-            | "Identity" | "Sqrt" | "Exp" | "Log" | "Abs" | "Softplus" | "Reciprocal" | "Floor"
-            | "Ceil" | "Round" | "Sign" | "Sin" | "Cos" | "HardSigmoid" | "HardSwish"
-            | "LeakyRelu" | "Elu" | "Selu" | "Mish" | "Dropout" => plan(vec![(0, need)]),
+            op if POSITION_WISE.contains(&op) => plan(vec![(0, need)]),
             "Softmax" | "LogSoftmax" => {
                 let axis = attribute_int(node, "axis").unwrap_or(if opset(self.proto) >= 13 {
                     -1
@@ -811,9 +866,7 @@ impl OnnxGraph<'_> {
                     Plan::inputs(vec![(0, need)])
                 }
             }
-            "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Max" | "Min" | "Where" | "Equal" | "And"
-            | "Or" | "Less" | "Greater" | "LessOrEqual" | "GreaterOrEqual" | "Mod" | "PRelu"
-            | "Sum" | "Mean" => self.broadcasting(ix, &need, out_rank),
+            op if BROADCASTING.contains(&op) => self.broadcasting(ix, &need, out_rank),
             "Transpose" => {
                 let perm: Vec<usize> = match attribute_ints(node, "perm") {
                     Some(p) => p.iter().map(|&p| p as usize).collect(),
