@@ -1,10 +1,12 @@
 //! Convolutional networks: every convolution is costed; zero channels are cut through 3×3,
 //! strided, dilated, grouped and depthwise convolutions, 2-D and 1-D (torchvision ResNet
 //! blocks, MobileNetV2, MobileNetV3 with squeeze-and-excitation and HardSwish, EfficientNet
-//! with SiLU gates, ConvNeXt's depthwise 7×7 and Linear MLP, a RegNet-style
-//! grouped conv, a keyword-spotting Conv1d; a residual stream's channels zero in every producer,
-//! through the stem's max pooling) to the weights counted by hand, and the written
-//! model, NNEF or the ONNX file edited, computes what the original computes; a model whose zero
+//! with SiLU gates, ConvNeXt's depthwise 7×7 and Linear MLP, RegNet's grouped convs, a
+//! keyword-spotting Conv1d, a YOLOv8-style neck, reflection padding, bilinear upsampling; a
+//! residual stream's channels zero in every producer, through the stem's max pooling) to the
+//! weights counted by hand (`conv_manifest.json`), and the written model, NNEF or the ONNX file
+//! edited, computes what the original computes; `show` and `plan` list the conv channel groups;
+//! a model whose zero
 //! channels the rules cannot reach (zero in one group of a grouped conv only) is refused with
 //! the layer named, not written unchanged as if it were slimmed.
 
