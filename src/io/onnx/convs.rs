@@ -11,35 +11,18 @@
 //! verified against the original like any other edit.
 
 use crate::io::onnx::error::{EditError, EditResult};
-use crate::io::onnx::parts::{apply_parts, const_input, filters_oi, split_convolutions};
+use crate::io::onnx::parts::{apply_parts, const_input, filters_oi, split_convolutions, ConvEdit};
 use crate::io::onnx::proto::{
     initializer_index, linear_weight, onnx_node, producer_index, set_float_data,
 };
 use crate::io::onnx::restrict::{gather_node, int64_tensor, int_attribute, int_values, set_int_at};
 use crate::model::discover::base_name;
 use std::collections::{HashMap, HashSet};
-use std::ops::Range;
 use tract_core::internal::*;
 use tract_core::ops::array::{Gather, TypedConcat};
 use tract_core::ops::cnn::Conv;
 use tract_core::ops::einsum::EinSum;
 use tract_onnx::pb::ModelProto;
-
-/// A convolution as slimming left it.
-#[derive(Clone, Debug)]
-pub struct ConvEdit {
-    /// The ONNX node's name.
-    pub node: String,
-    /// The kernel, `[O, I / group, spatial..]` (spatial axes absent for a 1×1 matrix product).
-    pub kernel: Tensor,
-    /// The bias, one per output channel (`None`: zero).
-    pub bias: Option<Tensor>,
-    /// The group count.
-    pub group: usize,
-    /// For a 1×1 convolution whose output the ONNX graph splits (tract split its matrix
-    /// product the same way): each part's channels before slimming, and how many it keeps.
-    pub parts: Vec<(Range<usize>, usize)>,
-}
 
 /// Slices slimming keeps of a tensor the model computes whole.
 #[derive(Clone, Debug)]
@@ -253,16 +236,8 @@ fn convolutions(model: &TypedModel) -> TractResult<Vec<(String, ConvEdit)>> {
             found.push((edit.node.clone(), edit));
         }
     }
-    for split in split_convolutions(model)? {
-        let edit = ConvEdit {
-            node: split.node.clone(),
-            kernel: split.kernel,
-            bias: split.bias,
-            group: 1,
-            parts: split.parts,
-        };
-        found.push((split.node, edit));
-    }
+    let split = split_convolutions(model)?;
+    found.extend(split.into_iter().map(|edit| (edit.node.clone(), edit)));
     Ok(found)
 }
 

@@ -2,7 +2,8 @@
 //! (a `Split` or `Slice`s read them: YOLOv8's C2f) and of their input channels (a concatenation
 //! feeds them). Reading: the parts of the slimmed model, put back together into the one kernel
 //! and bias of the ONNX `Conv`. Writing: the `Split` sizes or `Slice` bounds that cut its output,
-//! moved with the channels each part keeps. Used by the conv replay ([`crate::io::onnx::convs`]).
+//! moved with the channels each part keeps. Used by the conv replay ([`crate::io::onnx::convs`]),
+//! whose unit, [`ConvEdit`], is defined here so that both build it.
 
 use crate::io::onnx::error::{EditError, EditResult};
 use crate::io::onnx::proto::{attribute_int, attribute_ints, opset};
@@ -18,17 +19,20 @@ use tract_core::ops::einsum::EinSum;
 use tract_core::ops::konst::Const;
 use tract_onnx::pb::ModelProto;
 
-/// A split 1×1 convolution as slimming left it, put back together.
+/// A convolution as slimming left it: what the conv replay writes (a split one is put back
+/// together here).
 #[derive(Clone, Debug)]
-pub struct SplitConv {
+pub struct ConvEdit {
     /// The ONNX node's name.
     pub node: String,
-    /// The kernel `[O, I]`.
+    /// The kernel, `[O, I / group, spatial..]` (spatial axes absent for a 1×1 matrix product).
     pub kernel: Tensor,
     /// The bias, one per output channel (`None`: zero).
     pub bias: Option<Tensor>,
-    /// Each output part's channels before slimming, and how many it keeps (none when only the
-    /// input channels were split).
+    /// The group count.
+    pub group: usize,
+    /// For a 1×1 convolution whose output the ONNX graph splits (tract split its matrix
+    /// product the same way): each part's channels before slimming, and how many it keeps.
     pub parts: Vec<(Range<usize>, usize)>,
 }
 
@@ -48,7 +52,7 @@ struct Part {
 /// the ONNX node's name `N`: the parts are `N.einsum.split-over-1.A..B.concat-einsum-I.C..D…`
 /// and the biases are added per output part (`N.split-over-1.A..B…`, or `N`). Each is put back
 /// together into the one kernel of the ONNX `Conv`.
-pub fn split_convolutions(model: &TypedModel) -> TractResult<Vec<SplitConv>> {
+pub fn split_convolutions(model: &TypedModel) -> TractResult<Vec<ConvEdit>> {
     let mut parts: HashMap<String, Vec<Part>> = HashMap::new();
     for node in model.nodes() {
         let Some((conv, suffix)) = base_name(&node.name).split_once(".einsum.") else {
@@ -79,10 +83,11 @@ pub fn split_convolutions(model: &TypedModel) -> TractResult<Vec<SplitConv>> {
             .into_iter()
             .filter_map(|(out, size)| out.map(|(a, b)| (a..b, size)))
             .collect();
-        found.push(SplitConv {
+        found.push(ConvEdit {
             node,
             kernel,
             bias,
+            group: 1,
             parts,
         });
     }
