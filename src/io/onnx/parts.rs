@@ -331,7 +331,7 @@ fn resize_split(
     let node = &graph.node[ix];
     let unmapped = |why: &str| EditError::Unmapped(format!("`{}`: {why}", node.name));
     if attribute_int(node, "axis").unwrap_or(0) != 1 {
-        return Err(unmapped("a split of another axis than the channels"));
+        return Err(unmapped("a split along another axis than 1 (the channels)"));
     }
     let sizes: Vec<i64> = match (attribute_ints(node, "split"), node.input.get(1)) {
         (Some(sizes), _) => sizes.to_vec(),
@@ -398,7 +398,7 @@ fn move_slice_bounds(
     let axes = known(3).unwrap_or_else(|| (0..starts.len() as i64).collect());
     let steps = known(4).unwrap_or_else(|| vec![1; starts.len()]);
     let Some(k) = axes.iter().position(|&a| a == 1) else {
-        return Err(unmapped("a slice of other axes than the channels"));
+        return Err(unmapped("a slice that names no axis 1 (the channels)"));
     };
     if steps.get(k) != Some(&1) {
         return Err(unmapped("a strided slice of the channels"));
@@ -416,4 +416,65 @@ fn move_slice_bounds(
         graph.node[ix].input[slot] = tensor;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tract_onnx::pb::{GraphProto, NodeProto, TensorProto};
+
+    #[test]
+    fn part_names_state_ranges_each_within_the_one_before() {
+        // As tract names the C2f's first 1×1 conv: split over its output, then over the
+        // concatenation feeding it, then again over the (already split) output.
+        let nested = "split-over-1.0..8.concat-einsum-I.0..16.split-over-1.0..8";
+        assert_eq!(part_ranges(nested), Some((Some((0, 8)), Some((0, 16)))));
+        let second = "split-over-1.8..16.concat-einsum-I.16..24";
+        assert_eq!(part_ranges(second), Some((Some((8, 16)), Some((16, 24)))));
+        assert_eq!(
+            part_ranges("concat-einsum-I.8..16"),
+            Some((None, Some((8, 16))))
+        );
+        // The sum of two parts, and names of no part.
+        assert_eq!(part_ranges("concat-einsum-I.add-1"), None);
+        assert_eq!(part_ranges("filters_as_co_ci"), None);
+    }
+
+    fn node(op: &str, inputs: &[&str], output: &str) -> NodeProto {
+        NodeProto {
+            op_type: op.into(),
+            name: output.into(),
+            input: inputs.iter().map(|i| i.to_string()).collect(),
+            output: vec![output.into()],
+            ..NodeProto::default()
+        }
+    }
+
+    #[test]
+    fn a_conv_output_carries_its_channels_through_position_wise_ops_only() {
+        let graph = GraphProto {
+            node: vec![
+                node("Clip", &["conv", "", "six"], "relu6"),
+                node("Sigmoid", &["relu6"], "gate"),
+                node("Mul", &["relu6", "gate"], "silu"),
+                node("Mul", &["silu", "other"], "mixed"),
+                node("Transpose", &["silu"], "moved"),
+            ],
+            initializer: vec![TensorProto {
+                name: "six".into(),
+                ..TensorProto::default()
+            }],
+            ..GraphProto::default()
+        };
+        let proto = ModelProto {
+            graph: Some(graph),
+            ..ModelProto::default()
+        };
+        let carried = channel_wise_closure(&proto, "conv");
+        for tensor in ["conv", "relu6", "gate", "silu"] {
+            assert!(carried.contains(tensor), "{tensor}");
+        }
+        // Another computed operand, or an op that moves positions, ends the walk.
+        assert!(!carried.contains("mixed") && !carried.contains("moved"));
+    }
 }
